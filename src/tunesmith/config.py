@@ -1,0 +1,228 @@
+"""The run config: one YAML file per run, validated with pydantic.
+
+Every key has a default and a one-line description (the `description` of its Field), which
+`tunesmith config init` turns into a commented starter file. Unknown keys are errors with a
+"did you mean" suggestion; wrong types name the key and the expected type.
+"""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from tunesmith.errors import ConfigError
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ModelConfig(Section):
+    base: str = Field("default", description="base model: 'default' (embedded SmolLM2-135M-Instruct), a local HF folder, a cached hub id, or a .gguf file")
+    dtype: Literal["auto", "fp32", "bf16", "fp16"] = Field("fp32", description="dtype the base weights are loaded in (training mixed precision is train.precision)")
+
+
+class DataConfig(Section):
+    train: str | None = Field(None, description="training data file or folder (.jsonl, .json, .parquet, .csv, datasets folder)")
+    val: str | None = Field(None, description="validation data; when empty, val_split of train is held out")
+    val_split: float = Field(0.0, ge=0.0, lt=1.0, description="fraction of train held out for validation when data.val is empty")
+    format: Literal["auto", "alpaca", "prompt_completion", "messages", "sharegpt", "text", "preference"] = Field("auto", description="input format; 'auto' detects it from the first record")
+    max_len: int = Field(512, gt=8, description="maximum tokens per example (and per packed row)")
+    overlong: Literal["drop", "truncate"] = Field("drop", description="what to do with examples longer than max_len")
+    packing: bool = Field(True, description="pack several examples into each row (no attention across examples)")
+    template: Literal["auto", "chatml", "llama3", "alpaca"] | None = Field("auto", description="chat template: 'auto' uses the tokenizer's own; a name overrides it")
+    train_on_inputs: bool = Field(False, description="compute the loss on prompt tokens too, not only on assistant tokens")
+    system_prompt: str | None = Field(None, description="system message prepended to every conversation that has none")
+
+
+class MethodConfig(Section):
+    name: str = Field("lora", description="fine-tuning method; `tunesmith methods` lists them")
+    r: int = Field(16, gt=0, description="LoRA rank")
+    alpha: float = Field(32.0, gt=0, description="LoRA scaling numerator (scale = alpha / r)")
+    dropout: float = Field(0.05, ge=0.0, lt=1.0, description="dropout on the LoRA input")
+    target_modules: str | list[str] = Field("all-linear", description="modules to adapt: 'all-linear' or a list of module names")
+    layers_to_train: int = Field(2, ge=0, description="freeze: number of last decoder layers to train")
+    trainable_modules: list[str] = Field(default_factory=list, description="freeze: extra module name patterns to train")
+    quant_double: bool = Field(True, description="qlora: double quantization of the 4-bit constants")
+    quant_type: Literal["nf4", "fp4"] = Field("nf4", description="qlora: 4-bit data type")
+
+
+class TrainConfig(Section):
+    epochs: float = Field(1.0, gt=0, description="passes over the training data (ignored when max_steps > 0)")
+    max_steps: int = Field(0, ge=0, description="optimizer steps to run; 0 means use epochs")
+    lr: float = Field(2e-4, gt=0, description="peak learning rate")
+    scheduler: Literal["cosine", "linear", "constant"] = Field("cosine", description="learning-rate schedule after warmup")
+    warmup_ratio: float = Field(0.05, ge=0.0, lt=1.0, description="fraction of steps spent warming up linearly from 0")
+    weight_decay: float = Field(0.0, ge=0.0, description="AdamW weight decay")
+    max_grad_norm: float = Field(1.0, ge=0.0, description="gradient clipping norm; 0 disables clipping")
+    batch_size: int = Field(8, gt=0, description="examples per optimizer step")
+    micro_batch_size: int = Field(0, ge=0, description="examples per forward pass; 0 means batch_size (no accumulation)")
+    precision: Literal["auto", "bf16", "fp16", "fp32"] = Field("auto", description="mixed precision: 'auto' picks bf16 where the hardware has it")
+    gradient_checkpointing: bool = Field(False, description="recompute activations in backward to save memory")
+    save_every: int = Field(0, ge=0, description="checkpoint every N optimizer steps; 0 saves only at the end")
+    keep_checkpoints: int = Field(2, ge=1, description="how many recent checkpoints to keep")
+    eval_every: int = Field(0, ge=0, description="validation loss every N steps; 0 only at the end")
+    early_stopping_patience: int = Field(0, ge=0, description="stop after N evaluations without improvement; 0 disables")
+    early_stopping_min_delta: float = Field(0.0, ge=0.0, description="smallest val-loss drop that counts as improvement")
+    seed: int = Field(42, description="random seed for init, shuffling and dropout")
+    log_every: int = Field(1, ge=1, description="write a metrics.jsonl row every N steps")
+
+
+class EvalConfig(Section):
+    enabled: bool = Field(True, description="evaluate after training")
+    data: str | None = Field(None, description="held-out data to score; empty means data.val")
+    metrics: list[str] = Field(default_factory=lambda: ["exact_match"], description="metrics to compute; `tunesmith eval --help` lists them")
+    baselines: list[str] = Field(default_factory=lambda: ["zero-shot", "few-shot"], description="base-model baselines to score beside the tuned model")
+    few_shot_k: int = Field(3, ge=1, description="examples from train shown in the few-shot baseline")
+    max_new_tokens: int = Field(128, gt=0, description="generation budget per example")
+    batch_size: int = Field(16, gt=0, description="prompts generated together (left-padded)")
+    temperature: float = Field(0.0, ge=0.0, description="0 means greedy decoding")
+    top_p: float = Field(1.0, gt=0.0, le=1.0, description="nucleus sampling when temperature > 0")
+    max_examples: int = Field(0, ge=0, description="score at most N examples; 0 means all")
+    seed: int = Field(0, description="seed for few-shot draws and sampling")
+
+
+class OutputConfig(Section):
+    dir: str = Field("runs/latest", description="run folder: config, metrics, checkpoints, adapter, reports")
+    merge: bool = Field(False, description="also write a merged HF model to <dir>/merged")
+    overwrite: bool = Field(True, description="replace a finished run in the same folder")
+
+
+class RunConfig(Section):
+    model: ModelConfig = Field(default_factory=ModelConfig, description="base model")
+    data: DataConfig = Field(default_factory=DataConfig, description="training and validation data")
+    method: MethodConfig = Field(default_factory=MethodConfig, description="fine-tuning method")
+    train: TrainConfig = Field(default_factory=TrainConfig, description="optimisation")
+    eval: EvalConfig = Field(default_factory=EvalConfig, description="evaluation after training")
+    output: OutputConfig = Field(default_factory=OutputConfig, description="where results go")
+
+
+# --- loading -----------------------------------------------------------------------------------
+
+_TYPE_WORDS = {
+    "int_parsing": "an integer", "int_type": "an integer", "int_from_float": "an integer",
+    "float_parsing": "a number", "float_type": "a number", "bool_parsing": "true or false",
+    "bool_type": "true or false", "string_type": "a string", "list_type": "a list",
+    "model_type": "a mapping of keys", "dict_type": "a mapping of keys", "literal_error": None,
+}
+
+
+def _section_fields(path: tuple) -> list[str]:
+    cls: type[BaseModel] = RunConfig
+    for part in path:
+        field = cls.model_fields.get(str(part))
+        if field is None or not isinstance(field.annotation, type) or not issubclass(field.annotation, BaseModel):
+            return []
+        cls = field.annotation
+    return list(cls.model_fields)
+
+
+def _describe(err: dict, source: str) -> str:
+    loc = tuple(err["loc"])
+    key = ".".join(str(p) for p in loc)
+    kind = err["type"]
+    if kind == "extra_forbidden":
+        known = _section_fields(loc[:-1])
+        guess = difflib.get_close_matches(str(loc[-1]), known, n=1, cutoff=0.5)
+        where = ".".join(str(p) for p in loc[:-1]) or "top level"
+        msg = f"{source}: unknown key '{key}'"
+        if guess:
+            prefix = ".".join(str(p) for p in loc[:-1])
+            msg += f" (did you mean '{prefix + '.' if prefix else ''}{guess[0]}'?)"
+        else:
+            msg += f"; keys allowed in {where}: {', '.join(known)}"
+        return msg
+    got = err.get("input")
+    expected = _TYPE_WORDS.get(kind)
+    if expected:
+        return f"{source}: {key}: expected {expected}, got {got!r}"
+    return f"{source}: {key}: {err['msg']} (got {got!r})"
+
+
+def _parse_scalar(text: str) -> Any:
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+
+
+def apply_overrides(raw: dict, overrides: list[str], source: str = "--set") -> dict:
+    """Apply `section.key=value` overrides; values are parsed as YAML (so 1e-4, true, [a, b] work)."""
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"{source} {item!r}: expected KEY=VALUE, e.g. train.lr=1e-4")
+        key, value = item.split("=", 1)
+        parts = key.strip().split(".")
+        node = raw
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"{source} {key}: '{part}' is not a section")
+        node[parts[-1]] = _parse_scalar(value)
+    return raw
+
+
+def validate(raw: dict, source: str = "config") -> RunConfig:
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: expected a mapping of sections (model, data, method, train, eval, output)")
+    try:
+        return RunConfig.model_validate(raw)
+    except ValidationError as exc:
+        lines = [_describe(e, source) for e in exc.errors()]
+        raise ConfigError("\n".join(lines), hint="`tunesmith config init` writes a commented starter file") from None
+
+
+def load_config(path: str | Path | None, overrides: list[str] | None = None) -> RunConfig:
+    raw: dict = {}
+    source = "--set"
+    if path is not None:
+        path = Path(path)
+        source = str(path)
+        if not path.is_file():
+            raise ConfigError(f"{path}: config file not found")
+        try:
+            raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            where = f":{mark.line + 1}" if mark else ""
+            raise ConfigError(f"{path}{where}: not valid YAML: {getattr(exc, 'problem', exc)}") from None
+        except UnicodeDecodeError:
+            raise ConfigError(f"{path}: not UTF-8 text") from None
+        cfg = validate(raw, source)
+        raw = cfg.model_dump()
+        # Relative data paths are relative to the config file, like a Makefile's.
+        _resolve_relative(raw, path.parent)
+    raw = apply_overrides(raw, overrides or [])
+    return validate(raw, source)
+
+
+def _resolve_relative(raw: dict, base: Path) -> None:
+    for section, key in (("data", "train"), ("data", "val"), ("eval", "data")):
+        value = raw.get(section, {}).get(key)
+        if value and not Path(value).is_absolute():
+            candidate = base / value
+            if candidate.exists() or not Path(value).exists():
+                raw[section][key] = str(candidate)
+
+
+def dump_yaml(cfg: RunConfig) -> str:
+    return yaml.safe_dump(cfg.model_dump(), sort_keys=False, allow_unicode=True)
+
+
+def starter_yaml() -> str:
+    """A commented config holding every key at its default."""
+    out = ["# tunesmith run config. Every key is optional; shown here at its default.",
+           "# Run with: tunesmith train THIS_FILE   (override any key: --set train.lr=1e-4)", ""]
+    for name, field in RunConfig.model_fields.items():
+        section_cls = field.annotation
+        out.append(f"{name}:  # {field.description}")
+        for key, sub in section_cls.model_fields.items():
+            default = sub.get_default(call_default_factory=True)
+            value = yaml.safe_dump({key: default}, default_flow_style=True, width=1000).strip()[1:-1]
+            out.append(f"  {value}  # {sub.description}")
+        out.append("")
+    return "\n".join(out)

@@ -1,0 +1,103 @@
+"""Samples to token ids with next-token targets, ready to pack.
+
+Targets are shifted per example (target[t] = label[t+1], last = -100) before packing, so the last
+token of one example never learns to predict the first token of the next one in a packed row.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from tunesmith.data.schema import Sample
+from tunesmith.data.templates import assistant_spans, render
+
+IGNORE = -100
+
+
+@dataclass
+class Tokenized:
+    input_ids: list[int]
+    targets: list[int]
+
+    def __len__(self) -> int:
+        return len(self.input_ids)
+
+    @property
+    def n_targets(self) -> int:
+        return sum(t != IGNORE for t in self.targets)
+
+
+@dataclass
+class TokenizeStats:
+    examples: int = 0
+    dropped_overlong: int = 0
+    truncated: int = 0
+    dropped_no_target: int = 0
+    tokens: int = 0
+    target_tokens: int = 0
+    lengths: list[int] = field(default_factory=list)
+
+    def as_dict(self) -> dict:
+        return {k: v for k, v in self.__dict__.items() if k != "lengths"}
+
+
+def with_system(messages: list[dict], system_prompt: str | None) -> list[dict]:
+    if system_prompt and (not messages or messages[0]["role"] != "system"):
+        return [{"role": "system", "content": system_prompt}, *messages]
+    return messages
+
+
+def _shift(labels: list[int]) -> list[int]:
+    return labels[1:] + [IGNORE]
+
+
+def tokenize_sample(tokenizer, sample: Sample, *, train_on_inputs: bool = False,
+                    system_prompt: str | None = None) -> tuple[list[int], list[int]]:
+    """Return (input_ids, labels) for one sample; labels are -100 outside the trained spans."""
+    if sample.kind == "text":
+        ids = tokenizer(sample.text, add_special_tokens=True)["input_ids"]
+        if tokenizer.eos_token_id is not None:
+            ids = ids + [tokenizer.eos_token_id]
+        return ids, list(ids)
+    messages = with_system(sample.messages, system_prompt)
+    if sample.kind == "preference":
+        messages = messages + [{"role": "assistant", "content": sample.chosen}]
+    text, spans = assistant_spans(tokenizer, messages)
+    enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    ids = enc["input_ids"]
+    if train_on_inputs:
+        return ids, list(ids)
+    labels = [IGNORE] * len(ids)
+    for j, (s, e) in enumerate(enc["offset_mapping"]):
+        if e > s and any(a <= s < b for a, b in spans):
+            labels[j] = ids[j]
+    return ids, labels
+
+
+def prompt_ids(tokenizer, messages: list[dict], system_prompt: str | None = None) -> list[int]:
+    text = render(tokenizer, with_system(messages, system_prompt), generation_prompt=True)
+    return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+def tokenize_all(tokenizer, samples: list[Sample], *, max_len: int, overlong: str = "drop",
+                 train_on_inputs: bool = False, system_prompt: str | None = None) -> tuple[list[Tokenized], TokenizeStats]:
+    stats = TokenizeStats()
+    out: list[Tokenized] = []
+    for sample in samples:
+        ids, labels = tokenize_sample(tokenizer, sample, train_on_inputs=train_on_inputs, system_prompt=system_prompt)
+        if len(ids) > max_len:
+            if overlong == "drop":
+                stats.dropped_overlong += 1
+                continue
+            ids, labels = ids[:max_len], labels[:max_len]
+            stats.truncated += 1
+        example = Tokenized(ids, _shift(labels))
+        if example.n_targets == 0:
+            stats.dropped_no_target += 1
+            continue
+        out.append(example)
+        stats.examples += 1
+        stats.tokens += len(ids)
+        stats.target_tokens += example.n_targets
+        stats.lengths.append(len(ids))
+    return out, stats

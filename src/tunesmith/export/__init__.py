@@ -1,0 +1,1 @@
+"""Merge, combine and export."""

@@ -1,0 +1,51 @@
+"""`full` (every weight) and `freeze` (only the last N decoder layers and named modules)."""
+
+from __future__ import annotations
+
+import re
+
+from tunesmith.errors import ConfigError
+from tunesmith.methods.registry import Method, Prepared, register_method, trainable_groups
+
+
+@register_method
+class Full(Method):
+    name = "full"
+    summary = "train every weight"
+
+    def prepare(self, model, cfg, lr):
+        for p in model.parameters():
+            p.requires_grad_(True)
+        return Prepared(model, trainable_groups(model, lr), kind="full")
+
+
+def decoder_layers(model):
+    inner = model.get_decoder() if hasattr(model, "get_decoder") else model
+    layers = getattr(inner, "layers", None) or getattr(inner, "h", None)
+    if layers is None:
+        raise ConfigError("method freeze: cannot find the decoder layers of this architecture",
+                          hint="list the modules to train in method.trainable_modules")
+    return layers
+
+
+@register_method
+class Freeze(Method):
+    name = "freeze"
+    summary = "train only the last method.layers_to_train decoder layers (and method.trainable_modules)"
+
+    def prepare(self, model, cfg, lr):
+        for p in model.parameters():
+            p.requires_grad_(False)
+        layers = decoder_layers(model)
+        if cfg.layers_to_train > len(layers):
+            raise ConfigError(f"method.layers_to_train: {cfg.layers_to_train} but the model has {len(layers)} layers")
+        for layer in list(layers)[len(layers) - cfg.layers_to_train:]:
+            for p in layer.parameters():
+                p.requires_grad_(True)
+        patterns = [re.compile(p) for p in cfg.trainable_modules]
+        for name, p in model.named_parameters():
+            if any(pat.search(name) for pat in patterns):
+                p.requires_grad_(True)
+        if not any(p.requires_grad for p in model.parameters()):
+            raise ConfigError("method freeze: nothing left to train", hint="raise method.layers_to_train or set method.trainable_modules")
+        return Prepared(model, trainable_groups(model, lr), kind="full")

@@ -1,0 +1,53 @@
+"""Load a resolved base model and its tokenizer."""
+
+from __future__ import annotations
+
+import torch
+
+from tunesmith.models.resolve import ResolvedModel, resolve_base
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16, "auto": "auto"}
+
+
+def _as_resolved(base: str | ResolvedModel) -> ResolvedModel:
+    return base if isinstance(base, ResolvedModel) else resolve_base(base)
+
+
+def load_tokenizer(base: str | ResolvedModel, template: str | None = "auto"):
+    from transformers import AutoTokenizer
+
+    from tunesmith.data.templates import apply_named_template
+
+    resolved = _as_resolved(base)
+    tok = AutoTokenizer.from_pretrained(str(resolved.path))
+    if tok.pad_token is None:
+        # Padding never reaches the loss (labels are -100 there), so reusing EOS is safe.
+        tok.pad_token = tok.eos_token
+    apply_named_template(tok, template)
+    return tok
+
+
+def load_model(base: str | ResolvedModel, dtype: str = "fp32", quantization: dict | None = None):
+    """Load a causal LM. `quantization` = {"bits": 4, "quant_type": "nf4", "double": True} for QLoRA."""
+    from transformers import AutoModelForCausalLM
+
+    resolved = _as_resolved(base)
+    kwargs: dict = {"dtype": DTYPES[dtype], "attn_implementation": "sdpa"}
+    if quantization:
+        from transformers import BitsAndBytesConfig
+
+        compute = torch.bfloat16 if quantization.get("compute_dtype", "bf16") == "bf16" else torch.float32
+        kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type=quantization.get("quant_type", "nf4"),
+            bnb_4bit_use_double_quant=quantization.get("double", True),
+            bnb_4bit_compute_dtype=compute,
+            # lm_head stays in full precision: it is tied to the embeddings in small models.
+            llm_int8_skip_modules=["lm_head"],
+        )
+    model = AutoModelForCausalLM.from_pretrained(str(resolved.path), **kwargs)
+    return model
+
+
+def model_device(model) -> torch.device:
+    return next(model.parameters()).device

@@ -1,0 +1,325 @@
+"""The training loop.
+
+One optimizer step = `train.batch_size` examples, split over processes and then into micro-batches
+of `train.micro_batch_size` examples, each packed into rows. The step's loss is the sum of
+target-token NLL over all its micro-batches (and processes) divided by the step's target count,
+so accumulation and data parallelism give the same numbers as one big batch.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from tunesmith.config import DataConfig, TrainConfig
+from tunesmith.data.packing import collate
+from tunesmith.data.tokenize import Tokenized
+from tunesmith.errors import TrainingDiverged, UserError
+from tunesmith.io_utils import atomic_dir, write_json
+from tunesmith.methods.registry import Prepared
+from tunesmith.train import checkpoint as ckpt
+from tunesmith.train.logbook import Logbook, plot_losses
+from tunesmith.train.loss import CausalLMLoss
+from tunesmith.train.schedule import build_scheduler
+
+
+def cpu_has_bf16() -> bool:
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except Exception:
+        return False
+
+
+def resolve_precision(requested: str) -> str:
+    if requested != "auto":
+        return requested
+    if torch.cuda.is_available():
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    return "bf16" if cpu_has_bf16() else "fp32"
+
+
+@dataclass
+class TrainResult:
+    steps: int
+    final_loss: float
+    first_loss: float
+    best_val_loss: float | None
+    best_step: int | None
+    output_dir: Path
+    tokens_per_s: float
+    stopped_early: bool
+    packing_efficiency: float
+
+
+class StepPlan:
+    """Which examples each optimizer step sees; a pure function of (seed, step), so resume is exact."""
+
+    def __init__(self, n_examples: int, batch_size: int, seed: int):
+        self.n, self.bs, self.seed = n_examples, batch_size, seed
+        self.steps_per_epoch = math.ceil(n_examples / batch_size)
+        self._perms: dict[int, list[int]] = {}
+
+    def total_steps(self, epochs: float, max_steps: int) -> int:
+        return max_steps if max_steps > 0 else max(1, math.ceil(epochs * self.steps_per_epoch))
+
+    def indices(self, step: int) -> list[int]:
+        epoch, j = divmod(step, self.steps_per_epoch)
+        if epoch not in self._perms:
+            g = torch.Generator().manual_seed(self.seed + epoch)
+            self._perms[epoch] = torch.randperm(self.n, generator=g).tolist()
+        return self._perms[epoch][j * self.bs:(j + 1) * self.bs]
+
+    def epoch_of(self, step: int) -> float:
+        return step / self.steps_per_epoch
+
+
+class Trainer:
+    def __init__(self, train_cfg: TrainConfig, data_cfg: DataConfig, prepared: Prepared, tokenizer,
+                 train_set: list[Tokenized], val_set: list[Tokenized], run_dir: Path, *,
+                 show_progress: bool = True, accelerator=None):
+        from accelerate import Accelerator
+
+        if not train_set:
+            raise UserError("no training examples left after tokenization", hint="check data.max_len and your data")
+        self.cfg, self.data_cfg = train_cfg, data_cfg
+        self.prepared, self.tokenizer = prepared, tokenizer
+        self.train_set, self.val_set = train_set, val_set
+        self.run_dir = Path(run_dir)
+        self.precision = resolve_precision(train_cfg.precision)
+        self.acc = accelerator or Accelerator(mixed_precision="no" if self.precision == "fp32" else self.precision,
+                                              cpu=not torch.cuda.is_available())
+        self.show_progress = show_progress and self.acc.is_main_process
+        self.micro = train_cfg.micro_batch_size or train_cfg.batch_size
+        self.plan = StepPlan(len(train_set), train_cfg.batch_size, train_cfg.seed)
+        self.total_steps = self.plan.total_steps(train_cfg.epochs, train_cfg.max_steps)
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+
+        model = prepared.model
+        if train_cfg.gradient_checkpointing:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            if hasattr(model, "enable_input_require_grads"):
+                model.enable_input_require_grads()
+        self.loss_module = CausalLMLoss(model, fast=prepared.fast_loss)
+        optimizer = prepared.hooks["optimizer"](prepared.param_groups) if "optimizer" in prepared.hooks else \
+            torch.optim.AdamW(prepared.param_groups, lr=train_cfg.lr, weight_decay=train_cfg.weight_decay)
+        scheduler = build_scheduler(optimizer, train_cfg.scheduler, self.total_steps, train_cfg.warmup_ratio)
+        self.loss_module, self.optimizer = self.acc.prepare(self.loss_module, optimizer)
+        self.scheduler = scheduler
+        self.ckpt_root = self.run_dir / "checkpoints"
+        self.logbook = Logbook(self.run_dir, enabled=self.acc.is_main_process)
+
+    # --- one step ---------------------------------------------------------------------------
+
+    def _micro_batches(self, step: int):
+        idx = self.plan.indices(step)
+        mine = idx[self.acc.process_index::self.acc.num_processes]
+        for start in range(0, len(mine), self.micro):
+            chunk = [self.train_set[i] for i in mine[start:start + self.micro]]
+            yield collate(chunk, pack=self.data_cfg.packing, max_len=self.data_cfg.max_len, pad_id=self.pad_id)
+
+    def _global_sum(self, value: float) -> float:
+        if self.acc.num_processes == 1:
+            return value
+        t = torch.tensor([value], dtype=torch.float64, device=self.acc.device)
+        return float(self.acc.reduce(t, reduction="sum").item())
+
+    def train_step(self, step: int) -> dict:
+        batches = list(self._micro_batches(step))
+        n_targets = self._global_sum(float(sum(b.n_targets for b in batches)))
+        # DDP averages gradients over processes, so scale by their number to get a global sum.
+        scale = self.acc.num_processes / max(1.0, n_targets)
+        loss_sum, real_tokens, row_tokens = 0.0, 0, 0
+        self.loss_module.train()
+        for k, batch in enumerate(batches):
+            sync = k == len(batches) - 1
+            ctx = self.acc.no_sync(self.loss_module) if not sync and self.acc.num_processes > 1 else _null()
+            with ctx, self.acc.autocast():
+                nll, _ = self.loss_module(batch.input_ids.to(self.acc.device), batch.position_ids.to(self.acc.device),
+                                          batch.targets.to(self.acc.device))
+            self.acc.backward(nll * scale)
+            loss_sum += float(nll.detach())
+            real_tokens += batch.real_tokens
+            row_tokens += batch.input_ids.numel()
+        if not batches:  # this process got no examples in a tiny last step; keep DDP in step
+            with self.acc.autocast():
+                dummy = sum(p.sum() * 0.0 for p in self.loss_module.parameters() if p.requires_grad)
+            self.acc.backward(dummy)
+        loss = self._global_sum(loss_sum) / max(1.0, n_targets)
+        if not math.isfinite(loss):
+            raise TrainingDiverged(f"loss became {loss} at step {step + 1}; training stopped",
+                                   hint=f"the last good checkpoint is kept in {self.ckpt_root}; lower train.lr or check the data")
+        grad_norm = None
+        if self.cfg.max_grad_norm > 0:
+            grad_norm = float(self.acc.clip_grad_norm_(self._params(), self.cfg.max_grad_norm))
+            if not math.isfinite(grad_norm):
+                raise TrainingDiverged(f"gradient norm became {grad_norm} at step {step + 1}; training stopped",
+                                       hint=f"the last good checkpoint is kept in {self.ckpt_root}")
+        lr = self.scheduler.get_last_lr()[0]
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        if "after_step" in self.prepared.hooks:
+            self.prepared.hooks["after_step"]()
+        return {"loss": loss, "lr": lr, "grad_norm": grad_norm, "tokens": self._global_sum(real_tokens),
+                "row_tokens": self._global_sum(row_tokens)}
+
+    def _params(self):
+        return [p for g in self.optimizer.param_groups for p in g["params"]]
+
+    @torch.no_grad()
+    def validation_loss(self) -> float | None:
+        if not self.val_set:
+            return None
+        self.loss_module.eval()
+        mine = self.val_set[self.acc.process_index::self.acc.num_processes]
+        total, count = 0.0, 0.0
+        for start in range(0, len(mine), self.micro):
+            batch = collate(mine[start:start + self.micro], pack=self.data_cfg.packing,
+                            max_len=self.data_cfg.max_len, pad_id=self.pad_id)
+            with self.acc.autocast():
+                nll, n = self.loss_module(batch.input_ids.to(self.acc.device), batch.position_ids.to(self.acc.device),
+                                          batch.targets.to(self.acc.device))
+            total += float(nll)
+            count += float(n)
+        return self._global_sum(total) / max(1.0, self._global_sum(count))
+
+    # --- the loop ---------------------------------------------------------------------------
+
+    def _save(self, step: int, state: dict) -> Path | None:
+        path = None
+        if self.acc.is_main_process:
+            extra = self.prepared.hooks["extra_state"]() if "extra_state" in self.prepared.hooks else None
+            path = ckpt.save_checkpoint(self.ckpt_root, step, self._model(), self.optimizer, self.scheduler, state, extra)
+            best = state.get("best_checkpoint")
+            ckpt.prune(self.ckpt_root, self.cfg.keep_checkpoints, protect=Path(best) if best else None)
+        self.acc.wait_for_everyone()
+        return path
+
+    def _model(self):
+        return self.acc.unwrap_model(self.loss_module).model
+
+    def _resume(self) -> dict:
+        found = ckpt.list_checkpoints(self.ckpt_root)
+        if not found:
+            raise UserError(f"--resume: no checkpoint in {self.ckpt_root}", hint="start without --resume")
+        state, extra = ckpt.load_checkpoint(found[-1], self._model(), self.optimizer, self.scheduler)
+        if extra and "load_extra_state" in self.prepared.hooks:
+            self.prepared.hooks["load_extra_state"](extra)
+        if self.acc.is_main_process:
+            self.logbook.truncate_after(state["step"])
+        return state
+
+    def fit(self, resume: bool = False) -> TrainResult:
+        state = {"best_val_loss": None, "best_step": None, "best_checkpoint": None, "bad_evals": 0}
+        start = 0
+        if resume:
+            state = self._resume()
+            start = state["step"]
+        progress = _Progress(self.total_steps, start, enabled=self.show_progress)
+        first_loss = last_loss = float("nan")
+        tokens = row_tokens = 0.0
+        t0 = time.perf_counter()
+        stopped_early = False
+        step = start
+        try:
+            for step in range(start, self.total_steps):
+                out = self.train_step(step)
+                done = step + 1
+                tokens += out["tokens"]
+                row_tokens += out["row_tokens"]
+                elapsed = time.perf_counter() - t0
+                if step == start:
+                    first_loss = out["loss"]
+                last_loss = out["loss"]
+                row = {"step": done, "epoch": round(self.plan.epoch_of(done), 4), "loss": out["loss"], "lr": out["lr"],
+                       "grad_norm": out["grad_norm"], "tokens_per_s": tokens / max(elapsed, 1e-9)}
+                eval_now = self.val_set and (
+                    (self.cfg.eval_every and done % self.cfg.eval_every == 0) or done == self.total_steps)
+                if eval_now:
+                    val = self.validation_loss()
+                    row["val_loss"] = val
+                    improved = state["best_val_loss"] is None or val < state["best_val_loss"] - self.cfg.early_stopping_min_delta
+                    if improved:
+                        state.update(best_val_loss=val, best_step=done, bad_evals=0)
+                    else:
+                        state["bad_evals"] += 1
+                if done % self.cfg.log_every == 0 or eval_now or done == self.total_steps:
+                    self.logbook.log(row)
+                save_now = (self.cfg.save_every and done % self.cfg.save_every == 0)
+                if eval_now and state.get("best_step") == done and self.cfg.early_stopping_patience:
+                    save_now = True
+                if save_now:
+                    if state.get("best_step") == done:
+                        state["best_checkpoint"] = str(self.ckpt_root / f"step-{done:06d}")
+                    self._save(done, state)
+                progress.update(done, out["loss"], row["tokens_per_s"])
+                if (self.cfg.early_stopping_patience and state["bad_evals"] >= self.cfg.early_stopping_patience):
+                    stopped_early = True
+                    break
+        finally:
+            progress.close()
+        steps_done = step + 1
+        if stopped_early and state.get("best_checkpoint"):
+            # Finish with the best weights, not the ones that stopped improving.
+            from safetensors.torch import load_file
+
+            ckpt.load_trainable_state(self._model(), load_file(Path(state["best_checkpoint"]) / "trainable.safetensors"))
+        output_dir = self.save_final()
+        elapsed = time.perf_counter() - t0
+        if self.acc.is_main_process:
+            rows = self.logbook.rows()
+            plot_losses(rows, self.run_dir / "loss.png")
+            self.logbook.close()
+        result = TrainResult(steps=steps_done, final_loss=last_loss, first_loss=first_loss,
+                             best_val_loss=state.get("best_val_loss"), best_step=state.get("best_step"),
+                             output_dir=output_dir, tokens_per_s=tokens / max(elapsed, 1e-9),
+                             stopped_early=stopped_early, packing_efficiency=tokens / max(1.0, row_tokens))
+        if self.acc.is_main_process:
+            write_json(self.run_dir / "train_summary.json", {
+                k: (str(v) if isinstance(v, Path) else v) for k, v in result.__dict__.items()} | {"precision": self.precision})
+        return result
+
+    def save_final(self) -> Path:
+        name = "adapter" if self.prepared.kind == "adapter" else "model"
+        final = self.run_dir / name
+        if self.acc.is_main_process:
+            with atomic_dir(final) as tmp:
+                self.prepared.save(tmp, self.tokenizer)
+        self.acc.wait_for_everyone()
+        return final
+
+
+class _null:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+class _Progress:
+    """A rich progress bar with loss and tokens/s; silent when disabled (tests, non-main ranks)."""
+
+    def __init__(self, total: int, start: int, enabled: bool):
+        self.enabled = enabled
+        if not enabled:
+            return
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+        self.bar = Progress(TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(),
+                            TextColumn("loss {task.fields[loss]:.4f}"), TextColumn("{task.fields[tps]:.0f} tok/s"),
+                            TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn())
+        self.bar.start()
+        self.task = self.bar.add_task("train", total=total, completed=start, loss=float("nan"), tps=0.0)
+
+    def update(self, done: int, loss: float, tps: float) -> None:
+        if self.enabled:
+            self.bar.update(self.task, completed=done, loss=loss, tps=tps)
+
+    def close(self) -> None:
+        if self.enabled:
+            self.bar.stop()
