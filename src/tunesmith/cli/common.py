@@ -1,0 +1,37 @@
+"""Shared pieces of the CLI: the root app, consoles, table printing, common options."""
+
+from __future__ import annotations
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Fine-tune LLMs end to end: data, train, evaluate, merge, export, serve.")
+
+out = Console(soft_wrap=True)
+err = Console(stderr=True, soft_wrap=True)
+
+SetOpt = typer.Option(None, "--set", help="override a config key, e.g. --set train.lr=1e-4 (repeatable)")
+
+
+@app.callback()
+def _root(debug: bool = typer.Option(False, "--debug", help="show tracebacks for errors")):
+    """tunesmith: the whole life of a fine-tune."""
+
+
+def print_table(title: str, header: list[str], rows: list[tuple]) -> None:
+    table = Table(title=title)
+    for h in header:
+        table.add_column(h)
+    for row in rows:
+        table.add_row(*[str(c) for c in row])
+    out.print(table)
+
+
+def print_report(report: dict) -> None:
+    metrics = report["metrics"]
+    rows = [(name, *(f"{entry[m]:.3f}" for m in metrics)) for name, entry in report["systems"].items()]
+    print_table(f"{report['title']} (n={report['n_examples']})", ["system", *metrics], rows)
+    if report.get("verdict"):
+        out.print(f"[bold]{report['verdict']}[/bold]")
