@@ -90,8 +90,11 @@ class Trainer:
         self.train_set, self.val_set = train_set, val_set
         self.run_dir = Path(run_dir)
         self.precision = resolve_precision(train_cfg.precision)
-        self.acc = accelerator or Accelerator(mixed_precision="no" if self.precision == "fp32" else self.precision,
-                                              cpu=not torch.cuda.is_available())
+        # Mixed precision is handled here rather than by accelerate: its state is a process-wide
+        # singleton that refuses a second, different setting (two runs in one process, tests).
+        self.acc = accelerator or Accelerator(cpu=not torch.cuda.is_available())
+        self.autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.precision)
+        self.scaler = torch.amp.GradScaler(self.acc.device.type) if self.precision == "fp16" else None
         self.show_progress = show_progress and self.acc.is_main_process
         self.micro = train_cfg.micro_batch_size or train_cfg.batch_size
         self.plan = StepPlan(len(train_set), train_cfg.batch_size, train_cfg.seed)
@@ -137,35 +140,51 @@ class Trainer:
         for k, batch in enumerate(batches):
             sync = k == len(batches) - 1
             ctx = self.acc.no_sync(self.loss_module) if not sync and self.acc.num_processes > 1 else _null()
-            with ctx, self.acc.autocast():
+            with ctx, self._autocast():
                 nll, _ = self.loss_module(batch.input_ids.to(self.acc.device), batch.position_ids.to(self.acc.device),
                                           batch.targets.to(self.acc.device))
-            self.acc.backward(nll * scale)
+            self._backward(nll * scale)
             loss_sum += float(nll.detach())
             real_tokens += batch.real_tokens
             row_tokens += batch.input_ids.numel()
         if not batches:  # this process got no examples in a tiny last step; keep DDP in step
-            with self.acc.autocast():
+            with self._autocast():
                 dummy = sum(p.sum() * 0.0 for p in self.loss_module.parameters() if p.requires_grad)
-            self.acc.backward(dummy)
+            self._backward(dummy)
         loss = self._global_sum(loss_sum) / max(1.0, n_targets)
         if not math.isfinite(loss):
             raise TrainingDiverged(f"loss became {loss} at step {step + 1}; training stopped",
                                    hint=f"the last good checkpoint is kept in {self.ckpt_root}; lower train.lr or check the data")
         grad_norm = None
+        if self.scaler is not None:
+            self.scaler.unscale_(self.optimizer)
         if self.cfg.max_grad_norm > 0:
             grad_norm = float(self.acc.clip_grad_norm_(self._params(), self.cfg.max_grad_norm))
             if not math.isfinite(grad_norm):
                 raise TrainingDiverged(f"gradient norm became {grad_norm} at step {step + 1}; training stopped",
                                        hint=f"the last good checkpoint is kept in {self.ckpt_root}")
         lr = self.scheduler.get_last_lr()[0]
-        self.optimizer.step()
+        if self.scaler is not None:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         if "after_step" in self.prepared.hooks:
             self.prepared.hooks["after_step"]()
         return {"loss": loss, "lr": lr, "grad_norm": grad_norm, "tokens": self._global_sum(real_tokens),
                 "row_tokens": self._global_sum(row_tokens)}
+
+    def _autocast(self):
+        if self.autocast_dtype is None:
+            return _null()
+        return torch.autocast(device_type=self.acc.device.type, dtype=self.autocast_dtype)
+
+    def _backward(self, loss) -> None:
+        if self.scaler is not None:
+            loss = self.scaler.scale(loss)
+        self.acc.backward(loss)
 
     def _params(self):
         return [p for g in self.optimizer.param_groups for p in g["params"]]
@@ -180,7 +199,7 @@ class Trainer:
         for start in range(0, len(mine), self.micro):
             batch = collate(mine[start:start + self.micro], pack=self.data_cfg.packing,
                             max_len=self.data_cfg.max_len, pad_id=self.pad_id)
-            with self.acc.autocast():
+            with self._autocast():
                 nll, n = self.loss_module(batch.input_ids.to(self.acc.device), batch.position_ids.to(self.acc.device),
                                           batch.targets.to(self.acc.device))
             total += float(nll)
