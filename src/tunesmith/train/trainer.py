@@ -8,6 +8,7 @@ so accumulation and data parallelism give the same numbers as one big batch.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from dataclasses import dataclass
@@ -22,6 +23,7 @@ from tunesmith.errors import TrainingDiverged, UserError
 from tunesmith.io_utils import atomic_dir, write_json
 from tunesmith.methods.registry import Prepared
 from tunesmith.train import checkpoint as ckpt
+from tunesmith.train.attention import packed_attention_for
 from tunesmith.train.logbook import Logbook, plot_losses
 from tunesmith.train.loss import CausalLMLoss
 from tunesmith.train.schedule import build_scheduler
@@ -53,6 +55,7 @@ class TrainResult:
     tokens_per_s: float
     stopped_early: bool
     packing_efficiency: float
+    tokens: float = 0.0          # non-padding tokens trained on in this fit() call
 
 
 class StepPlan:
@@ -159,8 +162,10 @@ class Trainer:
         if self.scaler is not None:
             self.scaler.unscale_(self.optimizer)
         if self.cfg.max_grad_norm > 0:
-            grad_norm = float(self.acc.clip_grad_norm_(self._params(), self.cfg.max_grad_norm))
-            if not math.isfinite(grad_norm):
+            norm = self.acc.clip_grad_norm_(self._params(), self.cfg.max_grad_norm)
+            # DeepSpeed clips inside its engine and returns no norm.
+            grad_norm = float(norm) if norm is not None else None
+            if grad_norm is not None and not math.isfinite(grad_norm):
                 raise TrainingDiverged(f"gradient norm became {grad_norm} at step {step + 1}; training stopped",
                                        hint=f"the last good checkpoint is kept in {self.ckpt_root}")
         lr = self.scheduler.get_last_lr()[0]
@@ -244,7 +249,9 @@ class Trainer:
         t0 = time.perf_counter()
         stopped_early = False
         step = start
+        attention = packed_attention_for(self._model()) if self.prepared.fast_loss else contextlib.nullcontext()
         try:
+            attention.__enter__()
             for step in range(start, self.total_steps):
                 out = self.train_step(step)
                 done = step + 1
@@ -280,6 +287,7 @@ class Trainer:
                     stopped_early = True
                     break
         finally:
+            attention.__exit__(None, None, None)
             progress.close()
         steps_done = step + 1
         if stopped_early and state.get("best_checkpoint"):
@@ -296,7 +304,8 @@ class Trainer:
         result = TrainResult(steps=steps_done, final_loss=last_loss, first_loss=first_loss,
                              best_val_loss=state.get("best_val_loss"), best_step=state.get("best_step"),
                              output_dir=output_dir, tokens_per_s=tokens / max(elapsed, 1e-9),
-                             stopped_early=stopped_early, packing_efficiency=tokens / max(1.0, row_tokens))
+                             stopped_early=stopped_early, packing_efficiency=tokens / max(1.0, row_tokens),
+                             tokens=tokens)
         if self.acc.is_main_process:
             write_json(self.run_dir / "train_summary.json", {
                 k: (str(v) if isinstance(v, Path) else v) for k, v in result.__dict__.items()} | {"precision": self.precision})

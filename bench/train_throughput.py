@@ -1,0 +1,301 @@
+"""Training throughput: tunesmith vs TRL's SFTTrainer on the same work, in one process tree.
+
+    .venv/bin/python bench/train_throughput.py [--steps 8] [--examples 512]
+
+Work: SmolLM2-135M-Instruct (the embedded default), LoRA r=16 alpha=32 on all linear layers, an
+instruction set of ~500 examples of 50-500 tokens (responses are real English prose: Python
+standard-library docstrings, so nothing is downloaded), 16 examples (~4k tokens) per optimizer
+step, the same number of steps and the same learning rate for every system. Loss is on the
+response tokens only for every system (TRL: prompt-completion data, its completion-only loss).
+
+Each system runs in its own subprocess so peak RSS is its own. Reported:
+  effective tokens/s  non-padding tokens per second of training-loop wall time
+  peak RSS            the subprocess's maximum resident set size
+  held-out loss       mean NLL per response token on 32 held-out examples, computed afterwards by the
+                      same code for every system (final training losses are not comparable across
+                      different data orders)
+  MFU                 model FLOPs/s over the bf16 matmul peak measured in this run; model FLOPs per
+                      token = 4 x (non-embedding matmul params) + attention + lm_head at response tokens
+                      (LoRA: forward + input-gradient backward; frozen weights get no weight gradient)
+"""
+
+from __future__ import annotations
+
+import argparse
+import inspect
+import json
+import os
+import pydoc
+import random
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+HERE = Path(__file__).resolve().parent
+OUT = HERE / "out"
+LR, RANK, ALPHA, BATCH = 2e-4, 16, 32, 16
+MICRO = 4  # tunesmith examples per forward pass (~1.1k tokens): bounds activation memory
+
+
+# --- data --------------------------------------------------------------------------------------
+
+MODULES = ["abc", "argparse", "ast", "asyncio", "base64", "bisect", "calendar", "cmd", "codecs", "collections",
+           "colorsys", "concurrent.futures", "configparser", "contextlib", "copy", "csv", "dataclasses", "datetime",
+           "decimal", "difflib", "dis", "email", "enum", "filecmp", "fileinput", "fnmatch", "fractions", "ftplib",
+           "functools", "getopt", "gettext", "glob", "gzip", "hashlib", "heapq", "hmac", "html", "http.client",
+           "imaplib", "inspect", "io", "ipaddress", "itertools", "json", "keyword", "linecache", "locale", "logging",
+           "lzma", "mailbox", "mimetypes", "numbers", "operator", "optparse", "os", "pathlib", "pickle", "pkgutil",
+           "platform", "plistlib", "poplib", "pprint", "queue", "quopri", "random", "re", "reprlib", "sched",
+           "secrets", "selectors", "shelve", "shlex", "shutil", "signal", "smtplib", "socket", "sqlite3", "ssl",
+           "stat", "statistics", "string", "struct", "subprocess", "tarfile", "tempfile", "textwrap", "threading",
+           "timeit", "token", "tokenize", "trace", "traceback", "types", "typing", "unittest", "urllib.parse",
+           "uuid", "warnings", "wave", "weakref", "xml.dom", "zipfile", "zlib"]
+
+
+def docstring_pool() -> list[tuple[str, str]]:
+    """(name, docstring) for stdlib modules, classes and functions with substantial prose."""
+    pool = []
+    for mod_name in MODULES:
+        try:
+            mod = pydoc.locate(mod_name)
+        except Exception:
+            continue
+        if mod is None:
+            continue
+        for name, obj in [(mod_name, mod)] + [(f"{mod_name}.{n}", o) for n, o in vars(mod).items() if not n.startswith("_")]:
+            doc = inspect.getdoc(obj) if (inspect.isclass(obj) or inspect.isfunction(obj) or inspect.ismodule(obj)) else None
+            if doc and len(doc.split()) >= 30 and (inspect.ismodule(obj) or getattr(obj, "__module__", "") == mod.__name__):
+                pool.append((name, doc))
+    return pool
+
+
+def n_tokens(tokenizer, chat: list[dict], generation_prompt: bool = False) -> int:
+    text = tokenizer.apply_chat_template(chat, tokenize=False, add_generation_prompt=generation_prompt)
+    return len(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
+def build_dataset(tokenizer, n: int, seed: int = 0) -> list[dict]:
+    """Prompt-completion chats of 50-500 tokens, lengths spread evenly over that range."""
+    rng = random.Random(seed)
+    pool = docstring_pool()
+    rng.shuffle(pool)
+    rows = []
+    questions = ["Explain what {} does.", "Describe the Python object {}.", "What is {} for? Give the details.",
+                 "Write the documentation for {}."]
+    for i in range(n):
+        name, doc = pool[i % len(pool)]
+        target = rng.randint(50, 500)
+        prompt = [{"role": "user", "content": rng.choice(questions).format(name)}]
+        words = doc.split()
+        answer = " ".join(words)
+        # Trim the answer until the whole rendered chat fits the drawn length.
+        while True:
+            chat = prompt + [{"role": "assistant", "content": answer}]
+            length = n_tokens(tokenizer, chat)
+            if length <= target or len(words) <= 8:
+                break
+            words = words[: max(8, int(len(words) * target / length) - 1)]
+            answer = " ".join(words)
+        rows.append({"prompt": prompt, "completion": [{"role": "assistant", "content": answer}]})
+    return rows
+
+
+# --- one system per subprocess -----------------------------------------------------------------
+
+def flops_per_token(config, target_fraction: float, avg_len: float) -> float:
+    d, L, v = config.hidden_size, config.num_hidden_layers, config.vocab_size
+    kv = config.num_key_value_heads * (d // config.num_attention_heads)
+    per_layer = d * d * 2 + d * kv * 2 + 3 * d * config.intermediate_size
+    body = L * per_layer
+    attention = L * 2 * 2 * d * avg_len / 2  # QK^T and AV over the causal half, forward
+    head = target_fraction * v * d
+    # forward (2 FLOP per MAC) + backward through activations (another 2)
+    return 4 * (body + attention + head)
+
+
+def run_tunesmith(rows, model_dir, steps, out_dir):
+    from tunesmith.config import DataConfig, MethodConfig, TrainConfig
+    from tunesmith.data.schema import Sample
+    from tunesmith.data.tokenize import tokenize_all
+    from tunesmith.methods import prepare_method
+    from tunesmith.models import load_model, load_tokenizer
+    from tunesmith.train.trainer import Trainer
+
+    tok = load_tokenizer(str(model_dir))
+    samples = [Sample(messages=r["prompt"] + r["completion"]) for r in rows]
+    data, _ = tokenize_all(tok, samples, max_len=1024)
+    torch.manual_seed(0)
+    model = load_model(str(model_dir))
+    prepared = prepare_method(model, MethodConfig(name="lora", r=RANK, alpha=ALPHA, dropout=0.0), LR)
+    cfg = TrainConfig(max_steps=steps, batch_size=BATCH, micro_batch_size=MICRO, lr=LR, warmup_ratio=0.0,
+                      scheduler="constant", precision="bf16", seed=0)
+    trainer = Trainer(cfg, DataConfig(max_len=1024, packing=True), prepared, tok, data, [], out_dir, show_progress=False)
+    t0 = time.perf_counter()
+    result = trainer.fit()
+    wall = time.perf_counter() - t0
+    return {"wall": wall, "tokens": result.tokens, "final_loss": result.final_loss, "adapter": str(result.output_dir)}
+
+
+def run_trl(rows, model_dir, steps, out_dir, variant):
+    from datasets import Dataset
+    from peft import LoraConfig
+    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
+    from trl import SFTConfig, SFTTrainer
+
+    tok = AutoTokenizer.from_pretrained(str(model_dir))
+    model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32)
+    kwargs = dict(output_dir=str(out_dir), max_steps=steps, per_device_train_batch_size=8, gradient_accumulation_steps=2,
+                  learning_rate=LR, lr_scheduler_type="constant", logging_steps=1, save_strategy="no",
+                  report_to="none", use_cpu=True, seed=0, max_length=1024, dataloader_num_workers=0)
+    if variant == "bf16":
+        kwargs.update(bf16=True)
+    elif variant == "bf16_packing":
+        kwargs.update(bf16=True, packing=True)
+    args = SFTConfig(**kwargs)
+    timing = {}
+
+    class Clock(TrainerCallback):
+        def on_train_begin(self, *a, **k):
+            timing["t0"] = time.perf_counter()
+
+        def on_train_end(self, *a, **k):
+            timing["t1"] = time.perf_counter()
+
+    trainer = SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows), processing_class=tok,
+                         peft_config=LoraConfig(r=RANK, lora_alpha=ALPHA, lora_dropout=0.0, target_modules="all-linear",
+                                                task_type="CAUSAL_LM"),
+                         callbacks=[Clock()])
+    trainer.train()
+    logs = [h for h in trainer.state.log_history if "loss" in h]
+    # TRL logs the running count of non-padding tokens it trained on.
+    n_tokens = max((h.get("num_tokens", 0) for h in trainer.state.log_history), default=0)
+    adapter = Path(out_dir) / "adapter"
+    trainer.model.save_pretrained(adapter)
+    return {"wall": timing["t1"] - timing["t0"], "tokens": float(n_tokens), "final_loss": logs[-1]["loss"],
+            "adapter": str(adapter), "bf16": bool(args.bf16), "packing": bool(args.packing),
+            "padding_free": bool(getattr(args, "padding_free", False))}
+
+
+def heldout_loss(model_dir, adapter, rows) -> float:
+    from peft import PeftModel
+
+    from tunesmith.data.packing import collate
+    from tunesmith.data.schema import Sample
+    from tunesmith.data.tokenize import tokenize_all
+    from tunesmith.models import load_model, load_tokenizer
+    from tunesmith.train.loss import CausalLMLoss
+
+    tok = load_tokenizer(str(model_dir))
+    model = PeftModel.from_pretrained(load_model(str(model_dir)), adapter).eval()
+    data, _ = tokenize_all(tok, [Sample(messages=r["prompt"] + r["completion"]) for r in rows], max_len=1024)
+    loss = CausalLMLoss(model)
+    total = count = 0.0
+    with torch.no_grad():
+        for i in range(0, len(data), 8):
+            b = collate(data[i:i + 8], pack=False, max_len=1024, pad_id=tok.pad_token_id)
+            nll, n = loss(b.input_ids, b.position_ids, b.targets)
+            total, count = total + float(nll), count + float(n)
+    return total / count
+
+
+def child(args) -> None:
+    payload = json.loads(Path(args.child).read_text())
+    rows, held = payload["rows"], payload["heldout"]
+    out_dir = OUT / f"run-{args.system}"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(0)
+    if args.system == "tunesmith":
+        res = run_tunesmith(rows, payload["model_dir"], args.steps, out_dir)
+    else:
+        res = run_trl(rows, payload["model_dir"], args.steps, out_dir, args.system.removeprefix("trl_"))
+    res["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    res["heldout_loss"] = heldout_loss(payload["model_dir"], res["adapter"], held)
+    Path(args.result).write_text(json.dumps(res))
+
+
+# --- driver ------------------------------------------------------------------------------------
+
+def matmul_peak_gflops(size: int = 2048, reps: int = 10) -> float:
+    a = torch.randn(size, size, dtype=torch.bfloat16)
+    b = torch.randn(size, size, dtype=torch.bfloat16)
+    for _ in range(3):
+        a @ b
+    t0 = time.perf_counter()
+    for _ in range(reps):
+        a @ b
+    return 2 * size ** 3 * reps / (time.perf_counter() - t0) / 1e9
+
+
+SYSTEMS = ["trl_default", "trl_bf16", "trl_bf16_packing", "tunesmith"]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--steps", type=int, default=8)
+    ap.add_argument("--examples", type=int, default=512)
+    ap.add_argument("--systems", default=",".join(SYSTEMS))
+    ap.add_argument("--child")
+    ap.add_argument("--system")
+    ap.add_argument("--result")
+    args = ap.parse_args()
+    if args.child:
+        return child(args)
+
+    from tunesmith.models import load_tokenizer
+    from tunesmith.models.default import ensure_default_model
+
+    model_dir = ensure_default_model()
+    tok = load_tokenizer(str(model_dir))
+    rows = build_dataset(tok, args.examples + 32)
+    train_rows, held = rows[:args.examples], rows[args.examples:]
+    lengths = [n_tokens(tok, r["prompt"] + r["completion"]) for r in train_rows]
+    OUT.mkdir(parents=True, exist_ok=True)
+    payload = OUT / "payload.json"
+    payload.write_text(json.dumps({"rows": train_rows, "heldout": held, "model_dir": str(model_dir)}))
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(str(model_dir))
+    resp = [n_tokens(tok, r["prompt"] + r["completion"]) - n_tokens(tok, r["prompt"], True) for r in train_rows]
+    fpt = flops_per_token(config, sum(resp) / sum(lengths), sum(lengths) / len(lengths))
+    peak = matmul_peak_gflops()
+    print(f"data: {len(train_rows)} examples, {min(lengths)}-{max(lengths)} tokens (mean {sum(lengths)/len(lengths):.0f}); "
+          f"{BATCH} examples/step (~{BATCH * sum(lengths) / len(lengths):.0f} tokens); {args.steps} steps; "
+          f"bf16 matmul peak {peak:.0f} GFLOP/s; {fpt / 1e6:.0f} MFLOP per token", flush=True)
+    results = {}
+    for system in args.systems.split(","):
+        res_path = OUT / f"result-{system}.json"
+        cmd = [sys.executable, __file__, "--child", str(payload), "--system", system, "--result", str(res_path),
+               "--steps", str(args.steps)]
+        t0 = time.perf_counter()
+        r = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "TOKENIZERS_PARALLELISM": "false"})
+        if r.returncode != 0:
+            print(f"{system}: FAILED\n{r.stderr[-3000:]}", flush=True)
+            continue
+        results[system] = json.loads(res_path.read_text())
+        res = results[system]
+        print(f"{system}: {res['tokens'] / res['wall']:.0f} tok/s, {res['peak_rss_mb']:.0f} MB, held-out loss "
+              f"{res['heldout_loss']:.4f} ({time.perf_counter() - t0:.0f}s)", flush=True)
+    if not results:
+        return
+    best_trl = max((s for s in results if s.startswith("trl")), key=lambda s: results[s]["tokens"] / results[s]["wall"],
+                   default=None)
+    header = f"| system | effective tok/s | vs TRL default | vs best TRL | peak RSS (MB) | held-out loss | MFU |"
+    lines = [header, "|---|---|---|---|---|---|---|"]
+    for system, res in results.items():
+        tps = res["tokens"] / res["wall"]
+        vs_default = tps / (results["trl_default"]["tokens"] / results["trl_default"]["wall"]) if "trl_default" in results else float("nan")
+        vs_best = tps / (results[best_trl]["tokens"] / results[best_trl]["wall"]) if best_trl else float("nan")
+        mfu = tps * fpt / (peak * 1e9)
+        lines.append(f"| {system} | {tps:.0f} | {vs_default:.2f}x | {vs_best:.2f}x | {res['peak_rss_mb']:.0f} | "
+                     f"{res['heldout_loss']:.4f} | {100 * mfu:.0f}% |")
+    table = "\n".join(lines)
+    print(table)
+    (OUT / "train_throughput.md").write_text(table + "\n")
+
+
+if __name__ == "__main__":
+    main()
