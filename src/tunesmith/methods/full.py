@@ -14,6 +14,7 @@ class Full(Method):
     summary = "train every weight"
 
     def prepare(self, model, cfg, lr):
+        self.check(cfg)
         for p in model.parameters():
             p.requires_grad_(True)
         return Prepared(model, trainable_groups(model, lr), kind="full")
@@ -32,8 +33,10 @@ def decoder_layers(model):
 class Freeze(Method):
     name = "freeze"
     summary = "train only the last method.layers_to_train decoder layers (and method.trainable_modules)"
+    options = frozenset({"layers_to_train", "trainable_modules"})
 
     def prepare(self, model, cfg, lr):
+        self.check(cfg)
         for p in model.parameters():
             p.requires_grad_(False)
         layers = decoder_layers(model)

@@ -1,11 +1,20 @@
-"""LoRA and QLoRA through peft."""
+"""The LoRA family through peft: lora, qlora, rslora, dora, and the LoRA+ / LoRA-FA optimizers.
+
+rsLoRA and DoRA are flags of one LoRA config, so they combine with each other and with a 4-bit
+base (qlora + dora). LoRA+ and LoRA-FA replace AdamW through the trainer's "optimizer" hook.
+"""
 
 from __future__ import annotations
 
+import torch
+
+from tunesmith.errors import ConfigError
 from tunesmith.methods.registry import Method, Prepared, register_method, trainable_groups
 
+LORA_OPTIONS = frozenset({"r", "alpha", "dropout", "target_modules", "rslora", "dora", "loraplus_lr_ratio", "lora_fa"})
 
-def lora_config(cfg, **extra):
+
+def lora_config(cfg, *, rslora: bool | None = None, dora: bool | None = None, **extra):
     from peft import LoraConfig
 
     return LoraConfig(
@@ -13,6 +22,8 @@ def lora_config(cfg, **extra):
         lora_alpha=cfg.alpha,
         lora_dropout=cfg.dropout,
         target_modules=cfg.target_modules,
+        use_rslora=cfg.rslora if rslora is None else rslora,
+        use_dora=cfg.dora if dora is None else dora,
         task_type="CAUSAL_LM",
         **extra,
     )
@@ -24,20 +35,82 @@ def wrap_peft(model, peft_config):
     return get_peft_model(model, peft_config)
 
 
+def check_optimizer_options(method_name: str, cfg, uses_dora: bool) -> None:
+    if cfg.loraplus_lr_ratio and cfg.lora_fa:
+        raise ConfigError("method.loraplus_lr_ratio and method.lora_fa both set: each replaces the optimizer, pick one",
+                          hint="LoRA+ trains A and B at different rates; LoRA-FA freezes A")
+    if cfg.lora_fa and uses_dora:
+        raise ConfigError(f"method.lora_fa with DoRA ({method_name}): LoRA-FA's projected gradient assumes the plain "
+                          "product B·A, which DoRA renormalises per column",
+                          hint="drop method.lora_fa, or use method.name=lora without dora")
+
+
+def optimizer_hooks(model, cfg, lr: float) -> dict:
+    """LoRA+ or LoRA-FA as the trainer's optimizer factory (the param groups it passes are ignored:
+    both optimizers build their own groups from the peft model)."""
+    if cfg.loraplus_lr_ratio:
+        from peft.optimizers import create_loraplus_optimizer
+
+        return {"optimizer": lambda _groups: create_loraplus_optimizer(
+            model, torch.optim.AdamW, lr=lr, loraplus_lr_ratio=cfg.loraplus_lr_ratio)}
+    if cfg.lora_fa:
+        from peft.optimizers import create_lorafa_optimizer
+
+        return {"optimizer": lambda _groups: create_lorafa_optimizer(model, r=cfg.r, lora_alpha=cfg.alpha, lr=lr)}
+    return {}
+
+
+def freeze_lora_a(model) -> None:
+    # LoRA-FA keeps A at its random init; freezing it here (not only inside the optimizer factory)
+    # keeps the reported trainable-parameter count and the checkpoints honest.
+    for name, p in model.named_parameters():
+        if "lora_A" in name:
+            p.requires_grad_(False)
+
+
 @register_method
 class LoRA(Method):
     name = "lora"
-    summary = "low-rank adapters on linear layers (peft)"
+    summary = "low-rank adapters B·A on linear layers (peft); +rslora/dora flags, LoRA+/LoRA-FA optimizers"
+    options = LORA_OPTIONS
+    force_rslora: bool | None = None
+    force_dora: bool | None = None
+
+    def uses_dora(self, cfg) -> bool:
+        return bool(cfg.dora if self.force_dora is None else self.force_dora)
+
+    def check(self, cfg) -> None:
+        super().check(cfg)
+        check_optimizer_options(self.name, cfg, self.uses_dora(cfg))
 
     def prepare(self, model, cfg, lr):
-        model = wrap_peft(model, lora_config(cfg))
-        return Prepared(model, trainable_groups(model, lr), kind="adapter")
+        self.check(cfg)
+        model = wrap_peft(model, lora_config(cfg, rslora=self.force_rslora, dora=self.force_dora))
+        if cfg.lora_fa:
+            freeze_lora_a(model)
+        return Prepared(model, trainable_groups(model, lr), kind="adapter", hooks=optimizer_hooks(model, cfg, lr))
+
+
+@register_method
+class RSLoRA(LoRA):
+    name = "rslora"
+    summary = "rank-stabilised LoRA: scale alpha/sqrt(r), so higher ranks keep learning (peft)"
+    force_rslora = True
+
+
+@register_method
+class DoRA(LoRA):
+    name = "dora"
+    summary = "weight-decomposed LoRA: LoRA direction plus a trained magnitude per output (peft)"
+    force_dora = True
 
 
 @register_method
 class QLoRA(LoRA):
     name = "qlora"
-    summary = "LoRA over a 4-bit NF4 base (bitsandbytes, double quantization, bf16 compute)"
+    summary = "LoRA over a 4-bit NF4 base (bitsandbytes, double quantization, bf16 compute); dora/rslora flags combine"
+    options = LORA_OPTIONS | {"quant_double", "quant_type"}
+    base_bits = 4
 
     def load_options(self, cfg):
         return {"quantization": {"bits": 4, "quant_type": cfg.quant_type, "double": cfg.quant_double, "compute_dtype": "bf16"}}
@@ -45,6 +118,7 @@ class QLoRA(LoRA):
     def prepare(self, model, cfg, lr):
         from peft import prepare_model_for_kbit_training
 
-        # Gradient checkpointing is the trainer's choice, not a side effect of quantization.
-        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+        if getattr(model, "hf_quantizer", None) is not None or getattr(model, "is_loaded_in_4bit", False):
+            # Gradient checkpointing is the trainer's choice, not a side effect of quantization.
+            model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
         return super().prepare(model, cfg, lr)

@@ -1,0 +1,39 @@
+"""IA3 through peft: learned per-channel scaling of linear-layer outputs (inputs for feed-forward
+down-projections), so the adapter is one vector per adapted layer."""
+
+from __future__ import annotations
+
+import re
+
+from tunesmith.methods.registry import Method, Prepared, register_method, trainable_groups
+
+
+def linear_names(model) -> set[str]:
+    """Short names of the linear layers inside the decoder (what 'all-linear' means for IA3)."""
+    import torch
+
+    names = set()
+    for full, module in model.named_modules():
+        if isinstance(module, torch.nn.Linear) and "lm_head" not in full and re.search(r"\.\d+\.", full):
+            names.add(full.rsplit(".", 1)[-1])
+    return names
+
+
+@register_method
+class IA3(Method):
+    name = "ia3"
+    summary = "learned rescaling vectors on linear layers (inputs of feed-forward down-projections) (peft)"
+    options = frozenset({"target_modules", "ia3_feedforward_modules"})
+
+    def prepare(self, model, cfg, lr):
+        from peft import IA3Config, get_peft_model
+
+        self.check(cfg)
+        targets = sorted(linear_names(model)) if cfg.target_modules == "all-linear" else \
+            ([cfg.target_modules] if isinstance(cfg.target_modules, str) else list(cfg.target_modules))
+        # peft requires the feed-forward set to be a subset of the targets; names that this
+        # architecture does not have (fc2 on a Llama) are simply absent.
+        feedforward = [m for m in cfg.ia3_feedforward_modules if m in targets]
+        model = get_peft_model(model, IA3Config(target_modules=targets, feedforward_modules=feedforward,
+                                                task_type="CAUSAL_LM"))
+        return Prepared(model, trainable_groups(model, lr), kind="adapter")

@@ -1,0 +1,23 @@
+"""Prefix tuning through peft: trained key/value vectors for `num_virtual_tokens` positions in
+every layer's attention. The adapter lives in the KV cache, so it cannot be merged into weights."""
+
+from __future__ import annotations
+
+from tunesmith.methods.registry import Method, Prepared, register_method, trainable_groups
+
+
+@register_method
+class PrefixTuning(Method):
+    name = "prefix"
+    summary = "trained per-layer key/value prefixes of num_virtual_tokens positions (peft)"
+    mergeable = False
+    gguf_exportable = False
+    options = frozenset({"num_virtual_tokens"})
+
+    def prepare(self, model, cfg, lr):
+        from peft import PrefixTuningConfig, get_peft_model
+
+        self.check(cfg)
+        model = get_peft_model(model, PrefixTuningConfig(num_virtual_tokens=cfg.num_virtual_tokens, task_type="CAUSAL_LM"))
+        # The prefix enters through past_key_values, which the hidden-states-only loss path skips.
+        return Prepared(model, trainable_groups(model, lr), kind="adapter", mergeable=False, fast_loss=False)

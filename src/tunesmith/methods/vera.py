@@ -1,0 +1,24 @@
+"""VeRA through peft: one pair of frozen random projections shared by all layers; each adapted
+layer trains only two scaling vectors (lambda_b over outputs, lambda_d over the rank)."""
+
+from __future__ import annotations
+
+from tunesmith.methods.registry import Method, Prepared, register_method, trainable_groups
+
+
+@register_method
+class VeRA(Method):
+    name = "vera"
+    summary = "shared frozen random low-rank projections, trained per-layer scaling vectors (peft)"
+    options = frozenset({"vera_r", "target_modules", "dropout"})
+
+    def prepare(self, model, cfg, lr):
+        from peft import VeraConfig, get_peft_model
+
+        self.check(cfg)
+        # save_projection keeps the random A/B in the adapter file, so loading never depends on
+        # regenerating them from the PRNG key on another torch version.
+        config = VeraConfig(r=cfg.vera_r, target_modules=cfg.target_modules, vera_dropout=cfg.dropout,
+                            save_projection=True, task_type="CAUSAL_LM")
+        model = get_peft_model(model, config)
+        return Prepared(model, trainable_groups(model, lr), kind="adapter")
