@@ -49,6 +49,19 @@ class MethodConfig(Section):
     trainable_modules: list[str] = Field(default_factory=list, description="freeze: extra module name patterns to train")
     quant_double: bool = Field(True, description="qlora: double quantization of the 4-bit constants")
     quant_type: Literal["nf4", "fp4"] = Field("nf4", description="qlora: 4-bit data type")
+    rslora: bool = Field(False, description="lora/qlora/dora: scale by alpha/sqrt(r) instead of alpha/r (rank-stabilised LoRA)")
+    dora: bool = Field(False, description="lora/qlora/rslora: add DoRA magnitude vectors (weight-decomposed LoRA)")
+    loraplus_lr_ratio: float = Field(0.0, ge=0.0, description="LoRA+: B learns this many times faster than A (0 = off; the paper uses 16)")
+    lora_fa: bool = Field(False, description="LoRA-FA: freeze A and train B with the projected-gradient optimizer")
+    vera_r: int = Field(256, gt=0, description="vera: rank of the shared frozen random projections")
+    ia3_feedforward_modules: list[str] = Field(default_factory=lambda: ["down_proj", "fc2", "w2"], description="ia3: adapted modules whose input (not output) is scaled")
+    num_virtual_tokens: int = Field(20, gt=0, description="prefix/prompt: number of virtual tokens")
+    prompt_init_text: str | None = Field(None, description="prompt: initialise the virtual tokens from this text (empty = random)")
+    delta_lora_lambda: float = Field(0.5, ge=0.0, description="delta_lora: base-weight update factor for the change of the low-rank product")
+    delta_lora_start: int = Field(0, ge=0, description="delta_lora: optimizer steps of plain LoRA before base weights start to move")
+    bottleneck_size: int = Field(64, gt=0, description="bottleneck: hidden size of each adapter")
+    bottleneck_activation: Literal["relu", "gelu", "silu", "tanh"] = Field("relu", description="bottleneck: nonlinearity between down- and up-projection")
+    spectrum_top_percent: float = Field(25.0, gt=0.0, le=100.0, description="spectrum: train this percentage of matrices (highest SNR) per module type")
 
 
 class TrainConfig(Section):
