@@ -1,4 +1,4 @@
-"""`tunesmith data ...`."""
+"""`tunesmith data ...`: validate, inspect, clean, convert and split training data."""
 
 from __future__ import annotations
 
@@ -7,18 +7,32 @@ from pathlib import Path
 
 import typer
 
-from tunesmith.cli.common import app, err, out
+from tunesmith.cli.common import app, err, out, print_table
 
-data_app = typer.Typer(no_args_is_help=True, help="Validate and inspect training data.")
+data_app = typer.Typer(no_args_is_help=True, help="Validate, inspect, clean, convert and split training data.")
 app.add_typer(data_app, name="data")
+
+FileArg = typer.Argument(..., help="data file (.jsonl .json .parquet .csv), a saved datasets folder, or a folder of .txt/.md")
+FormatOpt = typer.Option("auto", "--format", help="force an input format instead of detecting it")
+ModelOpt = typer.Option("default", "--model", help="model whose tokenizer and chat template measure lengths")
+TemplateOpt = typer.Option("auto", "--template", help="chat template: auto (the model's own), chatml, llama3 or alpaca")
+
+
+def _plain(text: str, console=out) -> None:
+    console.print(text, markup=False, highlight=False)
+
+
+def _tokenizer(model: str, template: str):
+    from tunesmith.models import load_tokenizer
+
+    return load_tokenizer(model, template)
 
 
 @data_app.command("validate")
-def data_validate(file: Path = typer.Argument(..., help="data file or folder"),
-                  fmt: str = typer.Option("auto", "--format", help="force a format instead of detecting it"),
+def data_validate(file: Path = FileArg, fmt: str = FormatOpt,
                   max_errors: int = typer.Option(0, help="stop after N errors (0 = report all)"),
                   as_json: bool = typer.Option(False, "--json", help="machine-readable output")):
-    """Check every record; print FILE:LINE: field: problem. Exit 1 on errors."""
+    """Check every record; print FILE:LINE: field: problem. Exit 1 on errors (warnings do not fail)."""
     from tunesmith.data.load import read_samples
 
     result = read_samples(file, fmt, max_errors=max_errors)
@@ -28,9 +42,110 @@ def data_validate(file: Path = typer.Argument(..., help="data file or folder"),
                                    "warnings": [str(w) for w in result.warnings]}))
     else:
         for problem in result.problems:
-            (err if problem.severity == "error" else out).print(f"{problem.severity}: {problem}", markup=False, highlight=False)
-        out.print(f"{file}: format {result.format or 'unknown'}, {result.records} records, "
-                  f"{len(result.samples)} valid, {len(result.errors)} errors, {len(result.warnings)} warnings",
-                  markup=False, highlight=False)
+            _plain(str(problem), err if problem.severity == "error" else out)
+        _plain(f"{file}: format {result.format or 'unknown'}, {result.records} records, {len(result.samples)} valid, "
+               f"{len(result.errors)} errors, {len(result.warnings)} warnings")
     if result.errors:
         raise typer.Exit(1)
+
+
+@data_app.command("inspect")
+def data_inspect(file: Path = FileArg, model: str = ModelOpt, template: str = TemplateOpt, fmt: str = FormatOpt,
+                 max_len: int = typer.Option(512, "--max-len", help="length limit to count examples against (data.max_len)"),
+                 as_json: bool = typer.Option(False, "--json", help="machine-readable output"),
+                 plot: Path | None = typer.Option(None, "--plot", help="write a token-length histogram to this PNG")):
+    """Counts, token-length percentiles, examples over max_len, duplicates, packing efficiency, format."""
+    from tunesmith.data.inspection import inspect_file, plot_lengths
+
+    result = inspect_file(file, _tokenizer(model, template), max_len=max_len, fmt=fmt)
+    if plot is not None and result.lengths:
+        plot_lengths(result, plot)
+    if as_json:
+        out.print_json(json.dumps(result.as_dict()))
+    else:
+        rows = [("format", result.format or "unknown"), ("records", result.records), ("valid", result.valid),
+                ("errors", result.errors), ("kinds", ", ".join(f"{k} {v}" for k, v in result.kinds.items()))]
+        if result.roles:
+            rows.append(("messages by role", ", ".join(f"{k} {v}" for k, v in result.roles.items())))
+        if result.turns:
+            rows.append(("turns per conversation", f"mean {result.turns['mean']}, max {result.turns['max']}"))
+        if result.tokens:
+            rows.append(("tokens", ", ".join(f"{k} {v}" for k, v in result.tokens.items())))
+            rows.append((f"over max_len {max_len}", result.over_max_len))
+            p = result.packing
+            rows.append(("packing", f"{p['examples']} examples in {p['rows']} rows of {max_len}: "
+                                    f"efficiency {p['efficiency']:.1%}"))
+        rows += [("exact duplicates", result.exact_duplicates), ("near duplicates", result.near_duplicates)]
+        print_table(str(file), ["", "value"], rows)
+        for line in result.first_errors:
+            _plain(line, err)
+        if plot is not None and result.lengths:
+            _plain(f"plot: {plot}")
+    if result.errors:
+        raise typer.Exit(1)
+
+
+@data_app.command("clean")
+def data_clean(file: Path = FileArg,
+               output: Path = typer.Option(..., "-o", "--output", help="cleaned data (.jsonl, .json or .parquet)"),
+               report: Path | None = typer.Option(None, "--report", help="report JSON (default: OUTPUT stem + .report.json)"),
+               fmt: str = FormatOpt,
+               normalize: bool = typer.Option(True, "--normalize/--no-normalize", help="Unicode (NFC) and whitespace clean-up"),
+               dedup: bool = typer.Option(True, "--dedup/--no-dedup", help="remove exact duplicates (after folding case and spaces)"),
+               near_dedup: bool = typer.Option(True, "--near-dedup/--no-near-dedup", help="remove near-duplicates (MinHash LSH)"),
+               threshold: float = typer.Option(0.8, help="near-duplicate Jaccard threshold"),
+               ngram: int = typer.Option(5, help="word n-gram size of the near-duplicate shingles"),
+               num_perm: int = typer.Option(128, help="MinHash permutations"),
+               min_tokens: int = typer.Option(0, help="drop examples shorter than this many tokens (0: off)"),
+               max_tokens: int | None = typer.Option(None, help="drop examples longer than this many tokens"),
+               model: str = ModelOpt, template: str = TemplateOpt,
+               as_json: bool = typer.Option(False, "--json", help="print the report as JSON")):
+    """Normalise, drop empty / too short / too long / duplicate examples; print and write a report."""
+    from tunesmith.data.clean import CleanOptions, clean_file, default_report_path
+    from tunesmith.data.dedup import NearDupParams
+    from tunesmith.errors import DataError
+    from tunesmith.io_utils import write_json
+
+    if not 0 < threshold <= 1:
+        raise DataError(f"--threshold must be in (0, 1], got {threshold}")
+    options = CleanOptions(normalize=normalize, exact_dedup=dedup, near_dedup=near_dedup,
+                           near=NearDupParams(ngram=ngram, threshold=threshold, num_perm=num_perm),
+                           min_tokens=min_tokens, max_tokens=max_tokens, fmt=fmt)
+    tokenizer = _tokenizer(model, template) if options.needs_tokenizer else None
+    result = clean_file(file, output, options, tokenizer)
+    report_path = report or default_report_path(output)
+    write_json(report_path, result.as_dict())
+    if as_json:
+        out.print_json(json.dumps(result.as_dict()))
+        return
+    rows = [(reason, n, "; ".join(e["source"] + (f" (dup of {e['duplicate_of']})" if "duplicate_of" in e else "")
+                                  for e in result.examples.get(reason, [])))
+            for reason, n in result.removed.items() if n]
+    print_table(f"{file}: {result.records} records -> {result.kept} kept, {result.total_removed} removed",
+                ["removed because", "count", "examples"], rows)
+    _plain(f"wrote {output} and {report_path} in {result.seconds:.1f}s")
+
+
+@data_app.command("convert")
+def data_convert(file: Path = FileArg,
+                 output: Path = typer.Option(..., "-o", "--output", help="output file (.jsonl, .json or .parquet)"),
+                 to: str = typer.Option(..., "--to", help="alpaca, chatml, sharegpt, prompt_completion, text or preference"),
+                 fmt: str = FormatOpt):
+    """Rewrite every record in another format (all or nothing)."""
+    from tunesmith.data.convert import convert_file
+
+    summary = convert_file(file, output, to, fmt)
+    _plain(f"wrote {summary['records']} records as {to} to {output} (read as {summary['from']})")
+
+
+@data_app.command("split")
+def data_split(file: Path = FileArg,
+               val: float = typer.Option(..., "--val", help="fraction held out for validation, e.g. 0.1"),
+               seed: int = typer.Option(0, "--seed", help="shuffle seed (the same draw as train.seed with data.val_split)"),
+               out_dir: Path | None = typer.Option(None, "-o", "--out-dir", help="folder for STEM.train.jsonl / STEM.val.jsonl (default: next to FILE)"),
+               fmt: str = FormatOpt):
+    """Seeded train/validation split; records are written unchanged."""
+    from tunesmith.data.split import split_file
+
+    summary = split_file(file, val, seed, out_dir, fmt)
+    _plain(f"{summary['n_train']} -> {summary['train']}\n{summary['n_val']} -> {summary['val']}")

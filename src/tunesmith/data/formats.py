@@ -14,10 +14,12 @@ from tunesmith.data.schema import ROLES, Sample
 class FieldProblem(Exception):
     """A problem with one field of one record: becomes `FILE:LINE: field: message`."""
 
-    def __init__(self, field: str, message: str):
+    def __init__(self, field: str, message: str, *, empty: bool = False):
         super().__init__(message)
         self.field = field
         self.message = message
+        # An empty field is an error for `validate`, but only a removal reason for `clean`.
+        self.empty = empty
 
 
 class Format:
@@ -48,7 +50,7 @@ def _text(record: dict, key: str, *, required: bool = True, allow_empty: bool = 
     if not isinstance(value, str):
         raise FieldProblem(key, f"expected a string, got {type(value).__name__}")
     if not allow_empty and required and not value.strip():
-        raise FieldProblem(key, "empty")
+        raise FieldProblem(key, "empty", empty=True)
     return value
 
 
@@ -59,12 +61,12 @@ def _id(record: dict) -> str | None:
 
 def check_conversation(messages: list[dict], field: str = "messages") -> None:
     if not messages:
-        raise FieldProblem(field, "empty conversation")
+        raise FieldProblem(field, "empty conversation", empty=True)
     for i, m in enumerate(messages):
         if m["role"] not in ROLES:
             raise FieldProblem(f"{field}[{i}].role", f"unknown role {m['role']!r} (expected one of {', '.join(ROLES)})")
         if not m["content"].strip():
-            raise FieldProblem(f"{field}[{i}].content", "empty")
+            raise FieldProblem(f"{field}[{i}].content", "empty", empty=True)
         if m["role"] == "system" and i != 0:
             raise FieldProblem(f"{field}[{i}].role", "a system message may only come first")
     if messages[-1]["role"] != "assistant":
@@ -73,14 +75,33 @@ def check_conversation(messages: list[dict], field: str = "messages") -> None:
         raise FieldProblem(field, "conversation has no user message")
 
 
+def _content(value, where: str) -> str:
+    """A message's content: a string, or OpenAI content parts of which the text parts are kept."""
+    if isinstance(value, str):
+        return value
+    if value is None:
+        raise FieldProblem(where, "missing (tool calls and other non-text turns are not supported)")
+    if isinstance(value, list) and all(isinstance(p, dict) for p in value):
+        kinds = {p.get("type") for p in value} - {"text"}
+        if kinds:
+            raise FieldProblem(where, f"only text content parts are supported, found {', '.join(sorted(map(str, kinds)))}")
+        return "".join(str(p.get("text", "")) for p in value)
+    raise FieldProblem(where, f"expected a string, got {type(value).__name__}")
+
+
 @register
 class Messages(Format):
-    """OpenAI / ChatML: {"messages": [{"role": ..., "content": ...}, ...]}"""
+    """OpenAI / ChatML: {"messages": [{"role": ..., "content": ...}, ...]}.
+
+    Other keys of the record (a serve log's `adapter`, `timestamp`, `usage` ...) and of each message
+    (`name`) are ignored, so request logs can be trained on as they are.
+    """
 
     name = "messages"
     keys = ("messages",)
     role_key, content_key = "role", "content"
-    role_map: dict[str, str] = {}
+    # OpenAI's newer "developer" role is its system prompt.
+    role_map: dict[str, str] = {"developer": "system"}
 
     def parse(self, record: dict) -> Sample:
         raw = record[self.keys[0]]
@@ -91,12 +112,12 @@ class Messages(Format):
             where = f"{self.keys[0]}[{i}]"
             if not isinstance(m, dict):
                 raise FieldProblem(where, f"expected an object, got {type(m).__name__}")
-            role = _text(m, self.role_key, required=True)
-            content = m.get(self.content_key)
-            if content is None:
-                raise FieldProblem(f"{where}.{self.content_key}", "missing")
-            if not isinstance(content, str):
-                raise FieldProblem(f"{where}.{self.content_key}", f"expected a string, got {type(content).__name__}")
+            if self.role_key not in m:
+                raise FieldProblem(f"{where}.{self.role_key}", "missing")
+            role = m[self.role_key]
+            if not isinstance(role, str):
+                raise FieldProblem(f"{where}.{self.role_key}", f"expected a string, got {type(role).__name__}")
+            content = _content(m.get(self.content_key), f"{where}.{self.content_key}")
             messages.append({"role": self.role_map.get(role, role), "content": content})
         check_conversation(messages, self.keys[0])
         return Sample(messages=messages, id=_id(record))
@@ -109,7 +130,8 @@ class ShareGPT(Messages):
     name = "sharegpt"
     keys = ("conversations",)
     role_key, content_key = "from", "value"
-    role_map = {"human": "user", "gpt": "assistant", "system": "system", "user": "user", "assistant": "assistant"}
+    role_map = {"human": "user", "gpt": "assistant", "chatgpt": "assistant", "system": "system",
+                "user": "user", "assistant": "assistant"}
 
 
 @register
@@ -125,7 +147,21 @@ class Preference(Format):
             messages = Messages().parse({"messages": prompt + [{"role": "assistant", "content": "x"}]}).messages[:-1]
         else:
             messages = [{"role": "user", "content": _text(record, "prompt")}]
-        return Sample(messages=messages, chosen=_text(record, "chosen"), rejected=_text(record, "rejected"), id=_id(record))
+        return Sample(messages=messages, chosen=self._answer(record, "chosen"),
+                      rejected=self._answer(record, "rejected"), id=_id(record))
+
+    @staticmethod
+    def _answer(record: dict, key: str) -> str:
+        # TRL's conversational form gives each answer as a list of messages ending with the assistant.
+        value = record.get(key)
+        if isinstance(value, list):
+            if not value or not isinstance(value[-1], dict) or value[-1].get("role") != "assistant":
+                raise FieldProblem(key, "expected a string or a list of messages ending with an assistant message")
+            content = _content(value[-1].get("content"), f"{key}[{len(value) - 1}].content")
+            if not content.strip():
+                raise FieldProblem(key, "empty", empty=True)
+            return content
+        return _text(record, key)
 
 
 @register

@@ -1,14 +1,25 @@
-"""Read a data file into validated `Sample`s, reporting every problem as FILE:LINE: field: message."""
+"""Read a data file into validated `Sample`s, reporting every problem as FILE:LINE: field: message.
+
+`scan` streams one `Item` per record (a sample or a problem) so `clean` and `inspect` never hold
+a whole file; `read_samples` collects a scan and adds warnings; `load_samples` is the strict
+loader training uses.
+"""
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterator
 
 from tunesmith.data.formats import FORMATS, FieldProblem, detect_format
-from tunesmith.data.readers import ReadProblem, iter_records
+from tunesmith.data.normalize import exact_key, sample_parts
+from tunesmith.data.readers import Loc, ReadProblem, iter_records
 from tunesmith.data.schema import Sample
 from tunesmith.errors import DataError
+
+# Past this many characters an example is almost surely over any max_len (about 4 chars a token).
+LONG_EXAMPLE_CHARS = 32_000
 
 
 @dataclass
@@ -20,7 +31,63 @@ class Problem:
     severity: str = "error"
 
     def __str__(self) -> str:
-        return f"{self.file}:{self.line}: {self.field}: {self.message}"
+        tag = "warning: " if self.severity == "warning" else ""
+        return f"{self.file}:{self.line}: {self.field}: {tag}{self.message}"
+
+
+@dataclass
+class Item:
+    """One record of a scan: exactly one of `sample` and `problem` is set."""
+
+    file: str
+    line: int
+    record: dict | None
+    sample: Sample | None = None
+    problem: Problem | None = None
+    empty: bool = False  # the problem is only an empty field (a removal reason for `clean`)
+
+
+class Scan:
+    """Iterate a file's records as `Item`s; `format` and `records` are known once iteration starts."""
+
+    def __init__(self, path: str | Path, fmt: str = "auto"):
+        if fmt != "auto" and fmt not in FORMATS:
+            raise DataError(f"unknown data format '{fmt}'", hint=f"use one of: auto, {', '.join(FORMATS)}")
+        self.path = Path(path)
+        self.name = str(path)
+        self.format = None if fmt == "auto" else fmt
+        self.records = 0
+        self.undetectable = False
+
+    def __iter__(self) -> Iterator[Item]:
+        seen_ids: dict[str, str] = {}
+        for where, record in iter_records(self.path):
+            file, line = (where.file, where.line) if isinstance(where, Loc) else (self.name, where)
+            self.records += 1
+            if isinstance(record, ReadProblem):
+                yield Item(file, line, None, problem=Problem(file, line, record.field, record.message))
+                continue
+            if self.format is None:
+                self.format = detect_format(record)
+                if self.format is None:
+                    self.undetectable = True
+                    yield Item(file, line, record, problem=Problem(file, line, "(record)",
+                        f"cannot tell the format from keys {sorted(record)}; expected one of: messages, conversations, "
+                        "instruction+output, prompt+completion, prompt+chosen+rejected, text (or pass --format)"))
+                    return
+            try:
+                sample = FORMATS[self.format].parse(record)
+            except FieldProblem as exc:
+                yield Item(file, line, record, problem=Problem(file, line, exc.field, exc.message), empty=exc.empty)
+                continue
+            sample.source = f"{file}:{line}"
+            if sample.id is not None:
+                if sample.id in seen_ids:
+                    yield Item(file, line, record, problem=Problem(
+                        file, line, "id", f"duplicate id {sample.id!r} (first at {seen_ids[sample.id]}); ids must be unique"))
+                    continue
+                seen_ids[sample.id] = sample.source
+            yield Item(file, line, record, sample=sample)
 
 
 @dataclass
@@ -39,42 +106,47 @@ class LoadResult:
         return [p for p in self.problems if p.severity == "warning"]
 
 
+def sample_warnings(sample: Sample, file: str, line: int) -> Iterator[Problem]:
+    """Things that are legal but probably not what the user meant."""
+    chars = sum(len(t) for _, t in sample_parts(sample))
+    if chars > LONG_EXAMPLE_CHARS:
+        yield Problem(file, line, "(record)", f"very long example ({chars} characters, roughly {chars // 4} tokens): "
+                      "it will be dropped or truncated at data.max_len", "warning")
+    for i in range(1, len(sample.messages)):
+        if sample.messages[i]["role"] == sample.messages[i - 1]["role"]:
+            yield Problem(file, line, f"messages[{i}].role", f"two {sample.messages[i]['role']} messages in a row; "
+                          "many chat templates expect the roles to alternate", "warning")
+            break
+
+
+def empty_file_problem(scan: Scan) -> Problem:
+    return Problem(scan.name, 1, "(file)", "no records: the file is empty" if not scan.path.is_dir()
+                   else "no records: the folder holds no data (.txt/.md files or a saved datasets folder)")
+
+
 def read_samples(path: str | Path, fmt: str = "auto", max_errors: int = 0) -> LoadResult:
     """Read everything, collecting problems rather than stopping at the first (max_errors=0: no cap)."""
-    path = Path(path)
-    result = LoadResult(format=None if fmt == "auto" else fmt)
-    if fmt != "auto" and fmt not in FORMATS:
-        raise DataError(f"unknown data format '{fmt}'", hint=f"use one of: auto, {', '.join(FORMATS)}")
-    seen_ids: dict[str, int] = {}
-    name = str(path)
-    for line, record in iter_records(path):
-        result.records += 1
-        if isinstance(record, ReadProblem):
-            result.problems.append(Problem(name, line, record.field, record.message))
+    scan = Scan(path, fmt)
+    result = LoadResult(format=scan.format)
+    first_seen: dict[bytes, str] = {}
+    for item in scan:
+        if item.problem is not None:
+            result.problems.append(item.problem)
         else:
-            if result.format is None:
-                result.format = detect_format(record)
-                if result.format is None:
-                    result.problems.append(Problem(name, line, "(record)",
-                        f"cannot tell the format from keys {sorted(record)}; expected one of: "
-                        "messages, conversations, instruction+output, prompt+completion, prompt+chosen+rejected, text"))
-                    break
-            try:
-                sample = FORMATS[result.format].parse(record)
-            except FieldProblem as exc:
-                result.problems.append(Problem(name, line, exc.field, exc.message))
+            result.samples.append(item.sample)
+            result.problems.extend(sample_warnings(item.sample, item.file, item.line))
+            # A 16-byte digest per record keeps this check cheap on large files.
+            digest = hashlib.blake2b(exact_key(item.sample).encode(), digest_size=16).digest()
+            if digest in first_seen:
+                result.problems.append(Problem(item.file, item.line, "(record)",
+                                               f"same content as {first_seen[digest]} (`tunesmith data clean` removes it)", "warning"))
             else:
-                sample.source = f"{name}:{line}"
-                if sample.id is not None:
-                    if sample.id in seen_ids:
-                        result.problems.append(Problem(name, line, "id", f"duplicate id {sample.id!r} (first on line {seen_ids[sample.id]})"))
-                        continue
-                    seen_ids[sample.id] = line
-                result.samples.append(sample)
+                first_seen[digest] = item.sample.source
         if max_errors and len(result.errors) >= max_errors:
             break
-    if result.records == 0:
-        result.problems.append(Problem(name, 1, "(file)", "no records: the file is empty"))
+    result.format, result.records = scan.format, scan.records
+    if scan.records == 0:
+        result.problems.append(empty_file_problem(scan))
     return result
 
 

@@ -1,14 +1,17 @@
-"""Readers: a file or folder in, `(line, record)` pairs out, streaming where the format allows.
+"""Readers: a file or folder in, `(where, record)` pairs out, streaming where the format allows.
 
-`line` is the 1-based line for JSONL, the 1-based element index for a JSON array, the CSV row
-(counting the header as line 1) and the row number for Parquet and datasets folders. A record that
-cannot be read at all comes out as a `ReadProblem` so validation can report it and go on.
+`where` is the 1-based line a record starts on in the file being read (JSONL, a JSON array, CSV
+counting the header as line 1), the row number for Parquet and datasets folders, or a `Loc` when
+the record comes from another file (one .txt/.md of a folder). A record that cannot be read comes
+out as a `ReadProblem` so validation can report it and go on; only damage that makes the rest of
+a file unreadable (a broken JSON array) stops a reader.
 """
 
 from __future__ import annotations
 
 import csv
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
@@ -22,8 +25,19 @@ class ReadProblem:
     message: str
 
 
+@dataclass(frozen=True)
+class Loc:
+    file: str
+    line: int
+
+
 Record = dict | ReadProblem
-READERS: dict[str, Callable[[Path], Iterator[tuple[int, Record]]]] = {}
+Where = int | Loc
+READERS: dict[str, Callable[[Path], Iterator[tuple[Where, Record]]]] = {}
+
+# Text decoded with errors="surrogateescape" keeps each undecodable byte as one lone surrogate.
+_BAD_BYTE = re.compile("[\udc80-\udcff]")
+TEXT_SUFFIXES = (".txt", ".md")
 
 
 def reader(*suffixes: str):
@@ -34,14 +48,19 @@ def reader(*suffixes: str):
     return wrap
 
 
+def _utf8_problem(exc: UnicodeDecodeError) -> ReadProblem:
+    return ReadProblem("(line)", f"invalid UTF-8: byte 0x{exc.object[exc.start]:02x} at column {exc.start + 1}; "
+                                 "re-save the file as UTF-8")
+
+
 @reader(".jsonl", ".ndjson")
-def read_jsonl(path: Path) -> Iterator[tuple[int, Record]]:
+def read_jsonl(path: Path) -> Iterator[tuple[Where, Record]]:
     with open(path, "rb") as fh:
         for line_no, raw in enumerate(fh, start=1):
             try:
                 text = raw.decode("utf-8")
             except UnicodeDecodeError as exc:
-                yield line_no, ReadProblem("(line)", f"invalid UTF-8 at byte {exc.start}")
+                yield line_no, _utf8_problem(exc)
                 continue
             if not text.strip():
                 continue
@@ -56,20 +75,54 @@ def read_jsonl(path: Path) -> Iterator[tuple[int, Record]]:
             yield line_no, obj
 
 
+def _line_of(data: bytes | str, offset: int) -> int:
+    return data.count(b"\n" if isinstance(data, bytes) else "\n", 0, offset) + 1
+
+
 @reader(".json")
-def read_json(path: Path) -> Iterator[tuple[int, Record]]:
+def read_json(path: Path) -> Iterator[tuple[Where, Record]]:
+    """A JSON array of records (or one object). Elements are decoded one at a time so every record
+    gets the line it starts on, and the records before a syntax error still come out."""
+    raw = path.read_bytes()
     try:
-        data = json.loads(path.read_bytes().decode("utf-8"))
+        text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise DataError(f"{path}: invalid UTF-8 at byte {exc.start}") from None
-    except json.JSONDecodeError as exc:
-        raise DataError(f"{path}:{exc.lineno}: invalid JSON: {exc.msg} at column {exc.colno}") from None
-    if isinstance(data, dict):
-        data = [data]
-    if not isinstance(data, list):
-        raise DataError(f"{path}: expected a JSON array of records")
-    for i, obj in enumerate(data, start=1):
-        yield i, obj if isinstance(obj, dict) else ReadProblem("(record)", f"expected an object, got {type(obj).__name__}")
+        yield _line_of(raw, exc.start), ReadProblem("(file)", f"invalid UTF-8: byte 0x{raw[exc.start]:02x}; "
+                                                              "re-save the file as UTF-8")
+        return
+    decoder = json.JSONDecoder()
+    ws = re.compile(r"\s*")
+    pos = ws.match(text).end()
+    if pos == len(text):
+        return
+    if text[pos] == "{":
+        try:
+            obj, _ = decoder.raw_decode(text, pos)
+        except json.JSONDecodeError as exc:
+            yield exc.lineno, ReadProblem("(file)", f"invalid JSON: {exc.msg} at column {exc.colno}")
+            return
+        yield _line_of(text, pos), obj
+        return
+    if text[pos] != "[":
+        yield _line_of(text, pos), ReadProblem("(file)", "expected a JSON array of records (or use .jsonl, one object per line)")
+        return
+    pos = ws.match(text, pos + 1).end()
+    line, counted_to = 1, 0
+    while pos < len(text) and text[pos] != "]":
+        try:
+            obj, end = decoder.raw_decode(text, pos)
+        except json.JSONDecodeError as exc:
+            yield exc.lineno, ReadProblem("(line)", f"invalid JSON: {exc.msg} at column {exc.colno}")
+            return
+        line += text.count("\n", counted_to, pos)
+        counted_to = pos
+        yield line, obj if isinstance(obj, dict) else ReadProblem("(record)", f"expected an object, got {type(obj).__name__}")
+        pos = ws.match(text, end).end()
+        if pos < len(text) and text[pos] == ",":
+            pos = ws.match(text, pos + 1).end()
+        elif pos >= len(text) or text[pos] != "]":
+            yield _line_of(text, pos), ReadProblem("(line)", "invalid JSON: expected ',' or ']' after a record")
+            return
 
 
 def _cell(value: str):
@@ -84,28 +137,41 @@ def _cell(value: str):
 
 
 @reader(".csv")
-def read_csv(path: Path) -> Iterator[tuple[int, Record]]:
-    try:
-        with open(path, newline="", encoding="utf-8") as fh:
-            rows = csv.DictReader(fh)
-            for i, row in enumerate(rows, start=2):
-                yield i, {k: _cell(v) for k, v in row.items() if k is not None and v not in (None, "")}
-    except UnicodeDecodeError as exc:
-        raise DataError(f"{path}: invalid UTF-8 at byte {exc.start}") from None
+def read_csv(path: Path) -> Iterator[tuple[Where, Record]]:
+    # surrogateescape: a bad byte becomes a marker in its row instead of killing the whole read.
+    with open(path, newline="", encoding="utf-8", errors="surrogateescape") as fh:
+        rows = csv.DictReader(fh)
+        if rows.fieldnames is None:
+            return
+        if any(_BAD_BYTE.search(k) for k in rows.fieldnames):
+            yield 1, ReadProblem("(header)", "invalid UTF-8 in the header; re-save the file as UTF-8")
+            return
+        start = 2
+        for row in rows:
+            bad = [k for k, v in row.items() if isinstance(v, str) and _BAD_BYTE.search(v)]
+            if bad:
+                yield start, ReadProblem(bad[0], "invalid UTF-8 byte; re-save the file as UTF-8")
+            else:
+                yield start, {k: _cell(v) for k, v in row.items() if k is not None and v not in (None, "")}
+            start = rows.line_num + 1  # a quoted cell may span several lines
 
 
 @reader(".parquet")
-def read_parquet(path: Path) -> Iterator[tuple[int, Record]]:
+def read_parquet(path: Path) -> Iterator[tuple[Where, Record]]:
     import pyarrow.parquet as pq
 
+    try:
+        file = pq.ParquetFile(path)
+    except Exception as exc:  # pyarrow raises several types for a damaged file
+        raise DataError(f"{path}: not a readable Parquet file ({exc})") from None
     row = 0
-    for batch in pq.ParquetFile(path).iter_batches(batch_size=1024):
+    for batch in file.iter_batches(batch_size=1024):
         for record in batch.to_pylist():
             row += 1
             yield row, record
 
 
-def read_datasets_folder(path: Path) -> Iterator[tuple[int, Record]]:
+def read_datasets_folder(path: Path) -> Iterator[tuple[Where, Record]]:
     from datasets import load_from_disk
 
     ds = load_from_disk(str(path))
@@ -115,20 +181,27 @@ def read_datasets_folder(path: Path) -> Iterator[tuple[int, Record]]:
         yield i, dict(record)
 
 
-def read_text_folder(path: Path) -> Iterator[tuple[int, Record]]:
-    for i, file in enumerate(sorted(p for p in path.rglob("*") if p.suffix in (".txt", ".md")), start=1):
+def read_text_folder(path: Path) -> Iterator[tuple[Where, Record]]:
+    """Each .txt/.md file below `path` is one raw-text record, in sorted path order."""
+    for file in sorted(p for p in path.rglob("*") if p.suffix.lower() in TEXT_SUFFIXES and p.is_file()):
+        raw = file.read_bytes()
         try:
-            yield i, {"text": file.read_text(encoding="utf-8"), "id": str(file.relative_to(path))}
+            text = raw.decode("utf-8")
         except UnicodeDecodeError as exc:
-            yield i, ReadProblem(str(file), f"invalid UTF-8 at byte {exc.start}")
+            yield Loc(str(file), _line_of(raw, exc.start)), ReadProblem("(file)", f"invalid UTF-8: byte 0x{raw[exc.start]:02x}; "
+                                                                                  "re-save the file as UTF-8")
+            continue
+        yield Loc(str(file), 1), {"text": text, "id": str(file.relative_to(path))}
 
 
-def iter_records(path: str | Path) -> Iterator[tuple[int, Record]]:
+def is_datasets_folder(path: Path) -> bool:
+    return (path / "dataset_info.json").exists() or (path / "dataset_dict.json").exists()
+
+
+def iter_records(path: str | Path) -> Iterator[tuple[Where, Record]]:
     path = Path(path)
     if path.is_dir():
-        if (path / "dataset_info.json").exists() or (path / "dataset_dict.json").exists():
-            return read_datasets_folder(path)
-        return read_text_folder(path)
+        return read_datasets_folder(path) if is_datasets_folder(path) else read_text_folder(path)
     if not path.exists():
         raise DataError(f"{path}: file not found")
     fn = READERS.get(path.suffix.lower())

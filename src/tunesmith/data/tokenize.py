@@ -59,9 +59,7 @@ def tokenize_sample(tokenizer, sample: Sample, *, train_on_inputs: bool = False,
         if tokenizer.eos_token_id is not None:
             ids = ids + [tokenizer.eos_token_id]
         return ids, list(ids)
-    messages = with_system(sample.messages, system_prompt)
-    if sample.kind == "preference":
-        messages = messages + [{"role": "assistant", "content": sample.chosen}]
+    messages = _conversation(sample, system_prompt)
     text, spans = assistant_spans(tokenizer, messages)
     enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
     ids = enc["input_ids"]
@@ -72,6 +70,31 @@ def tokenize_sample(tokenizer, sample: Sample, *, train_on_inputs: bool = False,
         if e > s and any(a <= s < b for a, b in spans):
             labels[j] = ids[j]
     return ids, labels
+
+
+def _conversation(sample: Sample, system_prompt: str | None) -> list[dict]:
+    messages = with_system(sample.messages, system_prompt)
+    if sample.kind == "preference":
+        messages = messages + [{"role": "assistant", "content": sample.chosen}]
+    return messages
+
+
+def token_lengths(tokenizer, samples: list[Sample], system_prompt: str | None = None) -> list[int]:
+    """len(input_ids) that `tokenize_sample` gives each sample, computed in one batched tokenizer call
+    (no offsets, no masks): what `inspect` and `clean`'s length filters need on large files."""
+    texts = [s.text if s.kind == "text" else render(tokenizer, _conversation(s, system_prompt)) for s in samples]
+    if not texts:
+        return []
+    chat = [i for i, s in enumerate(samples) if s.kind != "text"]
+    raw = [i for i, s in enumerate(samples) if s.kind == "text"]
+    out = [0] * len(samples)
+    for idx, special in ((chat, False), (raw, True)):
+        if idx:
+            enc = tokenizer([texts[i] for i in idx], add_special_tokens=special)["input_ids"]
+            eos = 1 if special and tokenizer.eos_token_id is not None else 0
+            for i, ids in zip(idx, enc):
+                out[i] = len(ids) + eos
+    return out
 
 
 def prompt_ids(tokenizer, messages: list[dict], system_prompt: str | None = None) -> list[int]:

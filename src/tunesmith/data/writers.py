@@ -1,0 +1,68 @@
+"""Writers: rows out to .jsonl / .json / .parquet, atomically (a failed run leaves no output file).
+
+`open_writer(path)` picks the writer from the suffix. JSONL and JSON stream row by row; Parquet
+buffers (its schema comes from all rows). Every writer writes into a temporary sibling that
+replaces `path` only when the `with` block finishes without an exception.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from pathlib import Path
+from typing import Callable, Iterator
+
+from tunesmith.errors import DataError
+from tunesmith.io_utils import atomic_file
+
+
+def _dumps(row: dict) -> str:
+    # default=str: Parquet and datasets records may hold timestamps (serve logs do).
+    return json.dumps(row, ensure_ascii=False, default=str)
+
+
+@contextlib.contextmanager
+def _jsonl(path: Path) -> Iterator[Callable[[dict], None]]:
+    with atomic_file(path) as fh:
+        yield lambda row: fh.write(_dumps(row) + "\n")
+
+
+@contextlib.contextmanager
+def _json(path: Path) -> Iterator[Callable[[dict], None]]:
+    with atomic_file(path) as fh:
+        first = [True]
+
+        def write(row: dict) -> None:
+            fh.write(("[\n" if first[0] else ",\n") + _dumps(row))
+            first[0] = False
+
+        yield write
+        fh.write("[]\n" if first[0] else "\n]\n")
+
+
+@contextlib.contextmanager
+def _parquet(path: Path) -> Iterator[Callable[[dict], None]]:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rows: list[dict] = []
+    yield rows.append
+    with atomic_file(path, "wb") as fh:
+        pq.write_table(pa.Table.from_pylist(rows), fh)
+
+
+WRITERS = {".jsonl": _jsonl, ".ndjson": _jsonl, ".json": _json, ".parquet": _parquet}
+
+
+def check_output(path: str | Path) -> Path:
+    path = Path(path)
+    if path.suffix.lower() not in WRITERS:
+        raise DataError(f"{path}: cannot write '{path.suffix}' files", hint=f"name the output with one of {', '.join(WRITERS)}")
+    if path.is_dir():
+        raise DataError(f"{path} is a folder", hint="give a file path for the output")
+    return path
+
+
+def open_writer(path: str | Path):
+    path = check_output(path)
+    return WRITERS[path.suffix.lower()](path)
