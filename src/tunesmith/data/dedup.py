@@ -5,9 +5,9 @@ Exact: a 16-byte digest of each example's folded text (see `normalize.exact_key`
 Near: MinHash signatures of word n-gram shingles, indexed with datasketch's `MinHashLSH`. The
 signatures are computed for a whole batch at once with numpy and are bit-identical to
 `datasketch.MinHash(num_perm, seed).update_batch(shingles)` (a test checks it); one MinHash per
-example in Python is what makes plain datasketch pipelines slow. LSH candidates are confirmed by
-their estimated Jaccard similarity before an example is dropped, so band collisions below the
-threshold never remove a distinct example. The first example of a cluster is kept; later ones
+example in Python is what makes plain datasketch pipelines slow. The LSH bands favour recall, and
+candidates are confirmed by their estimated Jaccard similarity before an example is dropped, so
+band collisions below the threshold never remove a distinct example. The first example of a cluster is kept; later ones
 that match a kept example are removed, which makes the result depend only on the input order.
 """
 
@@ -109,8 +109,11 @@ class NearDupIndex:
 
         self.params = params
         self.hasher = MinHasher(params.num_perm, params.seed)
-        # Band keys hashed to 8 bytes: the index is the memory cost of dedup, and raw bands are 52 bytes.
-        self.lsh = MinHashLSH(threshold=params.threshold, num_perm=params.num_perm,
+        # Bands tuned for recall (weights: false positives 0.1, false negatives 0.9; 14 bands of 9 rows
+        # at 0.8/128): every candidate is confirmed below, so a false positive costs one comparison,
+        # while the balanced default (9 x 13) misses 11 % of pairs at Jaccard 0.89, a one-word edit
+        # of an 80-word text. Band keys are hashed to 8 bytes: the index is dedup's memory cost.
+        self.lsh = MinHashLSH(threshold=params.threshold, num_perm=params.num_perm, weights=(0.1, 0.9),
                               hashfunc=lambda b: hashlib.blake2b(b, digest_size=8).digest())
         self._sigs: list[np.ndarray] = []  # kept signatures, grown in blocks to avoid a copy per insert
         self._block = 4096

@@ -104,7 +104,9 @@ class Messages(Format):
     role_map: dict[str, str] = {"developer": "system"}
 
     def parse(self, record: dict) -> Sample:
-        raw = record[self.keys[0]]
+        raw = record.get(self.keys[0])
+        if raw is None:
+            raise FieldProblem(self.keys[0], "missing")
         if not isinstance(raw, list):
             raise FieldProblem(self.keys[0], f"expected a list of messages, got {type(raw).__name__}")
         messages = []

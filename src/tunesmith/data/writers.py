@@ -48,7 +48,9 @@ def _parquet(path: Path) -> Iterator[Callable[[dict], None]]:
     rows: list[dict] = []
     yield rows.append
     with atomic_file(path, "wb") as fh:
-        pq.write_table(pa.Table.from_pylist(rows), fh)
+        # Columns from every row's keys (from_pylist would take only the first row's), missing = null.
+        keys = list(dict.fromkeys(k for row in rows for k in row))
+        pq.write_table(pa.table({k: [row.get(k) for row in rows] for k in keys}), fh)
 
 
 WRITERS = {".jsonl": _jsonl, ".ndjson": _jsonl, ".json": _json, ".parquet": _parquet}
