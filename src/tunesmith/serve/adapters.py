@@ -1,0 +1,112 @@
+"""Read an adapter folder (PEFT layout) and decide how it is served.
+
+Plain LoRA (and rsLoRA) on linear layers goes to the batched engine: its A/B matrices join the
+per-row stacks in `lora_batch`. Everything else peft can load (DoRA, IA3, VeRA, prompt/prefix
+tuning, LoRA with modules_to_save ...) is served by the fallback path, one adapter per batch.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from tunesmith.errors import UserError
+
+PEFT_PREFIX = "base_model.model."
+
+
+@dataclass
+class AdapterSpec:
+    name: str
+    path: Path
+    config: dict
+    base: str | None                  # what the adapter says it was trained on
+    engine: str                       # "lora" (batched per row) or "peft" (fallback)
+    why_fallback: str = ""
+    rank: int = 0
+    # module name -> (A (in, r), B (r, out) with the scale folded in); only for engine == "lora"
+    weights: dict[str, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict, repr=False)
+
+    @property
+    def method(self) -> str:
+        return str(self.config.get("peft_type", "?")).lower()
+
+
+def read_adapter_config(path: Path) -> dict:
+    cfg_file = path / "adapter_config.json"
+    try:
+        return json.loads(cfg_file.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise UserError(f"{path}: not an adapter folder (no adapter_config.json)",
+                        hint="point at the 'adapter' folder inside a tunesmith run") from None
+    except json.JSONDecodeError as exc:
+        raise UserError(f"{cfg_file}:{exc.lineno}: invalid JSON: {exc.msg}") from None
+
+
+def adapter_base_name(path: Path, config: dict) -> str | None:
+    ours = path / "tunesmith.json"
+    if ours.is_file():
+        try:
+            return json.loads(ours.read_text(encoding="utf-8")).get("base")
+        except json.JSONDecodeError:
+            return None
+    return config.get("base_model_name_or_path")
+
+
+def fallback_reason(config: dict, path: Path) -> str:
+    """Why this adapter cannot join the per-row LoRA stacks ('' when it can)."""
+    if config.get("peft_type") != "LORA":
+        return f"method {config.get('peft_type')}"
+    checks = {
+        "DoRA (use_dora)": config.get("use_dora"),
+        "fan_in_fan_out layers": config.get("fan_in_fan_out"),
+        "modules_to_save": config.get("modules_to_save"),
+        f"bias='{config.get('bias')}'": config.get("bias", "none") != "none",
+        "rank_pattern/alpha_pattern": config.get("rank_pattern") or config.get("alpha_pattern"),
+        "trainable_token_indices": config.get("trainable_token_indices"),
+        "no adapter_model.safetensors": not (path / "adapter_model.safetensors").is_file(),
+    }
+    return ", ".join(k for k, v in checks.items() if v)
+
+
+def load_lora_weights(path: Path, config: dict, dtype: torch.dtype) -> tuple[dict, int]:
+    """{module name: (A (in, r), B (r, out) * scale)} from adapter_model.safetensors, and the rank."""
+    from safetensors.torch import load_file
+
+    tensors = load_file(str(path / "adapter_model.safetensors"))
+    pairs: dict[str, dict[str, torch.Tensor]] = {}
+    for key, value in tensors.items():
+        for part in ("lora_A", "lora_B"):
+            marker = f".{part}."
+            if marker in key:
+                module = key.split(marker)[0]
+                module = module[len(PEFT_PREFIX):] if module.startswith(PEFT_PREFIX) else module
+                pairs.setdefault(module, {})[part] = value
+                break
+        else:
+            raise UserError(f"{path}: unexpected tensor '{key}' in a LoRA adapter",
+                            hint="this adapter needs the peft fallback; re-save it with plain LoRA")
+    r = int(config["r"])
+    alpha = float(config.get("lora_alpha", r))
+    scale = alpha / (r ** 0.5) if config.get("use_rslora") else alpha / r
+    weights = {}
+    for module, ab in pairs.items():
+        if set(ab) != {"lora_A", "lora_B"}:
+            raise UserError(f"{path}: module '{module}' has only {', '.join(ab)}")
+        a, b = ab["lora_A"], ab["lora_B"]          # peft stores A (r, in) and B (out, r)
+        weights[module] = (a.t().contiguous().to(dtype), (b.t() * scale).contiguous().to(dtype))
+    return weights, r
+
+
+def inspect_adapter(name: str, path: Path, dtype: torch.dtype = torch.float32) -> AdapterSpec:
+    path = Path(path)
+    config = read_adapter_config(path)
+    reason = fallback_reason(config, path)
+    spec = AdapterSpec(name=name, path=path, config=config, base=adapter_base_name(path, config),
+                       engine="peft" if reason else "lora", why_fallback=reason)
+    if not reason:
+        spec.weights, spec.rank = load_lora_weights(path, config, dtype)
+    return spec

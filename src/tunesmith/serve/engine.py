@@ -1,0 +1,308 @@
+"""The batching engine: one thread, one base model, continuous batching with a KV cache.
+
+Each loop iteration (1) runs queued commands (adapter load/unload) between forward passes, (2)
+admits waiting requests into the running batch, prefilling them as their own left-padded batch
+and splicing their KV cache into the running one, (3) decodes one token for every running row,
+each row with its own adapter (lora_batch) and sampling settings, and (4) drops finished,
+cancelled and timed-out rows from the batch and the cache. Rows therefore join and leave at token
+boundaries, as in vLLM, instead of waiting for the slowest request of a fixed batch.
+
+Requests for adapters that cannot be batched per row (the peft fallback) run as a batch of their
+own through peft's `generate`, between the per-row batches.
+"""
+
+from __future__ import annotations
+
+import collections
+import concurrent.futures
+import logging
+import threading
+import time
+from typing import Callable
+
+import torch
+
+from tunesmith.serve.detok import advance
+from tunesmith.serve.errors import APIError, queue_full
+from tunesmith.serve.request import Event, GenRequest
+from tunesmith.serve.sampling import choose_tokens
+
+log = logging.getLogger("tunesmith.serve")
+
+
+def _pad_left(t: torch.Tensor, width: int, dim: int) -> torch.Tensor:
+    missing = width - t.shape[dim]
+    if missing <= 0:
+        return t
+    shape = list(t.shape)
+    shape[dim] = missing
+    return torch.cat([t.new_zeros(shape), t], dim=dim)
+
+
+class Batch:
+    """The running rows, their KV cache (batch, heads, T, head_dim) per layer, and mask (batch, T)."""
+
+    def __init__(self):
+        self.rows: list[GenRequest] = []
+        self.cache = None
+        self.mask: torch.Tensor | None = None
+        self.last: list[int] = []               # each row's newest token, not yet fed to the model
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def extend(self, rows, cache, mask, last) -> None:
+        from transformers import DynamicCache
+
+        if not self.rows:
+            self.rows, self.cache, self.mask, self.last = list(rows), cache, mask, list(last)
+            return
+        width = max(self.mask.shape[1], mask.shape[1])
+        layers = []
+        for old, new in zip(self.cache.layers, cache.layers):
+            layers.append((torch.cat([_pad_left(old.keys, width, 2), _pad_left(new.keys, width, 2)]),
+                           torch.cat([_pad_left(old.values, width, 2), _pad_left(new.values, width, 2)])))
+        self.cache = DynamicCache(ddp_cache_data=layers)
+        self.mask = torch.cat([_pad_left(self.mask, width, 1), _pad_left(mask, width, 1)])
+        self.rows += rows
+        self.last += last
+
+    def keep(self, keep: list[int]) -> None:
+        if len(keep) == len(self.rows):
+            return
+        if not keep:
+            self.__init__()
+            return
+        index = torch.tensor(keep, device=self.mask.device)
+        self.rows = [self.rows[i] for i in keep]
+        self.last = [self.last[i] for i in keep]
+        self.mask = self.mask[index]
+        # Columns that are padding for every remaining row are dead weight in every later step.
+        cut = int(self.mask.any(0).nonzero()[0])
+        self.mask = self.mask[:, cut:]
+        for layer in self.cache.layers:
+            layer.keys = layer.keys[index, :, cut:]
+            layer.values = layer.values[index, :, cut:]
+
+
+class Engine:
+    def __init__(self, model, tokenizer, bank, stop_ids: list[int], *, max_batch: int = 16,
+                 max_queue: int = 256, fallback=None):
+        self.model = model
+        self.tokenizer = tokenizer
+        self.bank = bank
+        self.stop_ids = set(stop_ids)
+        self.max_batch = max_batch
+        self.max_queue = max_queue
+        self.fallback = fallback
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        self.device = next(model.parameters()).device
+        self.waiting: collections.deque[GenRequest] = collections.deque()
+        self.commands: collections.deque = collections.deque()
+        self.cv = threading.Condition()
+        self.batch = Batch()
+        self.stats = collections.Counter()
+        self._stopping = False
+        self.thread = threading.Thread(target=self._loop, name="tunesmith-engine", daemon=True)
+
+    # -- called from the server's threads ------------------------------------------------------------
+    def start(self) -> "Engine":
+        self.thread.start()
+        return self
+
+    def stop(self) -> None:
+        with self.cv:
+            self._stopping = True
+            self.cv.notify_all()
+        self.thread.join(timeout=10)
+
+    def submit(self, requests: list[GenRequest]) -> None:
+        """Queue all of `requests` (the n choices of one API call) or none of them."""
+        with self.cv:
+            if self._stopping:
+                raise APIError(503, "The server is shutting down.", "server_error", "unavailable")
+            if len(self.waiting) + len(requests) > self.max_queue:
+                raise queue_full(self.max_queue)
+            self.waiting.extend(requests)
+            self.cv.notify_all()
+
+    def call(self, fn: Callable[[], object]) -> concurrent.futures.Future:
+        """Run `fn` on the engine thread between two forward passes (adapter table changes)."""
+        future: concurrent.futures.Future = concurrent.futures.Future()
+        with self.cv:
+            self.commands.append((fn, future))
+            self.cv.notify_all()
+        return future
+
+    def in_use(self, adapter: str) -> bool:
+        with self.cv:
+            return any(r.adapter == adapter for r in list(self.waiting) + self.batch.rows)
+
+    def load(self) -> dict:
+        with self.cv:
+            return {"running": len(self.batch), "waiting": len(self.waiting), "max_batch": self.max_batch,
+                    "max_queue": self.max_queue, **self.stats}
+
+    # -- the engine thread -----------------------------------------------------------------------------
+    def _loop(self) -> None:
+        torch.set_grad_enabled(False)
+        while True:
+            with self.cv:
+                while not (self._stopping or self.commands or self.waiting or self.batch.rows):
+                    self.cv.wait()
+                if self._stopping:
+                    break
+                commands = list(self.commands)
+                self.commands.clear()
+            for fn, future in commands:
+                try:
+                    future.set_result(fn())
+                except BaseException as exc:  # handed to the caller, which turns it into an API error
+                    future.set_exception(exc)
+            try:
+                self._step()
+            except Exception as exc:  # a bug must not leave clients hanging: fail the batch, keep serving
+                log.exception("engine step failed")
+                for row in self.batch.rows:
+                    self._fail(row, APIError(500, f"generation failed: {exc}", "server_error", "engine_error"))
+                self.batch = Batch()
+                self.bank.clear_rows()
+        for row in list(self.waiting) + self.batch.rows:
+            self._fail(row, APIError(503, "The server is shutting down.", "server_error", "unavailable"))
+
+    def _step(self) -> None:
+        admitted, fallback_group = self._admit()
+        if fallback_group:
+            self.fallback.run(admitted, self)
+            return
+        if admitted:
+            self._prefill(admitted)
+        if self.batch.rows:
+            self._decode()
+
+    def _expired(self, row: GenRequest, now: float) -> bool:
+        if row.cancelled.is_set():
+            self.stats["cancelled"] += 1
+            return True
+        if now > row.deadline:
+            self.stats["timed_out"] += 1
+            self._fail(row, APIError(504, f"The request timed out after {row.timeout_s:g} s.", "timeout", "timeout"))
+            return True
+        return False
+
+    def _servable(self, row: GenRequest, fallback_names: set[str]) -> bool:
+        """False (and a 404 to the client) when its adapter was unloaded after the request was accepted."""
+        if row.adapter is None or row.adapter in self.bank.slot_of or row.adapter in fallback_names:
+            return True
+        self._fail(row, APIError(404, f"The model '{row.adapter}' was unloaded.", "invalid_request_error", "model_not_found"))
+        return False
+
+    def _admit(self) -> tuple[list[GenRequest], bool]:
+        fallback_names = self.fallback.names() if self.fallback else set()
+        now = time.monotonic()
+        with self.cv:
+            live = collections.deque(r for r in self.waiting if not self._expired(r, now) and self._servable(r, fallback_names))
+            self.waiting = live
+            if not live:
+                return [], False
+            head = live[0].group(fallback_names)
+            if self.batch.rows:
+                if head != ("lora",):
+                    return [], False       # let the batch drain so the fallback request gets its turn
+                want = ("lora",)
+            else:
+                want = head
+            room = self.max_batch - len(self.batch)
+            taken, kept = [], collections.deque()
+            for r in live:
+                if len(taken) < room and r.group(fallback_names) == want:
+                    taken.append(r)
+                else:
+                    kept.append(r)
+            self.waiting = kept
+            return taken, want != ("lora",)
+
+    def _slots(self, rows) -> list[int]:
+        return [0 if r.adapter is None else self.bank.slot_of[r.adapter] for r in rows]
+
+    def _prefill(self, rows: list[GenRequest]) -> None:
+        from transformers import DynamicCache
+
+        width = max(len(r.prompt_ids) for r in rows)
+        ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for i, r in enumerate(rows):
+            ids[i, width - len(r.prompt_ids):] = torch.tensor(r.prompt_ids)
+            mask[i, width - len(r.prompt_ids):] = 1
+        ids, mask = ids.to(self.device), mask.to(self.device)
+        # Left padding: positions count real tokens only, so a padded row sees the same positions alone.
+        positions = (mask.cumsum(1) - 1).clamp(min=0)
+        self.bank.set_rows(self._slots(rows))
+        try:
+            out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions,
+                             past_key_values=DynamicCache(config=self.model.config), use_cache=True, logits_to_keep=1)
+        finally:
+            self.bank.clear_rows()
+        self.stats["prefill_tokens"] += sum(len(r.prompt_ids) for r in rows)
+        tokens = choose_tokens(out.logits[:, -1], rows)
+        self.batch.extend(rows, out.past_key_values, mask, tokens)
+        self._after_sampling(tokens)
+
+    def _decode(self) -> None:
+        b = self.batch
+        ids = torch.tensor(b.last, dtype=torch.long, device=self.device)[:, None]
+        positions = b.mask.sum(1, keepdim=True)
+        b.mask = torch.cat([b.mask, b.mask.new_ones(len(b), 1)], dim=1)
+        self.bank.set_rows(self._slots(b.rows))
+        try:
+            out = self.model(input_ids=ids, attention_mask=b.mask, position_ids=positions,
+                             past_key_values=b.cache, use_cache=True)
+        finally:
+            self.bank.clear_rows()
+        self.stats["decode_steps"] += 1
+        self.stats["decode_rows"] += len(b)
+        b.last = choose_tokens(out.logits[:, -1], b.rows)
+        self._after_sampling(b.last)
+
+    def _after_sampling(self, tokens: list[int]) -> None:
+        """Account the newest token of every running row; drop the rows that are done."""
+        b = self.batch
+        now = time.monotonic()
+        keep = []
+        for i, (row, token) in enumerate(zip(b.rows, b.last)):
+            if not row.done and not self._expired(row, now):
+                self.accept(row, token)
+            if not row.done and not row.cancelled.is_set() and now <= row.deadline:
+                keep.append(i)
+        b.keep(keep)
+
+    # -- shared with the fallback path ---------------------------------------------------------------
+    def accept(self, row: GenRequest, token: int) -> None:
+        """Add one sampled token to `row`; send its text and, when the row is done, the final event."""
+        row.sampled += 1
+        self.stats["generated_tokens"] += 1
+        if token in self.stop_ids:
+            self._finish(row, "stop")
+            return
+        row.generated.append(token)
+        at_limit = row.sampled >= row.max_tokens
+        delta, stopped = advance(self.tokenizer, row, at_limit)
+        if delta:
+            row.sink(Event(row.index, delta))
+        if stopped:
+            self._finish(row, "stop", flush=False)
+        elif at_limit:
+            self._finish(row, "length")
+
+    def _finish(self, row: GenRequest, reason: str, flush: bool = True) -> None:
+        if flush and row.generated:
+            delta, _ = advance(self.tokenizer, row, at_limit=True)
+            if delta:
+                row.sink(Event(row.index, delta))
+        row.done = True
+        self.stats["completed"] += 1
+        row.sink(Event(row.index, finish_reason=reason, completion_tokens=row.sampled))
+
+    def _fail(self, row: GenRequest, error: Exception) -> None:
+        row.done = True
+        row.sink(Event(row.index, error=error, completion_tokens=row.sampled))

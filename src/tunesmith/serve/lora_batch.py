@@ -1,0 +1,152 @@
+"""Per-row LoRA: one forward pass over a batch whose rows use different adapters.
+
+The idea of S-LoRA / Punica, in plain torch: every adapted linear layer keeps the LoRA matrices of
+all loaded adapters stacked by slot, zero-padded to the largest rank,
+
+    A: (S, in, r_max)     B: (S, r_max, out)   (B already multiplied by alpha / r)
+
+and slot 0 is all zeros (the base model). Before a forward pass the engine sets `slots`, a (batch,)
+tensor naming each row's adapter; the layer then adds
+
+    delta = bmm(bmm(x, A[slots]), B[slots])          # x (batch, T, in) -> (batch, T, out)
+
+so the base weights are read once for the whole batch and each row pays only for its rank-r delta.
+Zero padding is exact: the padded rank columns contribute 0.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from tunesmith.errors import UserError
+
+
+class MultiLoRALinear(nn.Module):
+    def __init__(self, base: nn.Linear, bank: "LoRABank"):
+        super().__init__()
+        self.base = base
+        self.bank = bank
+        n_slots = bank.capacity
+        dtype, device = base.weight.dtype, base.weight.device
+        # Buffers, not parameters: nothing here trains, and state_dict stays the base model's.
+        self.register_buffer("A", torch.zeros(n_slots, base.in_features, bank.r_max, dtype=dtype, device=device), persistent=False)
+        self.register_buffer("B", torch.zeros(n_slots, bank.r_max, base.out_features, dtype=dtype, device=device), persistent=False)
+
+    def grow_rank(self, r_max: int) -> None:
+        pad = r_max - self.A.shape[-1]
+        if pad > 0:
+            self.A = torch.nn.functional.pad(self.A, (0, pad))
+            self.B = torch.nn.functional.pad(self.B, (0, 0, 0, pad))
+
+    def grow_slots(self, capacity: int) -> None:
+        extra = capacity - self.A.shape[0]
+        if extra > 0:
+            self.A = torch.cat([self.A, self.A.new_zeros(extra, *self.A.shape[1:])])
+            self.B = torch.cat([self.B, self.B.new_zeros(extra, *self.B.shape[1:])])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.base(x)
+        slots = self.bank.slots
+        if slots is None or self.bank.all_base:
+            return y
+        if self.bank.uniform_slot is not None:
+            # Whole batch on one adapter: plain matmuls, no gather.
+            s = self.bank.uniform_slot
+            return y + (x @ self.A[s]) @ self.B[s]
+        shape = x.shape
+        x3 = x.reshape(shape[0], -1, shape[-1])                     # (batch, T, in)
+        delta = torch.bmm(torch.bmm(x3, self.A[slots]), self.B[slots])
+        return y + delta.reshape(*shape[:-1], delta.shape[-1])
+
+
+class LoRABank:
+    """Owns the slot table and the wrapped layers of one base model."""
+
+    def __init__(self, model: nn.Module, capacity: int = 8, r_max: int = 8):
+        self.model = model
+        self.capacity = capacity + 1            # + slot 0, the base model
+        self.r_max = r_max
+        self.layers: dict[str, MultiLoRALinear] = {}
+        self.slot_of: dict[str, int] = {}       # adapter name -> slot
+        self.slots: torch.Tensor | None = None
+        self.all_base = True
+        self.uniform_slot: int | None = None
+
+    # -- per forward pass -------------------------------------------------------------------------
+    def set_rows(self, row_slots: list[int]) -> None:
+        device = next(self.model.parameters()).device
+        self.slots = torch.tensor(row_slots, dtype=torch.long, device=device)
+        distinct = set(row_slots)
+        self.all_base = distinct == {0}
+        self.uniform_slot = row_slots[0] if len(distinct) == 1 else None
+
+    def clear_rows(self) -> None:
+        self.slots, self.all_base, self.uniform_slot = None, True, None
+
+    # -- adapters ---------------------------------------------------------------------------------
+    def _wrap(self, module_name: str) -> MultiLoRALinear:
+        if module_name in self.layers:
+            return self.layers[module_name]
+        parent_name, _, child = module_name.rpartition(".")
+        try:
+            parent = self.model.get_submodule(parent_name) if parent_name else self.model
+            target = getattr(parent, child)
+        except AttributeError:
+            raise UserError(f"adapter targets '{module_name}', which the base model does not have",
+                            hint="was it trained on a different base model?") from None
+        if not isinstance(target, nn.Linear):
+            raise UserError(f"adapter targets '{module_name}', a {type(target).__name__}, not a linear layer")
+        wrapped = MultiLoRALinear(target, self)
+        setattr(parent, child, wrapped)
+        self.layers[module_name] = wrapped
+        return wrapped
+
+    def add(self, name: str, weights: dict[str, tuple[torch.Tensor, torch.Tensor]], rank: int) -> int:
+        if name in self.slot_of:
+            raise UserError(f"adapter '{name}' is already loaded")
+        # Check every shape before touching any layer, so a bad adapter leaves the bank unchanged.
+        for module, (a, b) in weights.items():
+            base = self._lookup_linear(module)
+            if a.shape[0] != base.in_features or b.shape[1] != base.out_features:
+                raise UserError(f"adapter '{name}': {module} is {a.shape[0]}->{b.shape[1]} but the base layer is "
+                                f"{base.in_features}->{base.out_features}", hint="was it trained on a different base model?")
+        used = set(self.slot_of.values())
+        free = next((s for s in range(1, self.capacity) if s not in used), None)
+        if free is None:
+            self.capacity += max(4, self.capacity // 2)
+            for layer in self.layers.values():
+                layer.grow_slots(self.capacity)
+            free = next(s for s in range(1, self.capacity) if s not in used)
+        if rank > self.r_max:
+            self.r_max = rank
+            for layer in self.layers.values():
+                layer.grow_rank(rank)
+        for module, (a, b) in weights.items():
+            layer = self._wrap(module)
+            layer.grow_slots(self.capacity)
+            layer.grow_rank(self.r_max)
+            layer.A[free].zero_()
+            layer.B[free].zero_()
+            layer.A[free, :, :rank] = a.to(layer.A.dtype)
+            layer.B[free, :rank, :] = b.to(layer.B.dtype)
+        self.slot_of[name] = free
+        return free
+
+    def remove(self, name: str) -> None:
+        slot = self.slot_of.pop(name)
+        for layer in self.layers.values():
+            layer.A[slot].zero_()
+            layer.B[slot].zero_()
+
+    def _lookup_linear(self, module_name: str) -> nn.Linear:
+        if module_name in self.layers:
+            return self.layers[module_name].base
+        try:
+            target = self.model.get_submodule(module_name)
+        except AttributeError:
+            raise UserError(f"adapter targets '{module_name}', which the base model does not have",
+                            hint="was it trained on a different base model?") from None
+        if not isinstance(target, nn.Linear):
+            raise UserError(f"adapter targets '{module_name}', a {type(target).__name__}, not a linear layer")
+        return target

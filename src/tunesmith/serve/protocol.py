@@ -1,0 +1,95 @@
+"""Request bodies of the OpenAI API subset we serve (pydantic validates; errors become 400s)."""
+
+from __future__ import annotations
+
+from typing import Literal, Optional, Union
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+
+class TextPart(BaseModel):
+    type: Literal["text"]
+    text: str
+
+
+class ChatMessage(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    role: Literal["system", "developer", "user", "assistant"]
+    content: Union[str, list[TextPart]]
+
+    def text(self) -> str:
+        return self.content if isinstance(self.content, str) else "".join(p.text for p in self.content)
+
+
+class StreamOptions(BaseModel):
+    include_usage: bool = False
+
+
+class _Sampling(BaseModel):
+    # Unknown fields are ignored (clients send many); fields we accept but cannot honour are rejected
+    # in `unsupported()` instead of being silently dropped.
+    model_config = ConfigDict(extra="ignore")
+    model: str
+    temperature: float = Field(1.0, ge=0.0, le=2.0)
+    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    max_tokens: Optional[int] = Field(None, ge=1)
+    stop: Union[str, list[str], None] = None
+    seed: Optional[int] = None
+    n: int = Field(1, ge=1)
+    stream: bool = False
+    stream_options: Optional[StreamOptions] = None
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    logprobs: Optional[Union[bool, int]] = None
+    user: Optional[str] = None
+
+    @field_validator("stop")
+    @classmethod
+    def _stops(cls, v):
+        stops = [v] if isinstance(v, str) else list(v or [])
+        if len(stops) > 4:
+            raise ValueError("at most 4 stop sequences")
+        if any(not s for s in stops):
+            raise ValueError("stop sequences must be non-empty")
+        return stops
+
+    def unsupported(self) -> str | None:
+        if self.presence_penalty or self.frequency_penalty:
+            return "presence_penalty / frequency_penalty"
+        if self.logprobs:
+            return "logprobs"
+        return None
+
+
+class ChatCompletionRequest(_Sampling):
+    messages: list[ChatMessage] = Field(min_length=1)
+    max_completion_tokens: Optional[int] = Field(None, ge=1)
+    tools: Optional[list] = None
+    response_format: Optional[dict] = None
+
+    def unsupported(self) -> str | None:
+        if self.tools:
+            return "tools"
+        if self.response_format and self.response_format.get("type") not in (None, "text"):
+            return "response_format"
+        return super().unsupported()
+
+
+class CompletionRequest(_Sampling):
+    prompt: Union[str, list[str], list[int]]
+    echo: bool = False
+    suffix: Optional[str] = None
+    max_tokens: Optional[int] = Field(16, ge=1)       # OpenAI's default for /v1/completions
+
+    def unsupported(self) -> str | None:
+        if self.echo:
+            return "echo"
+        if self.suffix:
+            return "suffix"
+        return super().unsupported()
+
+
+class LoadAdapterRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(min_length=1, max_length=128)
+    path: str = Field(min_length=1, max_length=4096)

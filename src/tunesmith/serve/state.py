@@ -1,0 +1,160 @@
+"""Everything one server holds: base model, tokenizer, adapter table, engine, limits, traffic log."""
+
+from __future__ import annotations
+
+import logging
+import re
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tunesmith.errors import ModelNotFound, UserError
+from tunesmith.serve.adapters import AdapterSpec, inspect_adapter
+from tunesmith.serve.paths import AdapterDirPolicy
+
+log = logging.getLogger("tunesmith.serve")
+NAME_RE = re.compile(r"[A-Za-z0-9._:/-]{1,128}")
+
+
+@dataclass
+class ServeOptions:
+    model: str = "default"
+    served_name: str | None = None            # the id clients use for the base; default: --model as given
+    adapters: dict[str, str] = field(default_factory=dict)
+    adapter_dir: str | None = None
+    api_key: str | None = None
+    dtype: str = "fp32"
+    max_batch: int = 16
+    max_queue: int = 256
+    max_tokens_limit: int = 1024              # hard cap on max_tokens per request
+    default_max_tokens: int = 256
+    max_body_bytes: int = 1 << 20
+    request_timeout_s: float = 300.0
+    max_n: int = 8
+    traffic_log: str | None = None
+
+
+def _same_base(adapter_base: str | None, server_path: Path) -> bool:
+    from tunesmith.models import resolve_base
+
+    if not adapter_base:
+        return True
+    try:
+        return resolve_base(adapter_base).path.resolve() == server_path.resolve()
+    except ModelNotFound:
+        # Trained elsewhere (a path that does not exist here): the layer-shape check decides.
+        return True
+
+
+class ServerState:
+    def __init__(self, options: ServeOptions, model, tokenizer, base_path: Path):
+        from tunesmith.eval.generate import stop_token_ids
+        from tunesmith.serve.engine import Engine
+        from tunesmith.serve.fallback import PeftFallback
+        from tunesmith.serve.lora_batch import LoRABank
+        from tunesmith.serve.traffic import TrafficLog
+
+        self.options = options
+        self.started = time.time()
+        self.model = model
+        self.tokenizer = tokenizer
+        self.base_path = base_path
+        self.base_name = options.served_name or options.model
+        self.policy = AdapterDirPolicy(options.adapter_dir)
+        self.adapters: dict[str, AdapterSpec] = {}
+        self._lock = threading.Lock()
+        self.bank = LoRABank(model)
+        self.fallback = PeftFallback(lambda: _load_base(base_path, options.dtype))
+        self.engine = Engine(model, tokenizer, self.bank, stop_token_ids(tokenizer), max_batch=options.max_batch,
+                             max_queue=options.max_queue, fallback=self.fallback)
+        self.max_context = int(getattr(model.config, "max_position_embeddings", 2048))
+        self.traffic = TrafficLog(options.traffic_log) if options.traffic_log else None
+
+    # -- adapters ----------------------------------------------------------------------------------
+    def model_names(self) -> list[str]:
+        with self._lock:
+            return [self.base_name, *self.adapters]
+
+    def lookup(self, name: str) -> str | None:
+        """The adapter a model id names (None for the base); KeyError when unknown."""
+        if name == self.base_name:
+            return None
+        with self._lock:
+            if name in self.adapters:
+                return name
+        raise KeyError(name)
+
+    def load_adapter(self, name: str, path: str | Path) -> AdapterSpec:
+        """Read, check and install an adapter. Blocking; call from a worker thread."""
+        if not NAME_RE.fullmatch(name or "") or name == self.base_name:
+            raise UserError(f"adapter name '{name}' is not allowed: use 1-128 of A-Z a-z 0-9 . _ - : / "
+                            "and not the base model's name")
+        with self._lock:
+            if name in self.adapters:
+                raise UserError(f"an adapter named '{name}' is already loaded", hint="unload it first")
+        path = Path(path)
+        spec = inspect_adapter(name, path, dtype=next(self.model.parameters()).dtype)
+        if not _same_base(spec.base, self.base_path):
+            raise UserError(f"adapter '{name}' was trained on '{spec.base}', not on this server's base model",
+                            hint=f"start a server with --model {spec.base}")
+        if spec.engine == "lora":
+            self.engine.call(lambda: self.bank.add(name, spec.weights, spec.rank)).result()
+        else:
+            log.info("adapter %s: served by the peft fallback (%s)", name, spec.why_fallback)
+            self.fallback.add(name, self.fallback.build(path))
+        with self._lock:
+            self.adapters[name] = spec
+        return spec
+
+    def unload_adapter(self, name: str) -> None:
+        with self._lock:
+            spec = self.adapters.pop(name)
+        # Waiting and running requests for it finish first: the engine thread frees the slot between steps
+        # only once nothing uses it.
+        def release():
+            if self.engine.in_use(name):
+                return False
+            if spec.engine == "lora":
+                self.bank.remove(name)
+            else:
+                self.fallback.remove(name)
+            return True
+
+        while not self.engine.call(release).result():
+            time.sleep(0.05)
+
+    def close(self) -> None:
+        self.engine.stop()
+        if self.traffic:
+            self.traffic.close()
+
+
+def _load_base(path: Path, dtype: str):
+    from tunesmith.models import load_model
+
+    model = load_model(str(path), dtype=dtype)
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model
+
+
+def build_state(options: ServeOptions) -> ServerState:
+    """Load the base once, then every --adapter; raise UserError on any bad one."""
+    from tunesmith.models import load_tokenizer, resolve_base
+
+    resolved = resolve_base(options.model)
+    tokenizer = load_tokenizer(resolved)
+    model = _load_base(resolved.path, options.dtype)
+    state = ServerState(options, model, tokenizer, resolved.path)
+    state.engine.start()
+    try:
+        for name, path in options.adapters.items():
+            if not Path(path).is_dir():
+                raise UserError(f"--adapter {name}={path}: no such folder")
+            state.load_adapter(name, path)
+    except BaseException:
+        state.close()
+        raise
+    return state
