@@ -19,7 +19,7 @@ from tunesmith.data.schema import Sample
 from tunesmith.data.tokenize import tokenize_all
 from tunesmith.errors import UserError
 from tunesmith.io_utils import atomic_file, write_json
-from tunesmith.methods import get_method
+from tunesmith.methods import check_run
 from tunesmith.models import load_model, load_tokenizer, resolve_base
 
 
@@ -61,7 +61,7 @@ def run(cfg: RunConfig, *, resume: bool = False, show_progress: bool = True, log
     with atomic_file(run_dir / "config.yaml") as fh:
         fh.write(dump_yaml(cfg))
 
-    method = get_method(cfg.method.name)
+    method = check_run(cfg)  # unknown method, keys it ignores, output.merge of an unmergeable method
     resolved = resolve_base(cfg.model.base)
     log(f"base model: {resolved.label} ({resolved.path})")
     tokenizer = load_tokenizer(resolved, cfg.data.template)

@@ -14,7 +14,7 @@ from tunesmith.cli.common import app, err
 from tunesmith.errors import UserError
 
 # Verb groups, in the order `tunesmith --help` lists them. A new group is one module and one name here.
-COMMAND_MODULES = ["run", "evaluate", "export", "serve", "methods", "config", "data"]
+COMMAND_MODULES = ["run", "evaluate", "export", "serve", "methods", "spectrum", "config", "data"]
 
 
 def _load_commands() -> None:

@@ -41,9 +41,9 @@ def evaluate(model: str = typer.Option("default", "--model", help="base model (s
     base = load_model(resolved)
     tuned = None
     if adapter is not None:
-        from peft import PeftModel
+        from tunesmith.methods import load_trained
 
-        tuned = PeftModel.from_pretrained(base, str(adapter))
+        tuned = load_trained(base, adapter)  # PEFT layout or one of ours (bottleneck)
     elif not cfg.baselines:
         tuned = base
     if tuned is None:

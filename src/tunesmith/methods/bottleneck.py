@@ -9,6 +9,8 @@ re-applied to a fresh base by `load_bottleneck` (registered as the loader for th
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import json
 from pathlib import Path
 
@@ -30,12 +32,28 @@ class BottleneckAdapter(torch.nn.Module):
         self.down = torch.nn.Linear(hidden, size)
         self.act = ACTIVATIONS[activation]()
         self.up = torch.nn.Linear(size, hidden)
+        self.enabled = True
         if not self.up.weight.is_meta:
             torch.nn.init.zeros_(self.up.weight)
             torch.nn.init.zeros_(self.up.bias)
 
     def forward(self, h):                     # (B, T, H) -> (B, T, H)
+        if not self.enabled:
+            return h
         return h + self.up(self.act(self.down(h)))
+
+
+@contextlib.contextmanager
+def adapters_off(model):
+    """The base model's forward, as peft's `disable_adapter()`; evaluation uses it for baselines."""
+    adapters = [m for m in model.modules() if isinstance(m, BottleneckAdapter)]
+    for m in adapters:
+        m.enabled = False
+    try:
+        yield model
+    finally:
+        for m in adapters:
+            m.enabled = True
 
 
 def _after_block_hook(module, args, output):
@@ -71,6 +89,7 @@ def attach(model, size: int, activation: str) -> list[str]:
             block.bottleneck = BottleneckAdapter(hidden, size, activation).to(device=device, dtype=dtype)
             block.register_forward_hook(_after_block_hook)
             placed.append(f"layers.{i}.{child}")
+    model.disable_adapter = functools.partial(adapters_off, model)
     return placed
 
 
