@@ -1,0 +1,201 @@
+"""Method-specific checks: Delta-LoRA's base-weight updates, Spectrum's SNR, bottleneck identity
+at init, LoRA+ / LoRA-FA optimizers, prompt init from text, and the memory estimate."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+from tunesmith.config import DataConfig, MethodConfig, TrainConfig
+from tunesmith.data.load import load_samples
+from tunesmith.data.tokenize import tokenize_all
+from tunesmith.methods import prepare_method
+from tunesmith.methods.snr import matrix_snr, mp_median
+
+
+@pytest.fixture(scope="module")
+def memo_set(tokenizer, tmp_path_factory):
+    rows = [{"messages": [{"role": "user", "content": f"Code for item {i}?"},
+                          {"role": "assistant", "content": f"ITEM-{i:03d}"}]} for i in range(8)]
+    path = tmp_path_factory.mktemp("memo") / "memo.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return tokenize_all(tokenizer, load_samples(str(path)), max_len=64)[0]
+
+
+def fresh(tiny_model_dir):
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(str(tiny_model_dir))
+
+
+def train(prepared, tokenizer, data, tmp_path, steps=6, lr=1e-2):
+    from tunesmith.train.trainer import Trainer
+
+    cfg = TrainConfig(max_steps=steps, batch_size=8, lr=lr, scheduler="constant", warmup_ratio=0.0, precision="fp32")
+    return Trainer(cfg, DataConfig(max_len=64), prepared, tokenizer, data, [], tmp_path, show_progress=False).fit()
+
+
+# --- Delta-LoRA ---------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("start", [0, 3])
+def test_delta_lora_moves_base_weights_by_exactly_the_product_deltas(start, tiny_model_dir, tokenizer, memo_set, tmp_path):
+    lam = 0.7
+    torch.manual_seed(0)
+    prepared = prepare_method(fresh(tiny_model_dir), MethodConfig(name="delta_lora", r=4, alpha=8, dropout=0.0,
+                                                                  delta_lora_lambda=lam, delta_lora_start=start), 1e-2)
+    state = prepared.delta_lora
+    w0 = {n: m.weight.detach().double().clone() for n, m in state.modules}
+    expected = {n: torch.zeros_like(w) for n, w in w0.items()}
+    products = []
+
+    def product(m):   # (alpha / r) * B @ A, in float64, independent of the method's own code
+        return (8 / 4) * m.delta_lora_B.detach().double() @ m.delta_lora_A.detach().double()
+
+    before = {n: product(m) for n, m in state.modules}
+    original = state.after_step
+
+    def recording_after_step():
+        nonlocal before
+        step = len(products) + 1
+        after = {n: product(m) for n, m in state.modules}
+        if step > start:
+            for n in expected:
+                expected[n] += lam * (after[n] - before[n])
+        products.append(after)
+        before = after
+        original()
+
+    prepared.hooks["after_step"] = recording_after_step
+    train(prepared, tokenizer, memo_set, tmp_path, steps=6)
+    assert len(products) == 6
+    for n, m in state.modules:
+        moved = m.weight.detach().double() - w0[n]
+        assert expected[n].abs().max() > 1e-4            # the base really moved
+        torch.testing.assert_close(moved, expected[n], atol=2e-7, rtol=0)
+        # The deltas telescope: W_T - W_0 = lambda * (P_T - P_start).
+        p_start = products[start - 1][n] if start else torch.zeros_like(moved)
+        torch.testing.assert_close(moved, lam * (products[-1][n] - p_start), atol=2e-7, rtol=0)
+        assert not m.weight.requires_grad
+
+
+def test_delta_lora_checkpoint_state_restores_moved_weights(tiny_model_dir, tokenizer, memo_set, tmp_path):
+    torch.manual_seed(0)
+    prepared = prepare_method(fresh(tiny_model_dir), MethodConfig(name="delta_lora", r=4, dropout=0.0), 1e-2)
+    train(prepared, tokenizer, memo_set, tmp_path, steps=3)
+    state = prepared.delta_lora
+    saved = {k: v.clone() for k, v in state.extra_state().items()}
+    name, module = state.modules[0]
+    with torch.no_grad():
+        module.weight.add_(1.0)
+    state.load_extra_state(saved)
+    assert torch.equal(module.weight, saved[f"{name}.weight"]) and state.step == 3
+
+
+# --- Spectrum -----------------------------------------------------------------------------------
+
+def test_mp_median_matches_known_value_and_simulation():
+    assert mp_median(1.0) == pytest.approx(0.6528, abs=2e-4)        # Gavish & Donoho (2014), beta = 1
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2000, 1000, generator=g, dtype=torch.float64)
+    eig = torch.linalg.eigvalsh(x.T @ x / 2000)
+    assert mp_median(0.5) == pytest.approx(float(eig.median()), rel=0.01)
+
+
+@pytest.mark.parametrize("shape", [(256, 128), (128, 128), (192, 576)])
+def test_snr_is_low_on_noise_and_high_on_planted_low_rank(shape):
+    g = torch.Generator().manual_seed(0)
+    m, n = shape
+    sigma = 0.05
+    noise = sigma * torch.randn(m, n, generator=g)
+    pure = matrix_snr(noise)
+    assert pure.snr < 0.05 and pure.n_signal <= 1
+    assert pure.sigma == pytest.approx(sigma, rel=0.05)
+    # rank 4 signal, singular values 4-7x the noise edge
+    u = torch.linalg.qr(torch.randn(m, 4, generator=g))[0]
+    v = torch.linalg.qr(torch.randn(n, 4, generator=g))[0]
+    edge = sigma * (math.sqrt(m) + math.sqrt(n))
+    planted = matrix_snr(noise + u @ torch.diag(torch.tensor([4.0, 5.0, 6.0, 7.0]) * edge) @ v.T)
+    # the 4 planted directions, plus at most one noise value grazing the edge (finite-size fluctuation)
+    assert planted.snr > 1.0 and 4 <= planted.n_signal <= 5
+    assert planted.sigma == pytest.approx(sigma, rel=0.1)            # the median ignores the planted directions
+
+
+def test_spectrum_trains_the_planted_matrix(tiny_model_dir):
+    model = fresh(tiny_model_dir)
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for i, layer in enumerate(model.model.layers):
+            w = layer.self_attn.q_proj.weight
+            w.copy_(0.05 * torch.randn(w.shape, generator=g))
+            if i == 1:
+                u, v = torch.randn(64, 2, generator=g), torch.randn(64, 2, generator=g)
+                w.add_(0.5 * u @ v.T)
+    prepared = prepare_method(model, MethodConfig(name="spectrum", spectrum_top_percent=50), 1e-3)
+    assert model.model.layers[1].self_attn.q_proj.weight.requires_grad
+    assert not model.model.layers[0].self_attn.q_proj.weight.requires_grad
+    assert not model.model.embed_tokens.weight.requires_grad
+    q = {r.layer: r.result.snr for r in prepared.spectrum_scan if r.type == "self_attn.q_proj"}
+    assert q[1] > 1.0 > 0.05 > q[0]
+
+
+# --- bottleneck, optimizers, prompt init, memory ---------------------------------------------------
+
+def test_bottleneck_starts_as_the_base_and_can_be_switched_off(tiny_model_dir, tokenizer, memo_set, tmp_path):
+    ids = torch.randint(0, 2000, (2, 9), generator=torch.Generator().manual_seed(0))
+    base_logits = fresh(tiny_model_dir).eval()(input_ids=ids).logits
+    prepared = prepare_method(fresh(tiny_model_dir), MethodConfig(name="bottleneck", bottleneck_size=8), 1e-2)
+    model = prepared.model.eval()
+    assert torch.equal(model(input_ids=ids).logits, base_logits)          # up-projection starts at zero
+    train(prepared, tokenizer, memo_set, tmp_path, steps=3)
+    model.eval()
+    with torch.no_grad():
+        assert (model(input_ids=ids).logits - base_logits).abs().max() > 1e-3
+        with model.disable_adapter():
+            assert torch.equal(model(input_ids=ids).logits, base_logits)
+
+
+def test_loraplus_gives_b_a_higher_learning_rate(tiny_model_dir):
+    prepared = prepare_method(fresh(tiny_model_dir), MethodConfig(name="lora", r=4, loraplus_lr_ratio=16), 1e-3)
+    opt = prepared.hooks["optimizer"](prepared.param_groups)
+    names = {id(p): n for n, p in prepared.model.named_parameters()}
+    lrs = {("lora_B" in names[id(p)]): g["lr"] for g in opt.param_groups for p in g["params"]}
+    assert lrs[True] == pytest.approx(16e-3) and lrs[False] == pytest.approx(1e-3)
+
+
+def test_lora_fa_keeps_a_at_its_init(tiny_model_dir, tokenizer, memo_set, tmp_path):
+    torch.manual_seed(0)
+    prepared = prepare_method(fresh(tiny_model_dir), MethodConfig(name="lora", r=4, lora_fa=True), 1e-2)
+    a0 = {n: p.detach().clone() for n, p in prepared.model.named_parameters() if "lora_A" in n}
+    b0 = {n: p.detach().clone() for n, p in prepared.model.named_parameters() if "lora_B" in n}
+    train(prepared, tokenizer, memo_set, tmp_path, steps=3)
+    params = dict(prepared.model.named_parameters())
+    assert all(torch.equal(params[n], a) for n, a in a0.items())
+    assert all((params[n] - b).abs().max() > 0 for n, b in b0.items())
+
+
+def test_prompt_init_from_text_copies_token_embeddings(tiny_model_dir, tokenizer):
+    text = "Answer with the item code."
+    model = fresh(tiny_model_dir)
+    embed = model.get_input_embeddings().weight.detach().clone()
+    prepared = prepare_method(model, MethodConfig(name="prompt", num_virtual_tokens=4, prompt_init_text=text), 1e-2)
+    virtual = prepared.model.prompt_encoder["default"].embedding.weight.detach()
+    ids = tokenizer(text)["input_ids"][:4]
+    assert torch.equal(virtual, embed[ids])
+
+
+def test_memory_estimate_counts_weights_grads_and_adam(tiny_model_dir):
+    from transformers import AutoConfig
+
+    from tunesmith.methods import METHODS
+    from tunesmith.methods.inventory import footprint
+
+    config = AutoConfig.from_pretrained(str(tiny_model_dir))
+    n = sum(p.numel() for p in fresh(tiny_model_dir).parameters())
+    full = footprint(config, METHODS["full"])
+    assert full.trainable == n and full.memory_bytes == 16 * n       # fp32 weight + grad + 2 Adam moments
+    lora, qlora = footprint(config, METHODS["lora"]), footprint(config, METHODS["qlora"])
+    assert lora.memory_bytes == 4 * n + 16 * lora.trainable
+    assert qlora.trainable == lora.trainable and qlora.memory_bytes < lora.memory_bytes
