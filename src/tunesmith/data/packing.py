@@ -1,8 +1,8 @@
 """Packing: several examples per row, no attention across them.
 
 Rows are filled first-fit-decreasing. Each example's `position_ids` restart at 0; transformers
-turns restarting positions (with no attention_mask) into a block-diagonal causal mask, so every
-example inside a row sees only itself. Padding at the end of a row is one more segment whose
+turns restarting positions (with no attention_mask and no KV cache: call the model with
+use_cache=False) into a block-diagonal causal mask, so every example inside a row sees only itself. Padding at the end of a row is one more segment whose
 targets are all ignored.
 """
 

@@ -30,6 +30,9 @@ NAMED_TEMPLATES = {
 
 # The end-of-turn marker each named template closes an assistant turn with (None: the EOS token).
 _END_OF_TURN = {"chatml": "<|im_end|>", "llama3": "<|eot_id|>", "alpaca": None}
+# Markers that must be single special tokens, so a turn boundary is one token the model can learn.
+_SPECIAL = {"chatml": ["<|im_start|>", "<|im_end|>"],
+            "llama3": ["<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"], "alpaca": []}
 
 
 def apply_named_template(tokenizer, template: str | None) -> None:
@@ -42,9 +45,11 @@ def apply_named_template(tokenizer, template: str | None) -> None:
         raise ConfigError(f"data.template: unknown template '{template}'",
                           hint=f"use 'auto' or one of {', '.join(NAMED_TEMPLATES)}")
     tokenizer.chat_template = NAMED_TEMPLATES[template]
-    eot = _END_OF_TURN[template]
-    if eot and eot not in tokenizer.get_vocab():
-        tokenizer.add_special_tokens({"additional_special_tokens": [eot]})
+    vocab = tokenizer.get_vocab()
+    missing = [t for t in _SPECIAL[template] if t not in vocab]
+    if missing:
+        # The caller resizes the model's embeddings when the tokenizer grows (pipeline does).
+        tokenizer.add_special_tokens({"additional_special_tokens": missing}, replace_extra_special_tokens=False)
 
 
 def end_of_turn_text(tokenizer) -> str | None:
