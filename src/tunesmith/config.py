@@ -97,6 +97,26 @@ class EvalConfig(Section):
     top_p: float = Field(1.0, gt=0.0, le=1.0, description="nucleus sampling when temperature > 0")
     max_examples: int = Field(0, ge=0, description="score at most N examples; 0 means all")
     seed: int = Field(0, description="seed for few-shot draws and sampling")
+    perplexity: bool = Field(True, description="also report each system's perplexity on the eval data (response tokens of chats, all tokens of raw text)")
+    ppl_window: int = Field(512, ge=2, description="perplexity: tokens per sliding window")
+    ppl_stride: int = Field(256, gt=0, description="perplexity: tokens between window starts (<= ppl_window; smaller = more context, slower)")
+    regression: bool = Field(True, description="score base vs tuned on the shipped general QA and text set to catch forgetting")
+    regression_acc_drop: float = Field(0.05, ge=0.0, description="flag forgetting when general QA accuracy falls by more than this (absolute)")
+    regression_ppl_rise: float = Field(0.10, ge=0.0, description="flag forgetting when general-text perplexity rises by more than this fraction")
+    regression_max_new_tokens: int = Field(16, gt=0, description="generation budget for the regression QA answers")
+    overfit_gap: float = Field(0.5, ge=0.0, description="flag overfitting when validation loss exceeds train loss by more than this (nats)")
+    code_tasks: str | None = Field(None, description="JSONL of code tasks (prompt, test, optional entry_point) for pass@k")
+    code_samples: int = Field(5, gt=0, description="programs sampled per code task (n of pass@k)")
+    pass_k: list[int] = Field(default_factory=lambda: [1], description="k values of pass@k to report (each <= code_samples)")
+    code_timeout_s: float = Field(5.0, gt=0.0, description="sandbox wall-clock limit per program, seconds")
+    code_memory_mb: int = Field(512, gt=16, description="sandbox address-space limit per program, MiB")
+    code_workers: int = Field(1, gt=0, description="programs run in parallel in the sandbox")
+    judge: str | None = Field(None, description="pairwise judge of tuned vs the best baseline: local:MODEL or openai:MODEL (empty = off)")
+    judge_url: str | None = Field(None, description="base URL of an OpenAI-compatible judge endpoint (empty = api.openai.com)")
+    judge_prompt: str | None = Field(None, description="judge prompt file with {question} {reference} {answer_a} {answer_b} (empty = shipped one)")
+    compare_to: str | None = Field(None, description="another model or adapter folder scored beside tuned as system 'compare'")
+    lm_eval_tasks: list[str] = Field(default_factory=list, description="lm-evaluation-harness tasks run on base and tuned when it is installed")
+    lm_eval_limit: int = Field(0, ge=0, description="lm-evaluation-harness: examples per task; 0 means all")
 
 
 class OutputConfig(Section):
@@ -214,7 +234,7 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
 
 
 def _resolve_relative(raw: dict, base: Path) -> None:
-    for section, key in (("data", "train"), ("data", "val"), ("eval", "data")):
+    for section, key in (("data", "train"), ("data", "val"), ("eval", "data"), ("eval", "code_tasks"), ("eval", "judge_prompt")):
         value = raw.get(section, {}).get(key)
         if value and not Path(value).is_absolute():
             candidate = base / value

@@ -1,7 +1,12 @@
-"""Task metrics. Each registers itself and scores one (prediction, reference) pair, or a whole list.
+"""Task metrics, one registry for per-example and corpus-level scores.
 
-Per-example metrics return a score in [0, 1] per pair; the system score is their mean, which is
-what the report compares and what the confidence intervals are computed over.
+Every metric turns (predictions, references) into one *row* per example and folds any list of rows
+into the system's value. For per-example metrics (exact match, ROUGE F1 ...) a row is the example's
+score and the fold is the mean. For corpus metrics a mean of per-example scores would be wrong:
+BLEU sums n-gram counts over the corpus before taking precisions, macro-F1 needs the whole
+confusion matrix. Their rows are sufficient statistics and the fold is the real corpus formula.
+Keeping rows separate from the fold is what lets the report bootstrap any metric by resampling
+rows, and compare two systems with a paired bootstrap on the same resampled examples.
 """
 
 from __future__ import annotations
@@ -10,18 +15,52 @@ import json
 import re
 import string
 import unicodedata
+from dataclasses import dataclass
+from functools import lru_cache
 from typing import Callable
 
 from tunesmith.errors import ConfigError
 
-METRICS: dict[str, Callable[[str, str], float]] = {}
+
+@dataclass(frozen=True)
+class Metric:
+    name: str
+    description: str
+    rows: Callable[[list[str], list[str]], list]      # one row per (prediction, reference)
+    fold: Callable[[list], float]                      # system value from any list of rows
+    per_example: bool                                  # rows are scores and fold is their mean
+    details: Callable[[list], dict] | None = None      # extra corpus-level facts (per-class table, signature)
+    scale: float = 1.0                                 # values lie in [0, scale] (BLEU is 0-100, as sacrebleu reports it)
+
+
+METRICS: dict[str, Metric] = {}
 DESCRIPTIONS: dict[str, str] = {}
 
 
+def _mean(xs: list[float]) -> float:
+    return sum(xs) / len(xs) if xs else float("nan")
+
+
+def _register(m: Metric) -> Metric:
+    METRICS[m.name] = m
+    DESCRIPTIONS[m.name] = m.description
+    return m
+
+
 def metric(name: str, description: str):
+    """Register a per-example metric `fn(prediction, reference) -> score`."""
     def wrap(fn):
-        METRICS[name] = fn
-        DESCRIPTIONS[name] = description
+        _register(Metric(name, description, rows=lambda ps, rs: [fn(p, r) for p, r in zip(ps, rs)],
+                         fold=_mean, per_example=True))
+        return fn
+    return wrap
+
+
+def corpus_metric(name: str, description: str, *, fold: Callable[[list], float],
+                  details: Callable[[list], dict] | None = None, scale: float = 1.0):
+    """Register a corpus metric from its row function `fn(predictions, references) -> rows`."""
+    def wrap(fn):
+        _register(Metric(name, description, rows=fn, fold=fold, per_example=False, details=details, scale=scale))
         return fn
     return wrap
 
@@ -40,6 +79,17 @@ def exact_match(pred: str, ref: str) -> float:
 @metric("exact_match_norm", "exact match after lower-casing, removing punctuation and collapsing spaces")
 def exact_match_norm(pred: str, ref: str) -> float:
     return float(normalize_text(pred) == normalize_text(ref))
+
+
+@metric("exact_match_casefold", "exact match ignoring case and surrounding/inner whitespace runs (punctuation kept)")
+def exact_match_casefold(pred: str, ref: str) -> float:
+    return float(" ".join(pred.casefold().split()) == " ".join(ref.casefold().split()))
+
+
+@metric("contains_norm", "the normalised reference appears as whole words in the normalised prediction (short-answer QA)")
+def contains_norm(pred: str, ref: str) -> float:
+    p, r = normalize_text(pred), normalize_text(ref)
+    return float(bool(r) and f" {r} " in f" {p} ")
 
 
 _JSON_START = re.compile(r"[\[{]")
@@ -84,12 +134,118 @@ def json_field_f1(pred: str, ref: str) -> float:
     return 2 * precision * recall / (precision + recall)
 
 
+# --- ROUGE (rouge-score): its own corpus figure is the mean of per-example F-measures -------------
+
+@lru_cache(maxsize=1)
+def _rouge_scorer():
+    from rouge_score import rouge_scorer
+
+    # Porter stemming on, as in the ROUGE-1.5.5 script most papers report.
+    return rouge_scorer.RougeScorer(["rouge1", "rouge2", "rougeL"], use_stemmer=True)
+
+
+def _rouge(kind: str):
+    def fn(pred: str, ref: str) -> float:
+        return _rouge_scorer().score(ref, pred)[kind].fmeasure
+    return fn
+
+
+for _kind, _n in (("rouge1", "unigram"), ("rouge2", "bigram"), ("rougeL", "longest-common-subsequence")):
+    metric(_kind, f"ROUGE {_n} F-measure (rouge-score, Porter stemmer), averaged over examples")(_rouge(_kind))
+
+
+# --- BLEU (sacrebleu): n-gram counts are summed over the corpus before the precisions -------------
+
+@lru_cache(maxsize=1)
+def _bleu():
+    from sacrebleu.metrics import BLEU
+
+    return BLEU()
+
+
+def _bleu_fold(rows: list) -> float:
+    if not rows:
+        return float("nan")
+    totals = [sum(col) for col in zip(*rows)]
+    return float(_bleu()._compute_score_from_stats(totals).score)
+
+
+def _bleu_details(rows: list) -> dict:
+    return {"signature": _bleu().get_signature().format()}
+
+
+@corpus_metric("bleu", "corpus BLEU, 0-100 (sacrebleu defaults: 13a tokenizer, exp smoothing; signature in the report)",
+               fold=_bleu_fold, details=_bleu_details, scale=100.0)
+def bleu_rows(preds: list[str], refs: list[str]) -> list:
+    # Per-sentence sufficient statistics (matches and totals per n-gram order, lengths); the fold sums
+    # them, which is exactly sacrebleu's corpus_score.
+    return _bleu()._extract_corpus_statistics(list(preds), [list(refs)])
+
+
+# --- labels: accuracy, and precision / recall / F1 per class and macro-averaged ---------------------
+
+def label_of(text: str) -> str:
+    """A class label as compared: normalised text (case, punctuation and spacing ignored)."""
+    return normalize_text(text)
+
+
+def label_table(rows: list) -> dict[str, dict[str, float]]:
+    """Per-class precision, recall, F1 and support over the classes present in the references.
+
+    A prediction outside the reference classes counts against recall of the true class and is not a
+    class of its own: free-text models invent labels, and each invention would otherwise add a
+    zero-F1 class and sink the macro average.
+    """
+    classes = sorted({ref for _, ref in rows})
+    table = {}
+    for c in classes:
+        tp = sum(1 for p, r in rows if p == c and r == c)
+        fp = sum(1 for p, r in rows if p == c and r != c)
+        fn = sum(1 for p, r in rows if p != c and r == c)
+        precision = tp / (tp + fp) if tp + fp else 0.0
+        recall = tp / (tp + fn) if tp + fn else 0.0
+        f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+        table[c] = {"precision": precision, "recall": recall, "f1": f1, "support": tp + fn}
+    return table
+
+
+def _macro(key: str):
+    def fold(rows: list) -> float:
+        table = label_table(rows)
+        return _mean([v[key] for v in table.values()]) if table else float("nan")
+    return fold
+
+
+def _label_rows(preds: list[str], refs: list[str]) -> list:
+    return [(label_of(p), label_of(r)) for p, r in zip(preds, refs)]
+
+
+def _label_details(rows: list) -> dict:
+    return {"per_class": label_table(rows)}
+
+
+@metric("accuracy", "label accuracy: normalised prediction equals the normalised reference label")
+def accuracy(pred: str, ref: str) -> float:
+    return float(label_of(pred) == label_of(ref))
+
+
+for _key in ("precision", "recall", "f1"):
+    corpus_metric(f"macro_{_key}", f"label {_key} per reference class, macro-averaged (per-class table in the report)",
+                  fold=_macro(_key), details=_label_details)(_label_rows)
+
+
 def check_metrics(names: list[str]) -> None:
     unknown = [n for n in names if n not in METRICS]
     if unknown:
         raise ConfigError(f"eval.metrics: unknown metric(s) {', '.join(unknown)}", hint=f"available: {', '.join(METRICS)}")
 
 
-def score(names: list[str], predictions: list[str], references: list[str]) -> dict[str, list[float]]:
+def metric_rows(names: list[str], predictions: list[str], references: list[str]) -> dict[str, list]:
     check_metrics(names)
-    return {n: [METRICS[n](p, r) for p, r in zip(predictions, references)] for n in names}
+    return {n: METRICS[n].rows(predictions, references) for n in names}
+
+
+def score(names: list[str], predictions: list[str], references: list[str]) -> dict[str, list[float]]:
+    """Per-example scores of per-example metrics (kept for callers that want plain score lists)."""
+    check_metrics(names)
+    return {n: METRICS[n].rows(predictions, references) for n in names if METRICS[n].per_example}

@@ -7,19 +7,106 @@ from pathlib import Path
 from tunesmith.io_utils import atomic_file, write_json, write_jsonl
 
 
-def markdown(report: dict) -> str:
+def _num(v) -> str:
+    if v is None:
+        return "-"
+    return f"{v:.2f}" if abs(v) >= 10 else f"{v:.3f}"
+
+
+def _systems_table(report: dict) -> list[str]:
     metrics = report["metrics"]
+    lower = set(report.get("lower_is_better", []))
+    head = [f"{m} (lower is better)" if m in lower else m for m in metrics]
+    lines = ["| system | " + " | ".join(head) + " |", "|---|" + "---|" * len(metrics)]
+    for name, entry in report["systems"].items():
+        cells = []
+        for m in metrics:
+            if m not in entry:
+                cells.append("-")
+                continue
+            lo, hi = entry[m + "_ci95"]
+            cells.append(f"{_num(entry[m])} [{_num(lo)}, {_num(hi)}]")
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def _details(report: dict) -> list[str]:
+    lines = []
+    for system, per_metric in report.get("details", {}).items():
+        for metric, d in per_metric.items():
+            if "signature" in d:
+                lines.append(f"- {system} {metric}: sacrebleu signature `{d['signature']}`")
+            if "per_class" in d and metric == "macro_f1":
+                lines += ["", f"Per class ({system}):", "", "| class | precision | recall | F1 | support |", "|---|---|---|---|---|"]
+                for label, row in d["per_class"].items():
+                    lines.append(f"| {label} | {row['precision']:.3f} | {row['recall']:.3f} | {row['f1']:.3f} | {row['support']} |")
+                lines.append("")
+    return ["", "## Metric details", "", *lines] if lines else []
+
+
+def _judge(report: dict) -> list[str]:
+    j = report.get("judge")
+    if not j:
+        return []
+    lo, hi = j["win_rate_ci95"]
+    return ["", "## Judge", "",
+            f"Pairwise win rate of tuned against {j['baseline']} judged by {j['judge']}: **{j['win_rate']:.3f}** "
+            f"(95% CI {lo:.3f} to {hi:.3f}; {j['wins']} wins, {j['ties']} ties, {j['losses']} losses over {j['n']} pairs). "
+            f"Each pair was judged in both orders; {j['inconsistent']} pairs got opposite verdicts and count as ties "
+            "(ties count as half a win)."]
+
+
+def _regression(report: dict) -> list[str]:
+    r = report.get("regression")
+    if not r:
+        return []
+    if "skipped" in r:
+        return ["", "## Regression (forgetting)", "", f"Skipped: {r['skipped']}."]
+    qa, text = r["qa"], r["text"]
+    flag = "**possible catastrophic forgetting**: " + "; ".join(r["reasons"]) if r["flagged"] else "no forgetting flag"
+    return ["", "## Regression (forgetting)", "",
+            "Shipped general set, base vs tuned.", "",
+            "| check | base | tuned | change |", "|---|---|---|---|",
+            f"| general QA ({qa['metric']}, n={qa['n']}) | {qa['base']:.3f} | {qa['tuned']:.3f} | "
+            f"{qa['difference']:+.3f} [{qa['difference_ci95'][0]:+.3f}, {qa['difference_ci95'][1]:+.3f}] |",
+            f"| general-text perplexity ({text['n_tokens']} tokens) | {text['base_perplexity']:.2f} | "
+            f"{text['tuned_perplexity']:.2f} | {text['relative_change']:+.1%} |", "",
+            f"Thresholds: accuracy drop > {r['thresholds']['acc_drop']}, perplexity rise > "
+            f"{r['thresholds']['ppl_rise']:.0%}. Result: {flag}."]
+
+
+def _lm_eval(report: dict) -> list[str]:
+    r = report.get("lm_eval")
+    if not r:
+        return []
+    if "skipped" in r:
+        return ["", "## lm-evaluation-harness", "", f"Skipped: {r['skipped']}."]
+    lines = ["", "## lm-evaluation-harness", "", "| task | metric | base | tuned | difference ± stderr |", "|---|---|---|---|---|"]
+    for task, metrics in r["results"].items():
+        for key, v in metrics.items():
+            se = f" ± {v['stderr']:.3f}" if v["stderr"] is not None else ""
+            lines.append(f"| {task} | {key} | {v['base']:.3f} | {v['tuned']:.3f} | {v['difference']:+.3f}{se} |")
+    return lines
+
+
+def markdown(report: dict) -> str:
     lines = [f"# {report['title']}", ""]
     if "verdict" in report:
         lines += [f"**Verdict:** {report['verdict']}", ""]
-    lines += ["| system | " + " | ".join(metrics) + " |", "|---|" + "---|" * len(metrics)]
-    for name, entry in report["systems"].items():
-        cells = [f"{entry[m]:.3f} [{entry[m + '_ci95'][0]:.2f}, {entry[m + '_ci95'][1]:.2f}]" for m in metrics]
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    lines += _systems_table(report)
     lines += ["", f"n = {report['n_examples']} held-out examples; brackets are 95% intervals "
-              "(Wilson for 0/1 scores, bootstrap otherwise).", ""]
+              "(Wilson for 0/1 scores, bootstrap otherwise; comparisons are paired bootstraps).", ""]
+    if "perplexity" in report:
+        p = report["perplexity"]
+        scored = "; ".join(f"{k}: {v}" for k, v in p["scored"].items())
+        lines.append(f"Perplexity: sliding window of {p['window']} tokens, stride {p['stride']} ({scored}).")
+    if "code" in report:
+        c = report["code"]
+        lines.append(f"pass@k: {c['tasks']} tasks x {c['samples_per_task']} samples, unbiased estimator; each program "
+                     f"sandboxed ({', '.join(c['isolation'])}; {c['limits']['timeout_s']} s, {c['limits']['memory_mb']} MiB).")
     gen = report["generation"]
     lines.append("Generation: " + ", ".join(f"{k}={v}" for k, v in gen.items()))
+    lines += _details(report) + _judge(report) + _regression(report) + _lm_eval(report)
     if "training" in report:
         t = report["training"]
         lines += ["", "## Training", ""]
@@ -43,15 +130,17 @@ def bar_chart(report: dict, out: Path) -> None:
     except ImportError:
         return
     primary = report["primary_metric"]
-    names = list(report["systems"])
+    if primary is None:
+        return
+    names = [n for n in report["systems"] if primary in report["systems"][n]]
     values = [report["systems"][n][primary] for n in names]
     # max(0, .) because interval ends can sit a rounding error past the point estimate.
     lo = [max(0.0, v - report["systems"][n][primary + "_ci95"][0]) for n, v in zip(names, values)]
     hi = [max(0.0, report["systems"][n][primary + "_ci95"][1] - v) for n, v in zip(names, values)]
     fig, ax = plt.subplots(figsize=(6, 3.5))
-    ax.bar(names, values, yerr=[lo, hi], capsize=6, color=["#9aa5b1"] * (len(names) - 1) + ["#2f80ed"])
-    ax.set_ylabel(primary)
-    ax.set_ylim(0, max(1.0, max(values) * 1.1))
+    ax.bar(names, values, yerr=[lo, hi], capsize=6, color=["#2f80ed" if n == "tuned" else "#9aa5b1" for n in names])
+    ax.set_ylabel(primary + (" (lower is better)" if primary in report.get("lower_is_better", []) else ""))
+    ax.set_ylim(0, max(1.0, max(v + h for v, h in zip(values, hi)) * 1.1))
     ax.set_title(f"{primary} on {report['n_examples']} held-out examples")
     fig.tight_layout()
     tmp = out.with_suffix(".tmp.png")

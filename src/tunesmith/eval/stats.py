@@ -40,3 +40,28 @@ def paired_difference(a: list[float], b: list[float], seed: int = 0) -> tuple[fl
     """Mean of a - b over the same examples, with a paired-bootstrap 95 % interval."""
     diffs = [x - y for x, y in zip(a, b)]
     return mean(diffs), bootstrap_interval(diffs, seed=seed)
+
+
+def bootstrap_fold(rows: list, fold, iters: int = 1000, seed: int = 0, alpha: float = 0.05) -> tuple[float, float]:
+    """Percentile bootstrap of a corpus statistic: resample examples (rows), refold each resample."""
+    if not rows:
+        return (float("nan"), float("nan"))
+    rng = random.Random(seed)
+    n = len(rows)
+    values = sorted(fold([rows[rng.randrange(n)] for _ in range(n)]) for _ in range(iters))
+    return (values[int(alpha / 2 * iters)], values[int((1 - alpha / 2) * iters) - 1])
+
+
+def paired_fold_difference(a: list, b: list, fold, iters: int = 1000, seed: int = 0,
+                           alpha: float = 0.05) -> tuple[float, tuple[float, float]]:
+    """fold(a) - fold(b) with a paired bootstrap: both systems resampled on the same examples."""
+    n = len(a)
+    if n == 0:
+        return float("nan"), (float("nan"), float("nan"))
+    rng = random.Random(seed)
+    diffs = []
+    for _ in range(iters):
+        idx = [rng.randrange(n) for _ in range(n)]
+        diffs.append(fold([a[i] for i in idx]) - fold([b[i] for i in idx]))
+    diffs.sort()
+    return fold(a) - fold(b), (diffs[int(alpha / 2 * iters)], diffs[int((1 - alpha / 2) * iters) - 1])
