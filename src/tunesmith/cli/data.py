@@ -35,15 +35,15 @@ def data_validate(file: Path = FileArg, fmt: str = FormatOpt,
     """Check every record; print FILE:LINE: field: problem. Exit 1 on errors (warnings do not fail)."""
     from tunesmith.data.load import read_samples
 
-    result = read_samples(file, fmt, max_errors=max_errors)
+    result = read_samples(file, fmt, max_errors=max_errors, keep=False)
     if as_json:
-        out.print_json(json.dumps({"format": result.format, "records": result.records, "valid": len(result.samples),
+        out.print_json(json.dumps({"format": result.format, "records": result.records, "valid": result.valid,
                                    "errors": [str(e) for e in result.errors],
                                    "warnings": [str(w) for w in result.warnings]}))
     else:
         for problem in result.problems:
             _plain(str(problem), err if problem.severity == "error" else out)
-        _plain(f"{file}: format {result.format or 'unknown'}, {result.records} records, {len(result.samples)} valid, "
+        _plain(f"{file}: format {result.format or 'unknown'}, {result.records} records, {result.valid} valid, "
                f"{len(result.errors)} errors, {len(result.warnings)} warnings")
     if result.errors:
         raise typer.Exit(1)

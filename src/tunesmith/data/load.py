@@ -96,6 +96,7 @@ class LoadResult:
     problems: list[Problem] = field(default_factory=list)
     format: str | None = None
     records: int = 0
+    valid: int = 0
 
     @property
     def errors(self) -> list[Problem]:
@@ -124,8 +125,10 @@ def empty_file_problem(scan: Scan) -> Problem:
                    else "no records: the folder holds no data (.txt/.md files or a saved datasets folder)")
 
 
-def read_samples(path: str | Path, fmt: str = "auto", max_errors: int = 0) -> LoadResult:
-    """Read everything, collecting problems rather than stopping at the first (max_errors=0: no cap)."""
+def read_samples(path: str | Path, fmt: str = "auto", max_errors: int = 0, keep: bool = True) -> LoadResult:
+    """Read everything, collecting problems rather than stopping at the first (max_errors=0: no cap).
+
+    keep=False counts valid samples without holding them (`data validate` on large files)."""
     scan = Scan(path, fmt)
     result = LoadResult(format=scan.format)
     first_seen: dict[bytes, str] = {}
@@ -133,7 +136,9 @@ def read_samples(path: str | Path, fmt: str = "auto", max_errors: int = 0) -> Lo
         if item.problem is not None:
             result.problems.append(item.problem)
         else:
-            result.samples.append(item.sample)
+            result.valid += 1
+            if keep:
+                result.samples.append(item.sample)
             result.problems.extend(sample_warnings(item.sample, item.file, item.line))
             # A 16-byte digest per record keeps this check cheap on large files.
             digest = hashlib.blake2b(exact_key(item.sample).encode(), digest_size=16).digest()
