@@ -245,8 +245,10 @@ class Engine:
             self.bank.clear_rows()
         self.stats["prefill_tokens"] += sum(len(r.prompt_ids) for r in rows)
         tokens = choose_tokens(out.logits[:, -1], rows)
+        first_new = len(self.batch)
         self.batch.extend(rows, out.past_key_values, mask, tokens)
-        self._after_sampling(tokens)
+        # Only the new rows got a token here; the running ones get theirs in the decode step.
+        self._after_sampling(first_new)
 
     def _decode(self) -> None:
         b = self.batch
@@ -262,17 +264,19 @@ class Engine:
         self.stats["decode_steps"] += 1
         self.stats["decode_rows"] += len(b)
         b.last = choose_tokens(out.logits[:, -1], b.rows)
-        self._after_sampling(b.last)
+        self._after_sampling(0)
 
-    def _after_sampling(self, tokens: list[int]) -> None:
-        """Account the newest token of every running row; drop the rows that are done."""
+    def _after_sampling(self, start: int) -> None:
+        """Account the newest token of rows[start:]; drop every row that is done, cancelled or late."""
         b = self.batch
         now = time.monotonic()
         keep = []
         for i, (row, token) in enumerate(zip(b.rows, b.last)):
-            if not row.done and not self._expired(row, now):
+            if row.done or self._expired(row, now):
+                continue
+            if i >= start:
                 self.accept(row, token)
-            if not row.done and not row.cancelled.is_set() and now <= row.deadline:
+            if not row.done:
                 keep.append(i)
         b.keep(keep)
 

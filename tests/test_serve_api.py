@@ -1,0 +1,321 @@
+"""The server end to end: a real uvicorn on 127.0.0.1, the official `openai` client, a tiny random
+Llama with LoRA adapters (one trained by `tunesmith train`, three constructed with random A and B)
+and one DoRA adapter that goes through the peft fallback path."""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+import torch
+
+KEY = "sk-test-key"
+PROMPTS = ["Hello there", "Give me the code for item 7, please, and explain it in detail."]
+
+
+def _random_lora(base_dir: Path, out: Path, seed: int, **lora) -> Path:
+    from peft import LoraConfig, get_peft_model
+
+    from tunesmith.models import load_model
+
+    torch.manual_seed(seed)
+    # init_lora_weights=False: random A *and* B, so each adapter visibly changes the model.
+    config = LoraConfig(task_type="CAUSAL_LM", init_lora_weights=False, **lora)
+    get_peft_model(load_model(str(base_dir)), config).save_pretrained(out)
+    (out / "tunesmith.json").write_text(json.dumps({"base": str(base_dir), "method": "lora"}))
+    return out
+
+
+def _trained_lora(base_dir: Path, data: Path, run_dir: Path) -> Path:
+    from tunesmith.config import load_config
+    from tunesmith.pipeline import run
+
+    cfg = load_config(None, [f"model.base={base_dir}", f"data.train={data}", "data.val_split=0", "data.max_len=64",
+                             "method.name=lora", "method.r=8", "method.alpha=16", "method.dropout=0",
+                             "train.max_steps=20", "train.batch_size=4", "train.lr=1e-2", "train.warmup_ratio=0",
+                             "train.precision=fp32", "eval.enabled=false", f"output.dir={run_dir}"])
+    run(cfg, show_progress=False, log=lambda *a: None)
+    return run_dir / "adapter"
+
+
+@pytest.fixture(scope="module")
+def env(tiny_model_dir, tmp_path_factory):
+    from tunesmith.serve.server import BackgroundServer
+    from tunesmith.serve.state import ServeOptions, build_state
+
+    work = tmp_path_factory.mktemp("serve")
+    root = work / "adapters"
+    root.mkdir()
+    memo = work / "memo.jsonl"
+    memo.write_text("".join(json.dumps({"messages": [{"role": "user", "content": f"Code for item {i}?"},
+                                                     {"role": "assistant", "content": f"ITEM-{i:03d}"}]}) + "\n"
+                            for i in range(16)))
+    paths = {
+        "trained": _trained_lora(tiny_model_dir, memo, root / "trained-run"),
+        "a1": _random_lora(tiny_model_dir, root / "a1", 1, r=8, lora_alpha=16, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"]),
+        "a2": _random_lora(tiny_model_dir, root / "a2", 2, r=2, lora_alpha=4, target_modules=["gate_proj", "up_proj", "down_proj"]),
+        "a3": _random_lora(tiny_model_dir, root / "a3", 3, r=4, lora_alpha=8, use_rslora=True, target_modules=["q_proj", "v_proj"]),
+        "dora": _random_lora(tiny_model_dir, root / "dora", 4, r=4, lora_alpha=8, use_dora=True, target_modules=["q_proj", "v_proj"]),
+    }
+    late = _random_lora(tiny_model_dir, root / "nested" / "late", 5, r=16, lora_alpha=16, target_modules=["v_proj", "up_proj"])
+    outside = _random_lora(tiny_model_dir, work / "outside", 6, r=4, lora_alpha=8, target_modules=["q_proj"])
+    os.symlink(outside, root / "escape")                         # folder link out of the allowed root
+    sneaky = root / "sneaky"
+    sneaky.mkdir()
+    (sneaky / "adapter_config.json").write_text((outside / "adapter_config.json").read_text())
+    os.symlink(outside / "adapter_model.safetensors", sneaky / "adapter_model.safetensors")  # file link out
+
+    options = ServeOptions(model=str(tiny_model_dir), served_name="base", adapters={k: str(v) for k, v in paths.items()},
+                           adapter_dir=str(root), api_key=KEY, max_batch=8, max_tokens_limit=900, default_max_tokens=12,
+                           max_body_bytes=64 * 1024, traffic_log=str(work / "traffic.jsonl"))
+    state = build_state(options)
+    with BackgroundServer(state) as url:
+        client = openai.OpenAI(base_url=f"{url}/v1", api_key=KEY, max_retries=0, timeout=60)
+        yield {"url": url, "client": client, "state": state, "paths": paths, "late": late, "outside": outside,
+               "work": work, "base": tiny_model_dir}
+    state.close()
+
+
+@pytest.fixture(scope="module")
+def offline(env, tokenizer):
+    """Greedy answers from plain transformers / peft `generate`, cached per (model, prompt, max_tokens)."""
+    from peft import PeftModel
+
+    from tunesmith.eval.generate import generate
+    from tunesmith.models import load_model
+
+    cache: dict = {}
+
+    def answer(model: str, prompt: str, max_tokens: int = 12) -> str:
+        key = (model, prompt, max_tokens)
+        if key not in cache:
+            base = load_model(str(env["base"]))
+            path = env["paths"].get(model) or (env["late"] if model == "late" else None)
+            net = base if path is None else PeftModel.from_pretrained(base, str(path))
+            cache[key] = generate(net, tokenizer, [[{"role": "user", "content": prompt}]], max_new_tokens=max_tokens)[0]
+        return cache[key]
+
+    return answer
+
+
+def chat(client, model: str, prompt: str, **kw):
+    kw.setdefault("temperature", 0)
+    kw.setdefault("max_tokens", 12)
+    return client.chat.completions.create(model=model, messages=[{"role": "user", "content": prompt}], **kw)
+
+
+def test_models_lists_base_and_every_adapter(env):
+    data = env["client"].models.list().data
+    ids = [m.id for m in data]
+    assert ids == ["base", "trained", "a1", "a2", "a3", "dora"]
+    by_id = {m.id: m.model_dump() for m in data}
+    assert by_id["a1"]["parent"] == "base" and by_id["a1"]["engine"] == "lora"
+    assert by_id["dora"]["engine"] == "peft"           # DoRA goes through the fallback path
+
+
+@pytest.mark.parametrize("model", ["base", "trained", "a1", "a2", "a3", "dora"])
+def test_greedy_answer_equals_offline_generation(env, offline, model):
+    for prompt in PROMPTS:
+        got = chat(env["client"], model, prompt)
+        assert got.choices[0].message.content.strip() == offline(model, prompt)
+        assert got.usage.completion_tokens <= 12 and got.usage.prompt_tokens > 5
+        assert got.usage.total_tokens == got.usage.prompt_tokens + got.usage.completion_tokens
+
+
+def test_adapters_change_the_answer(env):
+    answers = {m: chat(env["client"], m, PROMPTS[0]).choices[0].message.content for m in ["base", "a1", "a2", "a3"]}
+    assert len(set(answers.values())) == 4, answers
+
+
+def test_stream_joins_to_the_same_answer(env):
+    client = env["client"]
+    whole = chat(client, "a1", PROMPTS[1], max_tokens=20)
+    chunks = list(chat(client, "a1", PROMPTS[1], max_tokens=20, stream=True, stream_options={"include_usage": True}))
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == whole.choices[0].message.content
+    finishes = [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason]
+    assert finishes == [whole.choices[0].finish_reason]
+    assert sum(1 for c in chunks if c.choices and c.choices[0].delta.content) >= 2   # really incremental
+    assert chunks[-1].usage.completion_tokens == whole.usage.completion_tokens
+
+
+def test_fifty_concurrent_requests_over_four_adapters(env, offline):
+    client, engine = env["client"], env["state"].engine
+    models = ["trained", "a1", "a2", "a3"]
+    expected = {(m, p): offline(m, p, 8) for m in models for p in PROMPTS}
+    steps0, rows0 = engine.stats["decode_steps"], engine.stats["decode_rows"]
+    jobs = [(models[i % 4], PROMPTS[i % 2]) for i in range(50)]
+    with ThreadPoolExecutor(max_workers=25) as pool:
+        results = list(pool.map(lambda job: chat(client, job[0], job[1], max_tokens=8), jobs))
+    for (model, prompt), result in zip(jobs, results):
+        # Whatever else shared its batch, each row answers exactly as that adapter alone.
+        assert result.choices[0].message.content.strip() == expected[(model, prompt)], (model, prompt)
+    mean_rows = (engine.stats["decode_rows"] - rows0) / max(1, engine.stats["decode_steps"] - steps0)
+    assert mean_rows > 2.0, f"requests were not batched (mean {mean_rows:.2f} rows per decode step)"
+
+
+def test_adapter_loaded_at_run_time_serves_the_next_request(env, offline):
+    client, url = env["client"], env["url"]
+    headers = {"Authorization": f"Bearer {KEY}"}
+    with pytest.raises(openai.NotFoundError):
+        chat(client, "late", PROMPTS[0])
+    r = httpx.post(f"{url}/v1/adapters", json={"name": "late", "path": "nested/late"}, headers=headers)
+    assert r.status_code == 200, r.text
+    assert r.json()["engine"] == "lora"
+    assert "late" in [m.id for m in client.models.list().data]
+    # rank 16 > every rank loaded so far: the stacks grow and the other adapters stay exact.
+    assert chat(client, "late", PROMPTS[0]).choices[0].message.content.strip() == offline("late", PROMPTS[0])
+    assert chat(client, "a2", PROMPTS[0]).choices[0].message.content.strip() == offline("a2", PROMPTS[0])
+    again = httpx.post(f"{url}/v1/adapters", json={"name": "late", "path": "nested/late"}, headers=headers)
+    assert again.status_code == 409
+    gone = httpx.delete(f"{url}/v1/adapters/late", headers=headers)
+    assert gone.status_code == 200 and gone.json()["deleted"] is True
+    with pytest.raises(openai.NotFoundError):
+        chat(client, "late", PROMPTS[0])
+    assert httpx.delete(f"{url}/v1/adapters/late", headers=headers).status_code == 404
+
+
+@pytest.mark.parametrize("path_of", [
+    lambda e: str(e["outside"]),                         # absolute path elsewhere
+    lambda e: "../outside",                              # traversal
+    lambda e: "escape",                                  # symlinked folder pointing out
+    lambda e: "sneaky",                                  # weights file symlinked out
+])
+def test_adapter_paths_outside_adapter_dir_are_refused(env, path_of):
+    r = httpx.post(f"{env['url']}/v1/adapters", json={"name": "x", "path": path_of(env)},
+                   headers={"Authorization": f"Bearer {KEY}"})
+    assert r.status_code == 403, r.text
+    assert r.json()["error"]["code"] == "path_not_allowed"
+    assert "x" not in env["state"].model_names()
+
+
+def test_missing_or_wrong_key_is_401(env):
+    for key in ("wrong", ""):
+        bad = openai.OpenAI(base_url=f"{env['url']}/v1", api_key=key or "none", max_retries=0)
+        with pytest.raises(openai.AuthenticationError) as info:
+            bad.models.list()
+        assert info.value.status_code == 401
+        assert info.value.body["code"] == "invalid_api_key"
+    r = httpx.post(f"{env['url']}/v1/chat/completions", content=b"{not json")   # no key at all, bad body
+    assert r.status_code == 401
+    assert httpx.get(f"{env['url']}/health").status_code == 200                 # health stays open
+
+
+def test_unknown_model_is_404(env):
+    with pytest.raises(openai.NotFoundError) as info:
+        chat(env["client"], "no-such-adapter", "hi")
+    assert info.value.body["code"] == "model_not_found"
+
+
+@pytest.mark.parametrize("kwargs, param", [
+    ({"temperature": 5}, "temperature"),
+    ({"max_tokens": 901}, "max_tokens"),         # over --max-tokens-limit 900
+    ({"n": 9}, "n"),
+    ({"stop": ["a", "b", "c", "d", "e"]}, "stop"),
+    ({"presence_penalty": 0.5}, None),
+])
+def test_bad_parameters_are_400(env, kwargs, param):
+    with pytest.raises(openai.BadRequestError) as info:
+        chat(env["client"], "a1", "hi", **kwargs)
+    assert info.value.status_code == 400
+    if param:
+        assert param in info.value.body["message"]
+
+
+def test_malformed_and_oversized_bodies(env):
+    headers = {"Authorization": f"Bearer {KEY}", "Content-Type": "application/json"}
+    url = f"{env['url']}/v1/chat/completions"
+    bad_json = httpx.post(url, content=b'{"model": "a1", "messages": [', headers=headers)
+    assert bad_json.status_code == 400 and bad_json.json()["error"]["type"] == "invalid_request_error"
+    no_messages = httpx.post(url, json={"model": "a1"}, headers=headers)
+    assert no_messages.status_code == 400 and no_messages.json()["error"]["param"] == "messages"
+    big = httpx.post(url, json={"model": "a1", "messages": [{"role": "user", "content": "x" * 70_000}]}, headers=headers)
+    assert big.status_code == 413
+
+
+def test_completions_sampling_seed_n_and_stop(env):
+    client = env["client"]
+    greedy = client.completions.create(model="a2", prompt="The quick brown fox", max_tokens=16, temperature=0)
+    text = greedy.choices[0].text
+    assert greedy.choices[0].finish_reason == "length" and greedy.usage.completion_tokens == 16
+    stop = text[len(text) // 2: len(text) // 2 + 3]
+    cut = client.completions.create(model="a2", prompt="The quick brown fox", max_tokens=16, temperature=0, stop=[stop])
+    assert cut.choices[0].text == text[: text.find(stop)] and cut.choices[0].finish_reason == "stop"
+    sampled = [client.completions.create(model="a2", prompt="The quick brown fox", max_tokens=10, temperature=1.0,
+                                         top_p=0.9, seed=7, n=3) for _ in range(2)]
+    texts = [[c.text for c in s.choices] for s in sampled]
+    assert texts[0] == texts[1]                      # same seed, same answers
+    assert len(set(texts[0])) == 3                   # the n choices use different seeds
+    assert sampled[0].usage.completion_tokens == 30
+
+
+def test_traffic_log_is_training_data(env):
+    from tunesmith.data.load import read_samples
+
+    answer = chat(env["client"], "a3", "Log me, please").choices[0].message.content
+    log = env["work"] / "traffic.jsonl"
+    last = json.loads(log.read_text().splitlines()[-1])
+    assert last["adapter"] == "a3" and last["messages"][0] == {"role": "user", "content": "Log me, please"}
+    assert last["messages"][-1] == {"role": "assistant", "content": answer}
+    assert last["started_at"] <= last["finished_at"]
+    result = read_samples(log)
+    assert result.format == "messages" and not result.errors
+    assert len(result.samples) == len(log.read_text().splitlines())
+
+
+def test_client_disconnect_stops_the_work(env):
+    engine = env["state"].engine
+    before, tokens_before = engine.stats["cancelled"], engine.stats["generated_tokens"]
+    body = {"model": "a1", "messages": [{"role": "user", "content": "Talk for a long time."}],
+            "max_tokens": 900, "temperature": 0, "stream": True}
+    with httpx.stream("POST", f"{env['url']}/v1/chat/completions", json=body,
+                      headers={"Authorization": f"Bearer {KEY}"}) as r:
+        for line in r.iter_lines():
+            if line.startswith("data:") and '"content":"' in line.replace(" ", "") and '"content":""' not in line.replace(" ", ""):
+                break                                  # first generated text seen: hang up
+    deadline = time.monotonic() + 10
+    while engine.stats["cancelled"] == before and time.monotonic() < deadline:
+        time.sleep(0.05)
+    info = (engine.stats["generated_tokens"] - tokens_before, engine.stats["completed"])
+    assert engine.stats["cancelled"] == before + 1, info
+    assert engine.load()["running"] == 0
+    assert engine.stats["generated_tokens"] - tokens_before < 900     # it stopped early, not at max_tokens
+
+
+def test_full_queue_is_429(tiny_model_dir, tokenizer):
+    """An engine that is not running keeps its queue full: the next request is refused, not queued."""
+    from tunesmith.models import load_model
+    from tunesmith.serve.server import BackgroundServer
+    from tunesmith.serve.state import ServeOptions, ServerState
+
+    state = ServerState(ServeOptions(model=str(tiny_model_dir), served_name="base", max_queue=1),
+                        load_model(str(tiny_model_dir)), tokenizer, tiny_model_dir)
+    with BackgroundServer(state) as url:
+        impatient = openai.OpenAI(base_url=f"{url}/v1", api_key="none", max_retries=0, timeout=1.0)
+        client = openai.OpenAI(base_url=f"{url}/v1", api_key="none", max_retries=0, timeout=30)
+        first = ThreadPoolExecutor(1).submit(chat, impatient, "base", "hi")
+        deadline = time.monotonic() + 10
+        while not state.engine.waiting and time.monotonic() < deadline:
+            time.sleep(0.02)
+        with pytest.raises(openai.RateLimitError) as info:
+            chat(client, "base", "hi")
+        assert info.value.status_code == 429 and info.value.body["code"] == "queue_full"
+        with pytest.raises(openai.APITimeoutError):
+            first.result()
+        # The first client hung up while queued: the server notices and marks its request cancelled ...
+        while not state.engine.waiting[0].cancelled.is_set() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert state.engine.waiting[0].cancelled.is_set()
+        state.engine.start()
+        while state.engine.waiting and time.monotonic() < deadline:
+            time.sleep(0.02)
+        # ... so the engine drops it without computing anything.
+        assert state.engine.stats["cancelled"] == 1 and state.engine.stats["generated_tokens"] == 0
+    state.close()
