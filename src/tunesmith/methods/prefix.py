@@ -20,4 +20,5 @@ class PrefixTuning(Method):
         self.check(cfg)
         model = get_peft_model(model, PrefixTuningConfig(num_virtual_tokens=cfg.num_virtual_tokens, task_type="CAUSAL_LM"))
         # The prefix enters through past_key_values, which the hidden-states-only loss path skips.
-        return Prepared(model, trainable_groups(model, lr), kind="adapter", mergeable=False, fast_loss=False)
+        return Prepared(model, trainable_groups(model, lr), kind="adapter", mergeable=False, fast_loss=False,
+                        packing=False)

@@ -36,4 +36,5 @@ class PromptTuning(Method):
                       "tokenizer_name_or_path": source}
         model = get_peft_model(model, PromptTuningConfig(num_virtual_tokens=cfg.num_virtual_tokens,
                                                          task_type="CAUSAL_LM", **kwargs))
-        return Prepared(model, trainable_groups(model, lr), kind="adapter", mergeable=False, fast_loss=False)
+        return Prepared(model, trainable_groups(model, lr), kind="adapter", mergeable=False, fast_loss=False,
+                        packing=False)

@@ -27,6 +27,9 @@ class Prepared:
     # False when the method changes the forward in ways the hidden-states-only loss path skips
     # (virtual tokens, prefixes): the trainer then calls the model's own forward.
     fast_loss: bool = True
+    # False when each row must hold one example: virtual tokens / prefixes are prepended per row,
+    # and the model's own forward (fast_loss=False) would let packed examples attend to each other.
+    packing: bool = True
     hooks: dict[str, Callable] = field(default_factory=dict)  # "optimizer", "after_step", "extra_state", "load_extra_state"
     saver: Callable | None = None  # (model, out_dir) -> None, for methods whose folder is not save_pretrained's
 
