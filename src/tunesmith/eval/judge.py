@@ -102,7 +102,7 @@ class OpenAIJudge:
                 max_tokens=self.max_tokens)
         except openai.OpenAIError as exc:
             raise UserError(f"judge endpoint {self.name} failed: {exc}",
-                            hint="check eval.judge_url / eval.judge_model and that the server is running") from None
+                            hint="check eval.judge (openai:MODEL) and eval.judge_url, and that the server is running") from None
         return parse_verdict(reply.choices[0].message.content or "")
 
 
