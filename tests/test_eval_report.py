@@ -1,0 +1,217 @@
+"""The evaluation run end to end on the tiny model with a LoRA adapter: systems, report files,
+predictions.jsonl rows, numbers that match a direct recomputation, flags, and the `tunesmith eval` CLI."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import sacrebleu
+
+from tunesmith.cli import main
+from tunesmith.config import EvalConfig
+from tunesmith.data.load import load_samples
+from tunesmith.eval import regression
+from tunesmith.eval.perplexity import perplexity
+from tunesmith.eval.runner import build_report, build_systems, run_eval
+
+
+def cli(*args) -> int:
+    try:
+        main([str(a) for a in args])
+    except SystemExit as exc:
+        return int(exc.code or 0)
+    return 0
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+def chat(i: int) -> dict:
+    return {"id": f"ex-{i}", "messages": [{"role": "user", "content": f"Code for item {i}?"},
+                                          {"role": "assistant", "content": f"ITEM-{i:03d}"}]}
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory, tiny_model_dir):
+    """Held-out and train data, and two saved LoRA adapters on the tiny model (random, non-zero B)."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    from tunesmith.models import load_model
+
+    root = tmp_path_factory.mktemp("eval-files")
+    out = {"test": write_jsonl(root / "test.jsonl", [chat(i) for i in range(5)]),
+           "train": write_jsonl(root / "train.jsonl", [chat(i) for i in range(100, 112)]),
+           "text": write_jsonl(root / "text.jsonl", [{"text": "The moon orbits the Earth about once a month."},
+                                                     {"text": "Bees carry pollen from flower to flower."}])}
+    for name, seed in (("adapter", 1), ("other", 2)):
+        torch.manual_seed(seed)
+        model = get_peft_model(load_model(str(tiny_model_dir)),
+                               LoraConfig(r=4, lora_alpha=16, target_modules=["q_proj", "v_proj"], init_lora_weights=False))
+        model.save_pretrained(root / name)
+        out[name] = root / name
+    return out
+
+
+@pytest.fixture(scope="module")
+def tuned(files, tiny_model_dir):
+    from peft import PeftModel
+
+    from tunesmith.models import load_model
+
+    return PeftModel.from_pretrained(load_model(str(tiny_model_dir)), str(files["adapter"])).eval()
+
+
+def test_run_eval_report_numbers_match_recomputation(files, tuned, tokenizer, tmp_path):
+    cfg = EvalConfig(metrics=["exact_match", "bleu", "rougeL"], max_new_tokens=6, few_shot_k=2, batch_size=4,
+                     compare_to=str(files["other"]))
+    samples = load_samples(files["test"]) + load_samples(files["text"])
+    systems = build_systems(tuned, cfg.baselines, few_shot_k=cfg.few_shot_k)
+    result = run_eval(systems, tokenizer, samples, cfg, tmp_path, train_pool=load_samples(files["train"]),
+                      show_progress=False, training={"final_loss": 1.0, "best_val_loss": 1.8}, title="t")
+    report = json.loads((tmp_path / "report.json").read_text())
+    for name in ("report.md", "predictions.jsonl", "report.png"):
+        assert (tmp_path / name).stat().st_size > 0, name
+    names = ["base_zero_shot", "base_few_shot", "tuned", "compare"]
+    assert list(report["systems"]) == names
+    assert report["metrics"] == ["exact_match", "bleu", "rougeL", "response_perplexity", "perplexity"]
+    assert report["n_examples"] == 5 and report["n_text_examples"] == 2
+
+    rows = [json.loads(line) for line in (tmp_path / "predictions.jsonl").read_text().splitlines()]
+    assert len(rows) == 5 * len(names)
+    references = [f"ITEM-{i:03d}" for i in range(5)]
+    for name in names:
+        mine = [r for r in rows if r["system"] == name]
+        assert [r["reference"] for r in mine] == references
+        assert all({"system", "prompt", "prediction", "reference"} <= set(r) for r in mine)
+        preds = [r["prediction"] for r in mine]
+        assert preds == result.predictions[name]
+        entry = report["systems"][name]
+        assert entry["exact_match"] == pytest.approx(sum(p == t for p, t in zip(preds, references)) / 5)
+        assert entry["bleu"] == pytest.approx(sacrebleu.corpus_bleu(preds, [references]).score, abs=1e-9)
+        lo, hi = entry["bleu_ci95"]
+        assert lo <= entry["bleu"] + 1e-9 and entry["bleu"] <= hi + 1e-9
+    zero = [r for r in rows if r["system"] == "base_zero_shot"][0]["prompt"]
+    few = [r for r in rows if r["system"] == "base_few_shot"][0]["prompt"]
+    assert len(zero) == 1 and len(few) == 2 * 2 + 1 and few[-1] == zero[-1]
+
+    # Perplexity columns equal a direct computation with the adapter off (base) and on (tuned).
+    chats, texts = load_samples(files["test"]), load_samples(files["text"])
+    with tuned.disable_adapter():
+        base_ppl = perplexity(tuned, tokenizer, chats).perplexity
+        base_text = perplexity(tuned, tokenizer, texts).perplexity
+    tuned_ppl = perplexity(tuned, tokenizer, chats).perplexity
+    assert report["systems"]["base_zero_shot"]["response_perplexity"] == pytest.approx(base_ppl, rel=1e-6)
+    assert report["systems"]["base_few_shot"]["response_perplexity"] == pytest.approx(base_ppl, rel=1e-6)
+    assert report["systems"]["base_zero_shot"]["perplexity"] == pytest.approx(base_text, rel=1e-6)
+    assert report["systems"]["tuned"]["response_perplexity"] == pytest.approx(tuned_ppl, rel=1e-6)
+    assert abs(tuned_ppl - base_ppl) > 1e-3 * base_ppl  # the adapter really is on for "tuned"
+    assert report["lower_is_better"] == ["response_perplexity", "perplexity"]
+
+    # Verdict against the best baseline, then against the compare system; settings and flags recorded.
+    assert [c["baseline"] for c in report["comparisons"]][1:] == ["compare"]
+    assert report["verdict"].startswith("tuned ") and "the best baseline (" in report["verdict"]
+    assert "tuned" in report["verdict"] and "compare on exact_match" in report["verdict"]
+    assert report["generation"] == {"max_new_tokens": 6, "temperature": 0.0, "top_p": 1.0, "seed": 0, "batch_size": 4,
+                                    "few_shot_k": 2, "decoding": "greedy", "precision": "fp32", "padding": "left"}
+    assert report["overfitting"] == {"train_loss": 1.0, "val_loss": 1.8, "gap": pytest.approx(0.8), "flagged": True,
+                                     "threshold": 0.5}
+    assert report["details"]["tuned"]["bleu"]["signature"].startswith("nrefs:1|")
+
+    # Forgetting check: base numbers equal the shipped set scored directly, and the flag follows the thresholds.
+    reg = report["regression"]
+    _, reg_texts = regression.load_regression_set()
+    with tuned.disable_adapter():
+        assert reg["text"]["base_perplexity"] == pytest.approx(perplexity(tuned, tokenizer, reg_texts).perplexity, rel=1e-6)
+    assert reg["text"]["tuned_perplexity"] == pytest.approx(perplexity(tuned, tokenizer, reg_texts).perplexity, rel=1e-6)
+    assert reg["qa"]["n"] == 36
+    expected_flag = (reg["qa"]["tuned"] - reg["qa"]["base"] < -0.05) or reg["text"]["relative_change"] > 0.10
+    assert reg["flagged"] == expected_flag and bool(reg["reasons"]) == expected_flag
+    md = (tmp_path / "report.md").read_text()
+    for text in ("**Verdict:**", "| base_few_shot |", "## Regression (forgetting)", "Generation: max_new_tokens=6",
+                 "sacrebleu signature", "possible overfitting", "lower is better"):
+        assert text in md, text
+
+
+def test_forgetting_flag_thresholds():
+    cfg = EvalConfig(regression_acc_drop=0.05, regression_ppl_rise=0.10)
+    base = {"qa_scores": [1.0] * 10 + [0.0] * 10, "ppl_rows": [(20.0, 10)]}       # acc 0.5, ppl e^2
+    same = regression.compare(base, dict(base), cfg)
+    assert not same["flagged"] and same["qa"]["difference"] == 0.0 and same["text"]["relative_change"] == 0.0
+    worse_acc = {"qa_scores": [1.0] * 8 + [0.0] * 12, "ppl_rows": [(20.0, 10)]}   # acc 0.4: a drop of 0.10
+    r = regression.compare(base, worse_acc, cfg)
+    assert r["flagged"] and "accuracy fell 0.500 -> 0.400" in r["reasons"][0]
+    small = {"qa_scores": [1.0] * 10 + [0.0] * 10, "ppl_rows": [(20.9, 10)]}      # ppl x e^0.09 = +9.4 %
+    assert not regression.compare(base, small, cfg)["flagged"]
+    big = {"qa_scores": [1.0] * 10 + [0.0] * 10, "ppl_rows": [(21.0, 10)]}        # ppl x e^0.1 = +10.5 %
+    r = regression.compare(base, big, cfg)
+    assert r["flagged"] and r["text"]["relative_change"] == pytest.approx(2.718281828 ** 0.1 - 1, rel=1e-6)
+
+
+def test_overfitting_flag_respects_threshold():
+    cfg = EvalConfig(metrics=["exact_match"], overfit_gap=0.5)
+    columns = {}
+    report = build_report({}, columns, cfg, n=0, training={"final_loss": 1.0, "best_val_loss": 1.3}, precision="fp32", title="t")
+    assert report["overfitting"]["flagged"] is False and report["overfitting"]["gap"] == pytest.approx(0.3)
+
+
+def test_cli_eval_with_adapter_and_local_judge(files, tiny_model_dir, tmp_path, capsys):
+    out = tmp_path / "report"
+    assert cli("eval", "--model", tiny_model_dir, "--adapter", files["adapter"], "--data", files["test"],
+               "--train-data", files["train"], "-o", out, "--metrics", "exact_match,rouge1", "--few-shot-k", "2",
+               "--max-new-tokens", "5", "--no-regression", "--judge", f"local:{tiny_model_dir}",
+               "--lm-eval-tasks", "hellaswag", "--quiet") == 0
+    printed = capsys.readouterr().out
+    report = json.loads((out / "report.json").read_text())
+    assert set(report["systems"]) == {"base_zero_shot", "base_few_shot", "tuned"}
+    assert "verdict" in report and report["verdict"].split(":")[0] in printed.replace("\n", " ")
+    judge = report["judge"]
+    assert judge["n"] == 5 and judge["wins"] + judge["ties"] + judge["losses"] == 5
+    assert judge["win_rate"] == pytest.approx((judge["wins"] + 0.5 * judge["ties"]) / 5)
+    assert judge["baseline"] == report["comparison"]["baseline"]
+    rows = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
+    tuned_rows = [r for r in rows if r["system"] == "tuned"]
+    assert [r["judge"]["outcome"] for r in tuned_rows].count("win") == judge["wins"]
+    assert "regression" not in report
+    if "skipped" in report["lm_eval"]:
+        assert "not installed" in report["lm_eval"]["skipped"] or "failed" in report["lm_eval"]["skipped"]
+    assert "judge win rate" in printed
+
+
+def test_cli_eval_raw_text_gives_perplexity_only(files, tiny_model_dir, tmp_path):
+    out = tmp_path / "ppl"
+    assert cli("eval", "--model", tiny_model_dir, "--adapter", files["adapter"], "--data", files["text"], "-o", out,
+               "--baselines", "zero-shot", "--ppl-window", "8", "--ppl-stride", "4", "--no-regression", "--quiet") == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["metrics"] == ["perplexity"] and report["primary_metric"] == "perplexity"
+    assert report["perplexity"]["window"] == 8 and report["perplexity"]["stride"] == 4
+    # Lower is better, so the verdict reads the perplexity difference the right way round.
+    diff = report["systems"]["tuned"]["perplexity"] - report["systems"]["base_zero_shot"]["perplexity"]
+    assert report["comparison"]["difference"] == pytest.approx(diff)
+    lo, hi = report["comparison"]["difference_ci95"]
+    word = "beats" if hi < 0 else "loses to" if lo > 0 else "is not distinguishable from"
+    assert report["verdict"].startswith(f"tuned {word}")
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--adapter", "{tmp}"], "no adapter_config.json"),
+    (["--metrics", "blue"], "unknown metric(s) blue"),
+    (["--ppl-window", "16", "--ppl-stride", "32"], "eval.ppl_stride (32) is larger than eval.ppl_window (16)"),
+    (["--few-shot-k", "0"], "--few-shot-k:"),
+    (["--judge", "gpt4"], "is not KIND:MODEL"),
+    (["--baselines", "few-shot"], "needs --train-data"),
+])
+def test_cli_eval_bad_input_is_a_clear_error(args, message, files, tiny_model_dir, tmp_path, capsys):
+    out = tmp_path / "never"
+    args = [a.replace("{tmp}", str(tmp_path)) for a in args]
+    base = ["eval", "--model", tiny_model_dir, "--data", files["test"], "-o", out, "--quiet", "--no-regression"]
+    if "--baselines" not in args:
+        base += ["--baselines", "zero-shot"]
+    assert cli(*base, *args) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+    assert not (out / "report.json").exists()
