@@ -215,3 +215,40 @@ def test_cli_eval_bad_input_is_a_clear_error(args, message, files, tiny_model_di
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
     assert not (out / "report.json").exists()
+
+
+def test_run_eval_code_tasks_pass_at_k_rows(files, tuned, tokenizer, tmp_path):
+    tasks = write_jsonl(tmp_path / "tasks.jsonl", [
+        {"id": "add", "prompt": "Write add(a, b).", "test": "assert add(2, 3) == 5"},
+        {"id": "sq", "prompt": "Write square(x).", "test": "def check(f):\n    assert f(3) == 9", "entry_point": "square"}])
+    cfg = EvalConfig(metrics=[], baselines=["zero-shot"], code_tasks=str(tasks), code_samples=3, pass_k=[1, 3],
+                     temperature=0.8, max_new_tokens=8, regression=False, code_timeout_s=3.0)
+    systems = build_systems(tuned, cfg.baselines)
+    run_eval(systems, tokenizer, [], cfg, tmp_path / "out", show_progress=False)
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert report["metrics"] == ["pass@1", "pass@3"]
+    assert report["code"]["tasks"] == 2 and report["code"]["samples_per_task"] == 3
+    assert "audit-hook" in report["code"]["isolation"] and "rlimits" in report["code"]["isolation"]
+    rows = [json.loads(line) for line in (tmp_path / "out" / "predictions.jsonl").read_text().splitlines()]
+    assert len(rows) == 2 * 2 * 3 and {r["system"] for r in rows} == {"base_zero_shot", "tuned"}
+    from tunesmith.eval.passk import pass_at_k
+
+    for name in ("base_zero_shot", "tuned"):
+        mine = [r for r in rows if r["system"] == name]
+        counts = [sum(r["passed"] for r in mine if r["id"].startswith(t + "#")) for t in ("add", "sq")]
+        for k in (1, 3):
+            expected = sum(pass_at_k(3, c, k) for c in counts) / 2
+            assert report["systems"][name][f"pass@{k}"] == pytest.approx(expected)
+        assert all(r["status"] in ("passed", "failed", "timeout", "signal") for r in mine)
+    # A code row's reference is the task's test.
+    assert rows[0]["reference"] == "assert add(2, 3) == 5"
+
+
+def test_pass_k_larger_than_samples_is_rejected_before_generation(files, tuned, tokenizer, tmp_path):
+    tasks = write_jsonl(tmp_path / "tasks.jsonl", [{"prompt": "p", "test": "assert True"}])
+    from tunesmith.errors import ConfigError
+
+    cfg = EvalConfig(metrics=[], code_tasks=str(tasks), code_samples=2, pass_k=[5], temperature=0.8)
+    with pytest.raises(ConfigError, match="eval.pass_k"):
+        run_eval(build_systems(tuned, []), tokenizer, [], cfg, tmp_path / "out", show_progress=False)
+    assert not (tmp_path / "out").exists()
