@@ -80,6 +80,9 @@ exec(compile(_source, "main.py", "exec"), _globals)
 '''
 
 
+_SETUP_FAILED = b"tunesmith-sandbox: could not create the network namespace\n"
+
+
 @dataclass(frozen=True)
 class SandboxLimits:
     timeout_s: float = 5.0
@@ -120,6 +123,7 @@ def _child_setup(limits: SandboxLimits, netns: bool):
     def setup():
         # Runs between fork and exec, so only async-signal-safe-ish work: syscalls, no imports.
         if netns and _libc().unshare(CLONE_NEWUSER | CLONE_NEWNET) != 0:
+            os.write(2, _SETUP_FAILED)
             os._exit(125)
         resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu))
         resource.setrlimit(resource.RLIMIT_AS, (mem, mem))
@@ -173,7 +177,11 @@ def run_python(code: str, limits: SandboxLimits = SandboxLimits()) -> RunOutcome
                 except (ProcessLookupError, PermissionError):
                     pass
                 proc.wait()
+        stderr = _read(logs / "stderr")
+        if returncode == 125 and stderr.encode().startswith(_SETUP_FAILED):
+            # Not the program's fault: scoring it as a failure would silently zero every pass@k.
+            raise RuntimeError(stderr.strip())
         return RunOutcome(status == "passed", status, returncode, time.monotonic() - start,
-                          _read(logs / "stdout"), _read(logs / "stderr"), isolation)
+                          _read(logs / "stdout"), stderr, isolation)
     finally:
         shutil.rmtree(box, ignore_errors=True)
