@@ -62,7 +62,8 @@ def default_system(chat_template: str | None, fmt: ChatFormat | None) -> str | N
     """The system prompt a template inserts when the conversation has none (SmolLM2 and Qwen2 do)."""
     if not chat_template or fmt is None or fmt.name != "chatml":
         return None
-    m = re.search(r"<\|im_start\|>system\\n(.+?)<\|im_end\|>", chat_template)
+    # The newline after "system" is a real one or an escaped "\\n", depending on how the template was saved.
+    m = re.search(r"<\|im_start\|>system(?:\n|\\n)(.+?)<\|im_end\|>", chat_template)
     return m.group(1) if m else None
 
 

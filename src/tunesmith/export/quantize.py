@@ -57,7 +57,11 @@ def quantize_file(src: Path, dst: Path, qtype: QuantType, threads: int | None = 
     params.nthread = threads or max(1, min(4, os.cpu_count() or 1))
     tmp = dst.with_name(f".{dst.name}.tmp-{os.getpid()}")
     try:
-        rc = llama_cpp.llama_model_quantize(str(src).encode(), str(tmp).encode(), params)
+        from llama_cpp._utils import suppress_stdout_stderr
+
+        # llama.cpp prints a line per tensor from C; the verify table reports what matters.
+        with suppress_stdout_stderr(disable=bool(os.environ.get("TUNESMITH_LLAMA_VERBOSE"))):
+            rc = llama_cpp.llama_model_quantize(str(src).encode(), str(tmp).encode(), params)
         if rc != 0:
             raise UserError(f"llama.cpp could not quantize {src} to {qtype.name} (code {rc})",
                             hint="run with --debug and check that the f16 file loads in llama.cpp")
