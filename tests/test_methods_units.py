@@ -94,6 +94,28 @@ def test_delta_lora_checkpoint_state_restores_moved_weights(tiny_model_dir, toke
     assert torch.equal(module.weight, saved[f"{name}.weight"]) and state.step == 3
 
 
+def test_delta_lora_resume_from_checkpoint_is_exact(tiny_model_dir, tokenizer, memo_set, tmp_path):
+    from tunesmith.train.trainer import Trainer
+
+    def prepared():
+        torch.manual_seed(0)
+        return prepare_method(fresh(tiny_model_dir), MethodConfig(name="delta_lora", r=4, alpha=8, dropout=0.0), 1e-2)
+
+    def fit(p, run, steps, resume=False):
+        cfg = TrainConfig(max_steps=steps, batch_size=4, lr=1e-2, scheduler="constant", warmup_ratio=0.0,
+                          precision="fp32", save_every=3)
+        Trainer(cfg, DataConfig(max_len=64), p, tokenizer, memo_set, [], run, show_progress=False).fit(resume=resume)
+
+    straight = prepared()
+    fit(straight, tmp_path / "straight", 6)
+    fit(prepared(), tmp_path / "split", 3)              # "killed" after the step-3 checkpoint
+    resumed = prepared()
+    fit(resumed, tmp_path / "split", 6, resume=True)
+    for (name, a), (_, b) in zip(straight.delta_lora.modules, resumed.delta_lora.modules):
+        assert torch.equal(a.weight, b.weight), name      # the moved base weights came back from extra_state
+        assert torch.equal(a.delta_lora_B, b.delta_lora_B), name
+
+
 # --- Spectrum -----------------------------------------------------------------------------------
 
 def test_mp_median_matches_known_value_and_simulation():
