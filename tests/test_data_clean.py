@@ -119,15 +119,41 @@ def test_clean_is_deterministic_and_streams_in_batches(tmp_path):
 
 
 def test_near_dup_index_confirms_candidates():
-    """An LSH band collision alone never removes an example: the Jaccard estimate must reach the threshold."""
-    index = NearDupIndex()
-    sig = index.signatures(load_samples_from_text(["a b c d e f g h i j"]))[0]
-    index.add(sig)
-    other = sig.copy()
-    other[index.lsh.r:] = 0  # shares only the first band (9 rows of 128): a candidate with Jaccard ~ 0.07
-    assert index.lsh.query(_Signature(other, index.hasher.scheme)) == [0]
-    assert index.match(other) is None
-    assert index.match(sig) == 0
+    """A shared LSH band alone never removes an example: the Jaccard estimate must reach the threshold."""
+    for backend in ("compact", "datasketch"):
+        index = NearDupIndex(backend=backend)
+        sig = index.signatures(load_samples_from_text(["a b c d e f g h i j"]))[0]
+        assert index.find_duplicates(sig[None, :]) == [None]
+        other = sig.copy()
+        other[index.r:] = 0  # shares only the first band (9 rows of 128): a candidate with Jaccard ~ 0.07
+        if backend == "datasketch":
+            assert index.lsh.query(_Signature(other, index.hasher.scheme)) == [0]
+        else:
+            assert index.bands.recent_candidates(index.bands.band_keys(other[None, :])[0].tolist()) == {0}
+        assert index.match(other) is None
+        assert index.match(sig) == 0
+
+
+def test_compact_index_agrees_with_datasketch_minhashlsh():
+    """Same candidates, same confirmations: the compact band store and MinHashLSH keep the same examples,
+    including after the compact store merges its recent entries into the sorted arrays."""
+    texts = [_para(rng.randint(40, 120)) for _ in range(400)]
+    for _ in range(300):  # edits of 1-6 words span Jaccard from ~0.95 down to under 0.8
+        words = rng.choice(texts).split()
+        for _ in range(rng.randint(1, 6)):
+            words[rng.randrange(len(words))] = rng.choice(VOCAB)
+        texts.append(" ".join(words))
+    rng.shuffle(texts)
+    samples = load_samples_from_text(texts)
+    compact, reference = NearDupIndex(), NearDupIndex(backend="datasketch")
+    compact.bands.MERGE_EVERY = 500  # force several merges
+    got, want = [], []
+    for start in range(0, len(samples), 64):
+        chunk = samples[start:start + 64]
+        got += compact.find_duplicates(compact.signatures(chunk))
+        want += reference.find_duplicates(reference.signatures(chunk))
+    assert got == want
+    assert 60 < sum(h is not None for h in got) < 300 and len(compact.bands.keys) > 0
 
 
 def load_samples_from_text(texts):
@@ -153,3 +179,15 @@ def test_cli_switches(tmp_path, capsys, flag, removed):
     assert {k: v for k, v in report["removed"].items() if v} == removed
     assert report["kept"] == 3 - sum(removed.values())
     assert json.loads((tmp_path / "o.report.json").read_text())["removed"] == report["removed"]
+
+
+def test_cleaned_output_reads_back_for_every_kind(tmp_path):
+    rows = [{"prompt": "Pick one", "chosen": " Good. ", "rejected": "Bad."}, {"prompt": "Other", "chosen": "A", "rejected": "B"}]
+    src = _write(tmp_path / "p.jsonl", rows)
+    clean_file(src, tmp_path / "p_out.jsonl")
+    back = load_samples(tmp_path / "p_out.jsonl")
+    assert [(s.kind, s.messages[0]["content"], s.chosen) for s in back] == [("preference", "Pick one", "Good."),
+                                                                            ("preference", "Other", "A")]
+    src = _write(tmp_path / "t.jsonl", [{"text": "Doc one.\r\n"}, {"text": "Doc two."}])
+    clean_file(src, tmp_path / "t_out.parquet")
+    assert [s.text for s in load_samples(tmp_path / "t_out.parquet")] == ["Doc one.", "Doc two."]

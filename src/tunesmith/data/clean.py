@@ -120,12 +120,10 @@ class Cleaner:
         if self.index is None:
             return batch
         kept = []
-        for sample, sig in zip(batch, self.index.signatures(batch)):
-            hit = self.index.match(sig)
+        for sample, hit in zip(batch, self.index.find_duplicates(self.index.signatures(batch))):
             if hit is not None:
                 report.note("near_duplicate", sample, self.opt.examples_per_reason, duplicate_of=self.kept_sources[hit])
             else:
-                self.index.add(sig)
                 self.kept_sources.append(sample.source)
                 kept.append(sample)
         return kept

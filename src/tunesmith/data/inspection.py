@@ -67,11 +67,7 @@ def inspect_file(path: str | Path, tokenizer=None, *, max_len: int = 512, fmt: s
     def flush() -> None:
         if tokenizer is not None:
             result.lengths.extend(token_lengths(tokenizer, batch))
-        for sig in index.signatures(batch):
-            if index.match(sig) is None:
-                index.add(sig)
-            else:
-                result.near_duplicates += 1
+        result.near_duplicates += sum(hit is not None for hit in index.find_duplicates(index.signatures(batch)))
         batch.clear()
 
     for item in scan:

@@ -50,8 +50,10 @@ class Sample:
             out["id"] = self.id
         if self.text is not None:
             out["text"] = self.text
+        elif self.chosen is not None:
+            # TRL's layout, which the preference format reads back (a "messages" key would not end
+            # with the assistant and would fail validation).
+            out["prompt"], out["chosen"], out["rejected"] = self.messages, self.chosen, self.rejected
         else:
             out["messages"] = self.messages
-        if self.chosen is not None:
-            out["chosen"], out["rejected"] = self.chosen, self.rejected
         return out
