@@ -3,20 +3,8 @@ down-projections), so the adapter is one vector per adapted layer."""
 
 from __future__ import annotations
 
-import re
-
 from tunesmith.methods.registry import Method, Prepared, register_method, trainable_groups
-
-
-def linear_names(model) -> set[str]:
-    """Short names of the linear layers inside the decoder (what 'all-linear' means for IA3)."""
-    import torch
-
-    names = set()
-    for full, module in model.named_modules():
-        if isinstance(module, torch.nn.Linear) and "lm_head" not in full and re.search(r"\.\d+\.", full):
-            names.add(full.rsplit(".", 1)[-1])
-    return names
+from tunesmith.methods.targets import decoder_linears
 
 
 @register_method
@@ -29,8 +17,8 @@ class IA3(Method):
         from peft import IA3Config, get_peft_model
 
         self.check(cfg)
-        targets = sorted(linear_names(model)) if cfg.target_modules == "all-linear" else \
-            ([cfg.target_modules] if isinstance(cfg.target_modules, str) else list(cfg.target_modules))
+        # Short names spelled out (not 'all-linear') so the feed-forward list can be matched against them.
+        targets = sorted({name.rsplit(".", 1)[-1] for name, _ in decoder_linears(model, cfg.target_modules)})
         # peft requires the feed-forward set to be a subset of the targets; names that this
         # architecture does not have (fc2 on a Llama) are simply absent.
         feedforward = [m for m in cfg.ia3_feedforward_modules if m in targets]
