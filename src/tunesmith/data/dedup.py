@@ -16,7 +16,6 @@ that match a kept example are removed, which makes the result depend only on the
 from __future__ import annotations
 
 import hashlib
-import struct
 from dataclasses import dataclass
 
 import numpy as np
@@ -44,9 +43,11 @@ def shingles(words: list[str], n: int) -> list[bytes]:
     return [" ".join(words[i:i + n]).encode() for i in range(len(words) - n + 1)]
 
 
-def _sha1_32(data: bytes) -> int:
-    # datasketch's default hash (sha1_hash32): the first 4 bytes of SHA-1, little endian.
-    return struct.unpack("<I", hashlib.sha1(data).digest()[:4])[0]
+def _sha1_32(shingle_sets: list[list[bytes]]) -> np.ndarray:
+    """datasketch's default hash (sha1_hash32: the first 4 bytes of SHA-1, little endian) of every
+    shingle, read as one buffer instead of one Python int per shingle."""
+    sha1 = hashlib.sha1
+    return np.frombuffer(b"".join([sha1(x).digest()[:4] for s in shingle_sets for x in s]), dtype="<u4").astype(np.uint32)
 
 
 class MinHasher:
@@ -73,13 +74,15 @@ class MinHasher:
         if self._fmix is None:
             return np.stack([self.minhash_of(s).hashvalues for s in shingle_sets])
         counts = np.fromiter((len(s) for s in shingle_sets), dtype=np.int64, count=len(shingle_sets))
-        hv = np.fromiter((_sha1_32(x) for s in shingle_sets for x in s), dtype=np.uint32, count=int(counts.sum()))
-        hv = self._fmix(hv, 32)
+        hv = self._fmix(_sha1_32(shingle_sets), 32)
         a, b = self.permutations
-        # (shingles, num_perm): a*h + b wraps modulo 2^32 in uint32, which is the affine32 scheme.
-        phv = hv[:, None] * a[None, :] + b[None, :]
+        # (num_perm, shingles): a*h + b wraps modulo 2^32 in uint32, which is the affine32 scheme.
+        # Permutations as rows keep each example's shingles contiguous for the segment minimum
+        # (reduceat along rows of the transpose is ~20x slower).
+        phv = np.multiply.outer(a, hv)
+        phv += b[:, None]
         starts = np.concatenate(([0], np.cumsum(counts)[:-1]))
-        return np.minimum.reduceat(phv, starts, axis=0)
+        return np.ascontiguousarray(np.minimum.reduceat(phv, starts, axis=1).T)
 
     def minhash_of(self, shingle_set: list[bytes], hashvalues=None):
         from datasketch import MinHash

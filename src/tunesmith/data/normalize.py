@@ -28,10 +28,10 @@ _ANY_SPACE = re.compile(r"\s+")
 
 
 def normalize_text(text: str) -> str:
-    text = unicodedata.normalize("NFC", text).replace("\r\n", "\n").replace("\r", "\n")
-    text = _INVISIBLE.sub("", text)
+    text = text.replace("\r\n", "\n").replace("\r", "\n")
+    if not text.isascii():  # the common all-ASCII case skips the Unicode passes
+        text = _ODD_SPACE.sub(" ", _INVISIBLE.sub("", unicodedata.normalize("NFC", text)))
     text = _CONTROL.sub("", text)
-    text = _ODD_SPACE.sub(" ", text)
     text = _TRAILING.sub("", text)
     text = _BLANK_RUN.sub("\n\n", text)
     return text.strip()
