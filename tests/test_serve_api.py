@@ -33,6 +33,23 @@ def _random_lora(base_dir: Path, out: Path, seed: int, **lora) -> Path:
     return out
 
 
+def _random_ia3(base_dir: Path, out: Path, seed: int) -> Path:
+    from peft import IA3Config, get_peft_model
+
+    from tunesmith.models import load_model
+
+    torch.manual_seed(seed)
+    model = get_peft_model(load_model(str(base_dir)), IA3Config(task_type="CAUSAL_LM", target_modules=["k_proj", "v_proj", "down_proj"],
+                                                                feedforward_modules=["down_proj"]))
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "ia3_l" in name:
+                p.uniform_(0.0, 2.0)         # IA3 starts as the identity; make it change something
+    model.save_pretrained(out)
+    (out / "tunesmith.json").write_text(json.dumps({"base": str(base_dir), "method": "ia3"}))
+    return out
+
+
 def _trained_lora(base_dir: Path, data: Path, run_dir: Path) -> Path:
     from tunesmith.config import load_config
     from tunesmith.pipeline import run
@@ -63,6 +80,7 @@ def env(tiny_model_dir, tmp_path_factory):
         "a2": _random_lora(tiny_model_dir, root / "a2", 2, r=2, lora_alpha=4, target_modules=["gate_proj", "up_proj", "down_proj"]),
         "a3": _random_lora(tiny_model_dir, root / "a3", 3, r=4, lora_alpha=8, use_rslora=True, target_modules=["q_proj", "v_proj"]),
         "dora": _random_lora(tiny_model_dir, root / "dora", 4, r=4, lora_alpha=8, use_dora=True, target_modules=["q_proj", "v_proj"]),
+        "ia3": _random_ia3(tiny_model_dir, root / "ia3", 7),
     }
     late = _random_lora(tiny_model_dir, root / "nested" / "late", 5, r=16, lora_alpha=16, target_modules=["v_proj", "up_proj"])
     outside = _random_lora(tiny_model_dir, work / "outside", 6, r=4, lora_alpha=8, target_modules=["q_proj"])
@@ -114,13 +132,14 @@ def chat(client, model: str, prompt: str, **kw):
 def test_models_lists_base_and_every_adapter(env):
     data = env["client"].models.list().data
     ids = [m.id for m in data]
-    assert ids == ["base", "trained", "a1", "a2", "a3", "dora"]
+    assert ids == ["base", "trained", "a1", "a2", "a3", "dora", "ia3"]
     by_id = {m.id: m.model_dump() for m in data}
     assert by_id["a1"]["parent"] == "base" and by_id["a1"]["engine"] == "lora"
-    assert by_id["dora"]["engine"] == "peft"           # DoRA goes through the fallback path
+    assert by_id["dora"]["engine"] == "peft"           # DoRA and IA3 go through the fallback path
+    assert by_id["ia3"]["engine"] == "peft" and by_id["ia3"]["method"] == "ia3"
 
 
-@pytest.mark.parametrize("model", ["base", "trained", "a1", "a2", "a3", "dora"])
+@pytest.mark.parametrize("model", ["base", "trained", "a1", "a2", "a3", "dora", "ia3"])
 def test_greedy_answer_equals_offline_generation(env, offline, model):
     for prompt in PROMPTS:
         got = chat(env["client"], model, prompt)
@@ -130,8 +149,8 @@ def test_greedy_answer_equals_offline_generation(env, offline, model):
 
 
 def test_adapters_change_the_answer(env):
-    answers = {m: chat(env["client"], m, PROMPTS[0]).choices[0].message.content for m in ["base", "a1", "a2", "a3"]}
-    assert len(set(answers.values())) == 4, answers
+    answers = {m: chat(env["client"], m, PROMPTS[0]).choices[0].message.content for m in ["base", "a1", "a2", "a3", "ia3"]}
+    assert len(set(answers.values())) == 5, answers
 
 
 def test_stream_joins_to_the_same_answer(env):
@@ -287,6 +306,19 @@ def test_client_disconnect_stops_the_work(env):
     assert engine.stats["cancelled"] == before + 1, info
     assert engine.load()["running"] == 0
     assert engine.stats["generated_tokens"] - tokens_before < 900     # it stopped early, not at max_tokens
+
+
+def test_client_timeout_stops_a_non_streamed_request(env):
+    engine = env["state"].engine
+    before, tokens_before = engine.stats["cancelled"], engine.stats["generated_tokens"]
+    impatient = openai.OpenAI(base_url=f"{env['url']}/v1", api_key=KEY, max_retries=0, timeout=0.4)
+    with pytest.raises(openai.APITimeoutError):
+        chat(impatient, "a2", "Talk for a long time.", max_tokens=900)
+    deadline = time.monotonic() + 10
+    while engine.stats["cancelled"] == before and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert engine.stats["cancelled"] == before + 1
+    assert engine.stats["generated_tokens"] - tokens_before < 900
 
 
 def test_full_queue_is_429(tiny_model_dir, tokenizer):

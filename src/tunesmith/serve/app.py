@@ -57,13 +57,19 @@ class _Job:
     async def events(self, request: Request):
         """Engine events until every choice is final; stops (and cancels) if the client goes away."""
         pending = len(self.rows)
+        checked = time.monotonic()
         while pending:
             try:
                 event = await asyncio.wait_for(self.queue.get(), timeout=0.5)
             except asyncio.TimeoutError:
+                event = None
+            # Checked on a clock, not only when idle: tokens arriving every few ms must not hide a hang-up.
+            if time.monotonic() - checked > 0.5:
+                checked = time.monotonic()
                 if await request.is_disconnected():
                     self.cancel()
                     return
+            if event is None:
                 continue
             if event.final:
                 pending -= 1
