@@ -50,6 +50,16 @@ def _random_ia3(base_dir: Path, out: Path, seed: int) -> Path:
     return out
 
 
+def _prompt_tuning(base_dir: Path, out: Path, seed: int) -> Path:
+    from peft import PromptTuningConfig, get_peft_model
+
+    from tunesmith.models import load_model
+
+    torch.manual_seed(seed)
+    get_peft_model(load_model(str(base_dir)), PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=4)).save_pretrained(out)
+    return out
+
+
 def _trained_lora(base_dir: Path, data: Path, run_dir: Path) -> Path:
     from tunesmith.config import load_config
     from tunesmith.pipeline import run
@@ -81,6 +91,7 @@ def env(tiny_model_dir, tmp_path_factory):
         "a3": _random_lora(tiny_model_dir, root / "a3", 3, r=4, lora_alpha=8, use_rslora=True, target_modules=["q_proj", "v_proj"]),
         "dora": _random_lora(tiny_model_dir, root / "dora", 4, r=4, lora_alpha=8, use_dora=True, target_modules=["q_proj", "v_proj"]),
         "ia3": _random_ia3(tiny_model_dir, root / "ia3", 7),
+        "ptune": _prompt_tuning(tiny_model_dir, root / "ptune", 8),    # virtual tokens: peft's own generate
     }
     late = _random_lora(tiny_model_dir, root / "nested" / "late", 5, r=16, lora_alpha=16, target_modules=["v_proj", "up_proj"])
     outside = _random_lora(tiny_model_dir, work / "outside", 6, r=4, lora_alpha=8, target_modules=["q_proj"])
@@ -132,14 +143,14 @@ def chat(client, model: str, prompt: str, **kw):
 def test_models_lists_base_and_every_adapter(env):
     data = env["client"].models.list().data
     ids = [m.id for m in data]
-    assert ids == ["base", "trained", "a1", "a2", "a3", "dora", "ia3"]
+    assert ids == ["base", "trained", "a1", "a2", "a3", "dora", "ia3", "ptune"]
     by_id = {m.id: m.model_dump() for m in data}
     assert by_id["a1"]["parent"] == "base" and by_id["a1"]["engine"] == "lora"
     assert by_id["dora"]["engine"] == "peft"           # DoRA and IA3 go through the fallback path
     assert by_id["ia3"]["engine"] == "peft" and by_id["ia3"]["method"] == "ia3"
 
 
-@pytest.mark.parametrize("model", ["base", "trained", "a1", "a2", "a3", "dora", "ia3"])
+@pytest.mark.parametrize("model", ["base", "trained", "a1", "a2", "a3", "dora", "ia3", "ptune"])
 def test_greedy_answer_equals_offline_generation(env, offline, model):
     for prompt in PROMPTS:
         got = chat(env["client"], model, prompt)
@@ -213,6 +224,39 @@ def test_adapter_paths_outside_adapter_dir_are_refused(env, path_of):
     assert r.status_code == 403, r.text
     assert r.json()["error"]["code"] == "path_not_allowed"
     assert "x" not in env["state"].model_names()
+
+
+def test_tunesmith_serve_command_serves(tiny_model_dir, env, tmp_path):
+    """The real CLI in its own process: loopback by default, adapters from flags, a key, a clean stop."""
+    import signal
+    import subprocess
+    import sys
+
+    from tunesmith.serve.server import free_port
+
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "tunesmith", "serve", "--model", str(tiny_model_dir),
+                             "--adapter", f"a1={env['paths']['a1']}", "--port", str(port), "--api-key", KEY,
+                             "--served-model-name", "base"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env=os.environ | {"OMP_NUM_THREADS": "1"})
+    try:
+        client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key=KEY, max_retries=0)
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                assert proc.poll() is None and time.monotonic() < deadline, proc.stdout.read() if proc.poll() is not None else "timeout"
+                time.sleep(0.2)
+        served = chat(client, "a1", PROMPTS[0]).choices[0].message.content
+        assert served == chat(env["client"], "a1", PROMPTS[0]).choices[0].message.content
+    finally:
+        proc.send_signal(signal.SIGINT)
+        output, _ = proc.communicate(timeout=30)
+    assert proc.returncode == 0, output[-2000:]
+    assert f"serving base, a1 on http://127.0.0.1:{port}/v1" in output
 
 
 def test_missing_or_wrong_key_is_401(env):

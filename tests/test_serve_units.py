@@ -153,6 +153,36 @@ def test_request_timeout_is_504(tiny_model_dir, tokenizer):
     assert engine.stats["timed_out"] == 1 and engine.stats["generated_tokens"] == 0
 
 
+def test_a_failing_batch_gets_500_and_the_engine_keeps_serving(tiny_model_dir, tokenizer):
+    from tunesmith.eval.generate import stop_token_ids
+    from tunesmith.models import load_model
+    from tunesmith.serve.engine import Engine
+    from tunesmith.serve.lora_batch import LoRABank
+    from tunesmith.serve.request import GenRequest
+
+    model = load_model(str(tiny_model_dir))
+    engine = Engine(model, tokenizer, LoRABank(model), stop_token_ids(tokenizer))
+    results: dict[int, list] = {0: [], 1: []}
+    done = threading.Semaphore(0)
+
+    def sink_for(i):
+        def sink(event):
+            results[i].append(event)
+            if event.final:
+                done.release()
+        return sink
+
+    vocab = model.get_input_embeddings().num_embeddings
+    engine.submit([GenRequest(prompt_ids=[1, vocab + 5], sink=sink_for(0), temperature=0, max_tokens=4)])  # index error
+    engine.start()
+    assert done.acquire(timeout=10)
+    engine.submit([GenRequest(prompt_ids=[1, 2, 3], sink=sink_for(1), temperature=0, max_tokens=4)])
+    assert done.acquire(timeout=10)
+    engine.stop()
+    assert results[0][-1].error.status == 500 and "IndexError" in results[0][-1].error.message
+    assert results[1][-1].error is None and results[1][-1].completion_tokens == 4
+
+
 def test_adapter_dir_policy(tmp_path, adapters):
     from tunesmith.serve.errors import APIError
     from tunesmith.serve.paths import AdapterDirPolicy

@@ -159,26 +159,26 @@ class Engine:
                     future.set_result(fn())
                 except BaseException as exc:  # handed to the caller, which turns it into an API error
                     future.set_exception(exc)
+            admitted: list[GenRequest] = []
             try:
-                self._step()
-            except Exception as exc:  # a bug must not leave clients hanging: fail the batch, keep serving
+                admitted, fallback_group = self._admit()
+                if fallback_group:
+                    self.fallback.run(admitted, self)
+                    continue
+                if admitted:
+                    self._prefill(admitted)
+                if self.batch.rows:
+                    self._decode()
+            except Exception as exc:  # a bug must not leave clients hanging: fail what was running, keep serving
                 log.exception("engine step failed")
-                for row in self.batch.rows:
-                    self._fail(row, APIError(500, f"generation failed: {exc}", "server_error", "engine_error"))
+                for row in self.batch.rows + admitted:
+                    if not row.done:
+                        self._fail(row, APIError(500, f"generation failed: {type(exc).__name__}: {exc}",
+                                                 "server_error", "engine_error"))
                 self.batch = Batch()
                 self.bank.clear_rows()
         for row in list(self.waiting) + self.batch.rows:
             self._fail(row, APIError(503, "The server is shutting down.", "server_error", "unavailable"))
-
-    def _step(self) -> None:
-        admitted, fallback_group = self._admit()
-        if fallback_group:
-            self.fallback.run(admitted, self)
-            return
-        if admitted:
-            self._prefill(admitted)
-        if self.batch.rows:
-            self._decode()
 
     def _expired(self, row: GenRequest, now: float) -> bool:
         if row.cancelled.is_set():
