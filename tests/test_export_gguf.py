@@ -185,3 +185,16 @@ def test_default_model_f16_q8_0_verify(tmp_path):
     assert abs(rows["q8_0"].delta_vs_torch_pct) < 0.5
     assert rows["f16"].agreement >= 0.8 and rows["q8_0"].token_agreement >= 0.5
     assert result.tokenizer_agreement == 1.0
+
+
+def test_keep_f16_leaves_matching_tensors_unquantized(tiny_model_dir, tmp_path):
+    from gguf import GGUFReader
+
+    result = export_gguf(str(tiny_model_dir), tmp_path, "q8_0", keep_f16=["attn_v"], name="t", threads=1,
+                         log=lambda *_: None)
+    types = {t.name: t.tensor_type.name for t in GGUFReader(str(result.files["q8_0"])).tensors}
+    assert types["blk.0.attn_v.weight"] == "F16" and types["blk.1.attn_v.weight"] == "F16"
+    assert types["blk.0.attn_q.weight"] == "Q8_0"
+    assert not (tmp_path / ".t-f16-source.gguf").exists()     # the scratch f16 source is removed
+    with pytest.raises(UserError, match="not a valid regular expression"):
+        export_gguf(str(tiny_model_dir), tmp_path / "o", "q8_0", keep_f16=["attn_v("])

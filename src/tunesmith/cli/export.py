@@ -66,7 +66,9 @@ def export_gguf_cmd(
                                                    "(default: a built-in passage)"),
         tokenizer_pre: Optional[str] = typer.Option(None, "--tokenizer-pre", help="force llama.cpp's pre-tokenizer name"),
         name: Optional[str] = typer.Option(None, "--name", help="file name stem (default: model or run name)"),
-        threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads for llama.cpp")):
+        threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads for llama.cpp"),
+        keep_f16: Optional[List[str]] = typer.Option(None, "--keep-f16", help="regex of GGUF tensor names to leave in "
+                                                     "f16 when quantizing, e.g. attn_v (repeatable)")):
     """Write GGUF files (llama.cpp / Ollama) with K-quants, an Ollama Modelfile, and optional verification."""
     from tunesmith.export.gguf import export_gguf
     from tunesmith.export.quantize import parse_quants
@@ -75,7 +77,7 @@ def export_gguf_cmd(
     qtypes = parse_quants(quant)   # fail on a typo before any weights load
     result = export_gguf(model, out_dir, qtypes, adapter=adapter, lora_gguf=lora_gguf, verify=verify,
                          verify_prompts=verify_prompts, verify_tokens=verify_tokens, verify_text=verify_text,
-                         tokenizer_pre=tokenizer_pre, name=name, threads=threads, log=out.print)
+                         tokenizer_pre=tokenizer_pre, name=name, threads=threads, keep_f16=keep_f16, log=out.print)
     out.print(f"Modelfile: {result.modelfile}")
     if result.verify_rows:
         print_table("GGUF in llama.cpp vs torch", TABLE_HEADER, [table_cells(r) for r in result.verify_rows])

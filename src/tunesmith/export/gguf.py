@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from tunesmith.errors import UserError
-from tunesmith.export.quantize import QuantType, parse_quants, quantize_file
+from tunesmith.export.quantize import QUANT_TYPES, QuantType, check_keep_patterns, parse_quants, quantize_file
 from tunesmith.io_utils import atomic_file
 
 
@@ -78,11 +78,12 @@ def export_gguf(model: str | None, out_dir: str | Path, quants: str | list[Quant
                 adapter: str | Path | None = None, lora_gguf: bool = False, verify: bool = False,
                 verify_prompts: int = 16, verify_tokens: int = 24, verify_text: str | Path | None = None,
                 tokenizer_pre: str | None = None, name: str | None = None, threads: int | None = None,
-                log=print) -> ExportResult:
+                keep_f16: list[str] | None = None, log=print) -> ExportResult:
     from tunesmith.export.gguf_write import write_lora_gguf, write_model_gguf
     from tunesmith.export.modelfile import write_modelfile
 
     qtypes = parse_quants(quants) if isinstance(quants, str) else list(quants)
+    keep_f16 = check_keep_patterns(list(keep_f16 or []))
     text = None
     if verify_text is not None:
         path = Path(verify_text)
@@ -109,7 +110,8 @@ def export_gguf(model: str | None, out_dir: str | Path, quants: str | list[Quant
     try:
         for q in qtypes:
             if not q.written:
-                files[q.name] = quantize_file(files.get("f16") or scratch, out_dir / f"{stem}-{q.name}.gguf", q, threads)
+                files[q.name] = quantize_file(files.get("f16") or scratch, out_dir / f"{stem}-{q.name}.gguf", q,
+                                              threads, keep_f16)
                 log(f"wrote {files[q.name]}")
     finally:
         if scratch is not None:
@@ -126,12 +128,12 @@ def export_gguf(model: str | None, out_dir: str | Path, quants: str | list[Quant
                                 [p.name for p in list(files.values())[1:]])
     result = ExportResult(files, lora_path, modelfile)
     if verify:
-        run_verify(result, src, out_dir, verify_prompts, verify_tokens, text, threads, log)
+        run_verify(result, src, out_dir, verify_prompts, verify_tokens, text, threads, log, keep_f16)
     return result
 
 
 def run_verify(result: ExportResult, src: Source, out_dir: Path, n_prompts: int, n_tokens: int, text: str | None,
-               threads: int | None, log) -> None:
+               threads: int | None, log, keep_f16: list[str]) -> None:
     from tunesmith.export.heldout import VERIFY_PROMPTS
     from tunesmith.export.verify import (build_inputs, markdown_table, rows_as_json, tokenizer_agreement,
                                          torch_reference, verify_files)
@@ -144,6 +146,10 @@ def run_verify(result: ExportResult, src: Source, out_dir: Path, n_prompts: int,
     log(f"tokenizer: llama.cpp matches the HF tokenizer on {result.tokenizer_agreement:.0%} of {len(samples)} texts")
     reference = torch_reference(src.model, inputs)
     rows = verify_files(result.files, reference, inputs, result.lora, threads, log)
+    if keep_f16:   # the quantized rows are not llama.cpp's stock mix: say so in the table
+        for row in rows:
+            if row.type in QUANT_TYPES and not QUANT_TYPES[row.type].written:
+                row.type += " (f16: " + ", ".join(keep_f16) + ")"
     result.verify_rows = rows
     n_tok = sum(len(c) for c in inputs.chunks)
     header = (f"Verification in llama.cpp against torch fp32: perplexity on {n_tok} held-out tokens, greedy "

@@ -49,12 +49,40 @@ def parse_quants(spec: str) -> list[QuantType]:
     return [QUANT_TYPES[n] for n in dict.fromkeys(names)]
 
 
-def quantize_file(src: Path, dst: Path, qtype: QuantType, threads: int | None = None) -> Path:
-    """llama.cpp quantization of an f16/f32 GGUF into `dst`, written under a temporary name first."""
+GGML_TYPE_F16 = 1
+
+
+def check_keep_patterns(patterns: list[str]) -> list[str]:
+    import re
+
+    for pattern in patterns:
+        try:
+            re.compile(pattern)
+        except re.error as exc:
+            raise UserError(f"--keep-f16: '{pattern}' is not a valid regular expression ({exc})",
+                            hint="e.g. --keep-f16 attn_v  (GGUF tensor names: blk.N.attn_v.weight, ...)") from exc
+    return patterns
+
+
+def quantize_file(src: Path, dst: Path, qtype: QuantType, threads: int | None = None,
+                  keep_f16: list[str] | None = None) -> Path:
+    """llama.cpp quantization of an f16/f32 GGUF into `dst`, written under a temporary name first.
+
+    keep_f16: regexes of GGUF tensor names llama.cpp leaves in f16 (its tensor-type overrides).
+    """
+    import ctypes
+
     llama_cpp = llama_cpp_module()
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = qtype.ftype
     params.nthread = threads or max(1, min(4, os.cpu_count() or 1))
+    if keep_f16:
+        # A null-pattern entry ends the list, as in llama.cpp's own tool.
+        overrides = (llama_cpp.llama_model_tensor_override * (len(keep_f16) + 1))()
+        for slot, pattern in zip(overrides, keep_f16):
+            slot.pattern, slot.type = pattern.encode(), GGML_TYPE_F16
+        overrides[len(keep_f16)].pattern = None
+        params.tt_overrides = ctypes.cast(overrides, ctypes.POINTER(llama_cpp.llama_model_tensor_override))
     tmp = dst.with_name(f".{dst.name}.tmp-{os.getpid()}")
     try:
         from llama_cpp._utils import suppress_stdout_stderr
