@@ -130,6 +130,9 @@ class Engine:
         """Run `fn` on the engine thread between two forward passes (adapter table changes)."""
         future: concurrent.futures.Future = concurrent.futures.Future()
         with self.cv:
+            if self._stopping:
+                future.set_exception(APIError(503, "The server is shutting down.", "server_error", "unavailable"))
+                return future
             self.commands.append((fn, future))
             self.cv.notify_all()
         return future
@@ -177,8 +180,13 @@ class Engine:
                                                  "server_error", "engine_error"))
                 self.batch = Batch()
                 self.bank.clear_rows()
+        closing = APIError(503, "The server is shutting down.", "server_error", "unavailable")
         for row in list(self.waiting) + self.batch.rows:
-            self._fail(row, APIError(503, "The server is shutting down.", "server_error", "unavailable"))
+            self._fail(row, closing)
+        with self.cv:
+            for _, future in self.commands:
+                future.set_exception(closing)
+            self.commands.clear()
 
     def _expired(self, row: GenRequest, now: float) -> bool:
         if row.cancelled.is_set():
