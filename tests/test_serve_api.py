@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -308,6 +307,8 @@ def test_completions_sampling_seed_n_and_stop(env):
     greedy = client.completions.create(model="a2", prompt="The quick brown fox", max_tokens=16, temperature=0)
     text = greedy.choices[0].text
     assert greedy.choices[0].finish_reason == "length" and greedy.usage.completion_tokens == 16
+    streamed = client.completions.create(model="a2", prompt="The quick brown fox", max_tokens=16, temperature=0, stream=True)
+    assert "".join(c.choices[0].text for c in streamed if c.choices) == text
     stop = text[len(text) // 2: len(text) // 2 + 3]
     cut = client.completions.create(model="a2", prompt="The quick brown fox", max_tokens=16, temperature=0, stop=[stop])
     assert cut.choices[0].text == text[: text.find(stop)] and cut.choices[0].finish_reason == "stop"
