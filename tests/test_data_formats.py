@@ -141,3 +141,22 @@ def test_unknown_format_and_forced_format(tmp_path):
         read_samples(path, "nope")
     forced = _write(tmp_path / "y.jsonl", [{"prompt": "q", "completion": "a", "text": "t"}])
     assert read_samples(forced, "text").samples[0].text == "t"
+
+
+def test_damaged_containers_point_at_the_line(tmp_path):
+    arr = tmp_path / "broken.json"
+    arr.write_text('[\n  {"prompt": "a", "completion": "b"},\n  {"prompt": "c" "completion": "d"}\n]\n', encoding="utf-8")
+    result = read_samples(arr)
+    assert len(result.samples) == 1
+    assert [str(e) for e in result.errors] == [f"{arr}:3: (line): invalid JSON: Expecting ',' delimiter at column 18"]
+    csv_path = tmp_path / "bad.csv"
+    csv_path.write_bytes(b"prompt,completion\nq1,a1\nq2,caf\xe9\nq3,a3\n")
+    result = read_samples(csv_path)
+    assert [s.messages[0]["content"] for s in result.samples] == ["q1", "q3"]
+    assert [str(e) for e in result.errors] == [f"{csv_path}:3: completion: invalid UTF-8 byte; re-save the file as UTF-8"]
+    (tmp_path / "nothing").mkdir()
+    assert [str(e) for e in read_samples(tmp_path / "nothing").errors] == [
+        f"{tmp_path / 'nothing'}:1: (file): no records: the folder holds no data (.txt/.md files or a saved datasets folder)"]
+    empty_array = tmp_path / "e.json"
+    empty_array.write_text("[]", encoding="utf-8")
+    assert [str(e) for e in read_samples(empty_array).errors] == [f"{empty_array}:1: (file): no records: the file is empty"]
