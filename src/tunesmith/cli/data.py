@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 
@@ -20,6 +21,19 @@ TemplateOpt = typer.Option("auto", "--template", help="chat template: auto (the 
 
 def _plain(text: str, console=out) -> None:
     console.print(text, markup=False, highlight=False)
+
+
+@contextlib.contextmanager
+def _progress(quiet: bool):
+    """A live 'records read / kept' line on stderr (stdout stays clean for --json)."""
+    if quiet or not err.is_terminal:
+        yield None
+        return
+    from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+    with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=err, transient=True) as bar:
+        task = bar.add_task("reading")
+        yield lambda read, kept: bar.update(task, description=f"{read:,} records read, {kept:,} kept")
 
 
 def _tokenizer(model: str, template: str):
@@ -99,7 +113,8 @@ def data_clean(file: Path = FileArg,
                min_tokens: int = typer.Option(0, help="drop examples shorter than this many tokens (0: off)"),
                max_tokens: int | None = typer.Option(None, help="drop examples longer than this many tokens"),
                model: str = ModelOpt, template: str = TemplateOpt,
-               as_json: bool = typer.Option(False, "--json", help="print the report as JSON")):
+               as_json: bool = typer.Option(False, "--json", help="print the report as JSON"),
+               quiet: bool = typer.Option(False, help="no progress display")):
     """Normalise, drop empty / too short / too long / duplicate examples; print and write a report."""
     from tunesmith.data.clean import CleanOptions, clean_file, default_report_path
     from tunesmith.data.dedup import NearDupParams
@@ -112,7 +127,8 @@ def data_clean(file: Path = FileArg,
                            near=NearDupParams(ngram=ngram, threshold=threshold, num_perm=num_perm),
                            min_tokens=min_tokens, max_tokens=max_tokens, fmt=fmt)
     tokenizer = _tokenizer(model, template) if options.needs_tokenizer else None
-    result = clean_file(file, output, options, tokenizer)
+    with _progress(quiet) as tick:
+        result = clean_file(file, output, options, tokenizer, on_batch=tick)
     report_path = report or default_report_path(output)
     write_json(report_path, result.as_dict())
     if as_json:

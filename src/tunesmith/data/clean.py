@@ -95,11 +95,12 @@ def _empty_reason(item: Item) -> str:
 
 
 class Cleaner:
-    def __init__(self, options: CleanOptions, tokenizer=None):
+    def __init__(self, options: CleanOptions, tokenizer=None, on_batch=None):
         if options.needs_tokenizer and tokenizer is None:
             raise ValueError("token-length filters need a tokenizer")
         self.opt = options
         self.tokenizer = tokenizer
+        self.on_batch = on_batch  # called with (records read, kept so far) after each batch: progress
         self.seen: dict[bytes, str] = {}
         self.index = NearDupIndex(options.near) if options.near_dedup else None
         self.kept_sources: list[str] = []
@@ -143,6 +144,8 @@ class Cleaner:
                     write(sample.to_dict())
                     report.kept += 1
                 batch.clear()
+                if self.on_batch is not None:
+                    self.on_batch(scan.records, report.kept)
 
             for item in scan:
                 if item.problem is not None:
@@ -186,8 +189,9 @@ class Cleaner:
         return report
 
 
-def clean_file(path: str | Path, out: str | Path, options: CleanOptions | None = None, tokenizer=None) -> CleanReport:
-    return Cleaner(options or CleanOptions(), tokenizer).run(path, out)
+def clean_file(path: str | Path, out: str | Path, options: CleanOptions | None = None, tokenizer=None,
+               on_batch=None) -> CleanReport:
+    return Cleaner(options or CleanOptions(), tokenizer, on_batch).run(path, out)
 
 
 def default_report_path(out: str | Path) -> Path:
