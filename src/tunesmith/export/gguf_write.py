@@ -8,7 +8,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
-import re
 from pathlib import Path
 
 import numpy as np
@@ -98,9 +97,6 @@ def write_model_gguf(model, tokenizer, model_dir: Path, out_path: Path, ftype: s
 
 
 # --- LoRA adapters ------------------------------------------------------------------------------
-
-_LORA_KEY = re.compile(r"^(?:base_model\.model\.)?(?P<module>.+)\.lora_(?P<ab>[AB])\.(?:(?P<adapter>[^.]+)\.)?weight$")
-
 
 def lora_tensors(peft_model, adapter: str = "default"):
     """(gguf base name, A (r, in), B (out, r) with peft's scale folded in) per LoRA-wrapped linear."""
