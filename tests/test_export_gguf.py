@@ -202,3 +202,25 @@ def test_keep_f16_leaves_matching_tensors_unquantized(tiny_model_dir, tmp_path):
     assert not (tmp_path / ".t-f16-source.gguf").exists()     # the scratch f16 source is removed
     with pytest.raises(UserError, match="not a valid regular expression"):
         export_gguf(str(tiny_model_dir), tmp_path / "o", "q8_0", keep_f16=["attn_v("])
+
+
+@pytest.mark.parametrize("rope", [{"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
+                                   "high_freq_factor": 4.0, "original_max_position_embeddings": 16},
+                                  {"rope_type": "linear", "factor": 4.0}])
+def test_scaled_rope_round_trip(tokenizer, tmp_path, rope):
+    """Llama 3.1 (llama3) and linear rope scaling: llama.cpp's logits equal torch's over 40+ positions,
+    long enough (original context 16) for the scaled frequencies to matter."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
+                      initializer_range=0.2, rope_scaling=rope, tie_word_embeddings=True)
+    model = LlamaForCausalLM(cfg)
+    model.save_pretrained(tmp_path / "m")
+    tokenizer.save_pretrained(tmp_path / "m")
+    result = export_gguf(str(tmp_path / "m"), tmp_path / "out", "f32", threads=1, log=lambda *_: None)
+    ids = ids_for(tokenizer, " ".join(TEXTS))
+    assert len(ids) > 40
+    expected = torch_logits(model, ids).numpy()
+    assert np.abs(gguf_logits(result.files["f32"], ids) - expected).max() < 1e-3

@@ -41,14 +41,52 @@ def arch_for(config) -> ArchSpec:
         raise UserError(f"GGUF export: architecture '{model_type}' is not supported",
                         hint=f"supported model_type values: {', '.join(sorted(ARCHS))}; "
                              "for others use llama.cpp's convert_hf_to_gguf.py on the merged folder")
-    rope = getattr(config, "rope_scaling", None) or {}
-    params = getattr(config, "rope_parameters", None) or {}
-    rope_type = rope.get("rope_type", rope.get("type")) or params.get("rope_type") or "default"
-    if rope_type != "default":
-        raise UserError(f"GGUF export: rope scaling '{rope_type}' is not supported by this converter",
-                        hint="models with default rope (Llama 2, Mistral, Qwen2, SmolLM) export; "
-                             "use llama.cpp's converter for scaled-rope models")
+    kind = rope_type(config)
+    if kind not in ROPE_WRITERS:
+        raise UserError(f"GGUF export: rope scaling '{kind}' is not supported by this converter",
+                        hint=f"supported: {', '.join(ROPE_WRITERS)}; use llama.cpp's converter for other scalings")
     return ARCHS[model_type]
+
+
+def rope_params(config) -> dict:
+    # transformers 5 keeps them in rope_parameters, 4.x in rope_scaling (+ rope_theta).
+    return dict(getattr(config, "rope_parameters", None) or getattr(config, "rope_scaling", None) or {})
+
+
+def rope_type(config) -> str:
+    params = rope_params(config)
+    return params.get("rope_type") or params.get("type") or "default"
+
+
+def _rope_default(writer, config) -> None:
+    pass
+
+
+def _rope_linear(writer, config) -> None:
+    import gguf
+
+    writer.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
+    writer.add_rope_scaling_factor(float(rope_params(config)["factor"]))
+
+
+def _rope_llama3(writer, config) -> None:
+    """Llama 3.1-style rope: llama.cpp divides each rotary frequency by a factor from a `rope_freqs`
+    tensor. We take the frequencies transformers itself computes, so the two cannot drift apart."""
+    import torch
+    from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
+
+    scaled, _ = ROPE_INIT_FUNCTIONS["llama3"](config, "cpu")
+    dim = head_dim(config)
+    plain = 1.0 / (rope_theta(config) ** (torch.arange(0, dim, 2, dtype=torch.float64) / dim))
+    writer.add_tensor("rope_freqs.weight", (plain / scaled.double()).float().numpy())
+
+
+# rope type -> writes its GGUF keys / tensors
+ROPE_WRITERS = {"default": _rope_default, "linear": _rope_linear, "llama3": _rope_llama3}
+
+
+def write_rope(writer, config) -> None:
+    ROPE_WRITERS[rope_type(config)](writer, config)
 
 
 def head_dim(config) -> int:
@@ -56,8 +94,7 @@ def head_dim(config) -> int:
 
 
 def rope_theta(config) -> float:
-    params = getattr(config, "rope_parameters", None) or {}
-    return float(params.get("rope_theta") or getattr(config, "rope_theta", 10000.0))
+    return float(rope_params(config).get("rope_theta") or getattr(config, "rope_theta", None) or 10000.0)
 
 
 def write_hparams(writer, config) -> None:

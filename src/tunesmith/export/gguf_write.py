@@ -14,7 +14,8 @@ import numpy as np
 import torch
 
 from tunesmith.errors import UserError
-from tunesmith.export.gguf_arch import ArchSpec, arch_for, gguf_tensor_name, permute_rows, qk_heads, write_hparams
+from tunesmith.export.gguf_arch import (ArchSpec, arch_for, gguf_tensor_name, permute_rows, qk_heads, write_hparams,
+                                        write_rope)
 
 # torch -> numpy dtype of 2-D weights per file type; norms and biases always stay f32 (llama.cpp's
 # kernels expect them so, and they are a rounding error in the file size).
@@ -88,6 +89,7 @@ def write_model_gguf(model, tokenizer, model_dir: Path, out_path: Path, ftype: s
                 writer.add_tensor(tname, packed, raw_dtype=gguf.GGMLQuantizationType.BF16)
             else:
                 writer.add_tensor(tname, data.astype(MATRIX_DTYPES[ftype]))
+        write_rope(writer, model.config)
         writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
         writer.write_header_to_file()
         writer.write_kv_data_to_file()
