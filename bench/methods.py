@@ -134,7 +134,12 @@ def write_doc(rows: list[dict], args, command: str) -> None:
         lines.append(f"| {r['method']} | {r['trainable']:,} | {r['lr']:g} | {rss} | {rss_ratio} | {r['tokens_per_s']:.0f} | "
                      f"{tps_ratio} | {r['first_loss']:.3f} -> {r['final_loss']:.3f} | {r['tuned'].get('json_exact', 0):.3f} | "
                      f"{r['tuned'].get('json_field_f1', 0):.3f} |")
-    lines += ["", "Accuracy after so few steps says how fast a method starts to learn this task, not where it ends; "
+    lines += ["", "**Caveat on speed.** The machine is shared with other jobs and its load changed during the run "
+              "(load average between about 1.3 and 7; the methods run first, lora to qlora, met the heaviest load), "
+              "so tokens/s mixes a method's cost with the load it met. Read the throughput ratios as rough; "
+              "trainable parameters, loss and accuracy do not depend on load. The lora row's RSS includes "
+              "its zero-shot baseline evaluation.", "",
+              "Accuracy after so few steps says how fast a method starts to learn this task, not where it ends; "
               "`tunesmith quickstart --set method.name=NAME` runs the full epoch. `tunesmith methods` lists the same methods "
               "with trainable parameters and a memory estimate for any model, without loading weights.", ""]
     DOC.parent.mkdir(parents=True, exist_ok=True)
