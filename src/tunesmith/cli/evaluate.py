@@ -91,12 +91,10 @@ def evaluate(model: str = typer.Option("default", "--model", help="base model (s
     base = load_model(resolved)
     tuned = None
     if adapter is not None:
-        from peft import PeftModel
+        from tunesmith.methods import load_trained
 
-        if not (adapter / "adapter_config.json").is_file():
-            raise UserError(f"--adapter {adapter}: no adapter_config.json there",
-                            hint="point at the adapter folder a training run wrote (RUN/adapter)")
-        tuned = PeftModel.from_pretrained(base, str(adapter))
+        # PEFT layout or one of ours (bottleneck); a folder that is neither is a clear UserError.
+        tuned = load_trained(base, adapter)
     elif not cfg.baselines:
         tuned = base
     if tuned is None:
