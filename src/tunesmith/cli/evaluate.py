@@ -11,7 +11,7 @@ from tunesmith.cli.common import app, out, print_report
 from tunesmith.errors import ConfigError, UserError
 from tunesmith.eval.metrics import DESCRIPTIONS
 
-_METRIC_HELP = "comma-separated metrics (the first is primary): " + "; ".join(f"{k}: {v}" for k, v in DESCRIPTIONS.items())
+_METRIC_HELP = f"comma-separated metrics, the first is primary ({', '.join(DESCRIPTIONS)}; see docs/eval.md)"
 
 
 def _split(text: str | None) -> list[str]:
