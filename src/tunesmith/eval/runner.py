@@ -111,17 +111,18 @@ def load_compare_system(value: str, tuned_model=None) -> SystemSpec:
     from tunesmith.models import load_model, resolve_base
 
     path = Path(value)
-    if (path / "adapter_config.json").is_file():
-        from peft import PeftModel
+    peft_cfg, meta = path / "adapter_config.json", path / "tunesmith.json"
+    if peft_cfg.is_file() or (meta.is_file() and not (path / "config.json").is_file()):
+        from tunesmith.methods import load_trained
 
-        recorded = json.loads((path / "adapter_config.json").read_text()).get("base_model_name_or_path")
-        meta = path / "tunesmith.json"
+        recorded = json.loads(peft_cfg.read_text()).get("base_model_name_or_path") if peft_cfg.is_file() else None
         base = json.loads(meta.read_text()).get("base") if meta.is_file() else None
         base = (_base_path_of(tuned_model) if tuned_model is not None else None) or recorded or base
         if not base:
             raise ConfigError(f"eval.compare_to: adapter {path} does not record its base model",
                               hint="compare with a merged model folder instead")
-        return SystemSpec("compare", PeftModel.from_pretrained(load_model(resolve_base(base)), str(path)).eval())
+        # PEFT layout or one of tunesmith's own adapter formats, like `tunesmith eval --adapter`.
+        return SystemSpec("compare", load_trained(load_model(resolve_base(base)), path).eval())
     return SystemSpec("compare", load_model(resolve_base(value)).eval())
 
 
