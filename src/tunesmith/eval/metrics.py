@@ -15,6 +15,7 @@ import json
 import re
 import string
 import unicodedata
+from collections import Counter
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Callable
@@ -196,12 +197,15 @@ def label_table(rows: list) -> dict[str, dict[str, float]]:
     class of its own: free-text models invent labels, and each invention would otherwise add a
     zero-F1 class and sink the macro average.
     """
-    classes = sorted({ref for _, ref in rows})
+    # One pass of counts, not one pass per class: the bootstrap refolds this a thousand times.
+    refs, preds, hits = Counter(), Counter(), Counter()
+    for p, r in rows:
+        refs[r] += 1
+        preds[p] += 1
+        hits[r] += p == r
     table = {}
-    for c in classes:
-        tp = sum(1 for p, r in rows if p == c and r == c)
-        fp = sum(1 for p, r in rows if p == c and r != c)
-        fn = sum(1 for p, r in rows if p != c and r == c)
+    for c in sorted(refs):
+        tp, fp, fn = hits[c], preds[c] - hits[c], refs[c] - hits[c]
         precision = tp / (tp + fp) if tp + fp else 0.0
         recall = tp / (tp + fn) if tp + fn else 0.0
         f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
