@@ -3,8 +3,8 @@
     .venv/bin/python bench/train_throughput.py [--steps 8] [--examples 512]
 
 Work: SmolLM2-135M-Instruct (the embedded default), LoRA r=16 alpha=32 on all linear layers, an
-instruction set of ~500 examples of 50-500 tokens (responses are real English prose: Python
-standard-library docstrings, so nothing is downloaded), 16 examples (~4k tokens) per optimizer
+instruction set of 512 examples of 50-500 tokens (responses are real English prose: Python
+standard-library docstrings, so nothing is downloaded), 24 examples (~4k tokens) per optimizer
 step, the same number of steps and the same learning rate for every system. Loss is on the
 response tokens only for every system (TRL: prompt-completion data, its completion-only loss).
 
@@ -37,8 +37,8 @@ import torch
 
 HERE = Path(__file__).resolve().parent
 OUT = HERE / "out"
-LR, RANK, ALPHA, BATCH = 2e-4, 16, 32, 16
-MICRO = 4  # tunesmith examples per forward pass (~1.1k tokens): bounds activation memory
+LR, RANK, ALPHA, BATCH = 2e-4, 16, 32, 24
+MICRO = 6  # tunesmith examples per forward pass (~1k tokens): bounds activation memory
 
 
 # --- data --------------------------------------------------------------------------------------
@@ -148,7 +148,7 @@ def run_trl(rows, model_dir, steps, out_dir, variant):
 
     tok = AutoTokenizer.from_pretrained(str(model_dir))
     model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32)
-    kwargs = dict(output_dir=str(out_dir), max_steps=steps, per_device_train_batch_size=8, gradient_accumulation_steps=2,
+    kwargs = dict(output_dir=str(out_dir), max_steps=steps, per_device_train_batch_size=8, gradient_accumulation_steps=3,
                   learning_rate=LR, lr_scheduler_type="constant", logging_steps=1, save_strategy="no",
                   report_to="none", use_cpu=True, seed=0, max_length=1024, dataloader_num_workers=0)
     if variant == "bf16":
