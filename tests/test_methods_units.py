@@ -187,6 +187,29 @@ def test_loraplus_gives_b_a_higher_learning_rate(tiny_model_dir):
     assert lrs[True] == pytest.approx(16e-3) and lrs[False] == pytest.approx(1e-3)
 
 
+@pytest.mark.parametrize("option", [{"loraplus_lr_ratio": 16}, {"lora_fa": True}])
+def test_replacement_optimizers_take_train_weight_decay(option, tiny_model_dir, tokenizer, memo_set, tmp_path):
+    from tunesmith.train.trainer import Trainer
+
+    prepared = prepare_method(fresh(tiny_model_dir), MethodConfig(name="lora", r=4, **option), 1e-3)
+    cfg = TrainConfig(max_steps=1, batch_size=8, weight_decay=0.05, precision="fp32")
+    trainer = Trainer(cfg, DataConfig(max_len=64), prepared, tokenizer, memo_set, [], tmp_path, show_progress=False)
+    decays = {g.get("weight_decay") for g in trainer.optimizer.param_groups if g["params"]}
+    # LoRA+ leaves embedding groups undecayed by design; every LoRA matrix group gets train.weight_decay.
+    assert 0.05 in decays and decays <= {0.05, 0.0}
+
+
+def test_prompt_tuning_never_packs_rows(tiny_model_dir, tokenizer, memo_set, tmp_path):
+    from tunesmith.train.trainer import Trainer
+
+    prepared = prepare_method(fresh(tiny_model_dir), MethodConfig(name="prompt", num_virtual_tokens=4), 1e-2)
+    cfg = TrainConfig(max_steps=1, batch_size=8, micro_batch_size=8, precision="fp32")
+    trainer = Trainer(cfg, DataConfig(max_len=64, packing=True), prepared, tokenizer, memo_set, [], tmp_path,
+                      show_progress=False)
+    (batch,) = list(trainer._micro_batches(0))
+    assert batch.input_ids.shape[0] == 8  # one example per row although data.packing is on
+
+
 def test_lora_fa_keeps_a_at_its_init(tiny_model_dir, tokenizer, memo_set, tmp_path):
     torch.manual_seed(0)
     prepared = prepare_method(fresh(tiny_model_dir), MethodConfig(name="lora", r=4, lora_fa=True), 1e-2)

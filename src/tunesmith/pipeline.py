@@ -6,7 +6,6 @@ library call that can be used on its own.
 
 from __future__ import annotations
 
-import json
 import random
 from dataclasses import dataclass
 from pathlib import Path
@@ -80,10 +79,10 @@ def run(cfg: RunConfig, *, resume: bool = False, show_progress: bool = True, log
         model.resize_token_embeddings(len(tokenizer))
     prepared = method.prepare(model, cfg.method, cfg.train.lr)
     log(f"method: {cfg.method.name}, {prepared.trainable_parameters():,} trainable parameters")
-    trainer = Trainer(cfg.train, cfg.data, prepared, tokenizer, train_set, val_set, run_dir, show_progress=show_progress)
+    metadata = {"base": cfg.model.base, "method": cfg.method.name} if prepared.kind == "adapter" else None
+    trainer = Trainer(cfg.train, cfg.data, prepared, tokenizer, train_set, val_set, run_dir,
+                      show_progress=show_progress, final_metadata=metadata)
     result = trainer.fit(resume=resume)
-    if prepared.kind == "adapter" and trainer.acc.is_main_process:
-        (result.output_dir / "tunesmith.json").write_text(json.dumps({"base": cfg.model.base, "method": cfg.method.name}))
     log(f"trained {result.steps} steps: loss {result.first_loss:.4f} -> {result.final_loss:.4f}, "
         f"{result.tokens_per_s:.0f} tokens/s; saved {result.output_dir}")
     if not trainer.acc.is_main_process:

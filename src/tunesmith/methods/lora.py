@@ -51,12 +51,13 @@ def optimizer_hooks(model, cfg, lr: float) -> dict:
     if cfg.loraplus_lr_ratio:
         from peft.optimizers import create_loraplus_optimizer
 
-        return {"optimizer": lambda _groups: create_loraplus_optimizer(
-            model, torch.optim.AdamW, lr=lr, loraplus_lr_ratio=cfg.loraplus_lr_ratio)}
+        return {"optimizer": lambda _groups, weight_decay=0.0: create_loraplus_optimizer(
+            model, torch.optim.AdamW, lr=lr, loraplus_lr_ratio=cfg.loraplus_lr_ratio, weight_decay=weight_decay)}
     if cfg.lora_fa:
         from peft.optimizers import create_lorafa_optimizer
 
-        return {"optimizer": lambda _groups: create_lorafa_optimizer(model, r=cfg.r, lora_alpha=cfg.alpha, lr=lr)}
+        return {"optimizer": lambda _groups, weight_decay=0.0: create_lorafa_optimizer(
+            model, r=cfg.r, lora_alpha=cfg.alpha, lr=lr, weight_decay=weight_decay)}
     return {}
 
 

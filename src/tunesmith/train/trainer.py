@@ -83,7 +83,7 @@ class StepPlan:
 class Trainer:
     def __init__(self, train_cfg: TrainConfig, data_cfg: DataConfig, prepared: Prepared, tokenizer,
                  train_set: list[Tokenized], val_set: list[Tokenized], run_dir: Path, *,
-                 show_progress: bool = True, accelerator=None):
+                 show_progress: bool = True, accelerator=None, final_metadata: dict | None = None):
         from accelerate import Accelerator
 
         if not train_set:
@@ -103,6 +103,9 @@ class Trainer:
         self.plan = StepPlan(len(train_set), train_cfg.batch_size, train_cfg.seed)
         self.total_steps = self.plan.total_steps(train_cfg.epochs, train_cfg.max_steps)
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        # Methods that prepend per-row tokens (prompt/prefix tuning) need one example per row.
+        self.pack = data_cfg.packing and prepared.packing
+        self.final_metadata = final_metadata
 
         model = prepared.model
         if train_cfg.gradient_checkpointing:
@@ -110,8 +113,10 @@ class Trainer:
             if hasattr(model, "enable_input_require_grads"):
                 model.enable_input_require_grads()
         self.loss_module = CausalLMLoss(model, fast=prepared.fast_loss)
-        optimizer = prepared.hooks["optimizer"](prepared.param_groups) if "optimizer" in prepared.hooks else \
-            torch.optim.AdamW(prepared.param_groups, lr=train_cfg.lr, weight_decay=train_cfg.weight_decay)
+        if "optimizer" in prepared.hooks:
+            optimizer = prepared.hooks["optimizer"](prepared.param_groups, weight_decay=train_cfg.weight_decay)
+        else:
+            optimizer = torch.optim.AdamW(prepared.param_groups, lr=train_cfg.lr, weight_decay=train_cfg.weight_decay)
         scheduler = build_scheduler(optimizer, train_cfg.scheduler, self.total_steps, train_cfg.warmup_ratio)
         self.loss_module, self.optimizer = self.acc.prepare(self.loss_module, optimizer)
         self.scheduler = scheduler
@@ -125,7 +130,7 @@ class Trainer:
         mine = idx[self.acc.process_index::self.acc.num_processes]
         for start in range(0, len(mine), self.micro):
             chunk = [self.train_set[i] for i in mine[start:start + self.micro]]
-            yield collate(chunk, pack=self.data_cfg.packing, max_len=self.data_cfg.max_len, pad_id=self.pad_id)
+            yield collate(chunk, pack=self.pack, max_len=self.data_cfg.max_len, pad_id=self.pad_id)
 
     def _global_sum(self, value: float) -> float:
         if self.acc.num_processes == 1:
@@ -202,7 +207,7 @@ class Trainer:
         mine = self.val_set[self.acc.process_index::self.acc.num_processes]
         total, count = 0.0, 0.0
         for start in range(0, len(mine), self.micro):
-            batch = collate(mine[start:start + self.micro], pack=self.data_cfg.packing,
+            batch = collate(mine[start:start + self.micro], pack=self.pack,
                             max_len=self.data_cfg.max_len, pad_id=self.pad_id)
             with self._autocast():
                 nll, n = self.loss_module(batch.input_ids.to(self.acc.device), batch.position_ids.to(self.acc.device),
@@ -317,6 +322,9 @@ class Trainer:
         if self.acc.is_main_process:
             with atomic_dir(final) as tmp:
                 self.prepared.save(tmp, self.tokenizer)
+                if self.final_metadata:
+                    # Inside the temporary folder, so a reader never sees an adapter without its base.
+                    write_json(tmp / "tunesmith.json", self.final_metadata)
         self.acc.wait_for_everyone()
         return final
 
