@@ -52,7 +52,8 @@ def optimizer_hooks(model, cfg, lr: float) -> dict:
         from peft.optimizers import create_loraplus_optimizer
 
         return {"optimizer": lambda _groups, weight_decay=0.0: create_loraplus_optimizer(
-            model, torch.optim.AdamW, lr=lr, loraplus_lr_ratio=cfg.loraplus_lr_ratio, weight_decay=weight_decay)}
+            model, torch.optim.AdamW, lr=lr, loraplus_lr_ratio=cfg.loraplus_lr_ratio,
+            loraplus_weight_decay=weight_decay)}  # peft reads its own key; plain weight_decay is ignored
     if cfg.lora_fa:
         from peft.optimizers import create_lorafa_optimizer
 
