@@ -43,7 +43,7 @@ class MethodConfig(Section):
     name: str = Field("lora", description="fine-tuning method; `tunesmith methods` lists them")
     r: int = Field(16, gt=0, description="LoRA rank")
     alpha: float = Field(32.0, gt=0, description="LoRA scaling numerator (scale = alpha / r)")
-    dropout: float = Field(0.05, ge=0.0, lt=1.0, description="dropout on the LoRA input")
+    dropout: float = Field(0.0, ge=0.0, lt=1.0, description="dropout on the LoRA input (on CPU its random mask costs about as much as the LoRA matmul)")
     target_modules: str | list[str] = Field("all-linear", description="modules to adapt: 'all-linear' or a list of module names")
     layers_to_train: int = Field(2, ge=0, description="freeze: number of last decoder layers to train")
     trainable_modules: list[str] = Field(default_factory=list, description="freeze: extra module name patterns to train")

@@ -1,10 +1,13 @@
-"""Attention for packed rows that computes only what the block-diagonal mask would keep.
+"""Attention for packed rows: each example attends only to itself, without transformers' mask path.
 
-A packed row holds several examples whose `position_ids` restart at 0. The stock path turns that
-into a (T x T) block-diagonal mask and runs masked attention over the whole row; on CPU that
-costs O(T^2) per row and, worse, a slow masked backward. Here each example (segment) runs its own
-causal SDPA, so attention costs sum(len_i^2), uses the fast unmasked causal kernels, and padding
-never mixes with real tokens. The result is identical (checked by the packed-vs-alone test).
+A packed row holds several examples whose `position_ids` restart at 0. The stock path builds its
+4-D mask through the generic masking utilities (and, with sdpa, may fall back to the slow path);
+here the block-diagonal causal mask comes straight from `position_ids` (segment ids = running
+count of position 0) and one SDPA call covers the whole batch. Measured on this CPU (bench in
+docs/training.md): one masked call is 1.4x (fp32) to 2.3x (bf16) faster than one causal call per
+segment. Rows holding a single example take the unmasked causal kernel. Padding forms its own
+segment(s), so it never mixes with real tokens. Identical to attending to each example alone
+(checked by the packed-vs-alone test).
 """
 
 from __future__ import annotations
@@ -17,13 +20,16 @@ import torch.nn.functional as F
 NAME = "tunesmith_packed"
 
 
-def _segments(position_ids: torch.Tensor) -> list[list[tuple[int, int]]]:
-    """Per row, [start, end) of each run of positions that starts at 0."""
-    out = []
-    for row in position_ids.tolist():
-        starts = [i for i, p in enumerate(row) if p == 0] or [0]
-        out.append(list(zip(starts, starts[1:] + [len(row)])))
-    return out
+def block_causal_mask(position_ids: torch.Tensor) -> torch.Tensor | None:
+    """(B, 1, T, T) bool mask: causal within each run of positions starting at 0; None if no row is packed."""
+    starts = position_ids == 0
+    if int(starts[:, 1:].sum()) == 0:
+        return None
+    segment = starts.cumsum(dim=1)
+    same = segment[:, :, None] == segment[:, None, :]
+    T = position_ids.shape[1]
+    causal = torch.ones(T, T, dtype=torch.bool, device=position_ids.device).tril_()
+    return (same & causal)[:, None]
 
 
 def packed_attention(module, query, key, value, attention_mask, dropout: float = 0.0, scaling=None,
@@ -33,13 +39,10 @@ def packed_attention(module, query, key, value, attention_mask, dropout: float =
         from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs)
-    out = torch.empty_like(query)
     gqa = key.shape[1] != query.shape[1]
-    for b, segments in enumerate(_segments(position_ids)):
-        for s, e in segments:
-            out[b:b + 1, :, s:e] = F.scaled_dot_product_attention(
-                query[b:b + 1, :, s:e], key[b:b + 1, :, s:e], value[b:b + 1, :, s:e],
-                is_causal=True, dropout_p=dropout, scale=scaling, enable_gqa=gqa)
+    mask = block_causal_mask(position_ids)
+    out = F.scaled_dot_product_attention(query, key, value, attn_mask=mask, is_causal=mask is None,
+                                         dropout_p=dropout, scale=scaling, enable_gqa=gqa)
     return out.transpose(1, 2).contiguous(), None
 
 

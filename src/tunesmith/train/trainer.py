@@ -25,6 +25,7 @@ from tunesmith.methods.registry import Prepared
 from tunesmith.train import checkpoint as ckpt
 from tunesmith.train.attention import packed_attention_for
 from tunesmith.train.logbook import Logbook, plot_losses
+from tunesmith.train.precision import frozen_linears_in
 from tunesmith.train.loss import CausalLMLoss
 from tunesmith.train.schedule import build_scheduler
 
@@ -254,9 +255,13 @@ class Trainer:
         t0 = time.perf_counter()
         stopped_early = False
         step = start
-        attention = packed_attention_for(self._model()) if self.prepared.fast_loss else contextlib.nullcontext()
+        stack = contextlib.ExitStack()
+        if self.prepared.fast_loss:
+            stack.enter_context(packed_attention_for(self._model()))
+        if self.prepared.kind == "adapter" and "after_step" not in self.prepared.hooks:
+            # Exact (autocast would round to the same values); skipped for methods that move base weights.
+            stack.enter_context(frozen_linears_in(self._model(), self.autocast_dtype))
         try:
-            attention.__enter__()
             for step in range(start, self.total_steps):
                 out = self.train_step(step)
                 done = step + 1
@@ -292,7 +297,7 @@ class Trainer:
                     stopped_early = True
                     break
         finally:
-            attention.__exit__(None, None, None)
+            stack.close()
             progress.close()
         steps_done = step + 1
         if stopped_early and state.get("best_checkpoint"):
