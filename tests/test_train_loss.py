@@ -47,8 +47,17 @@ def test_fused_ce_under_bf16_autocast_is_close():
     assert abs(float(out) - float(ref)) / float(ref) < 1e-2
 
 
-def test_packed_attention_equals_block_masked_sdpa(tiny_model_dir, tokenizer):
-    """Per-segment causal attention gives the same loss and gradients as the block-diagonal mask."""
+@pytest.mark.parametrize("path", ["masked", "segments"])
+def test_packed_attention_equals_block_masked_sdpa(path, tiny_model_dir, tokenizer, monkeypatch):
+    """Both packed paths (one masked call, one causal call per example) give transformers' own masked
+    result: same loss and gradients."""
+    from tunesmith.train import attention
+
+    # The overhead constant decides the path: huge -> always one masked call, zero -> always per example.
+    monkeypatch.setattr(attention, "CALL_OVERHEAD_PAIRS", 10**12 if path == "masked" else 0)
+    seen = []
+    plan = attention._plan
+    monkeypatch.setattr(attention, "_plan", lambda ids: seen.append(plan(ids)[0]) or plan(ids))
     from tunesmith.data.packing import collate
     from tunesmith.data.schema import Sample
     from tunesmith.data.tokenize import tokenize_all
@@ -74,6 +83,7 @@ def test_packed_attention_equals_block_masked_sdpa(tiny_model_dir, tokenizer):
     with packed_attention_for(model):
         new_loss, new_grads = run()
     assert model.config._attn_implementation == "sdpa"  # restored afterwards
+    assert seen and set(seen) == {path}
     assert abs(new_loss - ref_loss) < 1e-4 * abs(ref_loss)
     for a, b in zip(new_grads, ref_grads):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
