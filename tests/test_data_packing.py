@@ -101,3 +101,21 @@ def test_batch_efficiency_counts_real_tokens(tokenizer):
     unpacked = collate(examples, pack=False, max_len=96, pad_id=tokenizer.pad_token_id)
     assert batch.efficiency > unpacked.efficiency
     assert batch.n_targets == unpacked.n_targets == sum(e.n_targets for e in examples)
+
+
+def test_collate_goes_flat_only_when_rows_waste_padding():
+    from tunesmith.data.packing import FLAT_BELOW
+    from tunesmith.data.tokenize import Tokenized
+
+    def ex(n):
+        return Tokenized(input_ids=[1] * n, targets=[1] * n)
+
+    tight = [ex(60), ex(40), ex(55), ex(45)]          # two full rows of 100
+    loose = [ex(95), ex(30)]                          # rows of 95 and 30: 66 % real
+    assert 125 < FLAT_BELOW * 190
+    assert collate(tight, pack=True, max_len=100, pad_id=0, flat=None).input_ids.shape == (2, 100)
+    batch = collate(loose, pack=True, max_len=100, pad_id=0, flat=None)
+    assert batch.input_ids.shape == (1, 125)
+    assert batch.position_ids[0].tolist() == list(range(95)) + list(range(30))
+    assert collate(loose, pack=True, max_len=100, pad_id=0, flat=False).input_ids.shape == (2, 95)
+    assert collate(loose, pack=False, max_len=100, pad_id=0, flat=None).input_ids.shape == (2, 95)

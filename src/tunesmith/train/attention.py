@@ -1,11 +1,19 @@
 """Attention for packed rows: each example attends only to itself, at the cost of its own length.
 
-A packed row holds several examples whose `position_ids` restart at 0. Two exact ways to keep them
-apart, chosen per forward by a cost estimate (`_plan`): one SDPA call over the whole batch with the
-block-diagonal causal mask built from `position_ids` (cheap when rows are short: one dispatch), or
-one causal SDPA call per example (cheap when rows are long: sum(len^2) instead of T^2). Rows that
-hold a single example take the unmasked causal kernel. Padding forms its own segment, so it never
-mixes with real tokens. Both paths equal transformers' masked attention (tests/test_train_loss.py).
+A packed row holds several examples whose `position_ids` restart at 0. `_plan` picks, per forward,
+the cheapest exact way to keep them apart under a simple cost model (query-key pairs plus a fixed
+cost per SDPA call):
+
+- one SDPA call over the whole batch with the block-diagonal causal mask built from `position_ids`
+  (cheap for short rows: one dispatch, cost ~ B*T^2);
+- per row, contiguous chunks of whole examples, each chunk one call: a causal call when it holds one
+  example, a block-masked call when it holds several. A dynamic programme over the examples picks the
+  chunking, so long examples get their own causal call (len^2 instead of T^2) while runs of short
+  ones share a call. This is what makes padding-free rows (a whole micro-batch in one row) cheap.
+
+Rows that hold a single example take the unmasked causal kernel. Padding forms its own segment, so
+it never mixes with real tokens. Every path equals transformers' masked attention
+(tests/test_train_loss.py).
 """
 
 from __future__ import annotations
@@ -19,8 +27,9 @@ NAME = "tunesmith_packed"
 
 
 # One SDPA call has a fixed cost (dispatch, layout, the backward's bookkeeping) that on this CPU equals
-# about 75k query-key pairs of masked attention; used to choose between one masked call over the whole
-# batch (cost ~ B*T^2) and one causal call per example (cost ~ sum(len^2) + calls * overhead).
+# about 75k query-key pairs of masked attention (measured forward + backward in bf16 on SmolLM2 shapes,
+# when per-example calls still sliced their inputs; split/cat calls cost less, so this errs towards
+# fewer, larger calls).
 CALL_OVERHEAD_PAIRS = 75_000
 _PLAN: list = []  # [position_ids, plan] of the latest forward (holding the tensor keeps `is` meaningful)
 
@@ -43,16 +52,41 @@ def block_causal_mask(position_ids: torch.Tensor) -> torch.Tensor:
     return (same & causal)[:, None]
 
 
+def chunk_segments(segments: list[tuple[int, int]], overhead: int) -> tuple[int, list[tuple[int, int, int]]]:
+    """Cheapest split of consecutive segments into chunks: (cost, [(start, end, n_segments)])."""
+    n = len(segments)
+    best = [0] + [None] * n          # best[j]: cost of the first j segments
+    cut = [0] * (n + 1)
+    for j in range(1, n + 1):
+        end = segments[j - 1][1]
+        for i in range(j - 1, -1, -1):
+            length = end - segments[i][0]
+            cost = best[i] + length * length + overhead
+            if best[j] is None or cost < best[j]:
+                best[j], cut[j] = cost, i
+            if length * length > best[j]:
+                break  # longer chunks only cost more
+    chunks, j = [], n
+    while j:
+        i = cut[j]
+        chunks.append((segments[i][0], segments[j - 1][1], j - i))
+        j = i
+    return best[n], chunks[::-1]
+
+
 def _plan(position_ids: torch.Tensor):
-    """("causal", None) for unpacked rows, ("masked", mask) or ("segments", bounds), whichever is cheaper."""
+    """("causal", None), ("masked", mask) or ("chunks", per row [(start, end, mask or None)])."""
     bounds = segment_bounds(position_ids)
     if all(len(row) == 1 for row in bounds):
         return "causal", None
     B, T = position_ids.shape
-    per_segment = sum((e - s) ** 2 + CALL_OVERHEAD_PAIRS for row in bounds for s, e in row)
-    if B * T * T <= per_segment:
+    planned = [chunk_segments(row, CALL_OVERHEAD_PAIRS) for row in bounds]
+    if B * T * T + CALL_OVERHEAD_PAIRS <= sum(cost for cost, _ in planned):
         return "masked", block_causal_mask(position_ids)
-    return "segments", bounds
+    rows = []
+    for b, (_, chunks) in enumerate(planned):
+        rows.append([(s, e, None if k == 1 else block_causal_mask(position_ids[b:b + 1, s:e])) for s, e, k in chunks])
+    return "chunks", rows
 
 
 def packed_attention(module, query, key, value, attention_mask, dropout: float = 0.0, scaling=None,
@@ -67,16 +101,20 @@ def packed_attention(module, query, key, value, attention_mask, dropout: float =
     if not _PLAN or _PLAN[0] is not position_ids:
         _PLAN[:] = [position_ids, _plan(position_ids)]
     kind, arg = _PLAN[1]
-    if kind != "segments":
+    if kind != "chunks":
         out = F.scaled_dot_product_attention(query, key, value, attn_mask=arg, is_causal=kind == "causal",
                                              dropout_p=dropout, scale=scaling, enable_gqa=gqa)
         return out.transpose(1, 2).contiguous(), None
-    out = torch.empty_like(query)
-    for b, segments in enumerate(arg):
-        for s, e in segments:
-            out[b:b + 1, :, s:e] = F.scaled_dot_product_attention(
-                query[b:b + 1, :, s:e], key[b:b + 1, :, s:e], value[b:b + 1, :, s:e],
-                is_causal=True, dropout_p=dropout, scale=scaling, enable_gqa=gqa)
+    # split/cat rather than slicing: a slice's backward writes a zero tensor of the full input size
+    # per slice, which costs more than the attention itself when a row holds dozens of examples.
+    rows = []
+    for chunks, q, k, v in zip(arg, query.split(1), key.split(1), value.split(1)):
+        sizes = [e - s for s, e, _ in chunks]
+        pieces = [F.scaled_dot_product_attention(qc, kc, vc, attn_mask=mask, is_causal=mask is None,
+                                                 dropout_p=dropout, scale=scaling, enable_gqa=gqa)
+                  for (_, _, mask), qc, kc, vc in zip(chunks, q.split(sizes, 2), k.split(sizes, 2), v.split(sizes, 2))]
+        rows.append(torch.cat(pieces, dim=2) if len(pieces) > 1 else pieces[0])
+    out = torch.cat(rows) if len(rows) > 1 else rows[0]
     return out.transpose(1, 2).contiguous(), None
 
 
@@ -93,6 +131,8 @@ def register() -> None:
 
 
 def supports(model) -> bool:
+    """Whether `packed_attention_for` can switch this model (peft wrapper or not) to packed attention."""
+    model = model.get_base_model() if hasattr(model, "get_base_model") else model
     config = getattr(model, "config", None)
     return config is not None and getattr(config, "_attn_implementation", None) in ("sdpa", "eager", NAME)
 

@@ -24,6 +24,7 @@ from tunesmith.io_utils import atomic_dir, write_json
 from tunesmith.methods.registry import Prepared
 from tunesmith.train import checkpoint as ckpt
 from tunesmith.train.attention import packed_attention_for
+from tunesmith.train.attention import supports as attention_supports
 from tunesmith.train.logbook import Logbook, plot_losses
 from tunesmith.train.precision import frozen_linears_in
 from tunesmith.train.loss import CausalLMLoss
@@ -106,6 +107,9 @@ class Trainer:
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         # Methods that prepend per-row tokens (prompt/prefix tuning) need one example per row.
         self.pack = data_cfg.packing and prepared.packing
+        # Padding-free micro-batches (one row) when packed rows would waste much on padding and our
+        # packed attention runs the model (None: collate decides per micro-batch).
+        self.flat = None if self.pack and attention_supports(prepared.model) else False
         self.final_metadata = final_metadata
 
         model = prepared.model
@@ -131,7 +135,7 @@ class Trainer:
         mine = idx[self.acc.process_index::self.acc.num_processes]
         for start in range(0, len(mine), self.micro):
             chunk = [self.train_set[i] for i in mine[start:start + self.micro]]
-            yield collate(chunk, pack=self.pack, max_len=self.data_cfg.max_len, pad_id=self.pad_id)
+            yield collate(chunk, pack=self.pack, max_len=self.data_cfg.max_len, pad_id=self.pad_id, flat=self.flat)
 
     def _global_sum(self, value: float) -> float:
         if self.acc.num_processes == 1:
@@ -209,7 +213,7 @@ class Trainer:
         total, count = 0.0, 0.0
         for start in range(0, len(mine), self.micro):
             batch = collate(mine[start:start + self.micro], pack=self.pack,
-                            max_len=self.data_cfg.max_len, pad_id=self.pad_id)
+                            max_len=self.data_cfg.max_len, pad_id=self.pad_id, flat=self.flat)
             with self._autocast():
                 nll, n = self.loss_module(batch.input_ids.to(self.acc.device), batch.position_ids.to(self.acc.device),
                                           batch.targets.to(self.acc.device))
