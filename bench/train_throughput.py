@@ -5,7 +5,8 @@
 Work: SmolLM2-135M-Instruct (the embedded default), LoRA r=16 alpha=32 on all linear layers, an
 instruction set of 512 examples of 50-500 tokens (responses are real English prose: Python
 standard-library docstrings, so nothing is downloaded), 24 examples (~4k tokens) per optimizer
-step, the same number of steps and the same learning rate for every system. Loss is on the
+step (TRL's packing variant: 4 packed rows of 1024 tokens), the same number of steps and the same
+learning rate for every system. Loss is on the
 response tokens only for every system (TRL: prompt-completion data, its completion-only loss).
 
 Each system runs in its own subprocess so peak RSS is its own. Reported:
@@ -154,7 +155,8 @@ def run_trl(rows, model_dir, steps, out_dir, variant):
     if variant == "bf16":
         kwargs.update(bf16=True)
     elif variant == "bf16_packing":
-        kwargs.update(bf16=True, packing=True)
+        # Packed rows are max_length (1024) tokens each: 4 rows a step is the same ~4k tokens per step.
+        kwargs.update(bf16=True, packing=True, per_device_train_batch_size=4, gradient_accumulation_steps=1)
     args = SFTConfig(**kwargs)
     timing = {}
 
