@@ -56,6 +56,15 @@ def serve(model: str = typer.Option("default", "--model", "-m", help="base model
                         ("--default-max-tokens", default_max_tokens), ("--max-body-bytes", max_body_bytes)):
         if value < 1:
             raise UserError(f"{flag} must be at least 1 (got {value})")
+    if not 1 <= port <= 65535:
+        raise UserError(f"--port must be in 1..65535 (got {port})")
+    if not timeout > 0:      # also refuses nan
+        raise UserError(f"--timeout must be above 0 seconds (got {timeout:g})", hint="e.g. --timeout 300")
+    if traffic_log is not None:
+        from tunesmith.serve.traffic import check_log_path
+
+        # Here, not when the server opens it: a typo must not cost a model load first.
+        check_log_path(traffic_log)
 
     if print_vllm_command:
         from tunesmith.models import resolve_base

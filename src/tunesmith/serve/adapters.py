@@ -1,8 +1,9 @@
-"""Read an adapter folder (PEFT layout) and decide how it is served.
+"""Read an adapter folder (PEFT layout, or one of tunesmith's own formats) and decide how it is served.
 
 Plain LoRA (and rsLoRA) on linear layers goes to the batched engine: its A/B matrices join the
 per-row stacks in `lora_batch`. Everything else peft can load (DoRA, IA3, VeRA, prompt/prefix
-tuning, LoRA with modules_to_save ...) is served by the fallback path, one adapter per batch.
+tuning, LoRA with modules_to_save ...) and every folder format a tunesmith method registers a loader
+for (bottleneck adapters) is served by the fallback path, one adapter per batch.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import torch
 from tunesmith.errors import UserError
 
 PEFT_PREFIX = "base_model.model."
+PEFT_CONFIG = "adapter_config.json"
 
 
 @dataclass
@@ -32,18 +34,38 @@ class AdapterSpec:
 
     @property
     def method(self) -> str:
-        return str(self.config.get("peft_type", "?")).lower()
+        return config_method(self.config).lower()
+
+
+def config_method(config: dict) -> str:
+    # peft writes peft_type; our own formats (bottleneck_config.json) write method.
+    return str(config.get("peft_type") or config.get("method") or "?")
+
+
+def adapter_markers() -> tuple[str, ...]:
+    """The config files that make a folder an adapter, in the order `load_trained` tries them."""
+    import tunesmith.methods  # noqa: F401  (importing the methods registers their folder formats)
+    from tunesmith.methods.registry import LOADERS
+
+    return (*LOADERS, PEFT_CONFIG)
 
 
 def read_adapter_config(path: Path) -> dict:
-    cfg_file = path / "adapter_config.json"
-    try:
-        return json.loads(cfg_file.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise UserError(f"{path}: not an adapter folder (no adapter_config.json)",
-                        hint="point at the 'adapter' folder inside a tunesmith run") from None
-    except json.JSONDecodeError as exc:
-        raise UserError(f"{cfg_file}:{exc.lineno}: invalid JSON: {exc.msg}") from None
+    for marker in adapter_markers():
+        cfg_file = path / marker
+        try:
+            config = json.loads(cfg_file.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            continue
+        except json.JSONDecodeError as exc:
+            raise UserError(f"{cfg_file}:{exc.lineno}: invalid JSON: {exc.msg}") from None
+        except UnicodeDecodeError:
+            raise UserError(f"{cfg_file}: not a text file (invalid UTF-8)") from None
+        if not isinstance(config, dict):
+            raise UserError(f"{cfg_file}: expected a JSON object, got {type(config).__name__}")
+        return config
+    raise UserError(f"{path}: not an adapter folder (no {' or '.join(adapter_markers())})",
+                    hint="point at the 'adapter' folder inside a tunesmith run")
 
 
 def adapter_base_name(path: Path, config: dict) -> str | None:
@@ -53,13 +75,13 @@ def adapter_base_name(path: Path, config: dict) -> str | None:
             return json.loads(ours.read_text(encoding="utf-8")).get("base")
         except json.JSONDecodeError:
             return None
-    return config.get("base_model_name_or_path")
+    return config.get("base_model_name_or_path") or config.get("base_model")
 
 
 def fallback_reason(config: dict, path: Path) -> str:
     """Why this adapter cannot join the per-row LoRA stacks ('' when it can)."""
     if config.get("peft_type") != "LORA":
-        return f"method {config.get('peft_type')}"
+        return f"method {config_method(config)}"
     checks = {
         "DoRA (use_dora)": config.get("use_dora"),
         "fan_in_fan_out layers": config.get("fan_in_fan_out"),
@@ -76,7 +98,12 @@ def load_lora_weights(path: Path, config: dict, dtype: torch.dtype) -> tuple[dic
     """{module name: (A (in, r), B (r, out) * scale)} from adapter_model.safetensors, and the rank."""
     from safetensors.torch import load_file
 
-    tensors = load_file(str(path / "adapter_model.safetensors"))
+    weights_file = path / "adapter_model.safetensors"
+    try:
+        tensors = load_file(str(weights_file))
+    except Exception as exc:  # safetensors raises its own error type for a truncated or garbled file
+        raise UserError(f"{weights_file}: not a readable safetensors file ({exc})",
+                        hint="copy or save the adapter again; the file is damaged or incomplete") from None
     pairs: dict[str, dict[str, torch.Tensor]] = {}
     for key, value in tensors.items():
         for part in ("lora_A", "lora_B"):

@@ -47,6 +47,8 @@ class _Job:
                                 seed=None if body.seed is None else body.seed + j, stop=tuple(body.stop or ()),
                                 timeout_s=state.options.request_timeout_s, index=i * body.n + j)
                      for i, p in enumerate(prompts) for j in range(body.n)]
+        # Set when the client hung up before every choice was final: what was generated is cut short.
+        self.disconnected = False
         state.engine.submit(self.rows)
 
     def cancel(self) -> None:
@@ -67,6 +69,7 @@ class _Job:
             if time.monotonic() - checked > 0.5:
                 checked = time.monotonic()
                 if await request.is_disconnected():
+                    self.disconnected = True
                     self.cancel()
                     return
             if event is None:
@@ -101,6 +104,13 @@ def create_app(state: ServerState) -> FastAPI:
     @app.exception_handler(UserError)
     async def _user(request, exc: UserError):
         return JSONResponse(error_body(str(exc), "invalid_request_error", "invalid_adapter"), status_code=400)
+
+    @app.exception_handler(Exception)
+    async def _bug(request, exc: Exception):
+        # Starlette re-raises after this response is sent, so uvicorn still logs the traceback server-side;
+        # the client gets the OpenAI error shape (its SDK parses it) and no internals beyond the type.
+        return JSONResponse(error_body(f"Internal server error ({type(exc).__name__}); the server log has the details.",
+                                       "server_error", "internal_error"), status_code=500)
 
     # -- helpers ---------------------------------------------------------------------------------------
     def resolve_model(name: str) -> str | None:
@@ -206,9 +216,13 @@ def create_app(state: ServerState) -> FastAPI:
         rid, created = f"chatcmpl-{uuid.uuid4().hex[:24]}", int(time.time())
 
         def log_traffic(texts, reasons, tokens):
-            if state.traffic is None:
+            # The log is training data: a choice cut short (hang-up, timeout, error) has no finish_reason
+            # and would teach truncated answers, so only completed choices of a completed call are written.
+            if state.traffic is None or job.disconnected:
                 return
             for i, text in enumerate(texts):
+                if reasons[i] is None:
+                    continue
                 state.traffic.write(messages=messages, answer=text, model=body.model, adapter=adapter, started=started,
                                     finish_reason=reasons[i], usage=job.usage(tokens[i]) | {"choice": i},
                                     request_id=rid)

@@ -2,7 +2,8 @@
 
 Each such adapter (DoRA, IA3, VeRA, prompt/prefix tuning, LoRA with modules_to_save ...) gets a
 PeftModel over its own copy of the base weights, so whatever peft does in its forward (virtual
-tokens, magnitude vectors, extra modules) happens exactly as in training. A batch holds requests
+tokens, magnitude vectors, extra modules) happens exactly as in training. Tunesmith's own formats
+(bottleneck adapters) go the same way, applied by their registered loader instead of peft. A batch holds requests
 for one adapter with one temperature/top_p, and runs through `generate`; a stopping criterion is
 the per-step hook that streams tokens, applies stop strings and drops cancelled rows.
 """
@@ -51,9 +52,10 @@ class PeftFallback:
 
     def build(self, path) -> object:
         """Load base + adapter (slow; runs outside the engine thread)."""
-        from peft import PeftModel
+        from tunesmith.methods import load_trained
 
-        model = PeftModel.from_pretrained(self._load_base(), str(path))
+        # load_trained, not PeftModel alone: our own folder formats (bottleneck adapters) load here too.
+        model = load_trained(self._load_base(), path)
         model.eval()
         return model
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
 import threading
@@ -94,7 +95,8 @@ class ServerState:
             if name in self.adapters:
                 raise UserError(f"an adapter named '{name}' is already loaded", hint="unload it first")
         path = Path(path)
-        spec = inspect_adapter(name, path, dtype=next(self.model.parameters()).dtype)
+        with _load_errors(name, path):
+            spec = inspect_adapter(name, path, dtype=next(self.model.parameters()).dtype)
         if not _same_base(spec.base, self.base_path):
             raise UserError(f"adapter '{name}' was trained on '{spec.base}', not on this server's base model",
                             hint=f"start a server with --model {spec.base}")
@@ -102,7 +104,9 @@ class ServerState:
             self.engine.call(lambda: self.bank.add(name, spec.weights, spec.rank)).result()
         else:
             log.info("adapter %s: served by the peft fallback (%s)", name, spec.why_fallback)
-            self.fallback.add(name, self.fallback.build(path))
+            with _load_errors(name, path):
+                model = self.fallback.build(path)
+            self.fallback.add(name, model)
         with self._lock:
             self.adapters[name] = spec
         return spec
@@ -128,6 +132,25 @@ class ServerState:
         self.engine.stop()
         if self.traffic:
             self.traffic.close()
+
+
+@contextlib.contextmanager
+def _load_errors(name: str, path: Path):
+    """Turn whatever peft / safetensors / torch raise on a bad adapter folder into a UserError naming it.
+
+    The folder is the user's input (a flag or a POST body): a damaged file or an adapter for another
+    base is their mistake to fix, not a server bug.
+    """
+    try:
+        yield
+    except UserError:
+        raise
+    except Exception as exc:
+        lines = str(exc).strip().splitlines() or [""]
+        # peft lists every mismatched tensor; the first couple say enough.
+        detail = "; ".join(line.strip() for line in lines[:3])[:600] + (" ..." if len(lines) > 3 else "")
+        raise UserError(f"adapter '{name}' at {path} could not be loaded: {type(exc).__name__}: {detail}",
+                        hint="check that the folder is a complete adapter trained on this server's base model") from exc
 
 
 def _load_base(path: Path, dtype: str):
