@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 import socket
+import sys
 import threading
 import time
 
@@ -150,3 +151,36 @@ def test_judge_prompt_file_is_replaceable_and_checked(tmp_path, judge_server):
     with pytest.raises(ConfigError, match="KIND:MODEL"):
         make_judge("gpt-4")
     assert DEFAULT_PROMPT.is_file()
+
+
+# Replies as judges write them; the article "a" and prose mentioning both answers must not become verdicts.
+REPLIES = [
+    ("A", "A"), ("B", "B"), ("tie", "tie"), ("Tie.", "tie"), ("b.", "B"), ("a", "A"), ("**B**", "B"), ("A.", "A"),
+    ("It is a tie.", "tie"), ("a tie", "tie"), ("A tie.", "tie"), ("Verdict: a tie", "tie"),
+    ("Answer A is better.", "A"), ("A is better.", "A"), ("The better answer is B, clearly.", "B"),
+    ("The answer is a bit long; B wins.", "B"),
+    ("Verdict: B", "B"), ("verdict: b", "B"), ("**Verdict:** A", "A"), ("Winner - B", "B"), ("Final answer: tie", "tie"),
+    ("Answer A is more accurate but B is clearer.\nVerdict: B", "B"),     # the labelled final line decides
+    ("Verdict: A\n\nExplanation: B misses the point.", "A"),
+    ("Final verdict: [[A]]", "A"), ("[[B]]", "B"), ("[[C]]", "tie"),      # MT-Bench markers, C is its tie
+    ("Both answers are equally good.", "tie"), ("Neither is correct.", "tie"),
+    ("A and B are both wrong", "tie"), ("I'd pick B over A.", "tie"),    # names both: ambiguous, so a tie
+    ("Both are fine, but overall B.", "tie"), ("", "tie"), ("BA", "tie"), ("I cannot decide.", "tie"),
+]
+
+
+@pytest.mark.parametrize("reply,expected", REPLIES)
+def test_parse_verdict_on_real_looking_replies(reply, expected):
+    assert parse_verdict(reply) == expected
+
+
+def test_openai_judge_without_the_package_is_a_config_error(monkeypatch):
+    from tunesmith.eval.judge import check_judge
+
+    assert check_judge("openai:gpt-4o-mini") == ("openai", "gpt-4o-mini")
+    monkeypatch.setitem(sys.modules, "openai", None)
+    with pytest.raises(ConfigError) as exc:
+        check_judge("openai:gpt-4o-mini")
+    assert exc.value.message == "eval.judge: the openai judge needs the openai package, which is not installed"
+    assert "pip install openai" in exc.value.hint
+    assert check_judge("local:default") == ("local", "default")  # the local judge needs nothing extra

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import sys
 
 import pytest
 import sacrebleu
@@ -105,3 +106,29 @@ def test_wilson_interval_closed_form():
     centre = (p + z * z / (2 * n)) / (1 + z * z / n)
     half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
     assert (lo, hi) == pytest.approx((centre - half, centre + half))
+
+
+@pytest.mark.parametrize("pred,ref,expected", [
+    ("{}", "{}", 1.0),                                                     # two empty objects agree
+    ("Here: {}", "{}", 1.0),
+    ('{"a": 1}', "{}", 0.0),                                               # an invented field, none expected
+    ("{}", '{"a": 1}', 0.0),
+    ('{"a": {"x": 1, "y": [1, 2]}, "b": 2}', '{"b": 2, "a": {"y": [1, 2], "x": 1}}', 1.0),  # nested key order ignored
+    ('{"a": {"x": 1}, "b": 2}', '{"a": {"x": 1, "y": 2}, "b": 2}', 0.5),   # a nested object is one field, right only whole
+    ('{"a": [2, 1]}', '{"a": [1, 2]}', 0.0),                               # list order matters
+    ("[1, 2]", "[1, 2]", 0.0),                                             # not objects: no fields to score
+    ("no json", "{}", 0.0),
+])
+def test_json_field_f1_edge_cases(pred, ref, expected):
+    assert METRICS["json_field_f1"].rows([pred], [ref]) == [pytest.approx(expected)]
+
+
+@pytest.mark.parametrize("metric,module", [("bleu", "sacrebleu"), ("rouge1", "rouge_score"), ("rougeL", "rouge_score")])
+def test_missing_metric_library_is_a_config_error_naming_metric_and_extra(metric, module, monkeypatch):
+    check_metrics(["exact_match", metric])  # installed here: no error
+    monkeypatch.setitem(sys.modules, module, None)  # what an uninstalled package looks like to import
+    with pytest.raises(ConfigError) as exc:
+        check_metrics(["exact_match", metric])
+    assert exc.value.message == f"eval.metrics: {metric} needs the {module} package, which is not installed"
+    assert "pip install 'tunesmith[metrics]'" in exc.value.hint and metric in exc.value.hint
+    check_metrics(["exact_match", "json_valid"])  # metrics without a library are unaffected

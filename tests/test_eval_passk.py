@@ -12,7 +12,7 @@ import pytest
 
 from tunesmith.errors import ConfigError, DataError
 from tunesmith.eval.passk import CodeTask, extract_code, load_code_tasks, pass_at_k, program, score_tasks
-from tunesmith.eval.sandbox import SandboxLimits, network_namespace_available, run_python
+from tunesmith.eval.sandbox import SandboxLimits, landlock_abi, network_namespace_available, run_python
 
 LIMITS = SandboxLimits(timeout_s=2.0, memory_mb=256)
 
@@ -153,3 +153,115 @@ def test_memory_hog_and_output_flood_fail_within_limits():
     assert not hog.passed and "MemoryError" in hog.stderr
     flood = run_python("while True:\n    print('x' * 4096)", SandboxLimits(timeout_s=5.0, file_mb=1))
     assert not flood.passed and flood.elapsed_s < 5.0
+
+
+ADD_TASK = CodeTask("add", "write add", "assert add(2, 3) == 5\nassert add(-1, 1) == 0")
+# Each exits with status 0 although add is wrong or its tests never finish: the old "exit 0 = pass" hole.
+EARLY_EXITS = {
+    "sys.exit before the tests": "import sys\ndef add(a, b):\n    return a - b\nsys.exit(0)",
+    "os._exit before the tests": "import os\ndef add(a, b):\n    return a - b\nos._exit(0)",
+    "SystemExit(0) in the middle of the tests": "def add(a, b):\n    raise SystemExit(0)",
+    "atexit hook exits 0 after a failed test": "import atexit, os\natexit.register(os._exit, 0)\ndef add(a, b):\n    return a - b",
+    "exit() builtin before the tests": "def add(a, b):\n    return a + b\nexit()",
+}
+
+
+def test_exiting_0_before_the_tests_complete_is_a_failure():
+    for name, code in EARLY_EXITS.items():
+        out = run_python(program(ADD_TASK, code), LIMITS)
+        assert out.returncode == 0, name  # the exit status alone would have called it a pass
+        assert not out.passed and out.status == "failed", name
+        assert "did not run to its last line" in out.stderr, name
+    good = "def add(a, b):\n    return a + b"
+    scores, results = score_tasks([ADD_TASK], [[*EARLY_EXITS.values(), good]], [1], LIMITS)
+    assert results[0].statuses == ["failed"] * len(EARLY_EXITS) + ["passed"]
+    assert scores["pass@1"] == pytest.approx(1 / (len(EARLY_EXITS) + 1))
+
+
+def test_the_program_cannot_read_the_completion_token_from_its_inputs():
+    # stdin was the token's way in; by the time the program runs it is /dev/null; argv and the environment are plain.
+    code = ("import os, sys\nassert sys.stdin.read() == ''\nassert sys.argv == ['-c']\n"
+            "assert set(os.environ) <= {'PATH', 'HOME', 'TMPDIR', 'LANG', 'LC_CTYPE'}\nprint('ok')")
+    out = run_python(code, LIMITS)
+    assert out.passed, out.stderr
+    assert out.stdout == "ok\n"  # the token goes to its own pipe, never into the program's output
+
+
+SHM_NAME = f"tunesmith-test-{os.getpid()}"
+
+
+def c_writer_programs(outside) -> dict[str, str]:
+    """Writes outside the folder through C code that raises no "open" audit event."""
+    db = str(outside / "x.db")
+    return {
+        "sqlite3.connect": f"import sqlite3\nsqlite3.connect({db!r}).execute('create table t(a)')",
+        "sqlite3 file: URI": f"import sqlite3\nsqlite3.connect('file:' + {db!r} + '?mode=rwc', uri=True).execute('create table t(a)')",
+        "sqlite3 ATTACH": (f"import sqlite3\nc = sqlite3.connect(':memory:')\nc.execute('attach database ? as x', ({db!r},))\n"
+                           "c.execute('create table x.t(a)')"),
+        "sqlite3 VACUUM INTO": (f"import sqlite3\nc = sqlite3.connect(':memory:')\nc.execute('create table t(a)')\n"
+                                f"c.execute('vacuum into ?', ({db!r},))"),
+        "_sqlite3 directly": f"import _sqlite3\n_sqlite3.connect({db!r}).execute('create table t(a)')",
+        "dbm": f"import dbm\nwith dbm.open({str(outside / 'd')!r}, 'c') as db:\n    db[b'k'] = b'v'",
+        "shelve": f"import shelve\nwith shelve.open({str(outside / 's')!r}) as db:\n    db['k'] = 1",
+        "readline history": f"import readline\nreadline.write_history_file({str(outside / 'hist')!r})",
+        "POSIX shared memory": f"from multiprocessing import shared_memory\nshared_memory.SharedMemory(name={SHM_NAME!r}, create=True, size=64)",
+    }
+
+
+INSIDE_OK = ("import sqlite3, shelve\nc = sqlite3.connect('in.db')\nc.execute('create table t(a)')\nc.execute('insert into t values (1)')\n"
+             "c.commit()\nm = sqlite3.connect(':memory:')\nassert m.execute('select 2 * 21').fetchone() == (42,)\n"
+             "with shelve.open('shelf') as db:\n    db['k'] = [1, 2]\nwith shelve.open('shelf') as db:\n    assert db['k'] == [1, 2]")
+
+
+@pytest.mark.parametrize("landlock", [False, pytest.param(True, marks=pytest.mark.skipif(
+    not landlock_abi(), reason="kernel without Landlock"))])
+def test_c_level_file_writes_outside_the_folder_are_refused(tmp_path, monkeypatch, landlock):
+    from tunesmith.eval import sandbox
+
+    if not landlock:  # the audit hook alone must hold, as on a kernel without Landlock
+        monkeypatch.setattr(sandbox, "landlock_abi", lambda: 0)
+    assert ("landlock" in sandbox.isolation_layers()) == landlock
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    programs = c_writer_programs(outside)
+    if landlock:
+        # Deliberately lifting the hook's sqlite authorizer: only the kernel layer is left to stop it.
+        programs["authorizer removed"] = (f"import sqlite3\nc = sqlite3.connect(':memory:')\nc.set_authorizer(None)\n"
+                                          f"c.execute('attach database ? as x', ({str(outside / 'y.db')!r},))\n"
+                                          "c.execute('create table x.t(a)')")
+    try:
+        for name, code in programs.items():
+            out = run_python(code, LIMITS)
+            assert not out.passed, name
+            assert list(outside.iterdir()) == [], name
+            assert not os.path.exists(f"/dev/shm/{SHM_NAME}"), name
+    finally:
+        if os.path.exists(f"/dev/shm/{SHM_NAME}"):
+            os.unlink(f"/dev/shm/{SHM_NAME}")
+    ok = run_python(INSIDE_OK, LIMITS)  # sqlite3 and shelve still work inside the folder and in memory
+    assert ok.passed, ok.stderr
+
+
+@pytest.mark.skipif(not landlock_abi(), reason="kernel without Landlock")
+def test_landlock_confines_writes_even_without_the_audit_hook(tmp_path):
+    import subprocess
+    import sys
+
+    from tunesmith.eval.sandbox import _child_setup
+
+    box, outside = tmp_path / "box", tmp_path / "outside"
+    box.mkdir()
+    outside.mkdir()
+    setup = _child_setup(LIMITS, False, landlock_abi(), str(box))
+    attach = (f"import sqlite3\nc = sqlite3.connect(':memory:')\nc.execute('attach database ? as x', ({str(outside / 'x.db')!r},))\n"
+              "c.execute('create table x.t(a)')")
+    for code in (attach, f"open({str(outside / 'f')!r}, 'w')", f"import os\nos.mkdir({str(outside / 'd')!r})"):
+        done = subprocess.run([sys.executable, "-I", "-c", code], cwd=box, preexec_fn=setup, capture_output=True, text=True,
+                              timeout=30)
+        assert done.returncode != 0, code
+        assert "unable to open database" in done.stderr or "PermissionError" in done.stderr, done.stderr
+    assert list(outside.iterdir()) == []
+    inside = "import sqlite3\nc = sqlite3.connect('in.db')\nc.execute('create table t(a)')\nc.commit()\nopen('/dev/null', 'w').write('x')"
+    done = subprocess.run([sys.executable, "-I", "-c", inside], cwd=box, preexec_fn=setup, capture_output=True, text=True, timeout=30)
+    assert done.returncode == 0, done.stderr
+    assert (box / "in.db").is_file()

@@ -109,3 +109,49 @@ def test_bad_window_settings_are_config_errors():
         windows(10, 4, 5)
     with pytest.raises(ConfigError, match="window"):
         windows(10, 1, 1)
+
+
+CHATS = [Sample(messages=[{"role": "user", "content": f"What is {a} plus {b}?"},
+                          {"role": "assistant", "content": f"{a} plus {b} is {a + b}."}]) for a, b in [(2, 3), (10, 7), (1, 1)]]
+
+
+def peft_virtual_token_model(tiny_model_dir, kind: str):
+    from peft import PrefixTuningConfig, PromptTuningConfig, get_peft_model
+
+    from tunesmith.models import load_model
+
+    torch.manual_seed(3)
+    config = (PromptTuningConfig if kind == "prompt" else PrefixTuningConfig)(num_virtual_tokens=6, task_type="CAUSAL_LM")
+    model = get_peft_model(load_model(str(tiny_model_dir)), config).eval()
+    if kind == "prefix":
+        # peft starts prefixes near zero; make them large enough to move the logits visibly.
+        with torch.no_grad():
+            for p in model.parameters():
+                if p.requires_grad:
+                    p.normal_(0.0, 1.0)
+    return model
+
+
+@pytest.mark.parametrize("kind", ["prompt", "prefix"])
+def test_virtual_token_adapters_response_perplexity_equals_hand_computation(tiny_model_dir, tokenizer, kind):
+    model = peft_virtual_token_model(tiny_model_dir, kind)
+    total, count = 0.0, 0
+    for s in CHATS:
+        ids, labels = tokenize_sample(tokenizer, s)
+        with torch.no_grad():
+            logits = model(input_ids=torch.tensor([ids])).logits[0].double()
+        if kind == "prompt":
+            assert logits.shape[0] == len(ids) + 6  # the virtual tokens' logits come first
+        logits = logits[-len(ids):]
+        logp = torch.log_softmax(logits, dim=-1)
+        for t in range(1, len(ids)):
+            if labels[t] != IGNORE:
+                total -= logp[t - 1, ids[t]].item()
+                count += 1
+    # Batches of 2 with right padding: the virtual tokens sit before every row, padding after.
+    result = perplexity(model, tokenizer, CHATS, window=512, stride=256, batch_size=2)
+    assert result.tokens == count
+    assert result.perplexity == pytest.approx(math.exp(total / count), rel=1e-5)
+    with model.disable_adapter():
+        base = perplexity(model, tokenizer, CHATS, window=512, stride=256, batch_size=2).perplexity
+    assert abs(result.perplexity - base) > 1e-3 * base  # the adapter is really on in the scored run

@@ -4,6 +4,7 @@ predictions.jsonl rows, numbers that match a direct recomputation, flags, and th
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import pytest
@@ -12,9 +13,10 @@ import sacrebleu
 from tunesmith.cli import main
 from tunesmith.config import EvalConfig
 from tunesmith.data.load import load_samples
-from tunesmith.eval import regression
+from tunesmith.eval import lm_harness, regression
 from tunesmith.eval.perplexity import perplexity
-from tunesmith.eval.runner import build_report, build_systems, run_eval
+from tunesmith.eval.report import markdown
+from tunesmith.eval.runner import baseline_weights, build_report, build_systems, read_train_log, run_eval
 
 
 def cli(*args) -> int:
@@ -71,8 +73,11 @@ def test_run_eval_report_numbers_match_recomputation(files, tuned, tokenizer, tm
                      compare_to=str(files["other"]))
     samples = load_samples(files["test"]) + load_samples(files["text"])
     systems = build_systems(tuned, cfg.baselines, few_shot_k=cfg.few_shot_k)
+    # A training run's log in the report folder: the last step with a validation loss is step 2.
+    write_jsonl(tmp_path / "metrics.jsonl", [{"step": 1, "loss": 1.5}, {"step": 2, "loss": 1.0, "val_loss": 1.8},
+                                             {"step": 3, "loss": 0.2}])
     result = run_eval(systems, tokenizer, samples, cfg, tmp_path, train_pool=load_samples(files["train"]),
-                      show_progress=False, training={"final_loss": 1.0, "best_val_loss": 1.8}, title="t")
+                      show_progress=False, training={"final_loss": 0.2, "best_val_loss": 1.8}, title="t")
     report = json.loads((tmp_path / "report.json").read_text())
     for name in ("report.md", "predictions.jsonl", "report.png"):
         assert (tmp_path / name).stat().st_size > 0, name
@@ -118,8 +123,10 @@ def test_run_eval_report_numbers_match_recomputation(files, tuned, tokenizer, tm
     assert "tuned" in report["verdict"] and "compare on exact_match" in report["verdict"]
     assert report["generation"] == {"max_new_tokens": 6, "temperature": 0.0, "top_p": 1.0, "seed": 0, "batch_size": 4,
                                     "few_shot_k": 2, "decoding": "greedy", "precision": "fp32", "padding": "left"}
-    assert report["overfitting"] == {"train_loss": 1.0, "val_loss": 1.8, "gap": pytest.approx(0.8), "flagged": True,
-                                     "threshold": 0.5}
+    assert report["overfitting"] == {"step": 2, "train_loss": 1.0, "val_loss": 1.8, "gap": pytest.approx(0.8),
+                                     "flagged": True, "threshold": 0.5}
+    assert report["baseline_weights"] == {"source": "adapter_off", "quantized_bits": None,
+                                          "note": "the tuned model's own base weights with the adapter switched off"}
     assert report["details"]["tuned"]["bleu"]["signature"].startswith("nrefs:1|")
 
     # Forgetting check: base numbers equal the shipped set scored directly, and the flag follows the thresholds.
@@ -133,7 +140,8 @@ def test_run_eval_report_numbers_match_recomputation(files, tuned, tokenizer, tm
     assert reg["flagged"] == expected_flag and bool(reg["reasons"]) == expected_flag
     md = (tmp_path / "report.md").read_text()
     for text in ("**Verdict:**", "| base_few_shot |", "## Regression (forgetting)", "Generation: max_new_tokens=6",
-                 "sacrebleu signature", "possible overfitting", "lower is better"):
+                 "sacrebleu signature", "possible overfitting", "lower is better",
+                 "Base systems: the tuned model's own base weights with the adapter switched off."):
         assert text in md, text
 
 
@@ -155,8 +163,115 @@ def test_forgetting_flag_thresholds():
 def test_overfitting_flag_respects_threshold():
     cfg = EvalConfig(metrics=["exact_match"], overfit_gap=0.5)
     columns = {}
-    report = build_report({}, columns, cfg, n=0, training={"final_loss": 1.0, "best_val_loss": 1.3}, precision="fp32", title="t")
+    report = build_report({}, columns, cfg, n=0, training={"final_loss": 1.0, "best_val_loss": 1.3}, precision="fp32",
+                          title="t", train_log=[{"step": 5, "loss": 1.0, "val_loss": 1.3}])
     assert report["overfitting"]["flagged"] is False and report["overfitting"]["gap"] == pytest.approx(0.3)
+
+
+def test_overfitting_compares_train_and_validation_loss_of_the_same_step(tmp_path):
+    # Best validation loss (1.5) at step 2; the last step with both losses is 4; training ran on to step 5.
+    log = tmp_path / "metrics.jsonl"
+    write_jsonl(log, [{"step": 1, "loss": 2.5}, {"step": 2, "loss": 2.0, "val_loss": 1.5}, {"step": 3, "loss": 1.2},
+                      {"step": 4, "loss": 0.9, "val_loss": 1.6}, {"step": 5, "loss": 0.3}])
+    with open(log, "a") as fh:
+        fh.write('{"step": 6, "lo')  # a run killed mid-append
+    rows = read_train_log(log)
+    assert [r["step"] for r in rows] == [1, 2, 3, 4, 5]
+    training = {"final_loss": 0.3, "best_val_loss": 1.5}
+    # Final train loss vs best validation loss would be 1.5 - 0.3 = 1.2 and flag; step 4's own gap is 0.7.
+    report = build_report({}, {}, EvalConfig(overfit_gap=0.8), n=0, training=training, precision="fp32", title="t",
+                          train_log=rows)
+    assert report["overfitting"] == {"step": 4, "train_loss": 0.9, "val_loss": 1.6, "gap": pytest.approx(0.7),
+                                     "flagged": False, "threshold": 0.8}
+    flagged = build_report({}, {}, EvalConfig(overfit_gap=0.5), n=0, training=training, precision="fp32", title="t",
+                           train_log=rows)
+    assert flagged["overfitting"]["flagged"] is True
+    assert "Train/validation gap at step 4: 1.600 - 0.900 = +0.700 nats (**possible overfitting**; threshold 0.5)" \
+        in markdown(flagged)
+    # No validation loss anywhere: the check says why it did not run instead of inventing a gap.
+    none = build_report({}, {}, EvalConfig(), n=0, training=training, precision="fp32", title="t",
+                        train_log=[{"step": 1, "loss": 2.0}])
+    assert none["overfitting"] == {"skipped": "no step in metrics.jsonl has both a train and a validation loss "
+                                              "(validation needs data.val or data.val_split)"}
+    assert "Overfitting check skipped: no step in metrics.jsonl" in markdown(none)
+    assert read_train_log(tmp_path / "missing.jsonl") == []
+
+
+def test_qlora_baseline_is_reported_as_the_4bit_base_with_the_adapter_off(tiny_model_dir):
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    Params4bit = pytest.importorskip("bitsandbytes.nn").Params4bit
+    from tunesmith.models import load_model
+
+    model = get_peft_model(load_model(str(tiny_model_dir)), LoraConfig(r=2, target_modules=["q_proj"]))
+    assert baseline_weights(build_systems(model, ["zero-shot"]))["quantized_bits"] is None
+    # A bitsandbytes 4-bit weight, as a QLoRA load leaves in every base linear (quantizing needs a GPU).
+    layer = model.base_model.model.model.layers[0].self_attn.k_proj
+    layer.weight = Params4bit(layer.weight.data.clone(), requires_grad=False)
+    baseline = baseline_weights(build_systems(model, ["zero-shot", "few-shot"]))
+    assert baseline == {"source": "adapter_off", "quantized_bits": 4,
+                        "note": "the 4-bit quantized base the adapter was trained on, with the adapter switched off; "
+                                "not the full-precision base model, which may score differently"}
+    report = build_report({}, {}, EvalConfig(), n=0, training=None, precision="fp32", title="t", baseline=baseline)
+    assert report["baseline_weights"]["quantized_bits"] == 4
+    assert "Base systems: the 4-bit quantized base the adapter was trained on, with the adapter switched off;" in markdown(report)
+    assert isinstance(layer.weight, torch.nn.Parameter)
+
+
+def test_lm_eval_compare_difference_and_standard_error():
+    # lm-evaluation-harness results: "metric,filter" keys with "metric_stderr,filter" beside them.
+    base = {"arc_easy": {"alias": "arc_easy", "acc,none": 0.40, "acc_stderr,none": 0.03,
+                         "acc_norm,none": 0.50, "acc_norm_stderr,none": "N/A"},
+            "boolq": {"acc": 0.70, "acc_stderr": 0.012},
+            "only_base": {"acc,none": 0.3, "acc_stderr,none": 0.01}}
+    tuned = {"arc_easy": {"alias": "arc_easy", "acc,none": 0.46, "acc_stderr,none": 0.04,
+                          "acc_norm,none": 0.45, "acc_norm_stderr,none": "N/A"},
+             "boolq": {"acc": 0.65, "acc_stderr": 0.016}}
+    table = lm_harness.compare(base, tuned)
+    assert set(table) == {"arc_easy", "boolq"} and set(table["arc_easy"]) == {"acc,none", "acc_norm,none"}
+    acc = table["arc_easy"]["acc,none"]
+    # 0.46 - 0.40 = 0.06; sqrt(0.03^2 + 0.04^2) = 0.05
+    assert (acc["base"], acc["tuned"]) == (0.40, 0.46)
+    assert acc["difference"] == pytest.approx(0.06) and acc["stderr"] == pytest.approx(0.05)
+    norm = table["arc_easy"]["acc_norm,none"]
+    assert norm["difference"] == pytest.approx(-0.05) and norm["stderr"] is None  # "N/A": no standard error
+    boolq = table["boolq"]["acc"]  # no filter suffix; sqrt(0.012^2 + 0.016^2) = 0.02
+    assert boolq["difference"] == pytest.approx(-0.05) and boolq["stderr"] == pytest.approx(0.02)
+
+
+def test_lm_eval_not_installed_is_skipped_with_its_reason(monkeypatch):
+    monkeypatch.setitem(sys.modules, "lm_eval", None)
+    assert not lm_harness.available()
+    assert lm_harness.run(["hellaswag"], base_args={"pretrained": "x"}, tuned_args={"pretrained": "x"}) == \
+        {"skipped": "lm-evaluation-harness is not installed (pip install lm-eval)"}
+
+
+@pytest.mark.parametrize("args,module,message", [
+    (["--metrics", "exact_match,bleu"], "sacrebleu", "eval.metrics: bleu needs the sacrebleu package"),
+    (["--metrics", "rouge2"], "rouge_score", "eval.metrics: rouge2 needs the rouge_score package"),
+    (["--judge", "openai:gpt-4o-mini"], "openai", "eval.judge: the openai judge needs the openai package"),
+])
+def test_cli_missing_extra_fails_before_the_model_is_touched(args, module, message, files, tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, module, None)
+    out = tmp_path / "never"
+    # A model that does not exist: had the CLI looked for it first, that would be the error.
+    assert cli("eval", "--model", tmp_path / "no-such-model", "--data", files["test"], "-o", out, "--baselines",
+               "zero-shot", "--no-regression", "--quiet", *args) == 2
+    err = capsys.readouterr().err
+    assert message in err and "pip install" in err and "Traceback" not in err
+    assert "no-such-model" not in err
+    assert not out.exists()
+
+
+def test_run_eval_missing_extra_fails_before_generation(tuned, tokenizer, files, tmp_path, monkeypatch):
+    from tunesmith.errors import ConfigError
+
+    monkeypatch.setitem(sys.modules, "sacrebleu", None)
+    cfg = EvalConfig(metrics=["exact_match", "bleu"], baselines=[], regression=False)
+    with pytest.raises(ConfigError, match="bleu needs the sacrebleu package"):
+        run_eval(build_systems(tuned, []), tokenizer, load_samples(files["test"]), cfg, tmp_path / "out", show_progress=False)
+    assert not (tmp_path / "out").exists()
 
 
 def test_cli_eval_with_adapter_and_local_judge(files, tiny_model_dir, tmp_path, capsys):
@@ -177,8 +292,12 @@ def test_cli_eval_with_adapter_and_local_judge(files, tiny_model_dir, tmp_path, 
     tuned_rows = [r for r in rows if r["system"] == "tuned"]
     assert [r["judge"]["outcome"] for r in tuned_rows].count("win") == judge["wins"]
     assert "regression" not in report
-    if "skipped" in report["lm_eval"]:
-        assert "not installed" in report["lm_eval"]["skipped"] or "failed" in report["lm_eval"]["skipped"]
+    if not lm_harness.available():
+        assert report["lm_eval"] == {"skipped": "lm-evaluation-harness is not installed (pip install lm-eval)"}
+    elif "skipped" in report["lm_eval"]:  # installed, but offline without hellaswag's data
+        assert report["lm_eval"]["skipped"].startswith("lm-evaluation-harness failed: ")
+    else:
+        assert report["lm_eval"]["tasks"] == ["hellaswag"] and "hellaswag" in report["lm_eval"]["results"]
     assert "judge win rate" in printed
 
 

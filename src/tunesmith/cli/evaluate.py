@@ -80,10 +80,11 @@ def evaluate(model: str = typer.Option("default", "--model", help="base model (s
         raise UserError("the few-shot baseline needs --train-data to draw examples from",
                         hint="pass --train-data FILE or --baselines zero-shot")
     from tunesmith.data.load import load_samples
-    from tunesmith.eval.runner import build_systems, run_eval
+    from tunesmith.eval.runner import build_systems, run_eval, validate
     from tunesmith.models import load_model, load_tokenizer, resolve_base
     from tunesmith.train.trainer import resolve_precision
 
+    validate(cfg)  # unknown metrics, missing extras, bad judge: before minutes of model loading
     samples = load_samples(data) if data else []
     pool = load_samples(train_data) if train_data else []
     resolved = resolve_base(model)

@@ -14,6 +14,7 @@ ships as tunesmith/assets/judge_pairwise.md and a user's own file replaces it.
 
 from __future__ import annotations
 
+import importlib
 import os
 import re
 from dataclasses import dataclass
@@ -50,16 +51,45 @@ def load_prompt(path: str | Path | None = None) -> str:
     return text
 
 
-_VERDICT = re.compile(r"\b(A|B|tie)\b", re.I)
+# "Verdict: B", "**Final answer:** tie", "Winner - A": a labelled line; the last one is the decision.
+_LABELLED = re.compile(r"^[\s*#>_`-]*(?:final\s+)?(?:verdict|winner|decision|answer|choice|better answer|result)"
+                       r"[\s*_`]*[:=-]\s*(?P<value>.*)$", re.I | re.M)
+_BRACKETED = re.compile(r"\[\[\s*([ABC])\s*\]\]")   # MT-Bench style: [[A]], [[B]], [[C]] for a tie
+_TIE = re.compile(r"\b(?:tie|tied|draw|equal|equally|neither|both)\b", re.I)
+# Upper-case only, so the article in "it is a tie" is no verdict.
+_LETTER = re.compile(r"(?<![A-Za-z0-9])([AB])(?![A-Za-z0-9])")
+
+
+def _decide(text: str, *, lone_lowercase: bool) -> str | None:
+    """A, B or tie when `text` names exactly one of them; None when it names none or is ambiguous."""
+    bare = text.strip().strip("*_`'\".!()[] ").lower()
+    if lone_lowercase and bare in ("a", "b"):
+        return bare.upper()
+    letters = set(_LETTER.findall(text))
+    tie = _TIE.search(text) is not None
+    if tie and not letters:
+        return "tie"
+    if len(letters) == 1 and not tie:
+        return letters.pop()
+    return None
 
 
 def parse_verdict(reply: str) -> str:
-    """The first standalone A, B or tie in a judge's reply; anything else counts as a tie."""
-    m = _VERDICT.search(reply or "")
-    if not m:
-        return "tie"
-    word = m.group(1)
-    return "tie" if word.lower() == "tie" else word.upper()
+    """The judge's choice: A, B or tie. Anything unclear is a tie.
+
+    In order: the last MT-Bench style [[A]] / [[B]] / [[C]] marker; else the last labelled line
+    ("Verdict: B", "Final answer: tie"); else the whole reply. A letter counts only upper-case
+    and standalone (a lone lower-case "b." reply or "verdict: b" value also counts), and a reply
+    that names both answers, or an answer and a tie, is ambiguous and counts as a tie.
+    """
+    reply = reply or ""
+    marks = _BRACKETED.findall(reply)
+    if marks:
+        return {"A": "A", "B": "B", "C": "tie"}[marks[-1]]
+    labelled = [m.group("value") for m in _LABELLED.finditer(reply)]
+    if labelled:
+        return _decide(labelled[-1], lone_lowercase=True) or "tie"
+    return _decide(reply, lone_lowercase=True) or "tie"
 
 
 class LocalJudge:
@@ -118,14 +148,30 @@ def _openai_judge(spec: str, base_url: str | None = None, **_):
 
 
 JUDGES: dict[str, Callable[..., Judge]] = {"local": _local_judge, "openai": _openai_judge}
+# Judge kind -> (module it needs, how to install it).
+REQUIRES = {"openai": ("openai", "pip install openai")}
 
 
-def make_judge(spec: str, base_url: str | None = None) -> Judge:
-    """`local:MODEL` (a model as model.base takes it) or `openai:MODEL` (with base_url for a local server)."""
+def check_judge(spec: str) -> tuple[str, str]:
+    """(kind, model) of a judge spec; a bad spec or a missing client library is a ConfigError now,
+    not after every system has generated."""
     kind, _, rest = spec.partition(":")
     if kind not in JUDGES or not rest:
         raise ConfigError(f"eval.judge: '{spec}' is not KIND:MODEL", hint=f"KIND is one of {', '.join(JUDGES)}, "
                           "e.g. local:default or openai:gpt-4o-mini")
+    if kind in REQUIRES:
+        module, install = REQUIRES[kind]
+        try:
+            importlib.import_module(module)
+        except ImportError:
+            raise ConfigError(f"eval.judge: the {kind} judge needs the {module} package, which is not installed",
+                              hint=f"{install}, or use --judge local:MODEL") from None
+    return kind, rest
+
+
+def make_judge(spec: str, base_url: str | None = None) -> Judge:
+    """`local:MODEL` (a model as model.base takes it) or `openai:MODEL` (with base_url for a local server)."""
+    kind, rest = check_judge(spec)
     return JUDGES[kind](rest, base_url=base_url)
 
 

@@ -49,6 +49,10 @@ def _evaluate(model_args: dict, tasks: list[str], limit: int, seed: int) -> dict
     return out["results"]
 
 
+def _number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
 def compare(base: dict, tuned: dict) -> dict:
     """Per task and metric: base, tuned, tuned - base and its standard error sqrt(se_b^2 + se_t^2)."""
     table: dict = {}
@@ -62,7 +66,8 @@ def compare(base: dict, tuned: dict) -> dict:
             if not isinstance(t, (int, float)):
                 continue
             se_b, se_t = metrics.get(se_key), tuned[task].get(se_key)
-            se = math.sqrt(se_b ** 2 + se_t ** 2) if isinstance(se_b, float) and isinstance(se_t, float) else None
+            # lm-eval writes "N/A" where it has no standard error.
+            se = math.sqrt(se_b ** 2 + se_t ** 2) if _number(se_b) and _number(se_t) else None
             table.setdefault(task, {})[key] = {"base": value, "tuned": t, "difference": t - value, "stderr": se}
     return table
 

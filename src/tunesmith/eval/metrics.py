@@ -11,6 +11,7 @@ rows, and compare two systems with a paired bootstrap on the same resampled exam
 
 from __future__ import annotations
 
+import importlib
 import json
 import re
 import string
@@ -32,6 +33,7 @@ class Metric:
     per_example: bool                                  # rows are scores and fold is their mean
     details: Callable[[list], dict] | None = None      # extra corpus-level facts (per-class table, signature)
     scale: float = 1.0                                 # values lie in [0, scale] (BLEU is 0-100, as sacrebleu reports it)
+    requires: str | None = None                        # module of an optional extra it imports when scoring
 
 
 METRICS: dict[str, Metric] = {}
@@ -48,20 +50,21 @@ def _register(m: Metric) -> Metric:
     return m
 
 
-def metric(name: str, description: str):
+def metric(name: str, description: str, requires: str | None = None):
     """Register a per-example metric `fn(prediction, reference) -> score`."""
     def wrap(fn):
         _register(Metric(name, description, rows=lambda ps, rs: [fn(p, r) for p, r in zip(ps, rs)],
-                         fold=_mean, per_example=True))
+                         fold=_mean, per_example=True, requires=requires))
         return fn
     return wrap
 
 
 def corpus_metric(name: str, description: str, *, fold: Callable[[list], float],
-                  details: Callable[[list], dict] | None = None, scale: float = 1.0):
+                  details: Callable[[list], dict] | None = None, scale: float = 1.0, requires: str | None = None):
     """Register a corpus metric from its row function `fn(predictions, references) -> rows`."""
     def wrap(fn):
-        _register(Metric(name, description, rows=fn, fold=fold, per_example=False, details=details, scale=scale))
+        _register(Metric(name, description, rows=fn, fold=fold, per_example=False, details=details, scale=scale,
+                         requires=requires))
         return fn
     return wrap
 
@@ -119,13 +122,16 @@ def json_exact(pred: str, ref: str) -> float:
     return float(p is not None and p == r)
 
 
-@metric("json_field_f1", "F1 over (key, value) pairs of the predicted and reference JSON objects")
+@metric("json_field_f1", "F1 over top-level (key, value) pairs of the predicted and reference JSON objects; "
+                         "a nested value must match whole")
 def json_field_f1(pred: str, ref: str) -> float:
+    """Top-level fields only: a nested object or list is one field, right only if equal as a whole
+    (key order ignored). Two empty objects agree (1.0); anything but an object on either side is 0."""
     p, r = parse_json(pred), parse_json(ref)
-    if not isinstance(r, dict):
+    if not isinstance(r, dict) or not isinstance(p, dict):
         return 0.0
-    if not isinstance(p, dict):
-        return 0.0
+    if not p and not r:
+        return 1.0
     pp = {(k, json.dumps(v, sort_keys=True)) for k, v in p.items()}
     rr = {(k, json.dumps(v, sort_keys=True)) for k, v in r.items()}
     hit = len(pp & rr)
@@ -152,7 +158,8 @@ def _rouge(kind: str):
 
 
 for _kind, _n in (("rouge1", "unigram"), ("rouge2", "bigram"), ("rougeL", "longest-common-subsequence")):
-    metric(_kind, f"ROUGE {_n} F-measure (rouge-score, Porter stemmer), averaged over examples")(_rouge(_kind))
+    metric(_kind, f"ROUGE {_n} F-measure (rouge-score, Porter stemmer), averaged over examples",
+           requires="rouge_score")(_rouge(_kind))
 
 
 # --- BLEU (sacrebleu): n-gram counts are summed over the corpus before the precisions -------------
@@ -176,7 +183,7 @@ def _bleu_details(rows: list) -> dict:
 
 
 @corpus_metric("bleu", "corpus BLEU, 0-100 (sacrebleu defaults: 13a tokenizer, exp smoothing; signature in the report)",
-               fold=_bleu_fold, details=_bleu_details, scale=100.0)
+               fold=_bleu_fold, details=_bleu_details, scale=100.0, requires="sacrebleu")
 def bleu_rows(preds: list[str], refs: list[str]) -> list:
     # Per-sentence sufficient statistics (matches and totals per n-gram order, lengths); the fold sums
     # them, which is exactly sacrebleu's corpus_score.
@@ -238,10 +245,30 @@ for _key in ("precision", "recall", "f1"):
                   fold=_macro(_key), details=_label_details)(_label_rows)
 
 
+# Module -> what to install; both libraries come with tunesmith's `metrics` extra.
+EXTRAS = {"sacrebleu": "pip install 'tunesmith[metrics]' (or pip install sacrebleu)",
+          "rouge_score": "pip install 'tunesmith[metrics]' (or pip install rouge-score)"}
+
+
+def importable(module: str) -> bool:
+    """Whether `module` really imports (an installed but broken package counts as missing)."""
+    try:
+        importlib.import_module(module)
+    except ImportError:
+        return False
+    return True
+
+
 def check_metrics(names: list[str]) -> None:
+    """Unknown names and metrics whose library is missing fail here, before any generation."""
     unknown = [n for n in names if n not in METRICS]
     if unknown:
         raise ConfigError(f"eval.metrics: unknown metric(s) {', '.join(unknown)}", hint=f"available: {', '.join(METRICS)}")
+    for name in names:
+        module = METRICS[name].requires
+        if module and not importable(module):
+            raise ConfigError(f"eval.metrics: {name} needs the {module} package, which is not installed",
+                              hint=f"{EXTRAS[module]}, or drop {name} from --metrics / eval.metrics")
 
 
 def metric_rows(names: list[str], predictions: list[str], references: list[str]) -> dict[str, list]:

@@ -7,6 +7,10 @@ so large n never overflows, and averaged over tasks.
 A task file is JSONL, one task a line: `prompt` (what the model is asked), `test` (Python that
 raises if the program is wrong, e.g. asserts), optional `entry_point` (the function name; when set,
 `check(<entry_point>)` is called after the test code, HumanEval-style) and `id`.
+
+A program passes only if it runs to its last line (the tests come last) and exits 0: the sandbox
+proves the end was reached with a per-run token, so a reply that calls sys.exit(0) or os._exit(0)
+before the tests, or exits 0 from an atexit hook after one fails, scores as a failure.
 """
 
 from __future__ import annotations

@@ -99,6 +99,8 @@ def sequence_nll(model, items: list[tuple[list[int], list[bool]]], *, window: in
             attn[r, :len(seq)] = 1
         with autocast:
             logits = model(input_ids=ids.to(device), attention_mask=attn.to(device)).logits
+        # Prompt tuning prepends its virtual tokens' logits; the last `width` positions are the input's.
+        logits = logits[:, -width:]
         for r, (k, seq, mask) in enumerate(chunk):
             # Row by row: a (width, vocab) log-softmax at a time instead of the whole batch's.
             pos = torch.tensor([t for t in range(1, len(seq)) if mask[t]], device=device)

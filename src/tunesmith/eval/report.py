@@ -96,6 +96,8 @@ def markdown(report: dict) -> str:
     lines += _systems_table(report)
     lines += ["", f"n = {report['n_examples']} held-out examples; brackets are 95% intervals "
               "(Wilson for 0/1 scores, bootstrap otherwise; comparisons are paired bootstraps).", ""]
+    if "baseline_weights" in report:
+        lines.append(f"Base systems: {report['baseline_weights']['note']}.")
     if "perplexity" in report:
         p = report["perplexity"]
         scored = "; ".join(f"{k}: {v}" for k, v in p["scored"].items())
@@ -116,8 +118,12 @@ def markdown(report: dict) -> str:
                 lines.append(f"- {key}: {value:.4f}" if isinstance(value, float) else f"- {key}: {value}")
     if "overfitting" in report:
         o = report["overfitting"]
-        flag = "**possible overfitting**" if o["flagged"] else "no overfitting flag"
-        lines += ["", f"Train/validation gap: {o['gap']:+.3f} nats ({flag}; threshold {o['threshold']})."]
+        if "skipped" in o:
+            lines += ["", f"Overfitting check skipped: {o['skipped']}."]
+        else:
+            flag = "**possible overfitting**" if o["flagged"] else "no overfitting flag"
+            lines += ["", f"Train/validation gap at step {o['step']}: {o['val_loss']:.3f} - {o['train_loss']:.3f} = "
+                      f"{o['gap']:+.3f} nats ({flag}; threshold {o['threshold']})."]
     return "\n".join(lines) + "\n"
 
 

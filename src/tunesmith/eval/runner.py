@@ -136,8 +136,14 @@ def _base_for_regression(systems: list[SystemSpec]) -> SystemSpec | None:
     return None
 
 
-def _validate(cfg: EvalConfig) -> None:
+def validate(cfg: EvalConfig) -> None:
+    """Every check that needs no model: run it before loading or generating anything."""
     check_metrics(cfg.metrics)
+    if cfg.judge:
+        from tunesmith.eval.judge import check_judge, load_prompt
+
+        check_judge(cfg.judge)
+        load_prompt(cfg.judge_prompt)
     if cfg.ppl_stride > cfg.ppl_window:
         raise ConfigError(f"eval.ppl_stride ({cfg.ppl_stride}) is larger than eval.ppl_window ({cfg.ppl_window})",
                           hint="a stride past the window would skip tokens; use ppl_stride <= ppl_window")
@@ -154,8 +160,10 @@ def _validate(cfg: EvalConfig) -> None:
 def run_eval(systems: list[SystemSpec], tokenizer, samples: list[Sample], cfg: EvalConfig, out_dir: Path, *,
              train_pool: list[Sample] | None = None, system_prompt: str | None = None, precision: str = "fp32",
              training: dict | None = None, show_progress: bool = True, title: str = "evaluation",
-             lm_eval_args: dict | None = None) -> EvalResult:
-    _validate(cfg)
+             lm_eval_args: dict | None = None, train_log: Path | None = None) -> EvalResult:
+    """Score `systems` and write the report to `out_dir`. With `training`, the overfitting check reads
+    `train_log` (default: out_dir/metrics.jsonl, where a training run writes it)."""
+    validate(cfg)
     chat = [s for s in samples if s.kind == "chat"]
     texts = [s for s in samples if s.kind == "text"]
     if cfg.max_examples:
@@ -229,7 +237,9 @@ def run_eval(systems: list[SystemSpec], tokenizer, samples: list[Sample], cfg: E
     # Task metrics first (the first of them is the primary), then perplexity, then pass@k.
     order = [m for m in cfg.metrics if m in columns] + [c for c in columns if c not in cfg.metrics]
     columns = {c: columns[c] for c in order}
-    report = build_report(rows, columns, cfg, n=len(chat), training=training, precision=precision, title=title)
+    log_rows = read_train_log(train_log or Path(out_dir) / "metrics.jsonl") if training is not None else None
+    report = build_report(rows, columns, cfg, n=len(chat), training=training, precision=precision, title=title,
+                          baseline=baseline_weights(systems), train_log=log_rows)
     report["n_text_examples"] = len(texts)
     if tasks:
         report["code"] = {"tasks": len(tasks), "samples_per_task": cfg.code_samples, "k": cfg.pass_k,
@@ -292,9 +302,71 @@ def _last_user(sample: Sample) -> str:
 
 
 def _isolation() -> list[str]:
-    from tunesmith.eval.sandbox import network_namespace_available
+    from tunesmith.eval.sandbox import isolation_layers
 
-    return ["rlimits", "timeout+killpg", "audit-hook", "tempdir"] + (["netns"] if network_namespace_available() else [])
+    return isolation_layers()
+
+
+def _quantized_bits(model) -> int | None:
+    """4 or 8 when linear layers hold bitsandbytes weights (a QLoRA base), else None."""
+    for module in model.modules():
+        kind = type(getattr(module, "weight", None)).__name__
+        if kind == "Params4bit":
+            return 4
+        if kind == "Int8Params":
+            return 8
+    return None
+
+
+def baseline_weights(systems: list[SystemSpec]) -> dict | None:
+    """What the base systems ran on, so a QLoRA report does not pass its 4-bit base off as the original."""
+    base = next((s for s in systems if s.name.startswith("base_")), None)
+    if base is None:
+        return None
+    bits = _quantized_bits(base.model)
+    if base.adapter_off and bits:
+        note = (f"the {bits}-bit quantized base the adapter was trained on, with the adapter switched off; "
+                "not the full-precision base model, which may score differently")
+    elif base.adapter_off:
+        note = "the tuned model's own base weights with the adapter switched off"
+    else:
+        note = "a separately loaded base model" + (f" ({bits}-bit quantized)" if bits else "")
+    return {"source": "adapter_off" if base.adapter_off else "separate", "quantized_bits": bits, "note": note}
+
+
+def read_train_log(path: Path) -> list[dict]:
+    """metrics.jsonl rows; an unreadable line (a run killed mid-write) is skipped, a missing file is []."""
+    rows = []
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except OSError:
+        return rows
+    for line in lines:
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(row, dict):
+            rows.append(row)
+    return rows
+
+
+def overfitting_check(log_rows: list[dict], threshold: float) -> dict:
+    """Validation minus train loss at the latest step that logged both.
+
+    Both losses come from the same step: the final train loss against the best validation loss
+    would compare two different models, and early stopping makes them many steps apart.
+    """
+    def number(v):
+        return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+    row = next((r for r in reversed(log_rows) if number(r.get("val_loss")) and number(r.get("loss"))), None)
+    if row is None:
+        return {"skipped": "no step in metrics.jsonl has both a train and a validation loss "
+                           "(validation needs data.val or data.val_split)"}
+    gap = row["val_loss"] - row["loss"]
+    return {"step": row.get("step"), "train_loss": row["loss"], "val_loss": row["val_loss"], "gap": gap,
+            "flagged": gap > threshold, "threshold": threshold}
 
 
 def _regression(systems, tokenizer, cfg: EvalConfig, system_prompt, precision) -> dict:
@@ -349,7 +421,8 @@ def _comparison_entry(rows, systems, col: Column, candidate: str, other: str, n:
 
 
 def build_report(rows: dict[str, dict[str, list]], columns: dict[str, Column], cfg: EvalConfig, n: int,
-                 training: dict | None, precision: str, title: str) -> dict:
+                 training: dict | None, precision: str, title: str, baseline: dict | None = None,
+                 train_log: list[dict] | None = None) -> dict:
     primary = next(iter(columns), None)
     systems: dict[str, dict] = {}
     details: dict[str, dict] = {}
@@ -375,6 +448,8 @@ def build_report(rows: dict[str, dict[str, list]], columns: dict[str, Column], c
                        "decoding": "greedy" if cfg.temperature == 0 else "sampling", "precision": precision,
                        "padding": "left"},
     }
+    if baseline is not None:
+        report["baseline_weights"] = baseline
     if any(c in columns for c in PPL_COLUMNS):
         report["perplexity"] = {"window": cfg.ppl_window, "stride": cfg.ppl_stride,
                                 "scored": {c: d for c, d in PPL_COLUMNS.items() if c in columns}}
@@ -401,11 +476,7 @@ def build_report(rows: dict[str, dict[str, list]], columns: dict[str, Column], c
             report["verdict"] = f"best on {primary}: {ranked[0]} ({systems[ranked[0]][primary]:.3f})"
     if training:
         report["training"] = training
-        train_loss, val_loss = training.get("final_loss"), training.get("best_val_loss")
-        if train_loss is not None and val_loss is not None:
-            gap = val_loss - train_loss
-            report["overfitting"] = {"train_loss": train_loss, "val_loss": val_loss, "gap": gap,
-                                     "flagged": gap > cfg.overfit_gap, "threshold": cfg.overfit_gap}
+        report["overfitting"] = overfitting_check(train_log or [], cfg.overfit_gap)
     return report
 
 
