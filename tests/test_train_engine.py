@@ -3,12 +3,9 @@
 from __future__ import annotations
 
 import json
-import math
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -36,9 +33,12 @@ def make_config(tmp_path: Path, model_dir: Path, data_path: Path, name: str = "r
     return path
 
 
+def _rows(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
 def losses(run_dir: Path) -> list[float]:
-    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    return [r["loss"] for r in rows]
+    return [r["loss"] for r in _rows(run_dir)]
 
 
 def quiet(*args):
@@ -88,14 +88,25 @@ def test_loss_is_token_weighted_not_mean_of_means(tmp_path, tiny_model_dir, toke
     assert abs(token_weighted - mean_of_means) > 1e-3  # the two definitions really differ here
 
 
-def _wait_for(path: Path, proc: subprocess.Popen, timeout: float = 240) -> None:
-    deadline = time.time() + timeout
-    while not path.exists():
-        if proc.poll() is not None:
-            raise AssertionError(f"training exited early: {proc.stderr.read()[-2000:]}")
-        if time.time() > deadline:
-            raise AssertionError(f"{path} never appeared")
-        time.sleep(0.05)
+# Runs `tunesmith train` as the console script does, but the process stops itself (SIGSTOP) right
+# after writing metrics row STOP_AT: the SIGKILL then lands mid-run at a known step, two steps past
+# the last checkpoint, however fast or slow the machine is.
+_STOP_AT_ROW = """
+import os, signal, sys
+from tunesmith.train import logbook
+
+STOP_AT = int(sys.argv.pop(1))
+real_log = logbook.Logbook.log
+
+def log(self, row):
+    real_log(self, row)
+    if row["step"] == STOP_AT:
+        os.kill(os.getpid(), signal.SIGSTOP)
+
+logbook.Logbook.log = log
+from tunesmith.cli import main
+main(sys.argv[1:])
+"""
 
 
 def test_sigkill_then_resume_reproduces_uninterrupted_losses(tmp_path, tiny_model_dir, memo_data):
@@ -104,19 +115,33 @@ def test_sigkill_then_resume_reproduces_uninterrupted_losses(tmp_path, tiny_mode
     ref = run(load_config(make_config(tmp_path, tiny_model_dir, memo_data, "ref", train=train, method=method)),
               show_progress=False, log=quiet)
     cfg = make_config(tmp_path, tiny_model_dir, memo_data, "killed", train=train, method=method)
-    cmd = [sys.executable, "-m", "tunesmith", "train", str(cfg), "--quiet"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    _wait_for(tmp_path / "killed" / "checkpoints" / "step-000008", proc)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    ckpts = sorted(p.name for p in (tmp_path / "killed" / "checkpoints").iterdir())
-    assert all(not name.startswith(".") for name in ckpts), ckpts  # no half-written checkpoint left behind
-    assert not (tmp_path / "killed" / "adapter").exists() or "step-000016" in ckpts
-    r = subprocess.run(cmd + ["--resume"], capture_output=True, text=True)
+    script = tmp_path / "stop_at_row.py"
+    script.write_text(_STOP_AT_ROW)
+    stderr = tmp_path / "killed.stderr"
+    with open(stderr, "w") as err:
+        proc = subprocess.Popen([sys.executable, str(script), "10", "train", str(cfg), "--quiet"],
+                                stdout=subprocess.DEVNULL, stderr=err)
+    try:
+        _, status = os.waitpid(proc.pid, os.WUNTRACED)
+        assert os.WIFSTOPPED(status), f"training exited before step 10: {stderr.read_text()[-2000:]}"
+    finally:
+        proc.kill()
+        proc.wait()
+    run_dir = tmp_path / "killed"
+    # The kill landed mid-run: 10 of 16 steps logged, the latest checkpoint at step 8, no final adapter.
+    assert [r["step"] for r in _rows(run_dir)] == list(range(1, 11))
+    ckpts = sorted(p.name for p in (run_dir / "checkpoints").iterdir())
+    assert ckpts == ["step-000004", "step-000008"], ckpts  # and no half-written checkpoint left behind
+    assert not (run_dir / "adapter").exists()
+    r = subprocess.run([sys.executable, "-m", "tunesmith", "train", str(cfg), "--quiet", "--resume"],
+                       capture_output=True, text=True)
     assert r.returncode == 0, r.stderr[-2000:]
-    a, b = losses(ref.run_dir), losses(tmp_path / "killed")
+    a, b = losses(ref.run_dir), losses(run_dir)
+    assert [r["step"] for r in _rows(run_dir)] == list(range(1, 17))  # rows 9, 10 of the killed run replaced
     assert len(a) == len(b) == 16
     assert max(abs(x - y) for x, y in zip(a, b)) < 1e-5, list(zip(a, b))
+    summary = json.loads((run_dir / "train_summary.json").read_text())
+    assert summary["steps"] == 16 and summary["first_loss"] == pytest.approx(a[0], abs=1e-6)
 
 
 def test_two_process_ddp_matches_one_process(tmp_path, tiny_model_dir, memo_data):
@@ -184,16 +209,32 @@ def test_early_stopping_keeps_and_restores_the_best(tmp_path, tiny_model_dir, me
 
 
 def test_qlora_trains_on_cpu_and_its_adapter_loads(tmp_path, tokenizer, memo_data):
-    pytest.importorskip("bitsandbytes")
+    import bitsandbytes as bnb  # in the [all] extra `make test` installs: missing is a failure, not a skip
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
     from tests.conftest import make_tiny_llama
+    from tunesmith.methods import registry
 
     model_dir = make_tiny_llama(tokenizer, tmp_path / "m", hidden=128)
     cfg = load_config(make_config(tmp_path, model_dir, memo_data, "q", method={"name": "qlora"},
                                   train={"max_steps": 20, "batch_size": 4, "precision": "bf16"}))
-    result = run(cfg, show_progress=False, log=quiet).train
+    qlora = registry.METHODS["qlora"]
+    seen = {}
+
+    def prepare_and_look(model, method_cfg, lr):  # the real prepare; only records what it was given
+        seen["model"] = model
+        return type(qlora).prepare(qlora, model, method_cfg, lr)
+
+    qlora.prepare = prepare_and_look
+    try:
+        result = run(cfg, show_progress=False, log=quiet).train
+    finally:
+        del qlora.prepare
+    four_bit = [m for m in seen["model"].modules() if isinstance(m, bnb.nn.Linear4bit)]
+    # Every decoder linear (7 per layer, 2 layers) trained over a packed NF4 base.
+    assert len(four_bit) == 14, len(four_bit)
+    assert all(m.weight.quant_state.quant_type == "nf4" and m.weight.dtype == torch.uint8 for m in four_bit)
     assert result.final_loss < 0.6 * result.first_loss, (result.first_loss, result.final_loss)
     base = AutoModelForCausalLM.from_pretrained(str(model_dir))
     peft_model = PeftModel.from_pretrained(base, str(tmp_path / "q" / "adapter"))

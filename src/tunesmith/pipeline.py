@@ -7,6 +7,7 @@ library call that can be used on its own.
 from __future__ import annotations
 
 import random
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,6 +21,14 @@ from tunesmith.errors import UserError
 from tunesmith.io_utils import atomic_file, write_json
 from tunesmith.methods import check_run
 from tunesmith.models import load_model, load_tokenizer, resolve_base
+
+
+# What a run writes into output.dir. A fresh run (no --resume) removes these first, so metrics,
+# checkpoints and reports never mix two runs (a stale checkpoint would also be what --resume picks).
+# Anything else in the folder is the user's and stays.
+RUN_OUTPUTS = ("config.yaml", "data_stats.json", "metrics.jsonl", "tensorboard", "loss.png", "checkpoints",
+               "adapter", "model", "merged", "train_summary.json",
+               "report.md", "report.json", "report.png", "predictions.jsonl")
 
 
 @dataclass
@@ -50,13 +59,44 @@ def load_data(cfg: RunConfig) -> tuple[list[Sample], list[Sample]]:
     return split_samples(train, cfg.data.val_split, cfg.train.seed)
 
 
+def prepare_run_dir(run_dir: Path, *, resume: bool, overwrite: bool, inputs: list[str] = ()) -> None:
+    """Check output.dir and, for a fresh run, clear the previous run's outputs (main process only).
+
+    `inputs` (base model, data files) are never deleted, even when they sit where an output would.
+    """
+    from accelerate import PartialState
+
+    if run_dir.exists() and not run_dir.is_dir():
+        raise UserError(f"output.dir {run_dir} is a file, not a folder", hint="set output.dir to a folder path")
+    if not resume and not overwrite and run_dir.is_dir() and any(run_dir.iterdir()):
+        raise UserError(f"{run_dir} already holds a run", hint="use --resume, another output.dir, or output.overwrite=true")
+    state = PartialState(cpu=not torch.cuda.is_available())
+    if state.is_main_process:
+        if not resume:
+            clear_run_outputs(run_dir, keep=inputs)
+        run_dir.mkdir(parents=True, exist_ok=True)
+    # Other processes must not look at the folder while the main one is still clearing it.
+    state.wait_for_everyone()
+
+
+def clear_run_outputs(run_dir: Path, keep: list[str] = ()) -> None:
+    kept = [Path(p).resolve() for p in keep]
+    for name in RUN_OUTPUTS:
+        path = run_dir / name
+        if any(k == path.resolve() or path.resolve() in k.parents for k in kept):
+            continue
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        elif path.exists() or path.is_symlink():
+            path.unlink()
+
+
 def run(cfg: RunConfig, *, resume: bool = False, show_progress: bool = True, log=print) -> RunResult:
     from tunesmith.train.trainer import Trainer
 
     run_dir = Path(cfg.output.dir)
-    if run_dir.exists() and any(run_dir.iterdir()) and not resume and not cfg.output.overwrite:
-        raise UserError(f"{run_dir} already holds a run", hint="use --resume, another output.dir, or output.overwrite=true")
-    run_dir.mkdir(parents=True, exist_ok=True)
+    inputs = [cfg.model.base, cfg.data.train, cfg.data.val, cfg.eval.data]
+    prepare_run_dir(run_dir, resume=resume, overwrite=cfg.output.overwrite, inputs=[p for p in inputs if p])
     with atomic_file(run_dir / "config.yaml") as fh:
         fh.write(dump_yaml(cfg))
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from importlib import resources
 from pathlib import Path
 
-from tunesmith.config import RunConfig, load_config
+from tunesmith.config import RunConfig, apply_overrides, load_config, validate
 from tunesmith.pipeline import RunResult, run
 
 
@@ -14,7 +14,11 @@ def quickstart_config_path() -> Path:
 
 
 def quickstart_config(out_dir: str | Path, overrides: list[str] | None = None) -> RunConfig:
-    return load_config(quickstart_config_path(), [f"output.dir={out_dir}", *(overrides or [])])
+    path = quickstart_config_path()
+    raw = load_config(path).model_dump()
+    # Set directly, not as a `--set` string: that would parse the path as YAML ("2024", "true", "a #b").
+    raw["output"]["dir"] = str(out_dir)
+    return validate(apply_overrides(raw, overrides or []), str(path))
 
 
 def before_after_rows(report: dict) -> list[tuple[str, ...]]:

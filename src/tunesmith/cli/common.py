@@ -16,7 +16,9 @@ SetOpt = typer.Option(None, "--set", help="override a config key, e.g. --set tra
 
 
 @app.callback()
-def _root(debug: bool = typer.Option(False, "--debug", help="show tracebacks for errors")):
+def _root(debug: bool = typer.Option(False, "--debug", help="show tracebacks for errors (anywhere on the command line)")):
+    # `main` takes --debug out of argv wherever it stands (so `tunesmith train X --debug` works); the
+    # option stays here so --help lists it.
     """tunesmith: the whole life of a fine-tune."""
 
 

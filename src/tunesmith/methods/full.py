@@ -29,6 +29,14 @@ def decoder_layers(model):
     return layers
 
 
+def _pattern(text: str) -> re.Pattern:
+    try:
+        return re.compile(text)
+    except re.error as exc:
+        raise ConfigError(f"method.trainable_modules: {text!r} is not a valid regular expression ({exc})",
+                          hint="each entry is a Python regex searched in parameter names, e.g. 'lm_head' or 'embed_tokens$'") from None
+
+
 @register_method
 class Freeze(Method):
     name = "freeze"
@@ -45,7 +53,7 @@ class Freeze(Method):
         for layer in list(layers)[len(layers) - cfg.layers_to_train:]:
             for p in layer.parameters():
                 p.requires_grad_(True)
-        patterns = [re.compile(p) for p in cfg.trainable_modules]
+        patterns = [_pattern(p) for p in cfg.trainable_modules]
         for name, p in model.named_parameters():
             if any(pat.search(name) for pat in patterns):
                 p.requires_grad_(True)

@@ -62,13 +62,18 @@ def list_checkpoints(root: Path) -> list[Path]:
     return [p for _, p in sorted(found)]
 
 
-def load_checkpoint(path: Path, model, optimizer, scheduler) -> tuple[dict, dict[str, torch.Tensor]]:
+def load_weights(path: Path, model) -> dict[str, torch.Tensor]:
+    """Load a checkpoint's trainable weights into `model`; return its extra method state ({} if none)."""
     load_trainable_state(model, load_file(path / "trainable.safetensors"))
+    return load_file(path / "extra.safetensors") if (path / "extra.safetensors").exists() else {}
+
+
+def load_checkpoint(path: Path, model, optimizer, scheduler) -> tuple[dict, dict[str, torch.Tensor]]:
+    extra = load_weights(path, model)
     blob = torch.load(path / "optim.pt", weights_only=False)
     optimizer.load_state_dict(blob["optimizer"])
     scheduler.load_state_dict(blob["scheduler"])
     restore_rng(blob["rng"])
-    extra = load_file(path / "extra.safetensors") if (path / "extra.safetensors").exists() else {}
     return json.loads((path / "trainer_state.json").read_text()), extra
 
 

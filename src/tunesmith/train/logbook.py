@@ -5,6 +5,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from tunesmith.errors import UserError
+from tunesmith.io_utils import write_jsonl
+
 
 class Logbook:
     def __init__(self, run_dir: Path, enabled: bool = True):
@@ -20,11 +23,11 @@ class Logbook:
                 self._tb = None
 
     def truncate_after(self, step: int) -> None:
-        """On resume, forget rows written after the checkpoint we resume from."""
+        """On resume, forget rows written after the checkpoint we resume from (and a torn last line)."""
         if not self.path.exists():
             return
         rows = [r for r in self.rows() if r.get("step", 0) <= step]
-        self.path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+        write_jsonl(self.path, rows)  # atomic: a kill now leaves the old file or the new one
 
     def log(self, row: dict) -> None:
         if not self.enabled:
@@ -39,7 +42,19 @@ class Logbook:
     def rows(self) -> list[dict]:
         if not self.path.exists():
             return []
-        return [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
+        lines = self.path.read_text(encoding="utf-8").splitlines()
+        rows = []
+        for n, line in enumerate(lines, 1):
+            if not line.strip():
+                continue
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:
+                if n == len(lines):  # a kill in the middle of an append leaves half a last line
+                    break
+                raise UserError(f"{self.path}:{n}: not a JSON row; the metrics log is damaged",
+                                hint="start the run again without --resume") from None
+        return rows
 
     def close(self) -> None:
         if self._tb is not None:

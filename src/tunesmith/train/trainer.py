@@ -58,6 +58,7 @@ class TrainResult:
     stopped_early: bool
     packing_efficiency: float
     tokens: float = 0.0          # non-padding tokens trained on in this fit() call
+    best_checkpoint: str | None = None   # checkpoints/step-N of best_step, when one was saved
 
 
 class StepPlan:
@@ -123,10 +124,28 @@ class Trainer:
         else:
             optimizer = torch.optim.AdamW(prepared.param_groups, lr=train_cfg.lr, weight_decay=train_cfg.weight_decay)
         scheduler = build_scheduler(optimizer, train_cfg.scheduler, self.total_steps, train_cfg.warmup_ratio)
+        self.deepspeed = self._configure_deepspeed()
         self.loss_module, self.optimizer = self.acc.prepare(self.loss_module, optimizer)
         self.scheduler = scheduler
         self.ckpt_root = self.run_dir / "checkpoints"
         self.logbook = Logbook(self.run_dir, enabled=self.acc.is_main_process)
+
+    def _configure_deepspeed(self) -> bool:
+        """Tell DeepSpeed our micro-batch and accumulation: prepare() gets no dataloader to infer them from.
+
+        Unverified here (DeepSpeed is not installed in CI); follows accelerate's `_prepare_deepspeed`,
+        which reads these keys, and transformers' Trainer for the per-micro-batch boundary.
+        """
+        plugin = self.acc.state.deepspeed_plugin
+        if plugin is None:
+            return False
+        per_process = math.ceil(self.cfg.batch_size / self.acc.num_processes)
+        micro = min(self.micro, per_process)
+        accum = math.ceil(per_process / micro)
+        plugin.deepspeed_config.update(train_micro_batch_size_per_gpu=micro, gradient_accumulation_steps=accum,
+                                       train_batch_size=micro * accum * self.acc.num_processes)
+        self.acc.gradient_accumulation_steps = accum  # else accelerate warns of a mismatch and takes DeepSpeed's
+        return True
 
     # --- one step ---------------------------------------------------------------------------
 
@@ -152,6 +171,8 @@ class Trainer:
         self.loss_module.train()
         for k, batch in enumerate(batches):
             sync = k == len(batches) - 1
+            if self.deepspeed:
+                self.acc.sync_gradients = sync  # DeepSpeed steps inside backward(), at this boundary
             ctx = self.acc.no_sync(self.loss_module) if not sync and self.acc.num_processes > 1 else _null()
             with ctx, self._autocast():
                 nll, _ = self.loss_module(batch.input_ids.to(self.acc.device), batch.position_ids.to(self.acc.device),
@@ -161,6 +182,8 @@ class Trainer:
             real_tokens += batch.real_tokens
             row_tokens += batch.input_ids.numel()
         if not batches:  # this process got no examples in a tiny last step; keep DDP in step
+            if self.deepspeed:
+                self.acc.sync_gradients = True
             with self._autocast():
                 dummy = sum(p.sum() * 0.0 for p in self.loss_module.parameters() if p.requires_grad)
             self._backward(dummy)
@@ -199,7 +222,8 @@ class Trainer:
     def _backward(self, loss) -> None:
         if self.scaler is not None:
             loss = self.scaler.scale(loss)
-        self.acc.backward(loss)
+        # The loss is already normalised over the whole step; DeepSpeed must not divide it by its accumulation.
+        self.acc.backward(loss, **({"scale_wrt_gas": False} if self.deepspeed else {}))
 
     def _params(self):
         return [p for g in self.optimizer.param_groups for p in g["params"]]
@@ -247,18 +271,36 @@ class Trainer:
             self.logbook.truncate_after(state["step"])
         return state
 
+    def _restore_best(self, path: Path) -> None:
+        """Finish with the best checkpoint's weights, including method state outside the trainable ones."""
+        extra = ckpt.load_weights(path, self._model())
+        if extra and "load_extra_state" in self.prepared.hooks:
+            self.prepared.hooks["load_extra_state"](extra)
+
+    def _losses_before(self, state: dict) -> tuple[float, float]:
+        """The run's first loss and the loss at the resumed step (older checkpoints: from the logbook)."""
+        if "first_loss" in state:
+            return state["first_loss"], state["last_loss"]
+        rows = [r for r in self.logbook.rows() if "loss" in r]
+        return (rows[0]["loss"], rows[-1]["loss"]) if rows else (float("nan"), float("nan"))
+
+    def _out_of_patience(self, state: dict) -> bool:
+        return bool(self.cfg.early_stopping_patience) and state["bad_evals"] >= self.cfg.early_stopping_patience
+
     def fit(self, resume: bool = False) -> TrainResult:
         state = {"best_val_loss": None, "best_step": None, "best_checkpoint": None, "bad_evals": 0}
         start = 0
+        first_loss = last_loss = float("nan")
         if resume:
             state = self._resume()
             start = state["step"]
+            first_loss, last_loss = self._losses_before(state)
         progress = _Progress(self.total_steps, start, enabled=self.show_progress)
-        first_loss = last_loss = float("nan")
         tokens = row_tokens = 0.0
         t0 = time.perf_counter()
-        stopped_early = False
-        step = start
+        stopped_early = self._out_of_patience(state)  # resuming a run that had already stopped early
+        end = start if stopped_early else self.total_steps
+        steps_done = start
         stack = contextlib.ExitStack()
         if self.prepared.fast_loss:
             stack.enter_context(packed_attention_for(self._model()))
@@ -266,15 +308,16 @@ class Trainer:
             # Exact (autocast would round to the same values); skipped for methods that move base weights.
             stack.enter_context(frozen_linears_in(self._model(), self.autocast_dtype))
         try:
-            for step in range(start, self.total_steps):
+            for step in range(start, end):
                 out = self.train_step(step)
-                done = step + 1
+                done = steps_done = step + 1
                 tokens += out["tokens"]
                 row_tokens += out["row_tokens"]
                 elapsed = time.perf_counter() - t0
-                if step == start:
+                if step == 0:
                     first_loss = out["loss"]
                 last_loss = out["loss"]
+                state.update(first_loss=first_loss, last_loss=last_loss)  # so a resumed run reports them
                 row = {"step": done, "epoch": round(self.plan.epoch_of(done), 4), "loss": out["loss"], "lr": out["lr"],
                        "grad_norm": out["grad_norm"], "tokens_per_s": tokens / max(elapsed, 1e-9)}
                 eval_now = self.val_set and (
@@ -290,25 +333,22 @@ class Trainer:
                 if done % self.cfg.log_every == 0 or eval_now or done == self.total_steps:
                     self.logbook.log(row)
                 save_now = (self.cfg.save_every and done % self.cfg.save_every == 0)
-                if eval_now and state.get("best_step") == done and self.cfg.early_stopping_patience:
-                    save_now = True
+                if eval_now and state.get("best_step") == done and (self.cfg.early_stopping_patience or self.cfg.save_every):
+                    save_now = True  # the best is kept on disk (and from pruning) whenever checkpoints are on
                 if save_now:
                     if state.get("best_step") == done:
                         state["best_checkpoint"] = str(self.ckpt_root / f"step-{done:06d}")
                     self._save(done, state)
                 progress.update(done, out["loss"], row["tokens_per_s"])
-                if (self.cfg.early_stopping_patience and state["bad_evals"] >= self.cfg.early_stopping_patience):
+                if self._out_of_patience(state):
                     stopped_early = True
                     break
         finally:
             stack.close()
             progress.close()
-        steps_done = step + 1
         if stopped_early and state.get("best_checkpoint"):
             # Finish with the best weights, not the ones that stopped improving.
-            from safetensors.torch import load_file
-
-            ckpt.load_trainable_state(self._model(), load_file(Path(state["best_checkpoint"]) / "trainable.safetensors"))
+            self._restore_best(Path(state["best_checkpoint"]))
         output_dir = self.save_final()
         elapsed = time.perf_counter() - t0
         if self.acc.is_main_process:
@@ -319,7 +359,7 @@ class Trainer:
                              best_val_loss=state.get("best_val_loss"), best_step=state.get("best_step"),
                              output_dir=output_dir, tokens_per_s=tokens / max(elapsed, 1e-9),
                              stopped_early=stopped_early, packing_efficiency=tokens / max(1.0, row_tokens),
-                             tokens=tokens)
+                             tokens=tokens, best_checkpoint=state.get("best_checkpoint"))
         if self.acc.is_main_process:
             write_json(self.run_dir / "train_summary.json", {
                 k: (str(v) if isinstance(v, Path) else v) for k, v in result.__dict__.items()} | {"precision": self.precision})
