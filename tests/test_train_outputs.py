@@ -183,3 +183,14 @@ def test_output_paths_that_cannot_be_folders_are_one_line_errors(tmp_path, tiny_
         main(["train", str(config), "--set", f"output.dir={blocker}", "--debug"])
     with pytest.raises(NotADirectoryError):
         main(["--debug", "train", str(config), "--set", f"output.dir={blocker}/run"])
+
+
+def test_a_missing_metric_extra_fails_before_training(tmp_path, tiny_model_dir, memo_data, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "sacrebleu", None)  # what an uninstalled package looks like to import
+    cfg = make_config(tmp_path, tiny_model_dir, memo_data, "bleu", train={"max_steps": 2},
+                      eval={"enabled": True, "metrics": ["bleu"], "data": str(memo_data)})
+    with pytest.raises(ConfigError, match="bleu"):
+        run(load_config(cfg, [f"output.dir={tmp_path / 'run'}"]), show_progress=False, log=quiet)
+    assert not (tmp_path / "run" / "metrics.jsonl").exists()  # no training time spent on a doomed run

@@ -101,6 +101,10 @@ def run(cfg: RunConfig, *, resume: bool = False, show_progress: bool = True, log
         fh.write(dump_yaml(cfg))
 
     method = check_run(cfg)  # unknown method, keys it ignores, output.merge of an unmergeable method
+    if cfg.eval.enabled:
+        from tunesmith.eval.runner import validate as validate_eval
+
+        validate_eval(cfg.eval)  # a missing metric extra or a bad judge fails now, not after training
     resolved = resolve_base(cfg.model.base)
     log(f"base model: {resolved.label} ({resolved.path})")
     tokenizer = load_tokenizer(resolved, cfg.data.template)
