@@ -1,13 +1,14 @@
 """Every fine-tuning method on the quickstart task; writes docs/methods.md.
 
-    OMP_NUM_THREADS=1 nice -n 10 .venv/bin/python bench/methods.py [--steps 12] [--eval-examples 16] [--methods lora,dora]
+    OMP_NUM_THREADS=1 nice -n 10 .venv/bin/python bench/methods.py [--steps 12] [--eval-examples 16] [--methods lora,dora,lora+lora_fa]
     .venv/bin/python bench/methods.py --render     # rewrite docs/methods.md from bench/out/methods/results.json
 
 Work: the quickstart run (src/tunesmith/assets/quickstart/config.yaml: SmolLM2-135M-Instruct, free-
 text orders -> one JSON object) with `method.name` changed and, to fit a shared CPU, a reduced
 budget: `--steps` optimizer steps of 8 examples, held-out scoring on the first `--eval-examples`
 test examples, greedy decoding. Each method uses the learning rate listed in LR (methods with few
-parameters need larger steps); every other key is the quickstart's. The base model's zero-shot
+parameters need larger steps); every other key is the quickstart's. The LoRA+ and LoRA-FA
+optimizers run as rows of their own (VARIANTS: method lora plus the optimizer's key). The base model's zero-shot
 score is measured once, in the lora run, as the reference row.
 
 Each method runs in its own subprocess so its peak RSS is its own. Reported per method:
@@ -36,8 +37,13 @@ OUT = HERE / "out" / "methods"
 DOC = ROOT / "docs" / "methods.md"
 
 LR = {"full": 5e-5, "freeze": 1e-4, "spectrum": 1e-4, "lora": 1e-3, "rslora": 1e-3, "dora": 1e-3, "qlora": 1e-3,
-      "delta_lora": 1e-3, "vera": 1e-2, "ia3": 1e-2, "prefix": 1e-2, "prompt": 3e-2, "bottleneck": 3e-4}
+      "delta_lora": 1e-3, "vera": 1e-2, "ia3": 1e-2, "prefix": 1e-2, "prompt": 3e-2, "bottleneck": 3e-4,
+      # LoRA+ gives B 16x the base rate, so its base rate is lower than plain LoRA's
+      "lora+loraplus": 5e-4, "lora+lora_fa": 1e-3}
 EXTRA = {"prompt": ["method.prompt_init_text=Extract the order as a JSON object."]}
+# Rows that are a registered method plus its own keys (the LoRA+ and LoRA-FA optimizers are lora options).
+VARIANTS = {"lora+loraplus": ("lora", ["method.loraplus_lr_ratio=16"]),
+            "lora+lora_fa": ("lora", ["method.lora_fa=true"])}
 
 
 def run_one(name: str, steps: int, eval_examples: int, out: Path) -> dict:
@@ -45,7 +51,8 @@ def run_one(name: str, steps: int, eval_examples: int, out: Path) -> dict:
     from tunesmith.quickstart import run_quickstart
 
     lines = []
-    overrides = [f"method.name={name}", f"train.max_steps={steps}", f"train.lr={LR.get(name, 1e-3)}",
+    method, keys = VARIANTS.get(name, (name, []))
+    overrides = [f"method.name={method}", *keys, f"train.max_steps={steps}", f"train.lr={LR.get(name, 1e-3)}",
                  f"eval.max_examples={eval_examples}", "output.merge=false",
                  "eval.baselines=[zero-shot]" if name == "lora" else "eval.baselines=[]", *EXTRA.get(name, [])]
     t0 = time.perf_counter()
@@ -99,12 +106,21 @@ config error, except the shared adapter-shape keys `r`, `alpha`, `dropout`, `tar
 
 Optimizers for the LoRA family: `loraplus_lr_ratio: 16` (LoRA+, B learns 16x faster than A) or
 `lora_fa: true` (LoRA-FA: A frozen, B trained with the projected gradient); one at a time, and
-LoRA-FA not with DoRA. `output.merge: true` with a method that cannot merge is refused before
-training; `tunesmith merge` / GGUF export of such an adapter say why.
+LoRA-FA not with DoRA; LoRA-FA's projected gradient uses the adapter's own scale (alpha/sqrt(r)
+under rsLoRA). `method.name: rslora` and `dora` always apply their own flag, so their `rslora: false`
+/ `dora: false` (the defaults every saved config.yaml spells out) change nothing; the other flag
+still adds (`name: dora` with `rslora: true` is rsLoRA + DoRA). `delta_lora_start` with
+`delta_lora_lambda: 0` is a config error (the base weights would never move). `output.merge: true`
+with a method that cannot merge is refused before training; `tunesmith merge` / GGUF export of
+such an adapter say why, also for a prefix / prompt-tuning folder saved by plain peft (its
+`adapter_config.json` `peft_type`) or a bottleneck folder without `tunesmith.json`.
 
 `tunesmith spectrum scan MODEL` prints every weight matrix's SNR: singular values above the
 Marchenko-Pastur edge sigma(sqrt(m) + sqrt(n)) count as signal (sigma estimated from the median
 singular value), SNR = signal energy / noise energy, and the matrices Spectrum would train.
+`--json FILE` writes the same rows as strict JSON: a matrix with no energy at or below the edge (a
+noise-free low-rank matrix) has an infinite SNR, written as `"snr": null, "snr_infinite": true`
+(it ranks above every finite SNR); an all-zero matrix has SNR 0.
 """
 
 
@@ -150,7 +166,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=15)
     parser.add_argument("--eval-examples", type=int, default=24)
-    parser.add_argument("--methods", default="", help="comma-separated subset (default: all)")
+    parser.add_argument("--methods", default="", help="comma-separated subset (default: all, with lora+loraplus and lora+lora_fa)")
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--render", action="store_true", help="only rewrite docs/methods.md from saved results")
     args = parser.parse_args()
@@ -171,7 +187,7 @@ def main() -> None:
     sys.path.insert(0, str(ROOT / "src"))
     from tunesmith.methods import METHODS
 
-    names = [n for n in args.methods.split(",") if n] or list(METHODS)
+    names = [n for n in args.methods.split(",") if n] or list(METHODS) + list(VARIANTS)
     if "lora" in names:   # the reference runs first
         names.remove("lora")
         names.insert(0, "lora")

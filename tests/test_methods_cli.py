@@ -18,6 +18,9 @@ from tunesmith.methods import METHODS
 
 OWN_KEYS = {"prefix": {"num_virtual_tokens": 4}, "prompt": {"num_virtual_tokens": 4},
             "vera": {"vera_r": 32}, "bottleneck": {"bottleneck_size": 8}, "spectrum": {"spectrum_top_percent": 50}}
+# The LoRA+ and LoRA-FA optimizers are lora options, run as cases of their own: case -> (method.name, keys).
+CLI_CASES = {**{name: (name, OWN_KEYS.get(name, {})) for name in METHODS},
+             "lora+loraplus": ("lora", {"loraplus_lr_ratio": 16}), "lora+lora_fa": ("lora", {"lora_fa": True})}
 
 
 def cli(*args) -> int:
@@ -45,10 +48,11 @@ def base_config(tiny_model_dir, tmp_path_factory):
     return path
 
 
-@pytest.mark.parametrize("name", list(METHODS))
-def test_every_method_trains_saves_and_evaluates_from_the_cli(name, base_config, tiny_model_dir, tmp_path, capsys):
+@pytest.mark.parametrize("case", list(CLI_CASES))
+def test_every_method_trains_saves_and_evaluates_from_the_cli(case, base_config, tiny_model_dir, tmp_path, capsys):
     run = tmp_path / "run"
-    sets = [f"method.name={name}", f"output.dir={run}"] + [f"method.{k}={v}" for k, v in OWN_KEYS.get(name, {}).items()]
+    name, keys = CLI_CASES[case]
+    sets = [f"method.name={name}", f"output.dir={run}"] + [f"method.{k}={v}" for k, v in keys.items()]
     assert cli("train", base_config, "--quiet", *[x for s in sets for x in ("--set", s)]) == 0
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert len(rows) == 3 and all(r["loss"] > 0 for r in rows)
@@ -86,6 +90,8 @@ def test_unmergeable_methods_refuse_merge_clearly(name, base_config, tiny_model_
     (["method.name=dora", "method.lora_fa=true"], "LoRA-FA's projected gradient"),
     (["method.name=prefix", "method.loraplus_lr_ratio=16"], "does not use it"),
     (["method.name=lorra"], "did you mean 'lora'"),
+    (["method.name=delta_lora", "method.delta_lora_lambda=0", "method.delta_lora_start=5"],
+     "method.delta_lora_start=5 with method.delta_lora_lambda=0"),
 ])
 def test_nonsensical_combinations_are_config_errors(sets, message, base_config, tmp_path, capsys):
     args = [x for s in sets + [f"output.dir={tmp_path / 'run'}"] for x in ("--set", s)]
@@ -113,3 +119,51 @@ def test_spectrum_scan_prints_the_table_and_json(tiny_model_dir, tmp_path, capsy
     assert sum(r["selected"] for r in rows) == 7             # one of two per type
     assert all(r["snr"] >= 0 and r["edge"] > 0 for r in rows)
     assert "7 of 14 matrices selected" in capsys.readouterr().out
+
+
+def _strict_json(text: str):
+    def refuse(constant):
+        raise ValueError(f"not JSON: {constant}")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+def test_spectrum_scan_json_is_strict_for_an_infinite_snr(tokenizer, tmp_path, capsys):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from tests.conftest import make_tiny_llama
+
+    folder = make_tiny_llama(tokenizer, tmp_path / "model")
+    model = AutoModelForCausalLM.from_pretrained(str(folder))
+    with torch.no_grad():
+        # One nonzero entry: singular values (2, 0, ..., 0) exactly, so no energy at or below the edge.
+        w = model.model.layers[1].mlp.up_proj.weight
+        w.zero_()
+        w[3, 5] = 2.0
+        model.model.layers[0].mlp.gate_proj.weight.zero_()   # no energy at all: SNR 0, not infinite
+    model.save_pretrained(folder)
+    out = tmp_path / "scan.json"
+    assert cli("spectrum", "scan", folder, "--top-percent", "50", "--json", out) == 0
+    rows = {r["name"]: r for r in _strict_json(out.read_text())}
+    up = rows["model.layers.1.mlp.up_proj"]
+    assert (up["snr"], up["snr_infinite"], up["n_signal"], up["selected"]) == (None, True, 1, True)
+    gate = rows["model.layers.0.mlp.gate_proj"]
+    assert (gate["snr"], gate["snr_infinite"]) == (0.0, False)
+    finite = [r for name, r in rows.items() if name != up["name"]]
+    assert all(r["snr_infinite"] is False and r["snr"] >= 0 for r in finite)
+    assert "inf" in capsys.readouterr().out   # the table still says it plainly
+
+
+def test_merge_refuses_a_plain_peft_prefix_folder(tiny_model_dir, tmp_path, capsys):
+    from peft import PrefixTuningConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    folder = tmp_path / "prefix-adapter"   # saved by peft alone: no tunesmith.json
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(str(tiny_model_dir)),
+                           PrefixTuningConfig(num_virtual_tokens=4, task_type="CAUSAL_LM"))
+    model.save_pretrained(folder)
+    assert cli("merge", "--adapter", folder, "-o", tmp_path / "merged") == 2
+    err = capsys.readouterr().err
+    assert "'prefix' adapter cannot be folded into the base weights" in err and "Traceback" not in err
+    assert not (tmp_path / "merged").exists()

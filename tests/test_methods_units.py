@@ -244,3 +244,110 @@ def test_memory_estimate_counts_weights_grads_and_adam(tiny_model_dir):
     lora, qlora = footprint(config, METHODS["lora"]), footprint(config, METHODS["qlora"])
     assert lora.memory_bytes == 4 * n + 16 * lora.trainable
     assert qlora.trainable == lora.trainable and qlora.memory_bytes < lora.memory_bytes
+
+
+# --- LoRA scaling: lora vs rslora, and LoRA-FA's projection ----------------------------------------
+
+R, ALPHA = 4, 8.0
+
+
+@pytest.mark.parametrize("keys, scale", [
+    ({"name": "lora"}, ALPHA / R),                       # 2.0
+    ({"name": "rslora"}, ALPHA / math.sqrt(R)),          # 4.0
+    ({"name": "lora", "rslora": True}, ALPHA / math.sqrt(R)),
+    ({"name": "dora", "rslora": True}, ALPHA / math.sqrt(R)),
+])
+def test_lora_scaling_is_alpha_over_r_and_rslora_alpha_over_sqrt_r(keys, scale, tiny_model_dir):
+    prepared = prepare_method(fresh(tiny_model_dir), MethodConfig(r=R, alpha=ALPHA, **keys), 1e-3)
+    layers = [m for m in prepared.model.modules() if hasattr(m, "lora_A") and "default" in m.lora_A]
+    assert len(layers) == 14 and {m.scaling["default"] for m in layers} == {scale}
+    if keys["name"] == "dora":
+        return   # DoRA renormalises W + s B A per column, so its output is not W x + s B A x
+    # The forward really adds scale * B A x (checked on one layer, with B moved off its zero init).
+    layer = prepared.model.base_model.model.model.layers[0].self_attn.q_proj
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        layer.lora_B["default"].weight.copy_(torch.randn(layer.lora_B["default"].weight.shape, generator=g))
+        x = torch.randn(3, 64, generator=g)
+        a, b = layer.lora_A["default"].weight, layer.lora_B["default"].weight
+        torch.testing.assert_close(layer(x) - layer.base_layer(x), scale * (x @ a.T @ b.T), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("name, rslora, scale", [("lora", False, ALPHA / R), ("lora", True, ALPHA / math.sqrt(R)),
+                                                 ("rslora", False, ALPHA / math.sqrt(R))])
+def test_lora_fa_optimizer_projects_with_the_adapters_own_scale(name, rslora, scale, tiny_model_dir):
+    cfg = MethodConfig(name=name, r=R, alpha=ALPHA, rslora=rslora, lora_fa=True)
+    prepared = prepare_method(fresh(tiny_model_dir), cfg, 1e-3)
+    opt = prepared.hooks["optimizer"](prepared.param_groups)
+    layer_scales = {m.scaling["default"] for m in prepared.model.modules() if hasattr(m, "lora_A") and "default" in m.lora_A}
+    (group,) = opt.param_groups
+    assert group["scaling_factor"] == scale and layer_scales == {scale}
+    if "scaling_factors" in group:   # newer peft: one scale per LoRA parameter, read from its layer
+        per_param = {f for n, f in zip(group["names"], group["scaling_factors"]) if ".lora_" in n}
+        assert per_param == {scale}
+
+
+def test_delta_lora_start_without_lambda_is_a_config_error(tiny_model_dir):
+    from tunesmith.errors import ConfigError
+
+    cfg = MethodConfig(name="delta_lora", r=R, delta_lora_lambda=0.0, delta_lora_start=5)
+    with pytest.raises(ConfigError, match=r"method.delta_lora_start=5 with method.delta_lora_lambda=0"):
+        prepare_method(fresh(tiny_model_dir), cfg, 1e-3)
+    # Each key alone is a legal config.
+    prepare_method(fresh(tiny_model_dir), MethodConfig(name="delta_lora", r=R, delta_lora_lambda=0.0), 1e-3)
+    prepare_method(fresh(tiny_model_dir), MethodConfig(name="delta_lora", r=R, delta_lora_start=5), 1e-3)
+
+
+# --- merge refusal for folders tunesmith did not write -------------------------------------------
+
+def _peft_folder(tiny_model_dir, out, peft_config):
+    from peft import get_peft_model
+
+    model = get_peft_model(fresh(tiny_model_dir), peft_config)
+    model.save_pretrained(out)
+    assert not (out / "tunesmith.json").exists()
+    return out
+
+
+def _prefix_config():
+    from peft import PrefixTuningConfig
+
+    return PrefixTuningConfig(num_virtual_tokens=4, task_type="CAUSAL_LM")
+
+
+def _prompt_config():
+    from peft import PromptTuningConfig
+
+    return PromptTuningConfig(num_virtual_tokens=4, task_type="CAUSAL_LM")
+
+
+@pytest.mark.parametrize("make, method", [(_prefix_config, "prefix"), (_prompt_config, "prompt")])
+def test_plain_peft_prompt_learning_folders_are_not_mergeable(make, method, tiny_model_dir, tmp_path):
+    from tunesmith.errors import UserError
+    from tunesmith.methods import require_mergeable
+
+    folder = _peft_folder(tiny_model_dir, tmp_path / "adapter", make())
+    with pytest.raises(UserError, match=f"a '{method}' adapter cannot be folded into the base weights, so it cannot be merged"):
+        require_mergeable(folder)
+
+
+def test_plain_peft_lora_folder_stays_mergeable(tiny_model_dir, tmp_path):
+    from peft import LoraConfig
+
+    from tunesmith.methods import require_mergeable
+
+    folder = _peft_folder(tiny_model_dir, tmp_path / "adapter", LoraConfig(r=4, target_modules="all-linear"))
+    require_mergeable(folder)   # no error
+
+
+def test_bottleneck_folder_without_tunesmith_json_is_not_mergeable(tiny_model_dir, tmp_path):
+    from tunesmith.errors import UserError
+    from tunesmith.methods import require_mergeable
+
+    prepared = prepare_method(fresh(tiny_model_dir), MethodConfig(name="bottleneck", bottleneck_size=8), 1e-3)
+    folder = tmp_path / "adapter"
+    folder.mkdir()
+    prepared.save(folder)
+    assert (folder / "bottleneck_config.json").is_file() and not (folder / "tunesmith.json").exists()
+    with pytest.raises(UserError, match="a 'bottleneck' adapter cannot be folded"):
+        require_mergeable(folder, "exported to GGUF")

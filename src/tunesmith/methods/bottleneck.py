@@ -116,7 +116,7 @@ def load_bottleneck(base_model, folder: Path):
     return base_model
 
 
-register_loader(CONFIG_FILE, load_bottleneck)
+register_loader(CONFIG_FILE, load_bottleneck, method="bottleneck")
 
 
 @register_method

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 
+from tunesmith.errors import ConfigError
 from tunesmith.methods.registry import Method, Prepared, register_method, trainable_groups
 from tunesmith.methods.targets import decoder_linears
 
@@ -102,6 +103,15 @@ class DeltaLoRA(Method):
     name = "delta_lora"
     summary = "LoRA whose frozen base weights also move by lambda x the change of B·A each step; saves a full model"
     options = frozenset({"r", "alpha", "dropout", "target_modules", "delta_lora_lambda", "delta_lora_start"})
+
+    def check(self, cfg) -> None:
+        super().check(cfg)
+        if cfg.delta_lora_lambda == 0 and cfg.delta_lora_start > 0:
+            # lambda 0 never moves the base weights, so a step to start moving them at says the
+            # config meant something it does not do.
+            raise ConfigError(f"method.delta_lora_start={cfg.delta_lora_start} with method.delta_lora_lambda=0: "
+                              "the base weights never move, so there is nothing to start",
+                              hint="set method.delta_lora_lambda > 0 (the paper uses 0.5), or drop delta_lora_start")
 
     def prepare(self, model, cfg, lr):
         self.check(cfg)

@@ -45,9 +45,21 @@ def check_optimizer_options(method_name: str, cfg, uses_dora: bool) -> None:
                           hint="drop method.lora_fa, or use method.name=lora without dora")
 
 
-def optimizer_hooks(model, cfg, lr: float) -> dict:
+def lorafa_rslora(rslora: bool) -> dict:
+    """Older peft takes `use_rslora` with default False, so rsLoRA's scale must be passed; newer peft
+    (0.21) reads it from the adapter's own config and deprecates the argument (default None)."""
+    import inspect
+
+    from peft.optimizers import create_lorafa_optimizer
+
+    param = inspect.signature(create_lorafa_optimizer).parameters.get("use_rslora")
+    return {} if param is None or param.default is None else {"use_rslora": rslora}
+
+
+def optimizer_hooks(model, cfg, lr: float, rslora: bool = False) -> dict:
     """LoRA+ or LoRA-FA as the trainer's optimizer factory (the param groups it passes are ignored:
-    both optimizers build their own groups from the peft model)."""
+    both optimizers build their own groups from the peft model). `rslora` is the scaling the
+    adapter really uses: LoRA-FA's projected gradient divides by that scale squared."""
     if cfg.loraplus_lr_ratio:
         from peft.optimizers import create_loraplus_optimizer
 
@@ -58,7 +70,7 @@ def optimizer_hooks(model, cfg, lr: float) -> dict:
         from peft.optimizers import create_lorafa_optimizer
 
         return {"optimizer": lambda _groups, weight_decay=0.0: create_lorafa_optimizer(
-            model, r=cfg.r, lora_alpha=cfg.alpha, lr=lr, weight_decay=weight_decay)}
+            model, r=cfg.r, lora_alpha=cfg.alpha, lr=lr, weight_decay=weight_decay, **lorafa_rslora(rslora))}
     return {}
 
 
@@ -81,16 +93,20 @@ class LoRA(Method):
     def uses_dora(self, cfg) -> bool:
         return bool(cfg.dora if self.force_dora is None else self.force_dora)
 
+    def uses_rslora(self, cfg) -> bool:
+        return bool(cfg.rslora if self.force_rslora is None else self.force_rslora)
+
     def check(self, cfg) -> None:
         super().check(cfg)
         check_optimizer_options(self.name, cfg, self.uses_dora(cfg))
 
     def prepare(self, model, cfg, lr):
         self.check(cfg)
-        model = wrap_peft(model, lora_config(cfg, rslora=self.force_rslora, dora=self.force_dora))
+        model = wrap_peft(model, lora_config(cfg, rslora=self.uses_rslora(cfg), dora=self.uses_dora(cfg)))
         if cfg.lora_fa:
             freeze_lora_a(model)
-        return Prepared(model, trainable_groups(model, lr), kind="adapter", hooks=optimizer_hooks(model, cfg, lr))
+        return Prepared(model, trainable_groups(model, lr), kind="adapter",
+                        hooks=optimizer_hooks(model, cfg, lr, rslora=self.uses_rslora(cfg)))
 
 
 @register_method

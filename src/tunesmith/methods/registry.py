@@ -121,17 +121,24 @@ def trainable_groups(model, lr: float) -> list[dict]:
 
 # marker file -> loader(base_model, folder) -> model with the trained method applied
 LOADERS: dict[str, Callable] = {}
+LOADER_METHODS: dict[str, str] = {}   # marker file -> the method whose folders carry it
 
 
-def register_loader(marker: str, loader: Callable) -> None:
+def register_loader(marker: str, loader: Callable, method: str | None = None) -> None:
     LOADERS[marker] = loader
+    if method:
+        LOADER_METHODS[marker] = method
 
 
 def folder_method(folder: Path) -> str | None:
     """The method that wrote a run's adapter folder (from tunesmith.json), if recorded."""
     ours = Path(folder) / "tunesmith.json"
     if ours.is_file():
-        return json.loads(ours.read_text()).get("method")
+        try:
+            meta = json.loads(ours.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise UserError(f"{ours}: not valid JSON ({exc})", hint="restore it from the run, or delete it") from None
+        return meta.get("method") if isinstance(meta, dict) else None
     return None
 
 
@@ -149,13 +156,39 @@ def load_trained(base_model, folder: str | Path):
                     hint="pass the 'adapter' folder of a run; a full fine-tune's 'model' folder is a base model (--model)")
 
 
+# peft adapter types that live outside the weights (virtual tokens, KV prefixes, gated prompts)
+# and so have nothing to merge; named as our method where we have one.
+UNMERGEABLE_PEFT_TYPES = {"PREFIX_TUNING": "prefix", "PROMPT_TUNING": "prompt", "P_TUNING": "p_tuning",
+                          "MULTITASK_PROMPT_TUNING": "multitask_prompt_tuning", "ADAPTION_PROMPT": "adaption_prompt",
+                          "CPT": "cpt"}
+
+
+def peft_adapter_type(folder: Path) -> str | None:
+    """peft_type from a folder's adapter_config.json (a folder plain peft saved has no tunesmith.json)."""
+    path = folder / "adapter_config.json"
+    if not path.is_file():
+        return None
+    try:
+        cfg = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise UserError(f"{path}: not valid JSON ({exc})", hint="re-save the adapter with save_pretrained") from None
+    kind = cfg.get("peft_type") if isinstance(cfg, dict) else None
+    return str(kind).upper() if kind else None
+
+
 def require_mergeable(folder: str | Path, action: str = "merged") -> None:
     """Refuse, with the reason, to merge/export an adapter whose method cannot fold into the weights."""
     folder = Path(folder)
     name = folder_method(folder)
-    unmergeable = [m for m in LOADERS if (folder / m).is_file()]
-    if unmergeable or (name in METHODS and not METHODS[name].mergeable):
-        what = name or unmergeable[0]
+    peft_type = peft_adapter_type(folder)
+    # Every registered folder format (bottleneck_config.json ...) adds layers of its own.
+    unmergeable = [LOADER_METHODS.get(m, m) for m in LOADERS if (folder / m).is_file()]
+    if peft_type in UNMERGEABLE_PEFT_TYPES:
+        unmergeable.append(UNMERGEABLE_PEFT_TYPES[peft_type])
+    if name in METHODS and not METHODS[name].mergeable:
+        unmergeable.insert(0, name)
+    if unmergeable:
+        what = unmergeable[0]
         raise UserError(f"{folder}: a '{what}' adapter cannot be folded into the base weights, so it cannot be {action}",
                         hint="it adds layers (or virtual tokens) that a plain model has no place for; "
                              "evaluate or serve it as an adapter on its base model")

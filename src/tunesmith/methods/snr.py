@@ -49,7 +49,10 @@ class MatrixSNR:
     snr: float
 
     def as_dict(self) -> dict:
-        return {"shape": list(self.shape), "sigma": self.sigma, "edge": self.edge, "n_signal": self.n_signal, "snr": self.snr}
+        """JSON-safe: strict JSON has no Infinity, so an infinite SNR is written as null with
+        `snr_infinite` true (sort such rows above every finite one)."""
+        return {"shape": list(self.shape), "sigma": self.sigma, "edge": self.edge, "n_signal": self.n_signal,
+                "snr": self.snr if math.isfinite(self.snr) else None, "snr_infinite": self.snr == math.inf}
 
 
 @torch.no_grad()
@@ -65,5 +68,7 @@ def matrix_snr(weight: torch.Tensor) -> MatrixSNR:
     above = s > edge
     signal = float((s[above] ** 2).sum())
     noise = float((s[~above] ** 2).sum())
-    snr = signal / noise if noise > 0 else math.inf
+    # No energy at or below the edge: a noise-free low-rank matrix is all signal (infinite SNR);
+    # an all-zero matrix has neither and carries nothing to train for.
+    snr = signal / noise if noise > 0 else math.inf if signal > 0 else 0.0
     return MatrixSNR((int(weight.shape[0]), int(weight.shape[1])), sigma, edge, int(above.sum()), snr)
