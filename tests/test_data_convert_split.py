@@ -98,8 +98,8 @@ def test_inspect_reports_counts_lengths_duplicates_and_plot(tmp_path, capsys, ti
     report = json.loads(out)
     from tunesmith.data.tokenize import tokenize_sample
 
-    unique = [s for i, s in enumerate(load_samples(src)) if i != 10]  # the exact duplicate is not measured twice
-    lengths = sorted(len(tokenize_sample(tokenizer, s)[0]) for s in unique)
+    # Every valid example is measured, the exact duplicate too (training would see it twice).
+    lengths = sorted(len(tokenize_sample(tokenizer, s)[0]) for s in load_samples(src))
     assert (report["format"], report["records"], report["valid"], report["errors"]) == ("messages", 13, 13, 0)
     assert (report["exact_duplicates"], report["near_duplicates"]) == (1, 1)
     assert report["tokens"]["min"] == lengths[0] and report["tokens"]["max"] == lengths[-1]
@@ -110,3 +110,39 @@ def test_inspect_reports_counts_lengths_duplicates_and_plot(tmp_path, capsys, ti
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     code, out, _ = run(["data", "inspect", str(src), "--model", str(tiny_model_dir)], capsys)
     assert code == 0 and "near duplicates" in out and "efficiency" in out
+
+
+def test_inspect_lengths_count_every_copy_of_a_duplicate(tmp_path, capsys, tiny_model_dir, tokenizer):
+    from tunesmith.data.tokenize import tokenize_sample
+
+    long = {"messages": [{"role": "user", "content": " ".join(f"word{i}" for i in range(120))},
+                         {"role": "assistant", "content": "ok"}]}
+    short = [{"messages": [{"role": "user", "content": f"q{i}"}, {"role": "assistant", "content": "a"}]} for i in range(2)]
+    src = _write(tmp_path / "dups.jsonl", [long, short[0], long, short[1], long])
+    code, out, _ = run(["data", "inspect", str(src), "--model", str(tiny_model_dir), "--max-len", "100", "--json"], capsys)
+    assert code == 0
+    report = json.loads(out)
+    n_long = len(tokenize_sample(tokenizer, load_samples(src)[0])[0])
+    assert n_long > 100
+    assert (report["exact_duplicates"], report["near_duplicates"]) == (2, 0)   # copies are not near duplicates too
+    assert report["over_max_len"] == 3 and report["tokens"]["max"] == n_long and report["tokens"]["p50"] == n_long
+    assert report["packing"]["examples"] == 2
+
+
+def test_split_writes_both_files_or_neither(tmp_path, capsys):
+    src = _write(tmp_path / "data.jsonl", _alpaca_rows(10))
+    out = tmp_path / "s"
+    (out / "data.val.jsonl").mkdir(parents=True)        # the val file cannot be written
+    code, _, err = run(["data", "split", str(src), "--val", "0.2", "-o", str(out)], capsys)
+    assert code == 2 and f"{out / 'data.val.jsonl'} is a folder" in err and "Traceback" not in err
+    assert sorted(p.name for p in out.iterdir()) == ["data.val.jsonl"]   # no train file, no temporary files
+
+
+def test_split_takes_back_the_first_file_when_the_second_cannot_be_moved(tmp_path):
+    from tunesmith.data.split import write_together
+
+    train, val = tmp_path / "d.train.jsonl", tmp_path / "d.val.jsonl"
+    val.mkdir()   # written fine in the staging folder, then the rename onto a folder fails
+    with pytest.raises(OSError):
+        write_together([(train, [{"a": 1}]), (val, [{"a": 2}])])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["d.val.jsonl"] and not any(val.iterdir())

@@ -127,3 +127,78 @@ def test_empty_response_fails_validate_but_clean_removes_it(tmp_path, capsys):
     report = json.loads((tmp_path / "o.report.json").read_text())
     assert report["removed"]["empty_response"] == 1 and report["kept"] == 1
     assert report["examples"]["empty_response"] == [{"source": f"{path}:2", "field": "messages[1].content"}]
+
+
+def test_undetectable_first_record_does_not_hide_the_rest(tmp_path, capsys):
+    path = tmp_path / "late.jsonl"
+    path.write_bytes(_lines([
+        {"question": "q", "answer": "a"},                                                     # 1: no format's keys
+        GOOD,                                                                                  # 2: detects messages
+        '{"messages": [}',                                                                     # 3
+        {"messages": [{"role": "robot", "content": "hi"}, {"role": "assistant", "content": "x"}]},  # 4
+        {"question": "again"},                                                                 # 5: messages missing
+        GOOD,
+    ]))
+    code, out, err = run(["data", "validate", str(path)], capsys)
+    assert code == 1
+    assert err.splitlines() == [
+        f"{path}:1: (record): cannot tell the format from keys ['answer', 'question']; expected one of: messages, "
+        "conversations, instruction+output, prompt+completion, prompt+chosen+rejected, text (or pass --format)",
+        f"{path}:3: (line): invalid JSON: Expecting value at column 15",
+        f"{path}:4: messages[0].role: unknown role 'robot' (expected one of system, user, assistant)",
+        f"{path}:5: messages: missing",
+    ]
+    assert f"{path}: format messages, 6 records, 2 valid, 4 errors" in out
+
+
+def _csv_field_too_large(path):
+    path.write_text("prompt,completion\nq,a\n" + f"q2,{'x' * 200_000}\nq3,a3\n", encoding="utf-8")
+
+
+def _parquet_damaged_page(path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    texts = [f"some text number {i} " * 20 for i in range(5000)]
+    pq.write_table(pa.table({"text": texts}), path, compression="none", row_group_size=1000)
+    raw = bytearray(path.read_bytes())
+    # Garbage over the middle of the data (footer intact, so the file still opens).
+    mid = len(raw) // 2
+    raw[mid:mid + 4096] = b"\xff" * 4096
+    path.write_bytes(bytes(raw))
+
+
+def _datasets_missing_arrow(path):
+    from datasets import Dataset
+
+    Dataset.from_list([GOOD, GOOD]).save_to_disk(str(path))
+    for arrow in path.glob("*.arrow"):
+        arrow.unlink()
+
+
+def _datasets_truncated_arrow(path):
+    from datasets import Dataset
+
+    Dataset.from_list([GOOD] * 50).save_to_disk(str(path))
+    for arrow in path.glob("*.arrow"):
+        arrow.write_bytes(arrow.read_bytes()[:200])
+
+
+# (writer, file name, regex of the error line after the path)
+@pytest.mark.parametrize("make, name, tail", [
+    (_csv_field_too_large, "big.csv", r":3: \(line\): unreadable CSV: field larger than field limit"),
+    (_parquet_damaged_page, "bad.parquet", r":\d+: \(file\): damaged Parquet data from row \d+ on"),
+    (_datasets_missing_arrow, "ds", r": not a readable datasets folder"),
+    (_datasets_truncated_arrow, "ds", r": (not a readable|damaged) datasets folder"),
+], ids=["csv-field-limit", "parquet-page", "datasets-no-arrow", "datasets-truncated"])
+def test_damaged_containers_are_reported_not_raised(make, name, tail, tmp_path, capsys):
+    import re
+
+    path = tmp_path / name
+    make(path)
+    for argv in (["data", "validate", str(path)], ["data", "clean", str(path), "-o", str(tmp_path / "o.jsonl")]):
+        code, out, err = run(argv, capsys)
+        assert code != 0, argv
+        assert "Traceback" not in out + err
+        assert re.search(re.escape(str(path)) + tail, err), err
+    assert not (tmp_path / "o.jsonl").exists()

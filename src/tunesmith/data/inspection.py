@@ -52,7 +52,9 @@ def _summary(values: list[int]) -> dict[str, float]:
 def inspect_file(path: str | Path, tokenizer=None, *, max_len: int = 512, fmt: str = "auto",
                  near: NearDupParams = NearDupParams(), batch_size: int = 2048) -> Inspection:
     """Stream the file once. Duplicates are counted as `clean` would remove them (on unnormalised
-    text, so `clean` may find a few more); token lengths are exactly what training tokenizes."""
+    text, so `clean` may find a few more); token lengths are exactly what training tokenizes, and
+    like training they include every copy of an exact duplicate (the near-duplicate search sees
+    each text once, so a copy is never also counted as a near duplicate)."""
     from tunesmith.data.tokenize import token_lengths
 
     scan = Scan(path, fmt)
@@ -63,12 +65,15 @@ def inspect_file(path: str | Path, tokenizer=None, *, max_len: int = 512, fmt: s
     seen: set[bytes] = set()
     index = NearDupIndex(near)
     batch: list[Sample] = []
+    first: list[bool] = []     # per batch entry: not an exact copy of an earlier sample
 
     def flush() -> None:
         if tokenizer is not None:
             result.lengths.extend(token_lengths(tokenizer, batch))
-        result.near_duplicates += sum(hit is not None for hit in index.find_duplicates(index.signatures(batch)))
+        unique = [s for s, is_first in zip(batch, first) if is_first]
+        result.near_duplicates += sum(hit is not None for hit in index.find_duplicates(index.signatures(unique)))
         batch.clear()
+        first.clear()
 
     for item in scan:
         if item.problem is not None:
@@ -83,11 +88,13 @@ def inspect_file(path: str | Path, tokenizer=None, *, max_len: int = 512, fmt: s
         if sample.messages:
             turns.append(len(sample.messages))
         digest = exact_digest(sample)
-        if digest in seen:
+        is_first = digest not in seen
+        if is_first:
+            seen.add(digest)
+        else:
             result.exact_duplicates += 1
-            continue
-        seen.add(digest)
         batch.append(sample)
+        first.append(is_first)
         if len(batch) >= batch_size:
             flush()
     flush()

@@ -57,7 +57,8 @@ class Scan:
         self.name = str(path)
         self.format = None if fmt == "auto" else fmt
         self.records = 0
-        self.undetectable = False
+        # Records read before any had keys that name a format (each one is reported as a problem).
+        self.undetectable = 0
 
     def __iter__(self) -> Iterator[Item]:
         seen_ids: dict[str, str] = {}
@@ -70,11 +71,13 @@ class Scan:
             if self.format is None:
                 self.format = detect_format(record)
                 if self.format is None:
-                    self.undetectable = True
+                    # Keep going: the next record may name the format, and the rest of the file
+                    # still deserves validating.
+                    self.undetectable += 1
                     yield Item(file, line, record, problem=Problem(file, line, "(record)",
                         f"cannot tell the format from keys {sorted(record)}; expected one of: messages, conversations, "
                         "instruction+output, prompt+completion, prompt+chosen+rejected, text (or pass --format)"))
-                    return
+                    continue
             try:
                 sample = FORMATS[self.format].parse(record)
             except FieldProblem as exc:

@@ -3,8 +3,10 @@
 `where` is the 1-based line a record starts on in the file being read (JSONL, a JSON array, CSV
 counting the header as line 1), the row number for Parquet and datasets folders, or a `Loc` when
 the record comes from another file (one .txt/.md of a folder). A record that cannot be read comes
-out as a `ReadProblem` so validation can report it and go on; only damage that makes the rest of
-a file unreadable (a broken JSON array) stops a reader.
+out as a `ReadProblem` so validation can report it and go on; damage that makes the rest of a
+file unreadable (a broken JSON array, a CSV row the parser rejects, a damaged Parquet page) comes
+out as one last `ReadProblem` and stops that reader, and a folder `datasets` cannot open is a
+`DataError`.
 """
 
 from __future__ import annotations
@@ -141,13 +143,26 @@ def read_csv(path: Path) -> Iterator[tuple[Where, Record]]:
     # surrogateescape: a bad byte becomes a marker in its row instead of killing the whole read.
     with open(path, newline="", encoding="utf-8", errors="surrogateescape") as fh:
         rows = csv.DictReader(fh)
-        if rows.fieldnames is None:
+        try:
+            header = rows.fieldnames
+        except csv.Error as exc:
+            yield 1, ReadProblem("(header)", f"unreadable CSV: {exc}")
             return
-        if any(_BAD_BYTE.search(k) for k in rows.fieldnames):
+        if header is None:
+            return
+        if any(_BAD_BYTE.search(k) for k in header):
             yield 1, ReadProblem("(header)", "invalid UTF-8 in the header; re-save the file as UTF-8")
             return
         start = 2
-        for row in rows:
+        while True:
+            try:
+                row = next(rows)
+            except StopIteration:
+                return
+            except csv.Error as exc:
+                # The parser's position after an error is undefined, so the rest of the file is not trusted.
+                yield start, ReadProblem("(line)", f"unreadable CSV: {exc}; the rows after it were not read")
+                return
             bad = [k for k, v in row.items() if isinstance(v, str) and _BAD_BYTE.search(v)]
             if bad:
                 yield start, ReadProblem(bad[0], "invalid UTF-8 byte; re-save the file as UTF-8")
@@ -165,8 +180,18 @@ def read_parquet(path: Path) -> Iterator[tuple[Where, Record]]:
     except Exception as exc:  # pyarrow raises several types for a damaged file
         raise DataError(f"{path}: not a readable Parquet file ({exc})") from None
     row = 0
-    for batch in file.iter_batches(batch_size=1024):
-        for record in batch.to_pylist():
+    batches = file.iter_batches(batch_size=1024)
+    while True:
+        try:
+            batch = next(batches, None)
+            records = [] if batch is None else batch.to_pylist()
+        except Exception as exc:  # a damaged page: pyarrow raises OSError, ArrowInvalid, ...
+            yield row + 1, ReadProblem("(file)", f"damaged Parquet data from row {row + 1} on ({exc}); "
+                                                 "the rows after it were not read")
+            return
+        if batch is None:
+            return
+        for record in records:
             row += 1
             yield row, record
 
@@ -174,10 +199,24 @@ def read_parquet(path: Path) -> Iterator[tuple[Where, Record]]:
 def read_datasets_folder(path: Path) -> Iterator[tuple[Where, Record]]:
     from datasets import load_from_disk
 
-    ds = load_from_disk(str(path))
-    if hasattr(ds, "keys"):  # a DatasetDict: take its train split, or its only one
-        ds = ds["train"] if "train" in ds else ds[next(iter(ds.keys()))]
-    for i, record in enumerate(ds, start=1):
+    try:
+        ds = load_from_disk(str(path))
+        if hasattr(ds, "keys"):  # a DatasetDict: take its train split, or its only one
+            ds = ds["train"] if "train" in ds else ds[next(iter(ds.keys()))]
+    except Exception as exc:  # missing or damaged arrow/state files raise many types
+        raise DataError(f"{path}: not a readable datasets folder ({type(exc).__name__}: {exc})",
+                        hint="re-save it with datasets' save_to_disk, or export it to .jsonl / .parquet") from None
+    rows = iter(ds)
+    i = 0
+    while True:
+        try:
+            record = next(rows, None)
+        except Exception as exc:
+            raise DataError(f"{path}: damaged datasets folder at row {i + 1} ({type(exc).__name__}: {exc})",
+                            hint="re-save it with datasets' save_to_disk, or export it to .jsonl / .parquet") from None
+        if record is None:
+            return
+        i += 1
         yield i, dict(record)
 
 

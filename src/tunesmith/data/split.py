@@ -6,11 +6,15 @@ holds out exactly the examples a run with `val_split: F` and `train.seed: S` wou
 
 from __future__ import annotations
 
+import contextlib
+import os
 import random
+import shutil
+import tempfile
 from pathlib import Path
 
 from tunesmith.data.load import Scan, empty_file_problem
-from tunesmith.data.writers import open_writer
+from tunesmith.data.writers import check_output, open_writer
 from tunesmith.errors import DataError
 
 
@@ -24,6 +28,32 @@ def split_indices(n: int, fraction: float, seed: int) -> tuple[list[int], list[i
     return sorted(order[n_val:]), sorted(order[:n_val])
 
 
+def write_together(outputs: list[tuple[Path, list[dict]]]) -> None:
+    """Write every (path, rows) into a temporary folder beside the targets, then move them into
+    place: a failure while writing any of them leaves none behind (never a train file without
+    its val file)."""
+    folder = outputs[0][0].parent
+    folder.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".split.tmp-", dir=folder))
+    moved: list[Path] = []
+    try:
+        for target, rows in outputs:
+            with open_writer(staging / target.name) as write:
+                for row in rows:
+                    write(row)
+        for target, _ in outputs:
+            os.replace(staging / target.name, target)
+            moved.append(target)
+    except BaseException:
+        # Only a rename can fail after another output is in place; take that one back out.
+        for target in moved:
+            with contextlib.suppress(OSError):
+                target.unlink()
+        raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
 def split_file(path: str | Path, val: float, seed: int, out_dir: str | Path | None = None,
                fmt: str = "auto", max_errors_shown: int = 20) -> dict:
     if not 0 < val < 1:
@@ -32,6 +62,8 @@ def split_file(path: str | Path, val: float, seed: int, out_dir: str | Path | No
     out_dir = Path(out_dir) if out_dir is not None else path.parent
     stem = path.name[: -len(path.suffix)] if path.suffix and not path.is_dir() else path.name
     train_out, val_out = out_dir / f"{stem}.train.jsonl", out_dir / f"{stem}.val.jsonl"
+    for target in (train_out, val_out):
+        check_output(target)  # before reading: a target that cannot be written fails fast
     scan = Scan(path, fmt)
     # The records are held in memory: a seeded shuffle needs the count before the first write.
     records, errors, n_errors = [], [], 0
@@ -54,9 +86,6 @@ def split_file(path: str | Path, val: float, seed: int, out_dir: str | Path | No
     train_idx, val_idx = split_indices(len(records), val, seed)
     if not train_idx:
         raise DataError(f"--val {val} leaves no training records out of {len(records)}")
-    for target, idx in ((train_out, train_idx), (val_out, val_idx)):
-        with open_writer(target) as write:
-            for i in idx:
-                write(records[i])
+    write_together([(train_out, [records[i] for i in train_idx]), (val_out, [records[i] for i in val_idx])])
     return {"input": str(path), "format": scan.format, "train": str(train_out), "val": str(val_out),
             "n_train": len(train_idx), "n_val": len(val_idx), "seed": seed}
