@@ -30,7 +30,7 @@ class DataConfig(Section):
     train: str | None = Field(None, description="training data file or folder (.jsonl, .json, .parquet, .csv, datasets folder)")
     val: str | None = Field(None, description="validation data; when empty, val_split of train is held out")
     val_split: float = Field(0.0, ge=0.0, lt=1.0, description="fraction of train held out for validation when data.val is empty")
-    format: Literal["auto", "alpaca", "prompt_completion", "messages", "sharegpt", "text", "preference"] = Field("auto", description="input format; 'auto' detects it from the first record")
+    format: Literal["auto", "alpaca", "prompt_completion", "messages", "sharegpt", "text", "preference"] = Field("auto", description="input format; 'auto' detects it from the first record that matches a format")
     max_len: int = Field(512, gt=8, description="maximum tokens per example (and per packed row)")
     overlong: Literal["drop", "truncate"] = Field("drop", description="what to do with examples longer than max_len")
     packing: bool = Field(True, description="pack several examples into each row (no attention across examples)")
