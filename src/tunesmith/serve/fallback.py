@@ -5,7 +5,10 @@ PeftModel over its own copy of the base weights, so whatever peft does in its fo
 tokens, magnitude vectors, extra modules) happens exactly as in training. Tunesmith's own formats
 (bottleneck adapters) go the same way, applied by their registered loader instead of peft. A batch holds requests
 for one adapter with one temperature/top_p, and runs through `generate`; a stopping criterion is
-the per-step hook that streams tokens, applies stop strings and drops cancelled rows.
+the per-step hook that streams tokens, applies stop strings and drops cancelled rows. Prompt and
+prefix tuning decode through eval's own virtual-token loop instead: peft's `generate` re-prepends
+the virtual tokens at every step (prompt tuning) or drops the prefix cache (prefix tuning) under
+transformers 5, so its answers are not the adapter's (tests/test_eval_generate.py).
 """
 
 from __future__ import annotations
@@ -52,11 +55,13 @@ class PeftFallback:
 
     def build(self, path) -> object:
         """Load base + adapter (slow; runs outside the engine thread)."""
+        from tunesmith.eval.generate import virtual_token_kind
         from tunesmith.methods import load_trained
 
         # load_trained, not PeftModel alone: our own folder formats (bottleneck adapters) load here too.
         model = load_trained(self._load_base(), path)
         model.eval()
+        virtual_token_kind(model)  # an unsupported prompt-learning type is refused at load, not mid-request
         return model
 
     def add(self, name: str, model) -> None:
@@ -71,6 +76,8 @@ class PeftFallback:
     def run(self, rows, engine) -> None:
         from transformers import StoppingCriteriaList
 
+        from tunesmith.eval.generate import VirtualTokenDecoder, sampler, virtual_token_kind
+
         model = self.models.get(rows[0].adapter)
         if model is None:
             for row in rows:
@@ -83,16 +90,23 @@ class PeftFallback:
             ids[i, width - len(r.prompt_ids):] = torch.tensor(r.prompt_ids)
             mask[i, width - len(r.prompt_ids):] = 1
         head = rows[0]
-        kwargs = dict(max_new_tokens=max(r.max_tokens for r in rows), pad_token_id=engine.pad_id,
-                      eos_token_id=sorted(engine.stop_ids), stopping_criteria=StoppingCriteriaList([_StepHook(rows, engine, width)]))
-        if head.temperature > 0:
-            if head.seed is not None:
-                torch.manual_seed(head.seed)
-            kwargs.update(do_sample=True, temperature=head.temperature, top_p=head.top_p, top_k=None)
-        else:
-            kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
+        hook = _StepHook(rows, engine, width)
         device = next(model.parameters()).device
-        model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), **kwargs)
+        if head.temperature > 0 and head.seed is not None:
+            torch.manual_seed(head.seed)
+        kind = virtual_token_kind(model)
+        if kind:
+            VirtualTokenDecoder(model, kind)(ids.to(device), mask.to(device), max(r.max_tokens for r in rows),
+                                             sorted(engine.stop_ids), engine.pad_id, sampler(head.temperature, head.top_p),
+                                             on_step=lambda token: hook(token[:, None], None))
+        else:
+            kwargs = dict(max_new_tokens=max(r.max_tokens for r in rows), pad_token_id=engine.pad_id,
+                          eos_token_id=sorted(engine.stop_ids), stopping_criteria=StoppingCriteriaList([hook]))
+            if head.temperature > 0:
+                kwargs.update(do_sample=True, temperature=head.temperature, top_p=head.top_p, top_k=None)
+            else:
+                kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
+            model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), **kwargs)
         engine.stats["fallback_batches"] += 1
         for row in rows:
             if not row.done:   # generate stopped on its own (eos it saw before our hook): close the row
