@@ -95,3 +95,21 @@ def test_cli_combine(adapters, tmp_path):
     bad = subprocess.run([sys.executable, "-m", "tunesmith", "combine", str(adapters[0]), str(adapters[1]),
                           "--weights", "0.7,x", "-o", str(tmp_path / "d")], capture_output=True, text=True)
     assert bad.returncode != 0 and "not a comma-separated list" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_combine_never_writes_over_its_inputs(adapters, tmp_path):
+    from tests.test_io_utils import snapshot
+
+    a1, a2 = adapters
+    before = snapshot(a1.parent)
+    for out in (a1.parent, a1, a2):
+        with pytest.raises(UserError, match="the output folder contains the input"):
+            combine_adapters([a1, a2], [0.5, 0.5], out, method="cat")
+    # An existing adapter folder that is not an input is a previous output and may be replaced;
+    # a folder holding anything else is not.
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "todo.txt").write_text("keep")
+    with pytest.raises(UserError, match="refusing to replace this folder"):
+        combine_adapters([a1, a2], [0.5, 0.5], tmp_path / "notes", method="cat")
+    assert (tmp_path / "notes" / "todo.txt").read_text() == "keep"
+    assert snapshot(a1.parent) == before

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import llama_cpp  # noqa: F401  (`make test` installs it: a failed build must fail here, not skip every check)
 import numpy as np
 import pytest
 import torch
@@ -18,8 +19,6 @@ from tunesmith.errors import UserError
 from tunesmith.export.gguf import export_gguf
 from tunesmith.export.llama_runtime import open_llama
 from tunesmith.export.verify import GGML_TYPE_F32
-
-pytest.importorskip("llama_cpp")
 
 TEXTS = ["Hello world, it's 2024!", "  indented\tcode = [1, 22, 333]\n", "<|im_start|>user\nHi<|im_end|>\n",
          "naïve café — 10% off", "The lighthouse keeper's log: wind NE 6."]
@@ -175,20 +174,71 @@ def test_cli_export_unknown_quant(tiny_model_dir, tmp_path):
     assert proc.returncode != 0 and "unknown type 'q3'" in proc.stderr and "Traceback" not in proc.stderr
 
 
+@pytest.mark.parametrize("case", ["no prompts", "one-token text"])
+def test_cli_verify_refuses_what_it_cannot_measure(tiny_model_dir, tokenizer, tmp_path, case):
+    """--verify-prompts 0 used to crash on max() of nothing; a text under 2 tokens divided by zero."""
+    import subprocess
+    import sys
+
+    text = tmp_path / "heldout.txt"
+    text.write_text("Hello")
+    assert len(tokenizer("Hello", add_special_tokens=False)["input_ids"]) == 1
+    args, expected = {
+        "no prompts": (["--verify-prompts", "0"], "--verify-prompts: 0 prompts; greedy agreement needs at least 1"),
+        "one-token text": (["--verify-text", str(text)],
+                           f"--verify-text {text}: the held-out text is 1 token(s); perplexity needs at least 2")}[case]
+    proc = subprocess.run([sys.executable, "-m", "tunesmith", "export", "gguf", "--model", str(tiny_model_dir),
+                           "-o", str(tmp_path / "o"), "--quant", "f16", "--verify", *args],
+                          capture_output=True, text=True)
+    assert proc.returncode != 0 and expected in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+    assert not list((tmp_path / "o").glob("*.gguf"))      # refused before any file is written
+
+
+def test_verify_refuses_no_tokens_and_empty_text(tiny_model_dir, tmp_path):
+    with pytest.raises(UserError, match="--verify-tokens: 0 tokens; greedy continuations need at least 1"):
+        export_gguf(str(tiny_model_dir), tmp_path / "o", "f16", verify=True, verify_tokens=0)
+    assert not (tmp_path / "o").exists()
+    # An empty file used to fall back to the built-in passage silently, mislabelling the table.
+    empty = tmp_path / "empty.txt"
+    empty.write_text("")
+    with pytest.raises(UserError, match=r"empty.txt: the held-out text is 0 token\(s\)"):
+        export_gguf(str(tiny_model_dir), tmp_path / "o", "f16", verify=True, verify_text=empty, log=lambda *_: None)
+    assert not list((tmp_path / "o").glob("*.gguf"))
+
+
 @pytest.mark.slow
 def test_default_model_f16_q8_0_verify(tmp_path):
     """SmolLM2-135M: the targets of issue 7 (f16 Δppl < 0.1 %, q8_0 < 0.5 %), on a shortened run.
 
-    Stock q8_0 measures +0.95 % on this model (docs/export.md); almost all of it comes from attn_v,
-    so q8_0 is checked with attn_v kept in f16 (+2 % file size), which meets the target.
+    Stock q8_0 misses the q8_0 target on this model, so q8_0 is also checked with the value and MLP-down
+    projections kept in f16 (`--keep-f16 attn_v,ffn_down`, 172.8 MB instead of 144.8). Measured Δppl vs
+    the f16 file / torch on the 854 held-out tokens (the CPU's llama.cpp kernels move them, see
+    docs/export.md):
+
+        CPU                       f16       stock q8_0   attn_v in f16   attn_v + ffn_down in f16
+        AVX-512 (the docs' table) +0.001 %  +0.953 %     -0.039 %        -
+        AVX2-only (AMD EPYC)      -0.012 %  +0.83 %      +0.55 %         +0.40 %
     """
+    from tunesmith.export.quantize import QUANT_TYPES, quantize_file
+    from tunesmith.export.verify import build_inputs, gguf_measure
+    from tunesmith.models import load_tokenizer, resolve_base
+
     result = export_gguf("default", tmp_path, "f16,q8_0", verify=True, verify_prompts=6, verify_tokens=16,
-                         keep_f16=["attn_v"], threads=2, log=lambda *_: None)
+                         keep_f16=["attn_v", "ffn_down"], threads=1, log=lambda *_: None)
     rows = {r.type.split(" ")[0]: r for r in result.verify_rows}
     assert abs(rows["f16"].delta_vs_torch_pct) < 0.1
-    assert abs(rows["q8_0"].delta_vs_torch_pct) < 0.5
+    # The exported f16 file's greedy output equals torch's on most prompts (measured: 6 of 6, 16 tokens each).
+    assert rows["f16"].agreement >= 5 / 6
     assert rows["f16"].token_agreement >= 0.8 and rows["q8_0"].token_agreement >= 0.5
     assert result.tokenizer_agreement == 1.0
+
+    stock = quantize_file(result.files["f16"], tmp_path / "stock-q8_0.gguf", QUANT_TYPES["q8_0"], threads=1)
+    inputs = build_inputs(load_tokenizer(resolve_base("default")), n_prompts=1, new_tokens=1)
+    delta = 100 * (gguf_measure(stock, inputs, threads=1).ppl / rows["torch"].ppl - 1)
+    print(f"stock q8_0: {delta:+.3f} % ppl vs torch; f16 greedy agreement {rows['f16'].agreement:.0%}")
+    # Below 0.5 % would mean the docs' "stock q8_0 misses the target" is stale.
+    assert 0.5 < delta < 1.5
+    assert abs(rows["q8_0"].delta_vs_torch_pct) < 0.5
 
 
 def test_keep_f16_leaves_matching_tensors_unquantized(tiny_model_dir, tmp_path):

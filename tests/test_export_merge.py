@@ -122,3 +122,43 @@ def test_cli_merge_bad_dtype_exits_nonzero(adapter_dir, tmp_path):
                            str(tmp_path / "o"), "--dtype", "int3"], capture_output=True, text=True)
     assert proc.returncode != 0
     assert "unknown dtype 'int3'" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_cli_merge_into_the_run_folder_is_refused_and_keeps_every_file(adapter_dir, tmp_path):
+    """`merge --adapter runs/x/adapter -o runs/x` used to replace the whole run, adapter included."""
+    import shutil
+    import subprocess
+    import sys
+
+    from tests.test_io_utils import snapshot
+
+    run = tmp_path / "run"
+    shutil.copytree(adapter_dir, run / "adapter")
+    (run / "config.yaml").write_text("method: lora\n")
+    (run / "metrics.jsonl").write_text('{"step": 1, "loss": 2.5}\n')
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "todo.txt").write_text("keep me")
+    before = snapshot(tmp_path)
+    proc = subprocess.run([sys.executable, "-m", "tunesmith", "merge", "--adapter", str(run / "adapter"), "-o",
+                           str(run)], capture_output=True, text=True)
+    assert proc.returncode != 0
+    assert "the output folder contains the input" in proc.stderr and "Traceback" not in proc.stderr
+    assert snapshot(tmp_path) == before
+    # Writing over the adapter itself, or over a folder that holds other things, is refused too.
+    with pytest.raises(UserError, match="contains the input"):
+        merge_adapter(run / "adapter", run / "adapter")
+    with pytest.raises(UserError, match="refusing to replace this folder"):
+        merge_adapter(run / "adapter", tmp_path / "notes")
+    assert snapshot(tmp_path) == before
+
+
+def test_merge_replaces_a_previous_merged_folder(adapter_dir, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    out = merge_adapter(adapter_dir, tmp_path / "merged", dtype="bf16")
+    (out / "stale.txt").write_text("left from the first merge")
+    merge_adapter(adapter_dir, out)
+    assert not (out / "stale.txt").exists()
+    assert json.loads((out / "config.json").read_text())["dtype"] == "float32"
+    assert next(AutoModelForCausalLM.from_pretrained(out).parameters()).dtype == torch.float32
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["merged"]   # no temporary or old folder left

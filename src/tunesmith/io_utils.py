@@ -10,6 +10,8 @@ import tempfile
 from pathlib import Path
 from typing import Iterator
 
+from tunesmith.errors import UserError
+
 
 def _umask() -> int:
     mask = os.umask(0)
@@ -21,15 +23,56 @@ def _umask() -> int:
 _UMASK = _umask()
 
 
-@contextlib.contextmanager
-def atomic_dir(final: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary sibling folder; on success it replaces `final` in one rename."""
+# Files that mark a folder as one of our own outputs: an HF model (config.json), a PEFT adapter, a
+# bottleneck adapter, a training checkpoint. Replacing a folder deletes it, so only such a folder (or
+# an empty one) is ever replaced: `merge -o runs/x` must not wipe the run that holds the adapter.
+OUTPUT_MARKERS = ("config.json", "adapter_config.json", "bottleneck_config.json", "trainable.safetensors")
+
+
+def check_replaceable(final: str | os.PathLike, markers: tuple[str, ...] = OUTPUT_MARKERS) -> None:
+    """Raise UserError unless `final` is absent, empty, or a flat folder holding one of `markers`."""
     final = Path(final)
+    if not final.exists():
+        return
+    if not final.is_dir():
+        raise UserError(f"{final}: exists and is not a folder", hint="choose another output path, or remove the file")
+    entries = sorted(final.iterdir())
+    if not entries:
+        return
+    # Model, adapter and checkpoint folders are flat: a subfolder means something else lives here.
+    subdirs = [p.name for p in entries if p.is_dir()]
+    if not subdirs and any((final / m).is_file() for m in markers):
+        return
+    shown = ", ".join(p.name + ("/" if p.is_dir() else "") for p in entries[:5]) + (", ..." if len(entries) > 5 else "")
+    raise UserError(f"{final}: refusing to replace this folder: it is not empty and not a previous output of this "
+                    f"kind (it holds {shown}; an output folder holds {' or '.join(markers)} and no subfolders)",
+                    hint=f"choose a new or empty output folder, or remove {final} yourself if it can go")
+
+
+def check_not_inside(out: str | os.PathLike, inputs, option: str = "-o") -> None:
+    """Raise UserError when the output folder is, or contains, one of the input folders."""
+    out_resolved = Path(out).resolve()
+    for src in inputs:
+        src_resolved = Path(src).resolve()
+        if src_resolved == out_resolved or out_resolved in src_resolved.parents:
+            raise UserError(f"{option} {out}: the output folder contains the input {src}, and writing the output "
+                            "would replace it",
+                            hint=f"write to a folder of its own, e.g. {Path(src).parent / 'merged'}")
+
+
+@contextlib.contextmanager
+def atomic_dir(final: str | os.PathLike, markers: tuple[str, ...] = OUTPUT_MARKERS) -> Iterator[Path]:
+    """Yield a temporary sibling folder; on success it replaces `final` in one rename.
+
+    An existing `final` is replaced only when `check_replaceable(final, markers)` allows it."""
+    final = Path(final)
+    check_replaceable(final, markers)   # before the caller does the expensive work
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
     os.chmod(tmp, 0o777 & ~_UMASK)
     try:
         yield tmp
+        check_replaceable(final, markers)   # again: the folder may have changed while we worked
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -11,7 +11,10 @@ import json
 from pathlib import Path
 
 from tunesmith.errors import UserError
-from tunesmith.io_utils import atomic_dir
+from tunesmith.io_utils import atomic_dir, check_not_inside, check_replaceable
+
+# Only a previous adapter folder is replaced by a new combination.
+ADAPTER_MARKERS = ("adapter_config.json",)
 
 # name -> needs a density in (0, 1]. ("linear" mixes the A and B factors separately, so for more
 # than one non-zero weight it is an approximation; "cat" and "svd" are exact up to the SVD rank.)
@@ -92,6 +95,8 @@ def combine_adapters(adapters: list[str | Path], weights: list[float], out_dir: 
 
     adapters = [Path(a) for a in adapters]
     check_inputs(adapters, weights, method, density)
+    check_not_inside(out_dir, adapters)
+    check_replaceable(out_dir, ADAPTER_MARKERS)
     base = check_same_base(adapters)
     resolved = resolve_base(base)
     model = load_model(resolved, dtype="fp32")
@@ -111,7 +116,7 @@ def combine_adapters(adapters: list[str | Path], weights: list[float], out_dir: 
     for name in names:
         peft_model.delete_adapter(name)
     peft_model.set_adapter("default")
-    with atomic_dir(out_dir) as tmp:
+    with atomic_dir(out_dir, ADAPTER_MARKERS) as tmp:
         peft_model.save_pretrained(tmp, selected_adapters=["default"])
         load_tokenizer(resolved).save_pretrained(tmp)
         (tmp / "tunesmith.json").write_text(json.dumps({

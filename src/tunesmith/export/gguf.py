@@ -81,16 +81,22 @@ def export_gguf(model: str | None, out_dir: str | Path, quants: str | list[Quant
                 keep_f16: list[str] | None = None, log=print) -> ExportResult:
     from tunesmith.export.gguf_write import write_lora_gguf, write_model_gguf
     from tunesmith.export.modelfile import write_modelfile
+    from tunesmith.export.verify import build_inputs, check_verify_options
 
     qtypes = parse_quants(quants) if isinstance(quants, str) else list(quants)
     keep_f16 = check_keep_patterns(list(keep_f16 or []))
-    text = None
+    text, source = None, "built-in held-out text"
+    if verify:
+        check_verify_options(verify_prompts, verify_tokens)
     if verify_text is not None:
         path = Path(verify_text)
         if not path.is_file():
             raise UserError(f"--verify-text: {path} does not exist", hint="pass a UTF-8 text file")
-        text = path.read_text(encoding="utf-8")
+        text, source = path.read_text(encoding="utf-8"), f"--verify-text {path}"
     src = load_source(model, adapter, lora_gguf)
+    # Tokenized now, so a text too short to measure fails before minutes of writing and quantizing.
+    inputs = build_inputs(src.tokenizer, n_prompts=verify_prompts, new_tokens=verify_tokens, text=text,
+                          source=source) if verify else None
     stem = name or src.name
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -128,17 +134,16 @@ def export_gguf(model: str | None, out_dir: str | Path, quants: str | list[Quant
                                 [p.name for p in list(files.values())[1:]])
     result = ExportResult(files, lora_path, modelfile)
     if verify:
-        run_verify(result, src, out_dir, verify_prompts, verify_tokens, text, threads, log, keep_f16)
+        run_verify(result, src, out_dir, inputs, threads, log, keep_f16)
     return result
 
 
-def run_verify(result: ExportResult, src: Source, out_dir: Path, n_prompts: int, n_tokens: int, text: str | None,
-               threads: int | None, log, keep_f16: list[str]) -> None:
+def run_verify(result: ExportResult, src: Source, out_dir: Path, inputs, threads: int | None, log,
+               keep_f16: list[str]) -> None:
     from tunesmith.export.heldout import VERIFY_PROMPTS
-    from tunesmith.export.verify import (build_inputs, markdown_table, rows_as_json, tokenizer_agreement,
-                                         torch_reference, verify_files)
+    from tunesmith.export.verify import markdown_table, rows_as_json, tokenizer_agreement, torch_reference, verify_files
 
-    inputs = build_inputs(src.tokenizer, n_prompts=n_prompts, new_tokens=n_tokens, text=text)
+    n_tokens = inputs.new_tokens
     first = next(iter(result.files.values()))
     samples = VERIFY_PROMPTS + [src.tokenizer.apply_chat_template([{"role": "user", "content": p}], tokenize=False)
                                 for p in VERIFY_PROMPTS[:4] if getattr(src.tokenizer, "chat_template", None)]

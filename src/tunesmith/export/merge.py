@@ -13,7 +13,10 @@ from pathlib import Path
 import torch
 
 from tunesmith.errors import UserError
-from tunesmith.io_utils import atomic_dir
+from tunesmith.io_utils import atomic_dir, check_not_inside, check_replaceable
+
+# A merged model replaces only a previous HF model folder, never an adapter or a run folder.
+MODEL_MARKERS = ("config.json",)
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -84,7 +87,7 @@ def merge_model(peft_model, dtype: str = "fp32"):
 
 def save_merged(peft_model, tokenizer, out_dir: Path, dtype: str = "fp32") -> Path:
     merged = merge_model(peft_model, dtype)
-    with atomic_dir(out_dir) as tmp:
+    with atomic_dir(out_dir, MODEL_MARKERS) as tmp:
         merged.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
     return Path(out_dir)
@@ -117,8 +120,14 @@ def load_adapter_model(adapter_dir: str | Path, base: str | None = None):
 
 def merge_adapter(adapter_dir: str | Path, out_dir: str | Path, base: str | None = None, dtype: str = "fp32") -> Path:
     """Load base (fp32, never 4-bit) + adapter from disk, merge, save."""
+    from tunesmith.models import resolve_base
+
     check_dtype(dtype)
-    peft_model, tokenizer, _ = load_adapter_model(adapter_dir, base)
+    check_not_inside(out_dir, [adapter_dir], option="-o/--out")
+    check_replaceable(out_dir, MODEL_MARKERS)
+    peft_model, tokenizer, base = load_adapter_model(adapter_dir, base)
+    # Writing over the base folder would replace the model the merge was made from.
+    check_not_inside(out_dir, [resolve_base(base).path], option="-o/--out")
     return save_merged(peft_model, tokenizer, Path(out_dir), dtype)
 
 

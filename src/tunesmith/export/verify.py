@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from tunesmith.errors import UserError
 from tunesmith.export.heldout import HELDOUT_TEXT, VERIFY_PROMPTS
 from tunesmith.export.llama_runtime import open_llama
 
@@ -46,9 +47,29 @@ class VerifyInputs:
     new_tokens: int
 
 
+# Perplexity needs one predicted position: a window of two tokens.
+MIN_TEXT_TOKENS = 2
+
+
+def check_verify_options(n_prompts: int, new_tokens: int) -> None:
+    """Refuse counts that leave a verification column empty (an agreement over zero prompts)."""
+    if n_prompts < 1:
+        raise UserError(f"--verify-prompts: {n_prompts} prompts; greedy agreement needs at least 1",
+                        hint="e.g. --verify-prompts 16")
+    if new_tokens < 1:
+        raise UserError(f"--verify-tokens: {new_tokens} tokens; greedy continuations need at least 1",
+                        hint="e.g. --verify-tokens 24")
+
+
 def build_inputs(tokenizer, n_prompts: int = 16, new_tokens: int = 24, ctx: int = 256,
-                 text: str | None = None, max_tokens: int | None = None) -> VerifyInputs:
-    ids = tokenizer(text or HELDOUT_TEXT, add_special_tokens=False)["input_ids"]
+                 text: str | None = None, max_tokens: int | None = None,
+                 source: str = "--verify-text") -> VerifyInputs:
+    check_verify_options(n_prompts, new_tokens)
+    # An empty file is the user's text too: measuring the built-in passage instead would mislabel the table.
+    ids = tokenizer(HELDOUT_TEXT if text is None else text, add_special_tokens=False)["input_ids"]
+    if len(ids) < MIN_TEXT_TOKENS:
+        raise UserError(f"{source}: the held-out text is {len(ids)} token(s); perplexity needs at least "
+                        f"{MIN_TEXT_TOKENS}", hint="pass a longer text file (a few hundred tokens or more)")
     if max_tokens:
         ids = ids[:max_tokens]
     chunks = [ids[i:i + ctx] for i in range(0, len(ids), ctx)]
