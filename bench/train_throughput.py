@@ -6,8 +6,9 @@ Work: SmolLM2-135M-Instruct (the embedded default), LoRA r=16 alpha=32 on all li
 instruction set of 512 examples of 50-500 tokens (responses are real English prose: Python
 standard-library docstrings, so nothing is downloaded), 24 examples (~4k tokens) per optimizer
 step (TRL's packing variant: 4 packed rows of 1024 tokens), the same number of steps and the same
-learning rate for every system. Loss is on the
-response tokens only for every system (TRL: prompt-completion data, its completion-only loss).
+learning rate for every system. Loss is on the response tokens only for every system (TRL:
+prompt-completion data, its completion-only loss). tunesmith runs with `train.precision: auto`,
+what a user gets: bf16 autocast on CPUs with native bf16 (AVX-512 bf16 / AMX), fp32 elsewhere.
 
 Each system runs in its own subprocess so peak RSS is its own. Reported:
   effective tokens/s  non-padding tokens per second of training-loop wall time
@@ -15,9 +16,16 @@ Each system runs in its own subprocess so peak RSS is its own. Reported:
   held-out loss       mean NLL per response token on 32 held-out examples, computed afterwards by the
                       same code for every system (final training losses are not comparable across
                       different data orders)
-  MFU                 model FLOPs/s over the bf16 matmul peak measured in this run; model FLOPs per
+  MFU                 model FLOPs/s over a bf16 matmul peak measured in this run; model FLOPs per
                       token = 4 x (non-embedding matmul params) + attention + lm_head at response tokens
-                      (LoRA: forward + input-gradient backward; frozen weights get no weight gradient)
+                      (LoRA: forward + input-gradient backward; frozen weights get no weight gradient).
+                      Two peaks: a large square matmul (2048^3, what the matrix units can do at best)
+                      and the model's own linear shapes at one micro-batch of tokens, forward and
+                      input-gradient (what a perfect implementation of this model could reach here).
+
+The learning rate (1e-3) is higher than a long run would use so that a few steps move the held-out
+loss visibly: with 2e-4 and zero-initialised B, every system's held-out loss stays at the base
+model's to four decimals and the loss comparison says nothing.
 """
 
 from __future__ import annotations
@@ -38,7 +46,7 @@ import torch
 
 HERE = Path(__file__).resolve().parent
 OUT = HERE / "out"
-LR, RANK, ALPHA, BATCH = 2e-4, 16, 32, 24
+LR, RANK, ALPHA, BATCH = 1e-3, 16, 32, 24
 MICRO = 6  # tunesmith examples per forward pass (~1k tokens): bounds activation memory
 
 
@@ -133,12 +141,13 @@ def run_tunesmith(rows, model_dir, steps, out_dir):
     model = load_model(str(model_dir))
     prepared = prepare_method(model, MethodConfig(name="lora", r=RANK, alpha=ALPHA, dropout=0.0), LR)
     cfg = TrainConfig(max_steps=steps, batch_size=BATCH, micro_batch_size=MICRO, lr=LR, warmup_ratio=0.0,
-                      scheduler="constant", precision="bf16", seed=0)
+                      scheduler="constant", precision="auto", seed=0)
     trainer = Trainer(cfg, DataConfig(max_len=1024, packing=True), prepared, tok, data, [], out_dir, show_progress=False)
     t0 = time.perf_counter()
     result = trainer.fit()
     wall = time.perf_counter() - t0
-    return {"wall": wall, "tokens": result.tokens, "final_loss": result.final_loss, "adapter": str(result.output_dir)}
+    return {"wall": wall, "tokens": result.tokens, "final_loss": result.final_loss, "adapter": str(result.output_dir),
+            "precision": trainer.precision}
 
 
 def run_trl(rows, model_dir, steps, out_dir, variant):
@@ -192,7 +201,8 @@ def heldout_loss(model_dir, adapter, rows) -> float:
     from tunesmith.train.loss import CausalLMLoss
 
     tok = load_tokenizer(str(model_dir))
-    model = PeftModel.from_pretrained(load_model(str(model_dir)), adapter).eval()
+    model = load_model(str(model_dir))
+    model = (PeftModel.from_pretrained(model, adapter) if adapter else model).eval()
     data, _ = tokenize_all(tok, [Sample(messages=r["prompt"] + r["completion"]) for r in rows], max_len=1024)
     loss = CausalLMLoss(model)
     total = count = 0.0
@@ -221,15 +231,35 @@ def child(args) -> None:
 
 # --- driver ------------------------------------------------------------------------------------
 
-def matmul_peak_gflops(size: int = 2048, reps: int = 10) -> float:
-    a = torch.randn(size, size, dtype=torch.bfloat16)
-    b = torch.randn(size, size, dtype=torch.bfloat16)
-    for _ in range(3):
+def _timed_gflops(pairs: list[tuple[torch.Tensor, torch.Tensor]], reps: int) -> float:
+    for a, b in pairs:
         a @ b
+    flops = sum(2 * a.shape[0] * a.shape[1] * b.shape[1] for a, b in pairs) * reps
     t0 = time.perf_counter()
     for _ in range(reps):
-        a @ b
-    return 2 * size ** 3 * reps / (time.perf_counter() - t0) / 1e9
+        for a, b in pairs:
+            a @ b
+    return flops / (time.perf_counter() - t0) / 1e9
+
+
+def matmul_peak_gflops(size: int = 2048, reps: int = 10) -> float:
+    """The machine's bf16 matmul ceiling: one large square product."""
+    a = torch.randn(size, size, dtype=torch.bfloat16)
+    return _timed_gflops([(a, torch.randn(size, size, dtype=torch.bfloat16))], reps)
+
+
+def model_shape_peak_gflops(config, tokens: int = 1024, reps: int = 10) -> float:
+    """bf16 GFLOP/s of the model's own linear layers at `tokens` rows: forward (x @ W^T) and the
+    input-gradient backward (dy @ W) of q, k, v, o, gate, up and down."""
+    d, f = config.hidden_size, config.intermediate_size
+    kv = config.num_key_value_heads * (d // config.num_attention_heads)
+    shapes = [(d, d), (d, kv), (d, kv), (d, d), (d, f), (d, f), (f, d)]   # (in, out)
+    pairs = []
+    for n_in, n_out in shapes:
+        w = torch.randn(n_in, n_out, dtype=torch.bfloat16)
+        pairs.append((torch.randn(tokens, n_in, dtype=torch.bfloat16), w))                  # forward
+        pairs.append((torch.randn(tokens, n_out, dtype=torch.bfloat16), w.t().contiguous()))  # grad input
+    return _timed_gflops(pairs, reps)
 
 
 SYSTEMS = ["trl_default", "trl_bf16", "trl_bf16_packing", "tunesmith"]
@@ -264,9 +294,11 @@ def main() -> None:
     resp = [n_tokens(tok, r["prompt"] + r["completion"]) - n_tokens(tok, r["prompt"], True) for r in train_rows]
     fpt = flops_per_token(config, sum(resp) / sum(lengths), sum(lengths) / len(lengths))
     peak = matmul_peak_gflops()
+    shape_peak = model_shape_peak_gflops(config)
     print(f"data: {len(train_rows)} examples, {min(lengths)}-{max(lengths)} tokens (mean {sum(lengths)/len(lengths):.0f}); "
           f"{BATCH} examples/step (~{BATCH * sum(lengths) / len(lengths):.0f} tokens); {args.steps} steps; "
-          f"bf16 matmul peak {peak:.0f} GFLOP/s; {fpt / 1e6:.0f} MFLOP per token", flush=True)
+          f"bf16 matmul peak {peak:.0f} GFLOP/s (2048^3), {shape_peak:.0f} GFLOP/s (model shapes, 1024 tokens); "
+          f"{fpt / 1e6:.0f} MFLOP per token", flush=True)
     results = {}
     for system in args.systems.split(","):
         res_path = OUT / f"result-{system}.json"
@@ -279,21 +311,27 @@ def main() -> None:
             continue
         results[system] = json.loads(res_path.read_text())
         res = results[system]
-        print(f"{system}: {res['tokens'] / res['wall']:.0f} tok/s, {res['peak_rss_mb']:.0f} MB, held-out loss "
+        print(f"{system}: {res['tokens'] / res['wall']:.0f} tok/s, {res['peak_rss_mb']:.0f} MB, "
+              f"precision {res.get('precision', 'bf16' if res.get('bf16') else 'fp32')}, held-out loss "
               f"{res['heldout_loss']:.4f} ({time.perf_counter() - t0:.0f}s)", flush=True)
     if not results:
         return
+    base_loss = heldout_loss(model_dir, None, held)
     best_trl = max((s for s in results if s.startswith("trl")), key=lambda s: results[s]["tokens"] / results[s]["wall"],
                    default=None)
-    header = f"| system | effective tok/s | vs TRL default | vs best TRL | peak RSS (MB) | held-out loss | MFU |"
-    lines = [header, "|---|---|---|---|---|---|---|"]
+    header = ("| system | effective tok/s | vs TRL default | vs best TRL | peak RSS (MB) | final train loss | "
+              "held-out loss | MFU (2048^3 peak) | MFU (model-shape peak) |")
+    lines = [header, "|---|---|---|---|---|---|---|---|---|"]
     for system, res in results.items():
         tps = res["tokens"] / res["wall"]
         vs_default = tps / (results["trl_default"]["tokens"] / results["trl_default"]["wall"]) if "trl_default" in results else float("nan")
         vs_best = tps / (results[best_trl]["tokens"] / results[best_trl]["wall"]) if best_trl else float("nan")
-        mfu = tps * fpt / (peak * 1e9)
-        lines.append(f"| {system} | {tps:.0f} | {vs_default:.2f}x | {vs_best:.2f}x | {res['peak_rss_mb']:.0f} | "
-                     f"{res['heldout_loss']:.4f} | {100 * mfu:.0f}% |")
+        mfu, shape_mfu = tps * fpt / (peak * 1e9), tps * fpt / (shape_peak * 1e9)
+        prec = res.get("precision", "bf16" if res.get("bf16") else "fp32")
+        lines.append(f"| {system} ({prec}) | {tps:.0f} | {vs_default:.2f}x | {vs_best:.2f}x | {res['peak_rss_mb']:.0f} | "
+                     f"{res['final_loss']:.4f} | {res['heldout_loss']:.4f} | {100 * mfu:.0f}% | {100 * shape_mfu:.0f}% |")
+    lines.append(f"\nheld-out loss of the base model (no training): {base_loss:.4f}; peaks: {peak:.0f} GFLOP/s (2048^3), "
+                 f"{shape_peak:.0f} GFLOP/s (model shapes); {fpt / 1e6:.0f} MFLOP per token")
     table = "\n".join(lines)
     print(table)
     (OUT / "train_throughput.md").write_text(table + "\n")
