@@ -7,7 +7,8 @@ Every mode is a real server in its own process, driven over HTTP by the same clo
 max_tokens:
 
   (a) tunesmith serve, mixed-adapter batching: the 4 adapters share each forward pass (per-row LoRA)
-  (b) tunesmith serve --max-batch 1: one request at a time, the adapter swapped per request
+  (b) tunesmith serve --max-batch 1: one request at a time, all four adapters resident (the row's adapter is
+      picked per request; nothing is loaded or merged between requests, so this isolates batching)
   (c) llama-cpp-python's server (`python -m llama_cpp.server`) on the merged f16 GGUF of adapter 0
       (one model only: llama.cpp's server cannot switch LoRA adapters per request). f16, not a
       K-quant: quantized GGUFs crash llama.cpp 0.3.36 on AMX CPUs (see export/llama_runtime.py).
