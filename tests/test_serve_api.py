@@ -111,26 +111,34 @@ def env(tiny_model_dir, tmp_path_factory):
     state.close()
 
 
-@pytest.fixture(scope="module")
-def offline(env, tokenizer):
-    """Greedy answers from plain transformers / peft `generate`, cached per (model, prompt, max_tokens)."""
-    from peft import PeftModel
-
+def offline_answers(base_dir: Path, tokenizer, apply):
+    """answer(key, prompt, max_tokens): greedy `generate` on a fresh base with `apply(base, key)` on top,
+    cached per (key, prompt, max_tokens): the offline side of every served-equals-offline check."""
     from tunesmith.eval.generate import generate
     from tunesmith.models import load_model
 
     cache: dict = {}
 
-    def answer(model: str, prompt: str, max_tokens: int = 12) -> str:
-        key = (model, prompt, max_tokens)
-        if key not in cache:
-            base = load_model(str(env["base"]))
-            path = env["paths"].get(model) or (env["late"] if model == "late" else None)
-            net = base if path is None else PeftModel.from_pretrained(base, str(path))
-            cache[key] = generate(net, tokenizer, [[{"role": "user", "content": prompt}]], max_new_tokens=max_tokens)[0]
-        return cache[key]
+    def answer(key, prompt: str, max_tokens: int = 12) -> str:
+        if (key, prompt, max_tokens) not in cache:
+            net = apply(load_model(str(base_dir)), key)
+            cache[key, prompt, max_tokens] = generate(net, tokenizer, [[{"role": "user", "content": prompt}]],
+                                                      max_new_tokens=max_tokens)[0]
+        return cache[key, prompt, max_tokens]
 
     return answer
+
+
+@pytest.fixture(scope="module")
+def offline(env, tokenizer):
+    """Greedy answers from plain transformers / peft `generate`, per served model name."""
+    from peft import PeftModel
+
+    def apply(base, model: str):
+        path = env["paths"].get(model) or (env["late"] if model == "late" else None)
+        return base if path is None else PeftModel.from_pretrained(base, str(path))
+
+    return offline_answers(env["base"], tokenizer, apply)
 
 
 def chat(client, model: str, prompt: str, **kw):

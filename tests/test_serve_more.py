@@ -16,6 +16,8 @@ import openai
 import pytest
 import torch
 
+from tests.test_serve_api import chat, offline_answers
+
 PROMPTS = ["Code for item 3?", "Hello there"]
 
 
@@ -116,27 +118,9 @@ def srv(tiny_model_dir, tokenizer, tmp_path_factory):
 @pytest.fixture(scope="module")
 def offline(srv, tokenizer):
     """Greedy answers from plain `generate` on base + adapter, applied as `tunesmith eval` applies it."""
-    from tunesmith.eval.generate import generate
     from tunesmith.methods import load_trained
-    from tunesmith.models import load_model
 
-    cache: dict = {}
-
-    def answer(path: Path | None, prompt: str, max_tokens: int = 12) -> str:
-        key = (path, prompt, max_tokens)
-        if key not in cache:
-            base = load_model(str(srv["base"]))
-            net = base if path is None else load_trained(base, path)
-            cache[key] = generate(net, tokenizer, [[{"role": "user", "content": prompt}]], max_new_tokens=max_tokens)[0]
-        return cache[key]
-
-    return answer
-
-
-def chat(client, model: str, prompt: str, **kw):
-    kw.setdefault("temperature", 0)
-    kw.setdefault("max_tokens", 12)
-    return client.chat.completions.create(model=model, messages=[{"role": "user", "content": prompt}], **kw)
+    return offline_answers(srv["base"], tokenizer, lambda base, path: base if path is None else load_trained(base, path))
 
 
 def _log_lines(srv) -> list[dict]:
