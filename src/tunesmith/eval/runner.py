@@ -335,20 +335,10 @@ def baseline_weights(systems: list[SystemSpec]) -> dict | None:
 
 
 def read_train_log(path: Path) -> list[dict]:
-    """metrics.jsonl rows; an unreadable line (a run killed mid-write) is skipped, a missing file is []."""
-    rows = []
-    try:
-        lines = Path(path).read_text(encoding="utf-8").splitlines()
-    except OSError:
-        return rows
-    for line in lines:
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if isinstance(row, dict):
-            rows.append(row)
-    return rows
+    """metrics.jsonl rows; a damaged line (a run killed mid-write) is skipped, a missing file is []."""
+    from tunesmith.train.logbook import read_metrics
+
+    return read_metrics(path, skip_damaged=True)
 
 
 def overfitting_check(log_rows: list[dict], threshold: float) -> dict:

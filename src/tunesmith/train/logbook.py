@@ -40,25 +40,37 @@ class Logbook:
                     self._tb.add_scalar(key, value, row["step"])
 
     def rows(self) -> list[dict]:
-        if not self.path.exists():
-            return []
-        lines = self.path.read_text(encoding="utf-8").splitlines()
-        rows = []
-        for n, line in enumerate(lines, 1):
-            if not line.strip():
-                continue
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError:
-                if n == len(lines):  # a kill in the middle of an append leaves half a last line
-                    break
-                raise UserError(f"{self.path}:{n}: not a JSON row; the metrics log is damaged",
-                                hint="start the run again without --resume") from None
-        return rows
+        return read_metrics(self.path)
 
     def close(self) -> None:
         if self._tb is not None:
             self._tb.close()
+
+
+def read_metrics(path: Path, skip_damaged: bool = False) -> list[dict]:
+    """metrics.jsonl rows ([] when there is no file). A kill in the middle of an append leaves half a
+    last line, which is dropped; a damaged line elsewhere is an error, or skipped with `skip_damaged`
+    (a report's side check should not fail over it)."""
+    path = Path(path)
+    if not path.exists():
+        return []
+    lines = path.read_text(encoding="utf-8").splitlines()
+    rows = []
+    for n, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            if n == len(lines):
+                break
+            if skip_damaged:
+                continue
+            raise UserError(f"{path}:{n}: not a JSON row; the metrics log is damaged",
+                            hint="start the run again without --resume") from None
+        if isinstance(row, dict):
+            rows.append(row)
+    return rows
 
 
 def plot_losses(rows: list[dict], out: Path) -> Path | None:
