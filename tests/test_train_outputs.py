@@ -194,3 +194,17 @@ def test_a_missing_metric_extra_fails_before_training(tmp_path, tiny_model_dir, 
     with pytest.raises(ConfigError, match="bleu"):
         run(load_config(cfg, [f"output.dir={tmp_path / 'run'}"]), show_progress=False, log=quiet)
     assert not (tmp_path / "run" / "metrics.jsonl").exists()  # no training time spent on a doomed run
+
+
+def test_a_config_mistake_leaves_the_previous_run_in_place(tmp_path, tiny_model_dir, memo_data, monkeypatch):
+    import sys
+
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "metrics.jsonl").write_text('{"step": 1, "loss": 1.0}\n')
+    monkeypatch.setitem(sys.modules, "sacrebleu", None)
+    cfg = make_config(tmp_path, tiny_model_dir, memo_data, "bad", train={"max_steps": 2},
+                      eval={"enabled": True, "metrics": ["bleu"], "data": str(memo_data)})
+    with pytest.raises(ConfigError, match="bleu"):
+        run(load_config(cfg, [f"output.dir={run_dir}"]), show_progress=False, log=quiet)
+    assert (run_dir / "metrics.jsonl").read_text() == '{"step": 1, "loss": 1.0}\n'  # not cleared by a doomed run

@@ -49,12 +49,16 @@ def check_replaceable(final: str | os.PathLike, markers: tuple[str, ...] = OUTPU
                     hint=f"choose a new or empty output folder, or remove {final} yourself if it can go")
 
 
+def is_within(path: str | os.PathLike, folder: str | os.PathLike) -> bool:
+    """`path` is `folder` itself or somewhere below it (after resolving links)."""
+    path, folder = Path(path).resolve(), Path(folder).resolve()
+    return path == folder or folder in path.parents
+
+
 def check_not_inside(out: str | os.PathLike, inputs, option: str = "-o") -> None:
     """Raise UserError when the output folder is, or contains, one of the input folders."""
-    out_resolved = Path(out).resolve()
     for src in inputs:
-        src_resolved = Path(src).resolve()
-        if src_resolved == out_resolved or out_resolved in src_resolved.parents:
+        if is_within(src, out):
             raise UserError(f"{option} {out}: the output folder contains the input {src}, and writing the output "
                             "would replace it",
                             hint=f"write to a folder of its own, e.g. {Path(src).parent / 'merged'}")

@@ -18,7 +18,7 @@ from tunesmith.data.load import load_samples
 from tunesmith.data.schema import Sample
 from tunesmith.data.tokenize import tokenize_all
 from tunesmith.errors import UserError
-from tunesmith.io_utils import atomic_file, write_json
+from tunesmith.io_utils import atomic_file, is_within, write_json
 from tunesmith.methods import check_run
 from tunesmith.models import load_model, load_tokenizer, resolve_base
 
@@ -80,10 +80,9 @@ def prepare_run_dir(run_dir: Path, *, resume: bool, overwrite: bool, inputs: lis
 
 
 def clear_run_outputs(run_dir: Path, keep: list[str] = ()) -> None:
-    kept = [Path(p).resolve() for p in keep]
     for name in RUN_OUTPUTS:
         path = run_dir / name
-        if any(k == path.resolve() or path.resolve() in k.parents for k in kept):
+        if any(is_within(k, path) for k in keep):
             continue
         if path.is_dir() and not path.is_symlink():
             shutil.rmtree(path)
@@ -94,17 +93,18 @@ def clear_run_outputs(run_dir: Path, keep: list[str] = ()) -> None:
 def run(cfg: RunConfig, *, resume: bool = False, show_progress: bool = True, log=print) -> RunResult:
     from tunesmith.train.trainer import Trainer
 
+    # Config checks first: a mistake must fail before the previous run's outputs are cleared.
+    method = check_run(cfg)  # unknown method, keys it ignores, output.merge of an unmergeable method
+    if cfg.eval.enabled:
+        from tunesmith.eval.runner import validate as validate_eval
+
+        validate_eval(cfg.eval)  # a missing metric extra or a bad judge fails now, not after training
     run_dir = Path(cfg.output.dir)
     inputs = [cfg.model.base, cfg.data.train, cfg.data.val, cfg.eval.data]
     prepare_run_dir(run_dir, resume=resume, overwrite=cfg.output.overwrite, inputs=[p for p in inputs if p])
     with atomic_file(run_dir / "config.yaml") as fh:
         fh.write(dump_yaml(cfg))
 
-    method = check_run(cfg)  # unknown method, keys it ignores, output.merge of an unmergeable method
-    if cfg.eval.enabled:
-        from tunesmith.eval.runner import validate as validate_eval
-
-        validate_eval(cfg.eval)  # a missing metric extra or a bad judge fails now, not after training
     resolved = resolve_base(cfg.model.base)
     log(f"base model: {resolved.label} ({resolved.path})")
     tokenizer = load_tokenizer(resolved, cfg.data.template)
