@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 TORCH_SPEC ?= torch==2.13.0
 STAMP := $(VENV)/.tunesmith-installed
 
-.PHONY: demo test test-fast test-slow install bench clean
+.PHONY: demo test test-fast test-slow install lint bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -22,6 +22,9 @@ install: $(STAMP)
 
 demo: $(STAMP)
 	$(BIN)/tunesmith quickstart --out runs/quickstart
+
+lint: $(STAMP)
+	$(BIN)/python -m ruff check src tests bench scripts
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

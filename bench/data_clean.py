@@ -87,7 +87,7 @@ def generate(path: Path, n: int, seed: int) -> dict:
     made: list[dict] = []
     counts = {"exact": 0, "near": 0, "empty": 0}
     with open(path, "w", encoding="utf-8") as fh:
-        for i in range(n):
+        for _ in range(n):
             r = rng.random()
             if made and r < 0.04:
                 src = rng.choice(made)

@@ -58,7 +58,7 @@ def run_one(name: str, steps: int, eval_examples: int, out: Path) -> dict:
     t0 = time.perf_counter()
     result = run_quickstart(out / name, overrides, show_progress=False, log=lambda *a: lines.append(" ".join(map(str, a))))
     wall = time.perf_counter() - t0
-    trainable = next(int(l.split(", ")[1].split(" ")[0].replace(",", "")) for l in lines if l.startswith("method: "))
+    trainable = next(int(line.split(", ")[1].split(" ")[0].replace(",", "")) for line in lines if line.startswith("method: "))
     systems = result.eval_report["systems"]
     row = {"method": name, "trainable": trainable, "tokens_per_s": result.train.tokens_per_s, "steps": result.train.steps,
            "first_loss": result.train.first_loss, "final_loss": result.train.final_loss, "wall_s": wall,
@@ -95,7 +95,7 @@ config error, except the shared adapter-shape keys `r`, `alpha`, `dropout`, `tar
 | `rslora` | LoRA scaled by alpha/sqrt(r) (peft `use_rslora`) | as lora | yes |
 | `dora` | LoRA direction + trained magnitude per output (peft `use_dora`) | as lora (no `lora_fa`) | yes |
 | `qlora` | LoRA over a 4-bit NF4 base; `dora: true` / `rslora: true` combine | as lora + `quant_type`, `quant_double` | yes (merged on the fp32 base) |
-| `delta_lora` | LoRA + base weights moved by lambda x the change of B·A each step (ours) | lora's shape keys, `delta_lora_lambda`, `delta_lora_start` | saved as a full model |
+| `delta_lora` | LoRA + base weights moved by lambda x the change of B·A (ours) | shape keys, `delta_lora_lambda`, `delta_lora_start` | saved as a full model |
 | `vera` | per-layer scaling vectors over shared frozen random projections (peft) | `vera_r`, `target_modules` | yes |
 | `ia3` | per-channel rescaling vectors (peft) | `target_modules`, `ia3_feedforward_modules` | yes |
 | `prefix` | per-layer key/value prefixes (peft) | `num_virtual_tokens` | no: lives in the KV cache |

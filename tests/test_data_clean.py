@@ -10,8 +10,8 @@ import pytest
 
 from tunesmith.data.clean import CleanOptions, clean_file
 from tunesmith.data.dedup import MinHasher, NearDupIndex, _Signature, shingles
-from tunesmith.data.normalize import normalize_text
 from tunesmith.data.load import load_samples
+from tunesmith.data.normalize import normalize_text
 from tunesmith.data.tokenize import token_lengths, tokenize_sample
 
 rng = random.Random(0)

@@ -19,8 +19,17 @@ from fastapi import FastAPI, Request
 
 from tunesmith.errors import ConfigError
 from tunesmith.eval import stats
-from tunesmith.eval.judge import (DEFAULT_PROMPT, LocalJudge, OpenAIJudge, combine, load_prompt, make_judge, pairwise,
-                                  parse_verdict, summarize)
+from tunesmith.eval.judge import (
+    DEFAULT_PROMPT,
+    LocalJudge,
+    OpenAIJudge,
+    combine,
+    load_prompt,
+    make_judge,
+    pairwise,
+    parse_verdict,
+    summarize,
+)
 
 
 def answers(prompt: str) -> tuple[str, str]:

@@ -1,10 +1,9 @@
 import json
 
 import pytest
-import torch
 
 from tunesmith.errors import ModelNotFound
-from tunesmith.models import load_model, load_tokenizer, resolve_base
+from tunesmith.models import load_model, resolve_base
 
 
 def test_default_resolves_to_cached_hf_folder(default_model_dir):

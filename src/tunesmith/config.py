@@ -23,18 +23,21 @@ class Section(BaseModel):
 
 class ModelConfig(Section):
     base: str = Field("default", description="base model: 'default' (embedded SmolLM2-135M-Instruct), a local HF folder, a cached hub id, or a .gguf file")
-    dtype: Literal["auto", "fp32", "bf16", "fp16"] = Field("fp32", description="dtype the base weights are loaded in (training mixed precision is train.precision)")
+    dtype: Literal["auto", "fp32", "bf16", "fp16"] = Field("fp32",
+        description="dtype the base weights are loaded in (training mixed precision is train.precision)")
 
 
 class DataConfig(Section):
     train: str | None = Field(None, description="training data file or folder (.jsonl, .json, .parquet, .csv, datasets folder)")
     val: str | None = Field(None, description="validation data; when empty, val_split of train is held out")
     val_split: float = Field(0.0, ge=0.0, lt=1.0, description="fraction of train held out for validation when data.val is empty")
-    format: Literal["auto", "alpaca", "prompt_completion", "messages", "sharegpt", "text", "preference"] = Field("auto", description="input format; 'auto' detects it from the first record that matches a format")
+    format: Literal["auto", "alpaca", "prompt_completion", "messages", "sharegpt", "text", "preference"] = Field("auto",
+        description="input format; 'auto' detects it from the first record that matches a format")
     max_len: int = Field(512, gt=8, description="maximum tokens per example (and per packed row)")
     overlong: Literal["drop", "truncate"] = Field("drop", description="what to do with examples longer than max_len")
     packing: bool = Field(True, description="pack several examples into each row (no attention across examples)")
-    template: Literal["auto", "chatml", "llama3", "alpaca"] | None = Field("auto", description="chat template: 'auto' uses the tokenizer's own; a name overrides it")
+    template: Literal["auto", "chatml", "llama3", "alpaca"] | None = Field("auto",
+        description="chat template: 'auto' uses the tokenizer's own; a name overrides it")
     train_on_inputs: bool = Field(False, description="compute the loss on prompt tokens too, not only on assistant tokens")
     system_prompt: str | None = Field(None, description="system message prepended to every conversation that has none")
 
@@ -54,7 +57,8 @@ class MethodConfig(Section):
     loraplus_lr_ratio: float = Field(0.0, ge=0.0, description="LoRA+: B learns this many times faster than A (0 = off; the paper uses 16)")
     lora_fa: bool = Field(False, description="LoRA-FA: freeze A and train B with the projected-gradient optimizer")
     vera_r: int = Field(256, gt=0, description="vera: rank of the shared frozen random projections")
-    ia3_feedforward_modules: list[str] = Field(default_factory=lambda: ["down_proj", "fc2", "w2"], description="ia3: adapted modules whose input (not output) is scaled")
+    ia3_feedforward_modules: list[str] = Field(default_factory=lambda: ["down_proj", "fc2", "w2"],
+        description="ia3: adapted modules whose input (not output) is scaled")
     num_virtual_tokens: int = Field(20, gt=0, description="prefix/prompt: number of virtual tokens")
     prompt_init_text: str | None = Field(None, description="prompt: initialise the virtual tokens from this text (empty = random)")
     delta_lora_lambda: float = Field(0.5, ge=0.0, description="delta_lora: base-weight update factor for the change of the low-rank product")

@@ -22,7 +22,6 @@ from tunesmith.io_utils import atomic_file, is_within, write_json
 from tunesmith.methods import check_run
 from tunesmith.models import load_model, load_tokenizer, resolve_base
 
-
 # What a run writes into output.dir. A fresh run (no --resume) removes these first, so metrics,
 # checkpoints and reports never mix two runs (a stale checkpoint would also be what --resume picks).
 # Anything else in the folder is the user's and stays.

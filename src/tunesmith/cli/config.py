@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import List, Optional
 
 import typer
 
@@ -15,7 +14,7 @@ app.add_typer(config_app, name="config")
 
 
 @config_app.command("show")
-def config_show(config: Path = typer.Argument(..., help="run config YAML"), overrides: Optional[List[str]] = SetOpt):
+def config_show(config: Path = typer.Argument(..., help="run config YAML"), overrides: list[str] | None = SetOpt):
     """Print the resolved config (defaults filled in, overrides applied)."""
     from tunesmith.config import dump_yaml, load_config
 
@@ -23,7 +22,7 @@ def config_show(config: Path = typer.Argument(..., help="run config YAML"), over
 
 
 @config_app.command("init")
-def config_init(path: Optional[Path] = typer.Option(None, "-o", "--out", help="write here instead of stdout"),
+def config_init(path: Path | None = typer.Option(None, "-o", "--out", help="write here instead of stdout"),
                 force: bool = typer.Option(False, help="overwrite an existing file")):
     """Write a commented starter config with every key at its default."""
     from tunesmith.config import starter_yaml

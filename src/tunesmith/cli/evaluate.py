@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -33,15 +32,15 @@ def _eval_config(**values):
 
 @app.command("eval")
 def evaluate(model: str = typer.Option("default", "--model", help="base model (see model.base)"),
-             adapter: Optional[Path] = typer.Option(None, "--adapter", help="adapter folder to evaluate"),
-             data: Optional[Path] = typer.Option(None, "--data", help="held-out data file (chats for generation "
+             adapter: Path | None = typer.Option(None, "--adapter", help="adapter folder to evaluate"),
+             data: Path | None = typer.Option(None, "--data", help="held-out data file (chats for generation "
                                                  "metrics, raw text for perplexity)"),
              out_dir: Path = typer.Option(..., "-o", "--out", help="report folder"),
              metrics: str = typer.Option("exact_match", help=_METRIC_HELP),
              baselines: str = typer.Option("zero-shot,few-shot", help="comma-separated: zero-shot, few-shot, or ''"),
-             train_data: Optional[Path] = typer.Option(None, "--train-data", help="pool for few-shot examples"),
+             train_data: Path | None = typer.Option(None, "--train-data", help="pool for few-shot examples"),
              few_shot_k: int = typer.Option(3, help="examples in the few-shot prompt"),
-             compare_to: Optional[str] = typer.Option(None, "--compare-to", help="another model or adapter folder "
+             compare_to: str | None = typer.Option(None, "--compare-to", help="another model or adapter folder "
                                                       "scored beside the tuned model as system 'compare'"),
              max_new_tokens: int = typer.Option(128, help="generation budget"),
              temperature: float = typer.Option(0.0, help="0 = greedy; > 0 samples (seeded)"),
@@ -54,12 +53,12 @@ def evaluate(model: str = typer.Option("default", "--model", help="base model (s
              ppl_stride: int = typer.Option(256, help="perplexity stride between windows (<= window)"),
              regression: bool = typer.Option(True, "--regression/--no-regression",
                                              help="base vs tuned on the shipped general set (forgetting check)"),
-             code_tasks: Optional[Path] = typer.Option(None, "--code-tasks", help="JSONL of code tasks for pass@k"),
+             code_tasks: Path | None = typer.Option(None, "--code-tasks", help="JSONL of code tasks for pass@k"),
              code_samples: int = typer.Option(5, help="programs sampled per code task"),
              pass_k: str = typer.Option("1", help="comma-separated k values of pass@k"),
-             judge: Optional[str] = typer.Option(None, help="pairwise judge: local:MODEL or openai:MODEL"),
-             judge_url: Optional[str] = typer.Option(None, help="base URL of an OpenAI-compatible judge"),
-             judge_prompt: Optional[Path] = typer.Option(None, help="your own judge prompt file"),
+             judge: str | None = typer.Option(None, help="pairwise judge: local:MODEL or openai:MODEL"),
+             judge_url: str | None = typer.Option(None, help="base URL of an OpenAI-compatible judge"),
+             judge_prompt: Path | None = typer.Option(None, help="your own judge prompt file"),
              lm_eval_tasks: str = typer.Option("", help="comma-separated lm-evaluation-harness tasks (if installed)"),
              quiet: bool = typer.Option(False, help="no progress bars")):
     """Score a model (and its adapter) against base zero-shot / few-shot baselines."""

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import List, Optional
 
 import typer
 
@@ -17,7 +16,7 @@ app.add_typer(export_app, name="export")
 @app.command()
 def merge(adapter: Path = typer.Option(..., "--adapter", help="adapter folder (PEFT layout)"),
           out_dir: Path = typer.Option(..., "-o", "--out", help="merged model folder"),
-          base: Optional[str] = typer.Option(None, "--base", help="base model; default: the one the adapter names"),
+          base: str | None = typer.Option(None, "--base", help="base model; default: the one the adapter names"),
           dtype: str = typer.Option("fp32", help="fp32, bf16 or fp16")):
     """Merge an adapter into its base model: a plain HF folder for transformers, llama.cpp, vLLM.
 
@@ -33,16 +32,16 @@ def _floats(spec: str, option: str) -> list[float]:
     try:
         return [float(x) for x in spec.split(",") if x.strip()]
     except ValueError:
-        raise UserError(f"{option}: '{spec}' is not a comma-separated list of numbers", hint=f"e.g. {option} 0.6,0.4")
+        raise UserError(f"{option}: '{spec}' is not a comma-separated list of numbers", hint=f"e.g. {option} 0.6,0.4") from None
 
 
 @app.command()
-def combine(adapters: List[Path] = typer.Argument(..., help="two or more LoRA adapter folders on the same base"),
+def combine(adapters: list[Path] = typer.Argument(..., help="two or more LoRA adapter folders on the same base"),
             out_dir: Path = typer.Option(..., "-o", "--out", help="folder for the combined adapter"),
-            weights: Optional[str] = typer.Option(None, "--weights", help="one weight per adapter, e.g. 0.6,0.4 "
+            weights: str | None = typer.Option(None, "--weights", help="one weight per adapter, e.g. 0.6,0.4 "
                                                   "(default: equal weights summing to 1)"),
             method: str = typer.Option("linear", "--method", help="linear, cat, svd, ties, dare_linear, dare_ties"),
-            density: Optional[float] = typer.Option(None, "--density", help="kept fraction for ties / dare_*")):
+            density: float | None = typer.Option(None, "--density", help="kept fraction for ties / dare_*")):
     """Combine LoRA adapters into one (peft's weighted adapter combination)."""
     from tunesmith.export.combine import combine_adapters
 
@@ -54,20 +53,20 @@ def combine(adapters: List[Path] = typer.Argument(..., help="two or more LoRA ad
 @export_app.command("gguf")
 def export_gguf_cmd(
         out_dir: Path = typer.Option(..., "-o", "--out", help="folder for the GGUF files and the Modelfile"),
-        model: Optional[str] = typer.Option(None, "--model", help="base model (default: the adapter's base, else 'default')"),
-        adapter: Optional[Path] = typer.Option(None, "--adapter", help="adapter folder: merged in, or see --lora-gguf"),
+        model: str | None = typer.Option(None, "--model", help="base model (default: the adapter's base, else 'default')"),
+        adapter: Path | None = typer.Option(None, "--adapter", help="adapter folder: merged in, or see --lora-gguf"),
         quant: str = typer.Option("f16", "--quant", help="comma-separated: f32,f16,bf16,q8_0,q4_k_m,q5_k_m,q6_k,..."),
         lora_gguf: bool = typer.Option(False, "--lora-gguf", help="keep the adapter separate: base GGUFs + a "
                                        "llama.cpp LoRA adapter GGUF"),
         verify: bool = typer.Option(False, "--verify", help="run every file in llama.cpp and compare with torch"),
         verify_prompts: int = typer.Option(16, "--verify-prompts", help="prompts for the greedy-agreement check"),
         verify_tokens: int = typer.Option(24, "--verify-tokens", help="greedy tokens per prompt"),
-        verify_text: Optional[Path] = typer.Option(None, "--verify-text", help="held-out text for perplexity "
+        verify_text: Path | None = typer.Option(None, "--verify-text", help="held-out text for perplexity "
                                                    "(default: a built-in passage)"),
-        tokenizer_pre: Optional[str] = typer.Option(None, "--tokenizer-pre", help="force llama.cpp's pre-tokenizer name"),
-        name: Optional[str] = typer.Option(None, "--name", help="file name stem (default: model or run name)"),
-        threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads for llama.cpp"),
-        keep_f16: Optional[List[str]] = typer.Option(None, "--keep-f16", help="regex of GGUF tensor names to leave in "
+        tokenizer_pre: str | None = typer.Option(None, "--tokenizer-pre", help="force llama.cpp's pre-tokenizer name"),
+        name: str | None = typer.Option(None, "--name", help="file name stem (default: model or run name)"),
+        threads: int | None = typer.Option(None, "--threads", help="CPU threads for llama.cpp"),
+        keep_f16: list[str] | None = typer.Option(None, "--keep-f16", help="regex of GGUF tensor names to leave in "
                                                      "f16 when quantizing, e.g. attn_v (repeatable)")):
     """Write GGUF files (llama.cpp / Ollama) with K-quants, an Ollama Modelfile, and optional verification."""
     from tunesmith.export.gguf import export_gguf

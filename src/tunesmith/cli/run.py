@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import List, Optional
 
 import typer
 
@@ -12,7 +11,7 @@ from tunesmith.cli.common import SetOpt, app, out, print_report
 
 @app.command()
 def quickstart(out_dir: Path = typer.Option(Path("runs/quickstart"), "--out", help="run folder"),
-               overrides: Optional[List[str]] = SetOpt,
+               overrides: list[str] | None = SetOpt,
                quiet: bool = typer.Option(False, help="no progress bars")):
     """Fine-tune the embedded default model on a shipped task and print a before/after table."""
     from tunesmith.quickstart import run_quickstart
@@ -25,7 +24,7 @@ def quickstart(out_dir: Path = typer.Option(Path("runs/quickstart"), "--out", he
 
 @app.command()
 def train(config: Path = typer.Argument(..., help="run config YAML"),
-          overrides: Optional[List[str]] = SetOpt,
+          overrides: list[str] | None = SetOpt,
           resume: bool = typer.Option(False, "--resume", help="continue from the latest checkpoint in output.dir"),
           quiet: bool = typer.Option(False, help="no progress bars")):
     """Train (then evaluate and optionally merge) as the config says."""

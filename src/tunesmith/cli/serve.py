@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -29,9 +28,9 @@ def serve(model: str = typer.Option("default", "--model", "-m", help="base model
           adapter: list[str] = typer.Option([], "--adapter", "-a", help="NAME=PATH of an adapter folder (repeatable); NAME is the API model id"),
           host: str = typer.Option("127.0.0.1", help="interface to bind; anything but loopback exposes the server"),
           port: int = typer.Option(8000, help="TCP port"),
-          api_key: Optional[str] = typer.Option(None, "--api-key", envvar="TUNESMITH_API_KEY", help="require 'Authorization: Bearer KEY' (env TUNESMITH_API_KEY)"),
-          adapter_dir: Optional[Path] = typer.Option(None, "--adapter-dir", help="POST /v1/adapters may load adapters from this folder (and below) only"),
-          served_name: Optional[str] = typer.Option(None, "--served-model-name", help="API id of the base model (default: --model as given)"),
+          api_key: str | None = typer.Option(None, "--api-key", envvar="TUNESMITH_API_KEY", help="require 'Authorization: Bearer KEY' (env TUNESMITH_API_KEY)"),
+          adapter_dir: Path | None = typer.Option(None, "--adapter-dir", help="POST /v1/adapters may load adapters from this folder (and below) only"),
+          served_name: str | None = typer.Option(None, "--served-model-name", help="API id of the base model (default: --model as given)"),
           dtype: str = typer.Option("fp32", help="fp32, bf16 or fp16"),
           max_batch: int = typer.Option(16, help="rows decoded together in one forward pass"),
           max_queue: int = typer.Option(256, help="waiting requests before 429"),
@@ -39,7 +38,7 @@ def serve(model: str = typer.Option("default", "--model", "-m", help="base model
           default_max_tokens: int = typer.Option(256, help="max_tokens when a chat request sets none"),
           max_body_bytes: int = typer.Option(1 << 20, help="largest request body (413 above)"),
           timeout: float = typer.Option(300.0, "--timeout", help="seconds before a request is abandoned (504)"),
-          traffic_log: Optional[Path] = typer.Option(None, "--traffic-log", help="append every chat answer to this JSONL file (messages format)"),
+          traffic_log: Path | None = typer.Option(None, "--traffic-log", help="append every chat answer to this JSONL file (messages format)"),
           print_vllm_command: bool = typer.Option(False, "--print-vllm-command", help="print the vLLM command for the same base and adapters, and exit")):
     """Serve the base model and adapters over the OpenAI API (one model id per adapter)."""
     from tunesmith.models.load import DTYPES

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -16,7 +15,7 @@ app.add_typer(spectrum_app, name="spectrum")
 @spectrum_app.command("scan")
 def scan(model: str = typer.Argument("default", help="base model (see model.base)"),
          top_percent: float = typer.Option(25.0, "--top-percent", help="percentage of matrices per type to select"),
-         json_out: Optional[Path] = typer.Option(None, "--json", help="also write the table as JSON (an infinite SNR is null with snr_infinite: true)")):
+         json_out: Path | None = typer.Option(None, "--json", help="also write the table as JSON (an infinite SNR is null with snr_infinite: true)")):
     """Print the SNR of each decoder weight matrix and which ones method spectrum would train."""
     from tunesmith.errors import UserError
     from tunesmith.io_utils import write_json

@@ -6,8 +6,8 @@ target cannot hold (a multi-turn chat as Alpaca) raises `FieldProblem`, reported
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from tunesmith.data.formats import FieldProblem
 from tunesmith.data.load import Scan, empty_file_problem

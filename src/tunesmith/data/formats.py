@@ -6,7 +6,7 @@ most specific first, so a new format is one class and no if/elif chain changes.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 from tunesmith.data.schema import ROLES, Sample
 

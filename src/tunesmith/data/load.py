@@ -8,9 +8,9 @@ loader training uses.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
 
 from tunesmith.data.formats import FORMATS, FieldProblem, detect_format
 from tunesmith.data.normalize import exact_key, sample_parts

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import contextlib
 import json
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Callable, Iterator
 
 from tunesmith.errors import DataError
 from tunesmith.io_utils import atomic_file

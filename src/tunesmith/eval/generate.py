@@ -120,8 +120,12 @@ def sampler(temperature: float, top_p: float = 1.0, top_k: int | None = None):
     """Next-token choice from last-position logits, with `model.generate`'s warpers in its order."""
     if temperature <= 0:
         return lambda logits: logits.argmax(dim=-1)
-    from transformers.generation.logits_process import (LogitsProcessorList, TemperatureLogitsWarper,
-                                                        TopKLogitsWarper, TopPLogitsWarper)
+    from transformers.generation.logits_process import (
+        LogitsProcessorList,
+        TemperatureLogitsWarper,
+        TopKLogitsWarper,
+        TopPLogitsWarper,
+    )
 
     warpers = LogitsProcessorList()
     if temperature != 1.0:

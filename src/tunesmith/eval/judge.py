@@ -17,9 +17,10 @@ from __future__ import annotations
 import importlib
 import os
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Protocol
+from typing import Protocol
 
 from tunesmith.errors import ConfigError, UserError
 from tunesmith.eval import stats

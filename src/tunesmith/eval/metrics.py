@@ -17,9 +17,9 @@ import re
 import string
 import unicodedata
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Callable
 
 from tunesmith.errors import ConfigError
 

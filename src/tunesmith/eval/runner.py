@@ -16,9 +16,9 @@ from __future__ import annotations
 import contextlib
 import json
 import random
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 from tunesmith.config import EvalConfig
 from tunesmith.data.schema import Sample

@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from tunesmith.errors import UserError
 
@@ -186,7 +186,6 @@ def merge_scores(tokens: list[str], merges: list[list[str]]) -> list[float]:
 
 
 def write_vocab(writer, tokenizer, model_dir: Path, vocab_size: int, pre: str | None = None) -> None:
-    import gguf
 
     tj = tokenizer_json(tokenizer, model_dir)
     kind = tokenizer_kind(tj, str(model_dir))

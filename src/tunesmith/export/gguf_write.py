@@ -14,8 +14,15 @@ import numpy as np
 import torch
 
 from tunesmith.errors import UserError
-from tunesmith.export.gguf_arch import (ArchSpec, arch_for, gguf_tensor_name, permute_rows, qk_heads, write_hparams,
-                                        write_rope)
+from tunesmith.export.gguf_arch import (
+    ArchSpec,
+    arch_for,
+    gguf_tensor_name,
+    permute_rows,
+    qk_heads,
+    write_hparams,
+    write_rope,
+)
 
 # torch -> numpy dtype of 2-D weights per file type; norms and biases always stay f32 (llama.cpp's
 # kernels expect them so, and they are a rounding error in the file size).

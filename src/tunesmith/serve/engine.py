@@ -18,7 +18,7 @@ import concurrent.futures
 import logging
 import threading
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 
@@ -106,7 +106,7 @@ class Engine:
         self.thread = threading.Thread(target=self._loop, name="tunesmith-engine", daemon=True)
 
     # -- called from the server's threads ------------------------------------------------------------
-    def start(self) -> "Engine":
+    def start(self) -> Engine:
         self.thread.start()
         return self
 

@@ -27,7 +27,7 @@ from tunesmith.errors import UserError
 
 
 class MultiLoRALinear(nn.Module):
-    def __init__(self, base: nn.Linear, bank: "LoRABank"):
+    def __init__(self, base: nn.Linear, bank: LoRABank):
         super().__init__()
         self.base = base
         self.bank = bank

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal, Optional, Union
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -15,7 +15,7 @@ class TextPart(BaseModel):
 class ChatMessage(BaseModel):
     model_config = ConfigDict(extra="ignore")
     role: Literal["system", "developer", "user", "assistant"]
-    content: Union[str, list[TextPart]]
+    content: str | list[TextPart]
 
     def text(self) -> str:
         return self.content if isinstance(self.content, str) else "".join(p.text for p in self.content)
@@ -32,16 +32,16 @@ class _Sampling(BaseModel):
     model: str
     temperature: float = Field(1.0, ge=0.0, le=2.0)
     top_p: float = Field(1.0, gt=0.0, le=1.0)
-    max_tokens: Optional[int] = Field(None, ge=1)
-    stop: Union[str, list[str], None] = None
-    seed: Optional[int] = None
+    max_tokens: int | None = Field(None, ge=1)
+    stop: str | list[str] | None = None
+    seed: int | None = None
     n: int = Field(1, ge=1)
     stream: bool = False
-    stream_options: Optional[StreamOptions] = None
+    stream_options: StreamOptions | None = None
     presence_penalty: float = 0.0
     frequency_penalty: float = 0.0
-    logprobs: Optional[Union[bool, int]] = None
-    user: Optional[str] = None
+    logprobs: bool | int | None = None
+    user: str | None = None
 
     @field_validator("stop")
     @classmethod
@@ -63,9 +63,9 @@ class _Sampling(BaseModel):
 
 class ChatCompletionRequest(_Sampling):
     messages: list[ChatMessage] = Field(min_length=1)
-    max_completion_tokens: Optional[int] = Field(None, ge=1)
-    tools: Optional[list] = None
-    response_format: Optional[dict] = None
+    max_completion_tokens: int | None = Field(None, ge=1)
+    tools: list | None = None
+    response_format: dict | None = None
 
     def unsupported(self) -> str | None:
         if self.tools:
@@ -76,10 +76,10 @@ class ChatCompletionRequest(_Sampling):
 
 
 class CompletionRequest(_Sampling):
-    prompt: Union[str, list[str], list[int]]
+    prompt: str | list[str] | list[int]
     echo: bool = False
-    suffix: Optional[str] = None
-    max_tokens: Optional[int] = Field(16, ge=1)       # OpenAI's default for /v1/completions
+    suffix: str | None = None
+    max_tokens: int | None = Field(16, ge=1)       # OpenAI's default for /v1/completions
 
     def unsupported(self) -> str | None:
         if self.echo:

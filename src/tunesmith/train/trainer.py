@@ -26,8 +26,8 @@ from tunesmith.train import checkpoint as ckpt
 from tunesmith.train.attention import packed_attention_for
 from tunesmith.train.attention import supports as attention_supports
 from tunesmith.train.logbook import Logbook, plot_losses
-from tunesmith.train.precision import frozen_linears_in
 from tunesmith.train.loss import CausalLMLoss
+from tunesmith.train.precision import frozen_linears_in
 from tunesmith.train.schedule import build_scheduler
 
 
@@ -393,7 +393,14 @@ class _Progress:
         self.enabled = enabled
         if not enabled:
             return
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
 
         self.bar = Progress(TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(),
                             TextColumn("loss {task.fields[loss]:.4f}"), TextColumn("{task.fields[tps]:.0f} tok/s"),
