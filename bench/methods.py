@@ -82,38 +82,41 @@ def run_child(name: str, args) -> dict:
     return row
 
 
-GUIDE = """
+# The guide above the results. The methods and options tables between its markers are generated
+# from the registered options models (tunesmith.methods.docs), never written here by hand.
+GUIDE_BEFORE_TABLES = """
 ## Choosing a method
 
-`method.name` picks one; each method reads only its own keys (setting another method's key is a
-config error, except the shared adapter-shape keys `r`, `alpha`, `dropout`, `target_modules`).
-`tunesmith methods --model M` prints trainable parameters and a memory estimate for any model.
+`method.name` picks one. Each method takes only its own options, declared once as a pydantic model in
+the method's module; the tables below, the `method:` part of `tunesmith config init` and the
+options lines of `tunesmith methods` are all generated from those models
+(`python -m tunesmith.methods.docs` rewrites the tables here; a test keeps them in sync).
 
-| method | what trains | own keys | merge / GGUF |
-|---|---|---|---|
-| `lora` | low-rank B·A on linear layers (peft) | `r`, `alpha`, `dropout`, `target_modules`, `rslora`, `dora`, `loraplus_lr_ratio`, `lora_fa` | yes |
-| `rslora` | LoRA scaled by alpha/sqrt(r) (peft `use_rslora`) | as lora | yes |
-| `dora` | LoRA direction + trained magnitude per output (peft `use_dora`) | as lora (no `lora_fa`) | yes |
-| `qlora` | LoRA over a 4-bit NF4 base; `dora: true` / `rslora: true` combine | as lora + `quant_type`, `quant_double` | yes (merged on the fp32 base) |
-| `delta_lora` | LoRA + base weights moved by lambda x the change of B·A (ours) | shape keys, `delta_lora_lambda`, `delta_lora_start` | saved as a full model |
-| `vera` | per-layer scaling vectors over shared frozen random projections (peft) | `vera_r`, `target_modules` | yes |
-| `ia3` | per-channel rescaling vectors (peft) | `target_modules`, `ia3_feedforward_modules` | yes |
-| `prefix` | per-layer key/value prefixes (peft) | `num_virtual_tokens` | no: lives in the KV cache |
-| `prompt` | virtual input embeddings, from `prompt_init_text` or random (peft) | `num_virtual_tokens`, `prompt_init_text` | no: extra input tokens |
-| `bottleneck` | Houlsby adapters after attention and MLP, up-projection starts at zero (ours) | `bottleneck_size`, `bottleneck_activation` | no: extra layers |
-| `spectrum` | full training of the top `spectrum_top_percent` matrices per type by SNR (ours) | `spectrum_top_percent` | saved as a full model |
-| `full`, `freeze` | every weight / the last `layers_to_train` blocks | `layers_to_train`, `trainable_modules` (freeze) | saved as a full model |
+A key the method does not take is a config error that names the method and the keys it takes, with
+a "did you mean" for a typo (`unknown key 'method.rr' for method 'lora' (did you mean 'method.r'?)`)
+or the methods that take it (`method.dora is set but method 'ia3' does not use it`). Two exceptions
+keep configs working when only `method.name` changes: the shared adapter-shape keys `r`, `alpha`,
+`dropout`, `target_modules` are accepted by every method (one that does not use them ignores them),
+and another method's key at its default changes nothing and is accepted (config.yaml files saved by
+earlier versions spell out every method's keys). `tunesmith methods --model M` prints trainable
+parameters and a memory estimate for any model.
+
+"""
+
+GUIDE_AFTER_TABLES = """
 
 Optimizers for the LoRA family: `loraplus_lr_ratio: 16` (LoRA+, B learns 16x faster than A) or
 `lora_fa: true` (LoRA-FA: A frozen, B trained with the projected gradient); one at a time, and
 LoRA-FA not with DoRA; LoRA-FA's projected gradient uses the adapter's own scale (alpha/sqrt(r)
 under rsLoRA). `method.name: rslora` and `dora` always apply their own flag, so their `rslora: false`
 / `dora: false` (the defaults every saved config.yaml spells out) change nothing; the other flag
-still adds (`name: dora` with `rslora: true` is rsLoRA + DoRA). `delta_lora_start` with
-`delta_lora_lambda: 0` is a config error (the base weights would never move). `output.merge: true`
-with a method that cannot merge is refused before training; `tunesmith merge` / GGUF export of
-such an adapter say why, also for a prefix / prompt-tuning folder saved by plain peft (its
-`adapter_config.json` `peft_type`) or a bottleneck folder without `tunesmith.json`.
+still adds (`name: dora` with `rslora: true` is rsLoRA + DoRA). `qlora` merges on the fp32 base.
+`delta_lora_start` with `delta_lora_lambda: 0` is a config error (the base weights would never
+move). `output.merge: true` with a method that cannot merge is refused before training;
+`tunesmith merge` / GGUF export of such an adapter say why (prefix: the adapter lives in the KV
+cache; prompt: extra input tokens; bottleneck: extra layers), also for a prefix / prompt-tuning
+folder saved by plain peft (its `adapter_config.json` `peft_type`) or a bottleneck folder without
+`tunesmith.json`.
 
 `tunesmith spectrum scan MODEL` prints every weight matrix's SNR: singular values above the
 Marchenko-Pastur edge sigma(sqrt(m) + sqrt(n)) count as signal (sigma estimated from the median
@@ -121,13 +124,39 @@ singular value), SNR = signal energy / noise energy, and the matrices Spectrum w
 `--json FILE` writes the same rows as strict JSON: a matrix with no energy at or below the edge (a
 noise-free low-rank matrix) has an infinite SNR, written as `"snr": null, "snr_infinite": true`
 (it ranks above every finite SNR); an all-zero matrix has SNR 0.
+
+## Adding a method
+
+One new file in `src/tunesmith/methods/` (the package imports every module in it, so nothing else
+lists methods) holding:
+
+1. an options model: a subclass of `MethodOptions`, or of the shared field groups in
+   `tunesmith.methods.options` (`AdapterShape` = `r`, `alpha`, `dropout`, `target_modules`;
+   `TargetModules`, `AdapterDropout`, `LowRank`), with a default, bounds and a one-line
+   `description` for each new key;
+2. a `Method` subclass with `name`, a one-line `summary`, `options` (that model), `order` (where it
+   is listed), `kind` (`"adapter"` or `"full"`), `mergeable` / `gguf_exportable`, and `prepare(model,
+   options, lr) -> Prepared` (plus `check` for combinations of its options that make no sense),
+   decorated with `@register_method`.
+
+Then one row in `CASES` (and its trainable-parameter formula in `FORMULAS`) of
+`tests/test_methods_matrix.py`, which fails until every registered method has one, and
+`python -m tunesmith.methods.docs` for the tables above.
 """
+
+
+def guide() -> str:
+    if str(ROOT / "src") not in sys.path:
+        sys.path.insert(0, str(ROOT / "src"))
+    from tunesmith.methods.docs import options_section
+
+    return GUIDE_BEFORE_TABLES + options_section() + GUIDE_AFTER_TABLES
 
 
 def write_doc(rows: list[dict], args, command: str) -> None:
     ref = next((r for r in rows if r["method"] == "lora" and "error" not in r), None)
     base = ref.get("base_zero_shot") if ref else None
-    lines = ["# Fine-tuning methods", GUIDE, "## On the quickstart task", "",
+    lines = ["# Fine-tuning methods", guide(), "## On the quickstart task", "",
              "Generated by `bench/methods.py`; re-run with:", "", f"    {command}", "",
              f"Quickstart task (SmolLM2-135M-Instruct, free-text orders -> JSON), **reduced budget**: {args.steps} optimizer "
              f"steps of 8 examples ({8 * args.steps} of 480 training examples seen once), scored on the first "

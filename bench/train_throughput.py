@@ -127,10 +127,10 @@ def flops_per_token(config, target_fraction: float, avg_len: float) -> float:
 
 
 def run_tunesmith(rows, model_dir, steps, out_dir):
-    from tunesmith.config import DataConfig, MethodConfig, TrainConfig
+    from tunesmith.config import DataConfig, TrainConfig
     from tunesmith.data.schema import Sample
     from tunesmith.data.tokenize import tokenize_all
-    from tunesmith.methods import prepare_method
+    from tunesmith.methods import method_options, prepare_method
     from tunesmith.models import load_model, load_tokenizer
     from tunesmith.train.trainer import Trainer
 
@@ -139,7 +139,7 @@ def run_tunesmith(rows, model_dir, steps, out_dir):
     data, _ = tokenize_all(tok, samples, max_len=1024)
     torch.manual_seed(0)
     model = load_model(str(model_dir))
-    prepared = prepare_method(model, MethodConfig(name="lora", r=RANK, alpha=ALPHA, dropout=0.0), LR)
+    prepared = prepare_method(model, method_options(name="lora", r=RANK, alpha=ALPHA, dropout=0.0), LR)
     cfg = TrainConfig(max_steps=steps, batch_size=BATCH, micro_batch_size=MICRO, lr=LR, warmup_ratio=0.0,
                       scheduler="constant", precision="auto", seed=0)
     trainer = Trainer(cfg, DataConfig(max_len=1024, packing=True), prepared, tok, data, [], out_dir, show_progress=False)

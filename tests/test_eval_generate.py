@@ -7,11 +7,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tunesmith.config import MethodConfig
 from tunesmith.data.tokenize import prompt_ids
 from tunesmith.errors import UserError
 from tunesmith.eval.generate import generate, generate_tokens, stop_token_ids
-from tunesmith.methods import prepare_method
+from tunesmith.methods import method_options, prepare_method
 
 NEW = 12
 # Lengths differ by up to ~15 tokens, so the batch below is left-padded unevenly.
@@ -37,7 +36,7 @@ def adapted(tiny_model_dir, name):
     from transformers import AutoModelForCausalLM
 
     prepared = prepare_method(AutoModelForCausalLM.from_pretrained(str(tiny_model_dir)),
-                              MethodConfig(name=name, **METHODS[name]), 1e-2)
+                              method_options(name=name, **METHODS[name]), 1e-2)
     torch.manual_seed(11)
     with torch.no_grad():
         for p in prepared.model.parameters():

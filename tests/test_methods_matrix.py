@@ -14,10 +14,10 @@ import math
 import pytest
 import torch
 
-from tunesmith.config import DataConfig, MethodConfig, TrainConfig
+from tunesmith.config import DataConfig, TrainConfig
 from tunesmith.data.load import load_samples
 from tunesmith.data.tokenize import tokenize_all
-from tunesmith.methods import get_method, load_trained, prepare_method
+from tunesmith.methods import MethodOptions, get_method, load_trained, method_options, prepare_method
 from tunesmith.methods.targets import decoder_linears
 from tunesmith.models import load_model
 
@@ -77,10 +77,10 @@ CASES = {
 }
 
 
-def method_cfg(case_id: str) -> MethodConfig:
+def method_cfg(case_id: str) -> MethodOptions:
     formula, keys, _ = CASES[case_id]
     keys = {"name": case_id, **keys}
-    return MethodConfig(r=R, alpha=2 * R, dropout=0.0, **keys)
+    return method_options(r=R, alpha=2 * R, dropout=0.0, **keys)
 
 
 @pytest.fixture(scope="module")

@@ -9,10 +9,10 @@ import math
 import pytest
 import torch
 
-from tunesmith.config import DataConfig, MethodConfig, TrainConfig
+from tunesmith.config import DataConfig, TrainConfig
 from tunesmith.data.load import load_samples
 from tunesmith.data.tokenize import tokenize_all
-from tunesmith.methods import prepare_method
+from tunesmith.methods import method_options, prepare_method
 from tunesmith.methods.snr import matrix_snr, mp_median
 
 
@@ -44,7 +44,7 @@ def train(prepared, tokenizer, data, tmp_path, steps=6, lr=1e-2):
 def test_delta_lora_moves_base_weights_by_exactly_the_product_deltas(start, tiny_model_dir, tokenizer, memo_set, tmp_path):
     lam = 0.7
     torch.manual_seed(0)
-    prepared = prepare_method(fresh(tiny_model_dir), MethodConfig(name="delta_lora", r=4, alpha=8, dropout=0.0,
+    prepared = prepare_method(fresh(tiny_model_dir), method_options(name="delta_lora", r=4, alpha=8, dropout=0.0,
                                                                   delta_lora_lambda=lam, delta_lora_start=start), 1e-2)
     state = prepared.delta_lora
     w0 = {n: m.weight.detach().double().clone() for n, m in state.modules}
@@ -83,7 +83,7 @@ def test_delta_lora_moves_base_weights_by_exactly_the_product_deltas(start, tiny
 
 def test_delta_lora_checkpoint_state_restores_moved_weights(tiny_model_dir, tokenizer, memo_set, tmp_path):
     torch.manual_seed(0)
-    prepared = prepare_method(fresh(tiny_model_dir), MethodConfig(name="delta_lora", r=4, dropout=0.0), 1e-2)
+    prepared = prepare_method(fresh(tiny_model_dir), method_options(name="delta_lora", r=4, dropout=0.0), 1e-2)
     train(prepared, tokenizer, memo_set, tmp_path, steps=3)
     state = prepared.delta_lora
     saved = {k: v.clone() for k, v in state.extra_state().items()}
@@ -99,7 +99,7 @@ def test_delta_lora_resume_from_checkpoint_is_exact(tiny_model_dir, tokenizer, m
 
     def prepared():
         torch.manual_seed(0)
-        return prepare_method(fresh(tiny_model_dir), MethodConfig(name="delta_lora", r=4, alpha=8, dropout=0.0), 1e-2)
+        return prepare_method(fresh(tiny_model_dir), method_options(name="delta_lora", r=4, alpha=8, dropout=0.0), 1e-2)
 
     def fit(p, run, steps, resume=False):
         cfg = TrainConfig(max_steps=steps, batch_size=4, lr=1e-2, scheduler="constant", warmup_ratio=0.0,
@@ -155,7 +155,7 @@ def test_spectrum_trains_the_planted_matrix(tiny_model_dir):
             if i == 1:
                 u, v = torch.randn(64, 2, generator=g), torch.randn(64, 2, generator=g)
                 w.add_(0.5 * u @ v.T)
-    prepared = prepare_method(model, MethodConfig(name="spectrum", spectrum_top_percent=50), 1e-3)
+    prepared = prepare_method(model, method_options(name="spectrum", spectrum_top_percent=50), 1e-3)
     assert model.model.layers[1].self_attn.q_proj.weight.requires_grad
     assert not model.model.layers[0].self_attn.q_proj.weight.requires_grad
     assert not model.model.embed_tokens.weight.requires_grad
@@ -168,7 +168,7 @@ def test_spectrum_trains_the_planted_matrix(tiny_model_dir):
 def test_bottleneck_starts_as_the_base_and_can_be_switched_off(tiny_model_dir, tokenizer, memo_set, tmp_path):
     ids = torch.randint(0, 2000, (2, 9), generator=torch.Generator().manual_seed(0))
     base_logits = fresh(tiny_model_dir).eval()(input_ids=ids).logits
-    prepared = prepare_method(fresh(tiny_model_dir), MethodConfig(name="bottleneck", bottleneck_size=8), 1e-2)
+    prepared = prepare_method(fresh(tiny_model_dir), method_options(name="bottleneck", bottleneck_size=8), 1e-2)
     model = prepared.model.eval()
     assert torch.equal(model(input_ids=ids).logits, base_logits)          # up-projection starts at zero
     train(prepared, tokenizer, memo_set, tmp_path, steps=3)
@@ -180,7 +180,7 @@ def test_bottleneck_starts_as_the_base_and_can_be_switched_off(tiny_model_dir, t
 
 
 def test_loraplus_gives_b_a_higher_learning_rate(tiny_model_dir):
-    prepared = prepare_method(fresh(tiny_model_dir), MethodConfig(name="lora", r=4, loraplus_lr_ratio=16), 1e-3)
+    prepared = prepare_method(fresh(tiny_model_dir), method_options(name="lora", r=4, loraplus_lr_ratio=16), 1e-3)
     opt = prepared.hooks["optimizer"](prepared.param_groups)
     names = {id(p): n for n, p in prepared.model.named_parameters()}
     lrs = {("lora_B" in names[id(p)]): g["lr"] for g in opt.param_groups for p in g["params"]}
@@ -191,7 +191,7 @@ def test_loraplus_gives_b_a_higher_learning_rate(tiny_model_dir):
 def test_replacement_optimizers_take_train_weight_decay(option, tiny_model_dir, tokenizer, memo_set, tmp_path):
     from tunesmith.train.trainer import Trainer
 
-    prepared = prepare_method(fresh(tiny_model_dir), MethodConfig(name="lora", r=4, **option), 1e-3)
+    prepared = prepare_method(fresh(tiny_model_dir), method_options(name="lora", r=4, **option), 1e-3)
     cfg = TrainConfig(max_steps=1, batch_size=8, weight_decay=0.05, precision="fp32")
     trainer = Trainer(cfg, DataConfig(max_len=64), prepared, tokenizer, memo_set, [], tmp_path, show_progress=False)
     decays = {g.get("weight_decay") for g in trainer.optimizer.param_groups if g["params"]}
@@ -202,7 +202,7 @@ def test_replacement_optimizers_take_train_weight_decay(option, tiny_model_dir, 
 def test_prompt_tuning_never_packs_rows(tiny_model_dir, tokenizer, memo_set, tmp_path):
     from tunesmith.train.trainer import Trainer
 
-    prepared = prepare_method(fresh(tiny_model_dir), MethodConfig(name="prompt", num_virtual_tokens=4), 1e-2)
+    prepared = prepare_method(fresh(tiny_model_dir), method_options(name="prompt", num_virtual_tokens=4), 1e-2)
     cfg = TrainConfig(max_steps=1, batch_size=8, micro_batch_size=8, precision="fp32")
     trainer = Trainer(cfg, DataConfig(max_len=64, packing=True), prepared, tokenizer, memo_set, [], tmp_path,
                       show_progress=False)
@@ -212,7 +212,7 @@ def test_prompt_tuning_never_packs_rows(tiny_model_dir, tokenizer, memo_set, tmp
 
 def test_lora_fa_keeps_a_at_its_init(tiny_model_dir, tokenizer, memo_set, tmp_path):
     torch.manual_seed(0)
-    prepared = prepare_method(fresh(tiny_model_dir), MethodConfig(name="lora", r=4, lora_fa=True), 1e-2)
+    prepared = prepare_method(fresh(tiny_model_dir), method_options(name="lora", r=4, lora_fa=True), 1e-2)
     a0 = {n: p.detach().clone() for n, p in prepared.model.named_parameters() if "lora_A" in n}
     b0 = {n: p.detach().clone() for n, p in prepared.model.named_parameters() if "lora_B" in n}
     train(prepared, tokenizer, memo_set, tmp_path, steps=3)
@@ -225,7 +225,7 @@ def test_prompt_init_from_text_copies_token_embeddings(tiny_model_dir, tokenizer
     text = "Answer with the item code."
     model = fresh(tiny_model_dir)
     embed = model.get_input_embeddings().weight.detach().clone()
-    prepared = prepare_method(model, MethodConfig(name="prompt", num_virtual_tokens=4, prompt_init_text=text), 1e-2)
+    prepared = prepare_method(model, method_options(name="prompt", num_virtual_tokens=4, prompt_init_text=text), 1e-2)
     virtual = prepared.model.prompt_encoder["default"].embedding.weight.detach()
     ids = tokenizer(text)["input_ids"][:4]
     assert torch.equal(virtual, embed[ids])
@@ -258,7 +258,7 @@ R, ALPHA = 4, 8.0
     ({"name": "dora", "rslora": True}, ALPHA / math.sqrt(R)),
 ])
 def test_lora_scaling_is_alpha_over_r_and_rslora_alpha_over_sqrt_r(keys, scale, tiny_model_dir):
-    prepared = prepare_method(fresh(tiny_model_dir), MethodConfig(r=R, alpha=ALPHA, **keys), 1e-3)
+    prepared = prepare_method(fresh(tiny_model_dir), method_options(r=R, alpha=ALPHA, **keys), 1e-3)
     layers = [m for m in prepared.model.modules() if hasattr(m, "lora_A") and "default" in m.lora_A]
     assert len(layers) == 14 and {m.scaling["default"] for m in layers} == {scale}
     if keys["name"] == "dora":
@@ -276,7 +276,7 @@ def test_lora_scaling_is_alpha_over_r_and_rslora_alpha_over_sqrt_r(keys, scale, 
 @pytest.mark.parametrize("name, rslora, scale", [("lora", False, ALPHA / R), ("lora", True, ALPHA / math.sqrt(R)),
                                                  ("rslora", False, ALPHA / math.sqrt(R))])
 def test_lora_fa_optimizer_projects_with_the_adapters_own_scale(name, rslora, scale, tiny_model_dir):
-    cfg = MethodConfig(name=name, r=R, alpha=ALPHA, rslora=rslora, lora_fa=True)
+    cfg = method_options(name=name, r=R, alpha=ALPHA, rslora=rslora, lora_fa=True)
     prepared = prepare_method(fresh(tiny_model_dir), cfg, 1e-3)
     opt = prepared.hooks["optimizer"](prepared.param_groups)
     layer_scales = {m.scaling["default"] for m in prepared.model.modules() if hasattr(m, "lora_A") and "default" in m.lora_A}
@@ -290,12 +290,12 @@ def test_lora_fa_optimizer_projects_with_the_adapters_own_scale(name, rslora, sc
 def test_delta_lora_start_without_lambda_is_a_config_error(tiny_model_dir):
     from tunesmith.errors import ConfigError
 
-    cfg = MethodConfig(name="delta_lora", r=R, delta_lora_lambda=0.0, delta_lora_start=5)
+    cfg = method_options(name="delta_lora", r=R, delta_lora_lambda=0.0, delta_lora_start=5)
     with pytest.raises(ConfigError, match=r"method.delta_lora_start=5 with method.delta_lora_lambda=0"):
         prepare_method(fresh(tiny_model_dir), cfg, 1e-3)
     # Each key alone is a legal config.
-    prepare_method(fresh(tiny_model_dir), MethodConfig(name="delta_lora", r=R, delta_lora_lambda=0.0), 1e-3)
-    prepare_method(fresh(tiny_model_dir), MethodConfig(name="delta_lora", r=R, delta_lora_start=5), 1e-3)
+    prepare_method(fresh(tiny_model_dir), method_options(name="delta_lora", r=R, delta_lora_lambda=0.0), 1e-3)
+    prepare_method(fresh(tiny_model_dir), method_options(name="delta_lora", r=R, delta_lora_start=5), 1e-3)
 
 
 # --- merge refusal for folders tunesmith did not write -------------------------------------------
@@ -344,7 +344,7 @@ def test_bottleneck_folder_without_tunesmith_json_is_not_mergeable(tiny_model_di
     from tunesmith.errors import UserError
     from tunesmith.methods import require_mergeable
 
-    prepared = prepare_method(fresh(tiny_model_dir), MethodConfig(name="bottleneck", bottleneck_size=8), 1e-3)
+    prepared = prepare_method(fresh(tiny_model_dir), method_options(name="bottleneck", bottleneck_size=8), 1e-3)
     folder = tmp_path / "adapter"
     folder.mkdir()
     prepared.save(folder)

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from tunesmith.config import MethodConfig
-from tunesmith.methods import prepare_method
+from tunesmith.methods import method_options, prepare_method
 from tunesmith.train.precision import frozen_linears_in
 
 
@@ -22,7 +21,7 @@ def test_bf16_frozen_base_equals_autocast_and_is_restored(tiny_model_dir):
 
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_pretrained(str(tiny_model_dir))
-    model = prepare_method(model, MethodConfig(name="lora", r=4, alpha=8), 1e-3).model
+    model = prepare_method(model, method_options(name="lora", r=4, alpha=8), 1e-3).model
     # Non-zero B so the LoRA path contributes to the output and to every gradient.
     for name, p in model.named_parameters():
         if "lora_B" in name:

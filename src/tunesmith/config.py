@@ -3,6 +3,10 @@
 Every key has a default and a one-line description (the `description` of its Field), which
 `tunesmith config init` turns into a commented starter file. Unknown keys are errors with a
 "did you mean" suggestion; wrong types name the key and the expected type.
+
+Two sections are open-ended and read their vocabulary from a registry: `method:` is validated
+against the options model of the method it names (`tunesmith.methods`), and `data.format` against
+the registered input formats (`tunesmith.data.formats`).
 """
 
 from __future__ import annotations
@@ -12,9 +16,13 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny, ValidationError, field_validator
+from pydantic_core import PydanticCustomError
 
+from tunesmith.data import formats as data_formats
 from tunesmith.errors import ConfigError
+from tunesmith.methods import registry as method_registry
+from tunesmith.methods.options import MethodOptions
 
 
 class Section(BaseModel):
@@ -31,8 +39,8 @@ class DataConfig(Section):
     train: str | None = Field(None, description="training data file or folder (.jsonl, .json, .parquet, .csv, datasets folder)")
     val: str | None = Field(None, description="validation data; when empty, val_split of train is held out")
     val_split: float = Field(0.0, ge=0.0, lt=1.0, description="fraction of train held out for validation when data.val is empty")
-    format: Literal["auto", "alpaca", "prompt_completion", "messages", "sharegpt", "text", "preference"] = Field("auto",
-        description="input format; 'auto' detects it from the first record that matches a format")
+    format: str = Field("auto", description="input format; 'auto' detects it from the first record that matches a format; "
+                        f"or one of {', '.join(data_formats.FORMATS)}")
     max_len: int = Field(512, gt=8, description="maximum tokens per example (and per packed row)")
     overlong: Literal["drop", "truncate"] = Field("drop", description="what to do with examples longer than max_len")
     packing: bool = Field(True, description="pack several examples into each row (no attention across examples)")
@@ -41,31 +49,13 @@ class DataConfig(Section):
     train_on_inputs: bool = Field(False, description="compute the loss on prompt tokens too, not only on assistant tokens")
     system_prompt: str | None = Field(None, description="system message prepended to every conversation that has none")
 
-
-class MethodConfig(Section):
-    name: str = Field("lora", description="fine-tuning method; `tunesmith methods` lists them")
-    r: int = Field(16, gt=0, description="LoRA rank")
-    alpha: float = Field(32.0, gt=0, description="LoRA scaling numerator (scale = alpha / r)")
-    dropout: float = Field(0.0, ge=0.0, lt=1.0, description="dropout on the LoRA input (on CPU its random mask costs about as much as the LoRA matmul)")
-    target_modules: str | list[str] = Field("all-linear", description="modules to adapt: 'all-linear' or a list of module names")
-    layers_to_train: int = Field(2, ge=0, description="freeze: number of last decoder layers to train")
-    trainable_modules: list[str] = Field(default_factory=list, description="freeze: extra module name patterns to train")
-    quant_double: bool = Field(True, description="qlora: double quantization of the 4-bit constants")
-    quant_type: Literal["nf4", "fp4"] = Field("nf4", description="qlora: 4-bit data type")
-    rslora: bool = Field(False, description="lora/qlora/dora: scale by alpha/sqrt(r) instead of alpha/r (rank-stabilised LoRA)")
-    dora: bool = Field(False, description="lora/qlora/rslora: add DoRA magnitude vectors (weight-decomposed LoRA)")
-    loraplus_lr_ratio: float = Field(0.0, ge=0.0, description="LoRA+: B learns this many times faster than A (0 = off; the paper uses 16)")
-    lora_fa: bool = Field(False, description="LoRA-FA: freeze A and train B with the projected-gradient optimizer")
-    vera_r: int = Field(256, gt=0, description="vera: rank of the shared frozen random projections")
-    ia3_feedforward_modules: list[str] = Field(default_factory=lambda: ["down_proj", "fc2", "w2"],
-        description="ia3: adapted modules whose input (not output) is scaled")
-    num_virtual_tokens: int = Field(20, gt=0, description="prefix/prompt: number of virtual tokens")
-    prompt_init_text: str | None = Field(None, description="prompt: initialise the virtual tokens from this text (empty = random)")
-    delta_lora_lambda: float = Field(0.5, ge=0.0, description="delta_lora: base-weight update factor for the change of the low-rank product")
-    delta_lora_start: int = Field(0, ge=0, description="delta_lora: optimizer steps of plain LoRA before base weights start to move")
-    bottleneck_size: int = Field(64, gt=0, description="bottleneck: hidden size of each adapter")
-    bottleneck_activation: Literal["relu", "gelu", "silu", "tanh"] = Field("relu", description="bottleneck: nonlinearity between down- and up-projection")
-    spectrum_top_percent: float = Field(25.0, gt=0.0, le=100.0, description="spectrum: train this percentage of matrices (highest SNR) per module type")
+    @field_validator("format")
+    @classmethod
+    def _known_format(cls, value: str) -> str:
+        problem = data_formats.unknown_format(value)
+        if problem:
+            raise PydanticCustomError("data_format", "{message}", {"message": problem})
+        return value
 
 
 class TrainConfig(Section):
@@ -132,10 +122,17 @@ class OutputConfig(Section):
 class RunConfig(Section):
     model: ModelConfig = Field(default_factory=ModelConfig, description="base model")
     data: DataConfig = Field(default_factory=DataConfig, description="training and validation data")
-    method: MethodConfig = Field(default_factory=MethodConfig, description="fine-tuning method")
+    # SerializeAsAny: dumped as the chosen method's model, not as the bare base class.
+    method: SerializeAsAny[MethodOptions] = Field(default_factory=lambda: method_registry.method_options(),
+                                                  description="fine-tuning method")
     train: TrainConfig = Field(default_factory=TrainConfig, description="optimisation")
     eval: EvalConfig = Field(default_factory=EvalConfig, description="evaluation after training")
     output: OutputConfig = Field(default_factory=OutputConfig, description="where results go")
+
+    @field_validator("method", mode="before")
+    @classmethod
+    def _method_options(cls, value):
+        return method_registry.parse_method_section(value)
 
 
 # --- loading -----------------------------------------------------------------------------------
@@ -162,6 +159,10 @@ def _describe(err: dict, source: str) -> str:
     loc = tuple(err["loc"])
     key = ".".join(str(p) for p in loc)
     kind = err["type"]
+    if kind == "method_option":
+        return f"{source}: {err['msg']}"
+    if kind == "data_format":
+        return f"{source}: {key}: {err['msg']}"
     if kind == "extra_forbidden":
         known = _section_fields(loc[:-1])
         guess = difflib.get_close_matches(str(loc[-1]), known, n=1, cutoff=0.5)
@@ -229,9 +230,10 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
             raise ConfigError(f"{path}{where}: not valid YAML: {getattr(exc, 'problem', exc)}") from None
         except UnicodeDecodeError:
             raise ConfigError(f"{path}: not UTF-8 text") from None
-        cfg = validate(raw, source)
-        raw = cfg.model_dump()
-        # Relative data paths are relative to the config file, like a Makefile's.
+        validate(raw, source)  # the file's own mistakes are reported against the file, before overrides
+        # Relative data paths are relative to the config file, like a Makefile's. The overrides go
+        # onto the file's own keys (not a dump with every default filled in), so which keys the
+        # user set stays known: `--set method.name=vera` on a LoRA config carries no LoRA keys over.
         _resolve_relative(raw, path.parent)
     raw = apply_overrides(raw, overrides or [])
     return validate(raw, source)
@@ -239,7 +241,7 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
 
 def _resolve_relative(raw: dict, base: Path) -> None:
     for section, key in (("data", "train"), ("data", "val"), ("eval", "data"), ("eval", "code_tasks"), ("eval", "judge_prompt")):
-        value = raw.get(section, {}).get(key)
+        value = (raw.get(section) or {}).get(key)
         if value and not Path(value).is_absolute():
             candidate = base / value
             if candidate.exists() or not Path(value).exists():
@@ -250,16 +252,39 @@ def dump_yaml(cfg: RunConfig) -> str:
     return yaml.safe_dump(cfg.model_dump(), sort_keys=False, allow_unicode=True)
 
 
+def _key_line(key: str, field, indent: str = "  ") -> str:
+    default = field.get_default(call_default_factory=True)
+    value = yaml.safe_dump({key: default}, default_flow_style=True, width=1000).strip()[1:-1]
+    return f"{indent}{value}  # {field.description}"
+
+
+def section_model(name: str) -> type[BaseModel]:
+    """The model of a section of the default config (for `method`, the default method's options)."""
+    return type(getattr(RunConfig(), name))
+
+
 def starter_yaml() -> str:
-    """A commented config holding every key at its default."""
+    """A commented config holding every key at its default; other methods' keys as comments."""
     out = ["# tunesmith run config. Every key is optional; shown here at its default.",
            "# Run with: tunesmith train THIS_FILE   (override any key: --set train.lr=1e-4)", ""]
     for name, field in RunConfig.model_fields.items():
-        section_cls = field.annotation
+        section_cls = section_model(name)
         out.append(f"{name}:  # {field.description}")
-        for key, sub in section_cls.model_fields.items():
-            default = sub.get_default(call_default_factory=True)
-            value = yaml.safe_dump({key: default}, default_flow_style=True, width=1000).strip()[1:-1]
-            out.append(f"  {value}  # {sub.description}")
+        out += [_key_line(key, sub) for key, sub in section_cls.model_fields.items()]
+        if name == "method":
+            out += _other_method_keys(section_cls)
         out.append("")
     return "\n".join(out)
+
+
+def _other_method_keys(shown: type[BaseModel]) -> list[str]:
+    lines, seen = [], set(shown.model_fields)
+    for method in method_registry.METHODS.values():
+        keys = {k: f for k, f in method.options.model_fields.items() if k not in seen}
+        if keys:
+            lines.append(f"  # with method.name: {method.name}")
+            lines += [_key_line(k, f, indent="  #   ") for k, f in keys.items()]
+            seen.update(keys)
+    if lines:
+        lines.insert(0, "  # Keys of the other methods (each method takes only its own; `tunesmith methods` lists them):")
+    return lines

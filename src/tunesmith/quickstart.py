@@ -15,9 +15,11 @@ def quickstart_config_path() -> Path:
 
 def quickstart_config(out_dir: str | Path, overrides: list[str] | None = None) -> RunConfig:
     path = quickstart_config_path()
-    raw = load_config(path).model_dump()
+    # Only the keys the file sets: a dump of every default would carry LoRA's keys into
+    # `--set method.name=...` of another method.
+    raw = load_config(path).model_dump(exclude_unset=True)
     # Set directly, not as a `--set` string: that would parse the path as YAML ("2024", "true", "a #b").
-    raw["output"]["dir"] = str(out_dir)
+    raw.setdefault("output", {})["dir"] = str(out_dir)
     return validate(apply_overrides(raw, overrides or []), str(path))
 
 

@@ -21,12 +21,9 @@ COMMAND_MODULES = ["run", "evaluate", "export", "serve", "methods", "spectrum", 
 
 
 def _load_commands() -> None:
+    # Every listed module must import: one that fails is a bug to see, not a verb to drop silently.
     for name in COMMAND_MODULES:
-        try:
-            importlib.import_module(f"tunesmith.cli.{name}")
-        except ModuleNotFoundError as exc:
-            if exc.name != f"tunesmith.cli.{name}":
-                raise
+        importlib.import_module(f"tunesmith.cli.{name}")
 
 
 # OS errors that, in a CLI run, come from a path the user gave (output.dir, --out, a data file in a

@@ -1,4 +1,4 @@
-"""`tunesmith data ...`: validate, inspect, clean, convert and split training data."""
+"""`tunesmith data ...`: list formats; validate, inspect, clean, convert and split training data."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ data_app = typer.Typer(no_args_is_help=True, help="Validate, inspect, clean, con
 app.add_typer(data_app, name="data")
 
 FileArg = typer.Argument(..., help="data file (.jsonl .json .parquet .csv), a saved datasets folder, or a folder of .txt/.md")
-FormatOpt = typer.Option("auto", "--format", help="force an input format instead of detecting it")
+FormatOpt = typer.Option("auto", "--format", help="force an input format instead of detecting it (`tunesmith data formats` lists them)")
 ModelOpt = typer.Option("default", "--model", help="model whose tokenizer and chat template measure lengths")
 TemplateOpt = typer.Option("auto", "--template", help="chat template: auto (the model's own), chatml, llama3 or alpaca")
 
@@ -40,6 +40,23 @@ def _tokenizer(model: str, template: str):
     from tunesmith.models import load_tokenizer
 
     return load_tokenizer(model, template)
+
+
+@data_app.command("formats")
+def data_formats(as_json: bool = typer.Option(False, "--json", help="machine-readable output")):
+    """List the input formats, in the order auto-detection tries them, with the keys that identify each."""
+    from tunesmith.data.formats import FORMATS
+
+    listed = sorted(FORMATS.values(), key=lambda f: f.detect_rank)
+    if as_json:
+        out.print_json(json.dumps([{"name": f.name, "keys": list(f.keys), "description": _first_line(f)} for f in listed]))
+        return
+    print_table("input formats (auto-detection tries them in this order)", ["format", "identified by", "record"],
+                [(f.name, "+".join(f.keys), _first_line(f)) for f in listed])
+
+
+def _first_line(fmt) -> str:
+    return (type(fmt).__doc__ or "").strip().splitlines()[0] if type(fmt).__doc__ else ""
 
 
 @data_app.command("validate")

@@ -1,4 +1,4 @@
-"""`tunesmith methods [--model M]`."""
+"""`tunesmith methods [--model M] [--markdown]`."""
 
 from __future__ import annotations
 
@@ -15,9 +15,19 @@ def _size(n: float) -> str:
 
 
 @app.command()
-def methods(model: str = typer.Option("default", "--model", help="base model to size the methods for (see model.base)")):
-    """List the fine-tuning methods: trainable parameters, memory, mergeability and GGUF export for a model."""
+def methods(model: str = typer.Option("default", "--model", help="base model to size the methods for (see model.base)"),
+            markdown: bool = typer.Option(False, "--markdown",
+                                          help="print the methods and options tables of docs/methods.md instead (no model needed)")):
+    """List the fine-tuning methods: trainable parameters, memory, mergeability, GGUF export and options for a model."""
+    if markdown:
+        from tunesmith.methods.docs import options_markdown
+
+        typer.echo(options_markdown())
+        return
+    from tunesmith.methods.docs import yaml_value
     from tunesmith.methods.inventory import inventory
+    from tunesmith.methods.options import option_keys
+    from tunesmith.methods.registry import METHODS
 
     rows = []
     footprints = inventory(model)
@@ -29,3 +39,6 @@ def methods(model: str = typer.Option("default", "--model", help="base model to 
               "activations excluded. Method keys at their defaults (method.r=16 ...).")
     for f in footprints:
         out.print(f"[bold]{f.name}[/bold]: {f.summary}", highlight=False)
+        options = METHODS[f.name].options
+        keys = [f"{k}={yaml_value(options.model_fields[k].get_default(call_default_factory=True))}" for k in option_keys(options)]
+        out.print(f"  options: {', '.join(keys) or 'none'}", markup=False, highlight=False)

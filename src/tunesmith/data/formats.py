@@ -1,11 +1,14 @@
 """Input formats: each one detects its records and turns them into a `Sample`.
 
-A format registers itself with `@register`; `detect_format` tries them in registration order,
-most specific first, so a new format is one class and no if/elif chain changes.
+A format is one `Format` subclass registered with `@register`; that is all a new format needs.
+`data.format` in a run config, `--format` of the `data` commands, the "cannot tell the format"
+hint and `tunesmith data formats` all read `FORMATS`, listed by `order`; `detect_format` tries the
+formats by `detect_order`, most specific first.
 """
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Callable
 
 from tunesmith.data.schema import ROLES, Sample
@@ -24,7 +27,14 @@ class FieldProblem(Exception):
 
 class Format:
     name: str = ""
-    keys: tuple[str, ...] = ()
+    keys: tuple[str, ...] = ()     # the keys that identify a record of this format
+    order: int = 1000              # listing position, lowest first
+    # Detection position, lowest first; the listing order unless a format must be tried earlier.
+    detect_order: int | None = None
+
+    @property
+    def detect_rank(self) -> int:
+        return self.order if self.detect_order is None else self.detect_order
 
     def detect(self, record: dict) -> bool:
         return all(k in record for k in self.keys)
@@ -37,8 +47,31 @@ FORMATS: dict[str, Format] = {}
 
 
 def register(cls: type[Format]) -> type[Format]:
+    if not cls.name or not cls.keys:
+        raise TypeError(f"{cls.__qualname__}: a registered format needs a name and the keys that identify it")
     FORMATS[cls.name] = cls()
+    listed = sorted(FORMATS.values(), key=lambda f: f.order)
+    FORMATS.clear()
+    FORMATS.update((f.name, f) for f in listed)
     return cls
+
+
+def unregister(name: str) -> None:
+    FORMATS.pop(name, None)
+
+
+def unknown_format(name: str) -> str | None:
+    """Why `name` is not a format `data.format` / `--format` accepts, or None when it is one."""
+    if name == "auto" or name in FORMATS:
+        return None
+    guess = difflib.get_close_matches(str(name), ["auto", *FORMATS], n=1)
+    extra = f" (did you mean '{guess[0]}'?)" if guess else ""
+    return f"unknown data format '{name}'{extra}; use one of: auto, {', '.join(FORMATS)}"
+
+
+def keys_hint() -> str:
+    """The record keys that name each format, as the 'cannot tell the format' message lists them."""
+    return ", ".join("+".join(f.keys) for f in FORMATS.values())
 
 
 def _text(record: dict, key: str, *, required: bool = True, allow_empty: bool = False) -> str | None:
@@ -99,6 +132,7 @@ class Messages(Format):
 
     name = "messages"
     keys = ("messages",)
+    order = 10
     role_key, content_key = "role", "content"
     # OpenAI's newer "developer" role is its system prompt.
     role_map: dict[str, str] = {"developer": "system"}
@@ -131,6 +165,7 @@ class ShareGPT(Messages):
 
     name = "sharegpt"
     keys = ("conversations",)
+    order = 20
     role_key, content_key = "from", "value"
     role_map = {"human": "user", "gpt": "assistant", "chatgpt": "assistant", "system": "system",
                 "user": "user", "assistant": "assistant"}
@@ -142,6 +177,9 @@ class Preference(Format):
 
     name = "preference"
     keys = ("prompt", "chosen", "rejected")
+    order = 50
+    # Tried before alpaca and prompt_completion: a pair that also carries their keys is read as a pair.
+    detect_order = 25
 
     def parse(self, record: dict) -> Sample:
         prompt = record.get("prompt")
@@ -172,6 +210,7 @@ class Alpaca(Format):
 
     name = "alpaca"
     keys = ("instruction", "output")
+    order = 30
 
     def parse(self, record: dict) -> Sample:
         instruction = _text(record, "instruction")
@@ -191,6 +230,7 @@ class PromptCompletion(Format):
 
     name = "prompt_completion"
     keys = ("prompt", "completion")
+    order = 40
 
     def parse(self, record: dict) -> Sample:
         return Sample(
@@ -206,15 +246,16 @@ class Text(Format):
 
     name = "text"
     keys = ("text",)
+    order = 60
 
     def parse(self, record: dict) -> Sample:
         return Sample(text=_text(record, "text"), id=_id(record))
 
 
 def detect_format(record: dict) -> str | None:
-    for name, fmt in FORMATS.items():
+    for fmt in sorted(FORMATS.values(), key=lambda f: f.detect_rank):
         if fmt.detect(record):
-            return name
+            return fmt.name
     return None
 
 

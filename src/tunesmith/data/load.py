@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tunesmith.data.formats import FORMATS, FieldProblem, detect_format
+from tunesmith.data.formats import FORMATS, FieldProblem, detect_format, keys_hint, unknown_format
 from tunesmith.data.normalize import exact_key, sample_parts
 from tunesmith.data.readers import Loc, ReadProblem, iter_records
 from tunesmith.data.schema import Sample
@@ -51,8 +51,9 @@ class Scan:
     """Iterate a file's records as `Item`s; `format` and `records` are known once iteration starts."""
 
     def __init__(self, path: str | Path, fmt: str = "auto"):
-        if fmt != "auto" and fmt not in FORMATS:
-            raise DataError(f"unknown data format '{fmt}'", hint=f"use one of: auto, {', '.join(FORMATS)}")
+        problem = unknown_format(fmt)
+        if problem:
+            raise DataError(problem, hint="`tunesmith data formats` lists them with the keys that identify each")
         self.path = Path(path)
         self.name = str(path)
         self.format = None if fmt == "auto" else fmt
@@ -75,8 +76,7 @@ class Scan:
                     # still deserves validating.
                     self.undetectable += 1
                     yield Item(file, line, record, problem=Problem(file, line, "(record)",
-                        f"cannot tell the format from keys {sorted(record)}; expected one of: messages, conversations, "
-                        "instruction+output, prompt+completion, prompt+chosen+rejected, text (or pass --format)"))
+                        f"cannot tell the format from keys {sorted(record)}; expected one of: {keys_hint()} (or pass --format)"))
                     continue
             try:
                 sample = FORMATS[self.format].parse(record)

@@ -1,17 +1,23 @@
-"""Fine-tuning methods. Each module registers itself; `prepare_method` is the single entry point."""
+"""Fine-tuning methods. Each module of this package defines one method (or a family) with its options
+model and registers it; importing the package imports them all. `prepare_method` is the single entry point."""
 
-# Importing the modules registers the methods (in the order `tunesmith methods` lists them).
-from tunesmith.methods import bottleneck, delta_lora, full, ia3, lora, prefix, prompt, spectrum, vera  # noqa: E402,F401
-from tunesmith.methods.registry import (  # noqa: F401
-                                        METHODS,
-                                        Method,
-                                        Prepared,
-                                        check_run,
-                                        get_method,
-                                        load_trained,
-                                        prepare_method,
-                                        require_mergeable,
+from tunesmith.methods.options import MethodOptions
+from tunesmith.methods.registry import (
+    METHODS,
+    Method,
+    Prepared,
+    check_run,
+    discover,
+    get_method,
+    load_trained,
+    method_options,
+    prepare_method,
+    register_method,
+    require_mergeable,
+    unregister_method,
 )
 
-__all__ = ["METHODS", "Method", "Prepared", "check_run", "get_method", "load_trained", "prepare_method",
-           "require_mergeable"]
+discover()
+
+__all__ = ["METHODS", "Method", "MethodOptions", "Prepared", "check_run", "get_method", "load_trained", "method_options",
+           "prepare_method", "register_method", "require_mergeable", "unregister_method"]

@@ -13,10 +13,13 @@ import contextlib
 import functools
 import json
 from pathlib import Path
+from typing import Literal
 
 import torch
+from pydantic import Field
 
 from tunesmith.errors import ConfigError, UserError
+from tunesmith.methods.options import MethodOptions
 from tunesmith.methods.registry import Method, Prepared, register_loader, register_method, trainable_groups
 
 CONFIG_FILE = "bottleneck_config.json"
@@ -24,6 +27,11 @@ WEIGHTS_FILE = "bottleneck_model.safetensors"
 ACTIVATIONS = {"relu": torch.nn.ReLU, "gelu": torch.nn.GELU, "silu": torch.nn.SiLU, "tanh": torch.nn.Tanh}
 ATTENTION_NAMES = ("self_attn", "attn", "attention", "self_attention")
 MLP_NAMES = ("mlp", "feed_forward", "ffn")
+
+
+class BottleneckOptions(MethodOptions):
+    bottleneck_size: int = Field(64, gt=0, description="bottleneck: hidden size of each adapter")
+    bottleneck_activation: Literal["relu", "gelu", "silu", "tanh"] = Field("relu", description="bottleneck: nonlinearity between down- and up-projection")
 
 
 class BottleneckAdapter(torch.nn.Module):
@@ -125,7 +133,8 @@ class Bottleneck(Method):
     summary = "Houlsby adapters (down, nonlinearity, up; up starts at zero) after attention and MLP; not mergeable"
     mergeable = False
     gguf_exportable = False
-    options = frozenset({"bottleneck_size", "bottleneck_activation"})
+    options = BottleneckOptions
+    order = 90
 
     def prepare(self, model, cfg, lr):
         from safetensors.torch import save_file
@@ -142,4 +151,4 @@ class Bottleneck(Method):
                 "method": "bottleneck", "size": cfg.bottleneck_size, "activation": cfg.bottleneck_activation,
                 "hidden_size": model.config.hidden_size, "blocks": placed, "base_model": base_name}, indent=2))
 
-        return Prepared(model, trainable_groups(model, lr), kind="adapter", mergeable=False, saver=save)
+        return Prepared(model, trainable_groups(model, lr), kind=self.kind, saver=save)

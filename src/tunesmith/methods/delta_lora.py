@@ -15,10 +15,17 @@ import math
 from pathlib import Path
 
 import torch
+from pydantic import Field
 
 from tunesmith.errors import ConfigError
+from tunesmith.methods.options import AdapterShape
 from tunesmith.methods.registry import Method, Prepared, register_method, trainable_groups
 from tunesmith.methods.targets import decoder_linears
+
+
+class DeltaLoRAOptions(AdapterShape):
+    delta_lora_lambda: float = Field(0.5, ge=0.0, description="delta_lora: base-weight update factor for the change of the low-rank product")
+    delta_lora_start: int = Field(0, ge=0, description="delta_lora: optimizer steps of plain LoRA before base weights start to move")
 
 
 class DeltaLoRAState:
@@ -102,7 +109,9 @@ def attach(model, cfg) -> DeltaLoRAState:
 class DeltaLoRA(Method):
     name = "delta_lora"
     summary = "LoRA whose frozen base weights also move by lambda x the change of B·A each step; saves a full model"
-    options = frozenset({"r", "alpha", "dropout", "target_modules", "delta_lora_lambda", "delta_lora_start"})
+    options = DeltaLoRAOptions
+    order = 40
+    kind = "full"
 
     def check(self, cfg) -> None:
         super().check(cfg)
@@ -121,6 +130,6 @@ class DeltaLoRA(Method):
             model.save_pretrained(out_dir, state_dict=state.merged_state_dict(model), safe_serialization=True)
 
         hooks = {"after_step": state.after_step, "extra_state": state.extra_state, "load_extra_state": state.load_extra_state}
-        prepared = Prepared(model, trainable_groups(model, lr), kind="full", hooks=hooks, saver=save)
+        prepared = Prepared(model, trainable_groups(model, lr), kind=self.kind, hooks=hooks, saver=save)
         prepared.delta_lora = state   # for tests and tools that inspect the base-weight updates
         return prepared

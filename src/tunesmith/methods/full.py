@@ -4,20 +4,30 @@ from __future__ import annotations
 
 import re
 
+from pydantic import Field
+
 from tunesmith.errors import ConfigError
+from tunesmith.methods.options import MethodOptions
 from tunesmith.methods.registry import Method, Prepared, register_method, trainable_groups
+
+
+class FreezeOptions(MethodOptions):
+    layers_to_train: int = Field(2, ge=0, description="freeze: number of last decoder layers to train")
+    trainable_modules: list[str] = Field(default_factory=list, description="freeze: extra module name patterns to train")
 
 
 @register_method
 class Full(Method):
     name = "full"
     summary = "train every weight"
+    order = 110
+    kind = "full"
 
     def prepare(self, model, cfg, lr):
         self.check(cfg)
         for p in model.parameters():
             p.requires_grad_(True)
-        return Prepared(model, trainable_groups(model, lr), kind="full")
+        return Prepared(model, trainable_groups(model, lr), kind=self.kind)
 
 
 def decoder_layers(model):
@@ -41,7 +51,9 @@ def _pattern(text: str) -> re.Pattern:
 class Freeze(Method):
     name = "freeze"
     summary = "train only the last method.layers_to_train decoder layers (and method.trainable_modules)"
-    options = frozenset({"layers_to_train", "trainable_modules"})
+    options = FreezeOptions
+    order = 120
+    kind = "full"
 
     def prepare(self, model, cfg, lr):
         self.check(cfg)
@@ -59,4 +71,4 @@ class Freeze(Method):
                 p.requires_grad_(True)
         if not any(p.requires_grad for p in model.parameters()):
             raise ConfigError("method freeze: nothing left to train", hint="raise method.layers_to_train or set method.trainable_modules")
-        return Prepared(model, trainable_groups(model, lr), kind="full")
+        return Prepared(model, trainable_groups(model, lr), kind=self.kind)

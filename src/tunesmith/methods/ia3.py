@@ -3,15 +3,24 @@ down-projections), so the adapter is one vector per adapted layer."""
 
 from __future__ import annotations
 
+from pydantic import Field
+
+from tunesmith.methods.options import TargetModules
 from tunesmith.methods.registry import Method, Prepared, register_method, trainable_groups
 from tunesmith.methods.targets import decoder_linears
+
+
+class IA3Options(TargetModules):
+    ia3_feedforward_modules: list[str] = Field(default_factory=lambda: ["down_proj", "fc2", "w2"],
+        description="ia3: adapted modules whose input (not output) is scaled")
 
 
 @register_method
 class IA3(Method):
     name = "ia3"
     summary = "learned rescaling vectors on linear layers (inputs of feed-forward down-projections) (peft)"
-    options = frozenset({"target_modules", "ia3_feedforward_modules"})
+    options = IA3Options
+    order = 60
 
     def prepare(self, model, cfg, lr):
         from peft import IA3Config, get_peft_model
@@ -24,4 +33,4 @@ class IA3(Method):
         feedforward = [m for m in cfg.ia3_feedforward_modules if m in targets]
         model = get_peft_model(model, IA3Config(target_modules=targets, feedforward_modules=feedforward,
                                                 task_type="CAUSAL_LM"))
-        return Prepared(model, trainable_groups(model, lr), kind="adapter")
+        return Prepared(model, trainable_groups(model, lr), kind=self.kind)

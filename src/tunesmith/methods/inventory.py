@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
-from tunesmith.methods.registry import METHODS, Method
+from tunesmith.methods.registry import METHODS, Method, method_options
 from tunesmith.methods.targets import decoder_linears
 
 NF4_BITS = 4.127
@@ -57,12 +57,10 @@ def base_weight_bytes(model, method: Method) -> float:
 
 
 def footprint(config, method: Method) -> MethodFootprint:
-    from tunesmith.config import MethodConfig
-
     model = meta_model(config)
     base_size = model_size(model)
     weights = base_weight_bytes(model, method)
-    prepared = method.prepare(model, MethodConfig(name=method.name), lr=1e-4)
+    prepared = method.prepare(model, method_options(name=method.name), lr=1e-4)
     added = model_size(prepared.model) - base_size
     trainable = prepared.trainable_parameters()
     memory = weights + added * FP32 + trainable * GRAD_AND_ADAM

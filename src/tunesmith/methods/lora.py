@@ -6,12 +6,26 @@ base (qlora + dora). LoRA+ and LoRA-FA replace AdamW through the trainer's "opti
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
+from pydantic import Field
 
 from tunesmith.errors import ConfigError
+from tunesmith.methods.options import AdapterShape
 from tunesmith.methods.registry import Method, Prepared, register_method, trainable_groups
 
-LORA_OPTIONS = frozenset({"r", "alpha", "dropout", "target_modules", "rslora", "dora", "loraplus_lr_ratio", "lora_fa"})
+
+class LoRAOptions(AdapterShape):
+    rslora: bool = Field(False, description="lora/qlora/dora: scale by alpha/sqrt(r) instead of alpha/r (rank-stabilised LoRA)")
+    dora: bool = Field(False, description="lora/qlora/rslora: add DoRA magnitude vectors (weight-decomposed LoRA)")
+    loraplus_lr_ratio: float = Field(0.0, ge=0.0, description="LoRA+: B learns this many times faster than A (0 = off; the paper uses 16)")
+    lora_fa: bool = Field(False, description="LoRA-FA: freeze A and train B with the projected-gradient optimizer")
+
+
+class QLoRAOptions(LoRAOptions):
+    quant_double: bool = Field(True, description="qlora: double quantization of the 4-bit constants")
+    quant_type: Literal["nf4", "fp4"] = Field("nf4", description="qlora: 4-bit data type")
 
 
 def lora_config(cfg, *, rslora: bool | None = None, dora: bool | None = None, **extra):
@@ -86,7 +100,8 @@ def freeze_lora_a(model) -> None:
 class LoRA(Method):
     name = "lora"
     summary = "low-rank adapters B·A on linear layers (peft); +rslora/dora flags, LoRA+/LoRA-FA optimizers"
-    options = LORA_OPTIONS
+    options = LoRAOptions
+    order = 10
     force_rslora: bool | None = None
     force_dora: bool | None = None
 
@@ -105,7 +120,7 @@ class LoRA(Method):
         model = wrap_peft(model, lora_config(cfg, rslora=self.uses_rslora(cfg), dora=self.uses_dora(cfg)))
         if cfg.lora_fa:
             freeze_lora_a(model)
-        return Prepared(model, trainable_groups(model, lr), kind="adapter",
+        return Prepared(model, trainable_groups(model, lr), kind=self.kind,
                         hooks=optimizer_hooks(model, cfg, lr, rslora=self.uses_rslora(cfg)))
 
 
@@ -113,6 +128,7 @@ class LoRA(Method):
 class RSLoRA(LoRA):
     name = "rslora"
     summary = "rank-stabilised LoRA: scale alpha/sqrt(r), so higher ranks keep learning (peft)"
+    order = 11
     force_rslora = True
 
 
@@ -120,6 +136,7 @@ class RSLoRA(LoRA):
 class DoRA(LoRA):
     name = "dora"
     summary = "weight-decomposed LoRA: LoRA direction plus a trained magnitude per output (peft)"
+    order = 12
     force_dora = True
 
 
@@ -127,7 +144,8 @@ class DoRA(LoRA):
 class QLoRA(LoRA):
     name = "qlora"
     summary = "LoRA over a 4-bit NF4 base (bitsandbytes, double quantization, bf16 compute); dora/rslora flags combine"
-    options = LORA_OPTIONS | {"quant_double", "quant_type"}
+    options = QLoRAOptions
+    order = 13
     base_bits = 4
 
     def load_options(self, cfg):

@@ -3,7 +3,14 @@ every layer's attention. The adapter lives in the KV cache, so it cannot be merg
 
 from __future__ import annotations
 
+from pydantic import Field
+
+from tunesmith.methods.options import MethodOptions
 from tunesmith.methods.registry import Method, Prepared, register_method, trainable_groups
+
+
+class VirtualTokens(MethodOptions):
+    num_virtual_tokens: int = Field(20, gt=0, description="prefix/prompt: number of virtual tokens")
 
 
 @register_method
@@ -12,7 +19,8 @@ class PrefixTuning(Method):
     summary = "trained per-layer key/value prefixes of num_virtual_tokens positions (peft)"
     mergeable = False
     gguf_exportable = False
-    options = frozenset({"num_virtual_tokens"})
+    options = VirtualTokens
+    order = 70
 
     def prepare(self, model, cfg, lr):
         from peft import PrefixTuningConfig, get_peft_model
@@ -20,5 +28,5 @@ class PrefixTuning(Method):
         self.check(cfg)
         model = get_peft_model(model, PrefixTuningConfig(num_virtual_tokens=cfg.num_virtual_tokens, task_type="CAUSAL_LM"))
         # The prefix enters through past_key_values, which the hidden-states-only loss path skips.
-        return Prepared(model, trainable_groups(model, lr), kind="adapter", mergeable=False, fast_loss=False,
+        return Prepared(model, trainable_groups(model, lr), kind=self.kind, fast_loss=False,
                         packing=False)

@@ -3,8 +3,15 @@ sequence, initialised from a text's token embeddings or at random."""
 
 from __future__ import annotations
 
+from pydantic import Field
+
 from tunesmith.errors import ConfigError
+from tunesmith.methods.prefix import VirtualTokens
 from tunesmith.methods.registry import Method, Prepared, register_method, trainable_groups
+
+
+class PromptOptions(VirtualTokens):
+    prompt_init_text: str | None = Field(None, description="prompt: initialise the virtual tokens from this text (empty = random)")
 
 
 def model_path(model) -> str | None:
@@ -17,7 +24,8 @@ class PromptTuning(Method):
     summary = "trained virtual-token embeddings prepended to the input; init from method.prompt_init_text or random (peft)"
     mergeable = False
     gguf_exportable = False
-    options = frozenset({"num_virtual_tokens", "prompt_init_text"})
+    options = PromptOptions
+    order = 80
 
     def prepare(self, model, cfg, lr):
         from peft import PromptTuningConfig, PromptTuningInit, get_peft_model
@@ -36,5 +44,5 @@ class PromptTuning(Method):
                       "tokenizer_name_or_path": source}
         model = get_peft_model(model, PromptTuningConfig(num_virtual_tokens=cfg.num_virtual_tokens,
                                                          task_type="CAUSAL_LM", **kwargs))
-        return Prepared(model, trainable_groups(model, lr), kind="adapter", mergeable=False, fast_loss=False,
+        return Prepared(model, trainable_groups(model, lr), kind=self.kind, fast_loss=False,
                         packing=False)

@@ -1,21 +1,32 @@
-"""The method registry: (model, method config) -> (trainable model, optimizer param groups, hooks, saver).
+"""The method registry: name -> (options model, `Method`), and the single entry that turns (model,
+method options) into (trainable model, optimizer param groups, hooks, saver).
 
-Every method is a `Method` subclass in its own module, registered with `@register_method`. Methods
-that save something other than a PEFT adapter or an HF model folder also register a loader for
-their folder format (`register_loader`), so `load_trained` opens any run output.
+Every method is a `Method` subclass in its own module of this package, naming its options model
+(`tunesmith.methods.options`) and registered with `@register_method`; importing the package imports
+every module (`discover`), so a new method is one new file. Methods that save something other than
+a PEFT adapter or an HF model folder also register a loader for their folder format
+(`register_loader`), so `load_trained` opens any run output.
 """
 
 from __future__ import annotations
 
 import difflib
+import importlib
 import json
-from collections.abc import Callable
+import pkgutil
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-import torch
+from pydantic import ValidationError
+from pydantic_core import PydanticCustomError
 
 from tunesmith.errors import ConfigError, UserError
+from tunesmith.methods.options import SHARED_KEYS, AdapterShape, MethodOptions, option_keys
+
+if TYPE_CHECKING:
+    import torch
 
 
 @dataclass
@@ -23,7 +34,6 @@ class Prepared:
     model: torch.nn.Module
     param_groups: list[dict]
     kind: str                     # "adapter" (adapter folder) or "full" (HF model folder)
-    mergeable: bool = True
     # False when the method changes the forward in ways the hidden-states-only loss path skips
     # (virtual tokens, prefixes): the trainer then calls the model's own forward.
     fast_loss: bool = True
@@ -45,23 +55,14 @@ class Prepared:
             tokenizer.save_pretrained(out_dir)
 
 
-# Keys of MethodConfig that only some methods read; setting one on a method that ignores it is a
-# config error rather than a silently dead line. (The shared adapter-shape keys r, alpha, dropout
-# and target_modules are exempt, so switching method.name alone never breaks a config.)
-METHOD_OPTIONS = {
-    "layers_to_train", "trainable_modules", "quant_double", "quant_type", "rslora", "dora",
-    "loraplus_lr_ratio", "lora_fa", "vera_r", "ia3_feedforward_modules", "num_virtual_tokens",
-    "prompt_init_text", "delta_lora_lambda", "delta_lora_start", "bottleneck_size",
-    "bottleneck_activation", "spectrum_top_percent",
-}
-
-
 class Method:
     name: str = ""
     summary: str = ""
+    options: type[MethodOptions] = MethodOptions   # the keys of `method:` this method takes
+    order: int = 1000                  # listing position in `tunesmith methods` and the docs, lowest first
+    kind: str = "adapter"              # what a run saves: "adapter" (adapter folder) or "full" (HF model folder)
     mergeable: bool = True
     gguf_exportable: bool = True
-    options: frozenset = frozenset()   # MethodConfig keys this method reads (besides `name`)
     base_bits: int = 0                 # 4 for a quantized base (memory estimate); 0 = the load dtype
 
     def load_options(self, cfg) -> dict:
@@ -69,13 +70,12 @@ class Method:
         return {}
 
     def check(self, cfg) -> None:
-        """Raise ConfigError for keys this method does not use or combinations that make no sense."""
-        defaults = type(cfg)()
-        for key in sorted(METHOD_OPTIONS - set(self.options)):
-            if key in type(cfg).model_fields and getattr(cfg, key) != getattr(defaults, key):
-                users = sorted(n for n, m in METHODS.items() if key in m.options)
-                raise ConfigError(f"method.{key} is set but method '{self.name}' does not use it",
-                                  hint=f"method.{key} applies to: {', '.join(users) or 'no method'}; remove it or change method.name")
+        """Raise ConfigError for combinations of this method's options that make no sense.
+
+        Keys the method does not take never get here: validating the `method:` section refuses them."""
+        if not isinstance(cfg, self.options):
+            raise ConfigError(f"method '{self.name}' takes {self.options.__name__}, got {type(cfg).__name__}",
+                              hint="build method options with tunesmith.methods.method_options(name=..., ...)")
 
     def prepare(self, model, cfg, lr: float) -> Prepared:
         raise NotImplementedError
@@ -85,19 +85,131 @@ METHODS: dict[str, Method] = {}
 
 
 def register_method(cls: type[Method]) -> type[Method]:
+    if not cls.name:
+        raise TypeError(f"{cls.__qualname__}: a registered method needs a name")
+    if not (isinstance(cls.options, type) and issubclass(cls.options, MethodOptions)):
+        raise TypeError(f"{cls.__qualname__}.options must be a MethodOptions subclass")
+    known = METHODS.get(cls.name)
+    if known is not None and type(known).__qualname__ != cls.__qualname__:   # a reload is fine, a clash is not
+        raise ValueError(f"method '{cls.name}' is registered twice ({type(known).__qualname__} and {cls.__qualname__})")
     METHODS[cls.name] = cls()
+    listed = sorted(METHODS.values(), key=lambda m: (m.order, m.name))
+    METHODS.clear()
+    METHODS.update((m.name, m) for m in listed)
     return cls
+
+
+def unregister_method(name: str) -> None:
+    METHODS.pop(name, None)
+
+
+# Modules of the package that define no method.
+_NOT_METHODS = {"registry", "options", "inventory", "docs", "targets", "snr"}
+
+
+def discover() -> None:
+    """Import every module of `tunesmith.methods`; each method module registers itself on import."""
+    import tunesmith.methods as package
+
+    for info in pkgutil.iter_modules(package.__path__):
+        if info.name not in _NOT_METHODS and not info.name.startswith("_"):
+            importlib.import_module(f"{package.__name__}.{info.name}")
 
 
 def get_method(name: str) -> Method:
     if name not in METHODS:
-        guess = difflib.get_close_matches(name, list(METHODS), n=1)
-        extra = f" (did you mean '{guess[0]}'?)" if guess else ""
-        raise ConfigError(f"method.name: unknown method '{name}'{extra}", hint=f"available: {', '.join(METHODS)}")
+        raise ConfigError(_unknown_method(name), hint=f"available: {', '.join(METHODS)}")
     return METHODS[name]
 
 
+def _unknown_method(name, listed: bool = False) -> str:
+    guess = difflib.get_close_matches(str(name), list(METHODS), n=1)
+    extra = f" (did you mean '{guess[0]}'?)" if guess else ""
+    available = f"; available: {', '.join(METHODS)}" if listed else ""
+    return f"method.name: unknown method '{name}'{extra}{available}"
+
+
+# --- the `method:` section --------------------------------------------------------------------
+
+def _owners(key: str) -> list[str]:
+    return [n for n, m in METHODS.items() if key in m.options.model_fields]
+
+
+def _at_default(key: str, value: Any, owners: list[str]) -> bool:
+    return any(value == METHODS[o].options.model_fields[key].get_default(call_default_factory=True) for o in owners)
+
+
+def _key_problem(name: str, model: type[MethodOptions], key: str, value: Any) -> str | None:
+    """Why `key` cannot be in method `name`'s section, or None when it is accepted and ignored."""
+    takes = f"method '{name}' takes: {', '.join(option_keys(model)) or 'no options of its own'}"
+    owners = _owners(key)
+    if owners:
+        # A config saved before options were per method spells out every method's keys at their
+        # defaults; such a line changes nothing, so it stays accepted.
+        if _at_default(key, value, owners):
+            return None
+        return f"method.{key} is set but method '{name}' does not use it (method.{key} applies to: {', '.join(owners)}); {takes}"
+    guess = difflib.get_close_matches(str(key), option_keys(model), n=1, cutoff=0.6)
+    hint = f" (did you mean 'method.{guess[0]}'?)" if guess else ""
+    return f"unknown key 'method.{key}' for method '{name}'{hint}; {takes}"
+
+
+def _errors(problems: list[tuple[str, Any, str]]) -> ValidationError:
+    return ValidationError.from_exception_data("MethodOptions", [
+        {"type": PydanticCustomError("method_option", "{message}", {"message": message}), "loc": (key,), "input": value}
+        for key, value, message in problems])
+
+
+def parse_method_section(value: Any) -> Any:
+    """The `method:` section as the chosen method's options model (pydantic errors on bad keys/values).
+
+    Anything that is not a mapping is returned as is, for pydantic to report its type."""
+    if isinstance(value, MethodOptions):
+        method = METHODS.get(value.name)
+        if method is not None and isinstance(value, method.options):
+            return value
+        value = {**value.model_dump(exclude_unset=True), "name": value.name}   # the name changed: re-dispatch
+    if not isinstance(value, Mapping):
+        return value
+    name = value.get("name", MethodOptions.model_fields["name"].default)
+    if not isinstance(name, str) or name not in METHODS:
+        message = f"method.name: expected a string, got {name!r}" if not isinstance(name, str) else _unknown_method(name, listed=True)
+        raise _errors([("name", name, message)])
+    model = METHODS[name].options
+    kept, ignored, problems = {"name": name}, {}, []
+    for key, item in value.items():
+        if key in model.model_fields:
+            kept[key] = item
+        elif key in SHARED_KEYS:
+            ignored[key] = item
+        elif (problem := _key_problem(name, model, key, item)) is not None:
+            problems.append((key, item, problem))
+    if problems:
+        raise _errors(problems)
+    AdapterShape.model_validate(ignored)   # ignored, but still a wrong type is a mistake worth naming
+    return model.model_validate(kept)
+
+
+def describe_error(err: dict) -> str:
+    """One line for one pydantic error of a `method:` section, its location relative to the section."""
+    if err["type"] == "method_option":
+        return err["msg"]
+    key = ".".join(str(p) for p in ("method", *err["loc"]))
+    return f"{key}: {err['msg']} (got {err.get('input')!r})"
+
+
+def method_options(values: Mapping | None = None, /, **keys) -> MethodOptions:
+    """A method's options from plain keys, validated as a config's `method:` section would be:
+    `method_options(name="vera", vera_r=64)`. A mistake raises ConfigError."""
+    try:
+        return parse_method_section({**(values or {}), **keys})
+    except ValidationError as exc:
+        raise ConfigError("; ".join(describe_error(e) for e in exc.errors())) from None
+
+
 def prepare_method(model, method_cfg, lr: float) -> Prepared:
+    if not isinstance(method_cfg, MethodOptions):
+        method_cfg = method_options(method_cfg)
     method = get_method(method_cfg.name)
     method.check(method_cfg)
     return method.prepare(model, method_cfg, lr)

@@ -9,6 +9,9 @@ import math
 from collections import defaultdict
 from dataclasses import dataclass
 
+from pydantic import Field
+
+from tunesmith.methods.options import MethodOptions
 from tunesmith.methods.registry import Method, Prepared, register_method, trainable_groups
 from tunesmith.methods.snr import MatrixSNR, matrix_snr
 from tunesmith.methods.targets import decoder_linears, layer_index, module_type
@@ -41,11 +44,17 @@ def scan(model, top_percent: float) -> list[ScanRow]:
     return rows
 
 
+class SpectrumOptions(MethodOptions):
+    spectrum_top_percent: float = Field(25.0, gt=0.0, le=100.0, description="spectrum: train this percentage of matrices (highest SNR) per module type")
+
+
 @register_method
 class Spectrum(Method):
     name = "spectrum"
     summary = "full training of the highest-SNR weight matrices (top spectrum_top_percent per type, Marchenko-Pastur)"
-    options = frozenset({"spectrum_top_percent"})
+    options = SpectrumOptions
+    order = 100
+    kind = "full"
 
     def prepare(self, model, cfg, lr):
         self.check(cfg)
@@ -57,6 +66,6 @@ class Spectrum(Method):
             if name in chosen:
                 for p in module.parameters(recurse=False):
                     p.requires_grad_(True)
-        prepared = Prepared(model, trainable_groups(model, lr), kind="full")
+        prepared = Prepared(model, trainable_groups(model, lr), kind=self.kind)
         prepared.spectrum_scan = rows
         return prepared

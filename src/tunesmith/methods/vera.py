@@ -3,14 +3,22 @@ layer trains only two scaling vectors (lambda_b over outputs, lambda_d over the 
 
 from __future__ import annotations
 
+from pydantic import Field
+
+from tunesmith.methods.options import AdapterDropout, TargetModules
 from tunesmith.methods.registry import Method, Prepared, register_method, trainable_groups
+
+
+class VeRAOptions(TargetModules, AdapterDropout):
+    vera_r: int = Field(256, gt=0, description="vera: rank of the shared frozen random projections")
 
 
 @register_method
 class VeRA(Method):
     name = "vera"
     summary = "shared frozen random low-rank projections, trained per-layer scaling vectors (peft)"
-    options = frozenset({"vera_r", "target_modules", "dropout"})
+    options = VeRAOptions
+    order = 50
 
     def prepare(self, model, cfg, lr):
         from peft import VeraConfig, get_peft_model
@@ -21,4 +29,4 @@ class VeRA(Method):
         config = VeraConfig(r=cfg.vera_r, target_modules=cfg.target_modules, vera_dropout=cfg.dropout,
                             save_projection=True, task_type="CAUSAL_LM")
         model = get_peft_model(model, config)
-        return Prepared(model, trainable_groups(model, lr), kind="adapter")
+        return Prepared(model, trainable_groups(model, lr), kind=self.kind)
