@@ -90,7 +90,8 @@ GUIDE_BEFORE_TABLES = """
 `method.name` picks one. Each method takes only its own options, declared once as a pydantic model in
 the method's module; the tables below, the `method:` part of `tunesmith config init` and the
 options lines of `tunesmith methods` are all generated from those models
-(`python -m tunesmith.methods.docs` rewrites the tables here; a test keeps them in sync).
+(`python -m tunesmith.methods.docs` rewrites the tables here, `tunesmith methods --markdown` prints
+them; a test keeps them in sync).
 
 A key the method does not take is a config error that names the method and the keys it takes, with
 a "did you mean" for a typo (`unknown key 'method.rr' for method 'lora' (did you mean 'method.r'?)`)
