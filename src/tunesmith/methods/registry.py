@@ -166,7 +166,7 @@ def parse_method_section(value: Any) -> Any:
     Anything that is not a mapping is returned as is, for pydantic to report its type."""
     if isinstance(value, MethodOptions):
         method = METHODS.get(value.name)
-        if method is not None and isinstance(value, method.options):
+        if method is not None and type(value) is method.options:
             return value
         value = {**value.model_dump(exclude_unset=True), "name": value.name}   # the name changed: re-dispatch
     if not isinstance(value, Mapping):
