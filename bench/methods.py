@@ -46,15 +46,20 @@ VARIANTS = {"lora+loraplus": ("lora", ["method.loraplus_lr_ratio=16"]),
             "lora+lora_fa": ("lora", ["method.lora_fa=true"])}
 
 
+def method_overrides(name: str, steps: int, eval_examples: int) -> list[str]:
+    """The `--set` overrides of one row: the quickstart config with the method switched."""
+    method, keys = VARIANTS.get(name, (name, []))
+    return [f"method.name={method}", *keys, f"train.max_steps={steps}", f"train.lr={LR.get(name, 1e-3)}",
+            f"eval.max_examples={eval_examples}", "output.merge=false",
+            "eval.baselines=[zero-shot]" if name == "lora" else "eval.baselines=[]", *EXTRA.get(name, [])]
+
+
 def run_one(name: str, steps: int, eval_examples: int, out: Path) -> dict:
     """Child process: one method, one quickstart run; prints its result as JSON."""
     from tunesmith.quickstart import run_quickstart
 
     lines = []
-    method, keys = VARIANTS.get(name, (name, []))
-    overrides = [f"method.name={method}", *keys, f"train.max_steps={steps}", f"train.lr={LR.get(name, 1e-3)}",
-                 f"eval.max_examples={eval_examples}", "output.merge=false",
-                 "eval.baselines=[zero-shot]" if name == "lora" else "eval.baselines=[]", *EXTRA.get(name, [])]
+    overrides = method_overrides(name, steps, eval_examples)
     t0 = time.perf_counter()
     result = run_quickstart(out / name, overrides, show_progress=False, log=lambda *a: lines.append(" ".join(map(str, a))))
     wall = time.perf_counter() - t0

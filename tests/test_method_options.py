@@ -8,6 +8,8 @@ and that a method registered at run time (the toy below) is picked up by config 
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import yaml
 from pydantic import Field
@@ -18,6 +20,8 @@ from tunesmith.methods import METHODS, Method, MethodOptions, Prepared, method_o
 from tunesmith.methods.options import SHARED_KEYS, option_keys
 from tunesmith.methods.registry import register_method, trainable_groups, unregister_method
 from tunesmith.quickstart import quickstart_config_path
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def error_of(raw: dict) -> str:
@@ -104,6 +108,20 @@ def test_switching_method_name_with_set_after_the_file(tmp_path):
 def test_the_quickstart_config_takes_every_method_name(name, tmp_path):
     cfg = load_config(quickstart_config_path(), [f"method.name={name}"])
     assert cfg.method.name == name
+
+
+def test_every_config_the_methods_benchmark_builds_is_valid(tmp_path):
+    import importlib.util
+
+    from tunesmith.quickstart import quickstart_config
+
+    spec = importlib.util.spec_from_file_location("bench_methods", REPO / "bench" / "methods.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    for row in [*METHODS, *bench.VARIANTS]:
+        cfg = quickstart_config(tmp_path / row, bench.method_overrides(row, steps=12, eval_examples=16))
+        assert cfg.method.name == bench.VARIANTS.get(row, (row,))[0] and cfg.output.dir == str(tmp_path / row)
+        assert getattr(cfg.method, "r", 16) == 16   # the quickstart's r travels to every method that takes it
 
 
 def test_the_dumped_config_holds_only_the_chosen_methods_keys_and_round_trips():
