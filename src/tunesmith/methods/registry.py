@@ -103,16 +103,17 @@ def unregister_method(name: str) -> None:
     METHODS.pop(name, None)
 
 
-# Modules of the package that define no method.
-_NOT_METHODS = {"registry", "options", "inventory", "docs", "targets", "snr"}
+# `docs` is a script as well (`python -m tunesmith.methods.docs`); importing it beforehand makes runpy warn.
+_SKIP = {"docs"}
 
 
 def discover() -> None:
-    """Import every module of `tunesmith.methods`; each method module registers itself on import."""
+    """Import every module of `tunesmith.methods`; each method module registers itself on import
+    (modules that define no method, such as `targets`, just import)."""
     import tunesmith.methods as package
 
     for info in pkgutil.iter_modules(package.__path__):
-        if info.name not in _NOT_METHODS and not info.name.startswith("_"):
+        if info.name not in _SKIP and not info.name.startswith("_"):
             importlib.import_module(f"{package.__name__}.{info.name}")
 
 
