@@ -48,6 +48,7 @@ VARIANTS = {"lora+loraplus": ("lora", ["method.loraplus_lr_ratio=16"]),
 
 def run_one(name: str, steps: int, eval_examples: int, out: Path) -> dict:
     """Child process: one method, one quickstart run; prints its result as JSON."""
+    from tunesmith.events import Events, Message
     from tunesmith.quickstart import run_quickstart
 
     lines = []
@@ -56,7 +57,8 @@ def run_one(name: str, steps: int, eval_examples: int, out: Path) -> dict:
                  f"eval.max_examples={eval_examples}", "output.merge=false",
                  "eval.baselines=[zero-shot]" if name == "lora" else "eval.baselines=[]", *EXTRA.get(name, [])]
     t0 = time.perf_counter()
-    result = run_quickstart(out / name, overrides, show_progress=False, log=lambda *a: lines.append(" ".join(map(str, a))))
+    collect = Events(lambda event: lines.append(event.text) if isinstance(event, Message) else None)
+    result = run_quickstart(out / name, overrides, events=collect)
     wall = time.perf_counter() - t0
     trainable = next(int(line.split(", ")[1].split(" ")[0].replace(",", "")) for line in lines if line.startswith("method: "))
     systems = result.eval_report["systems"]
