@@ -62,8 +62,8 @@ def enable_activation_checkpointing(model) -> None:
         model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
     else:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
-    # Frozen embeddings would give the checkpointed blocks inputs without grad, and so no gradient
-    # to the adapters inside them.
+    # transformers 5 does this itself, 4 leaves it to the caller: with frozen embeddings a reentrant
+    # checkpointed block would get inputs that need no grad and so train nothing inside it.
     if hasattr(model, "enable_input_require_grads"):
         model.enable_input_require_grads()
 
