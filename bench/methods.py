@@ -56,12 +56,14 @@ def method_overrides(name: str, steps: int, eval_examples: int) -> list[str]:
 
 def run_one(name: str, steps: int, eval_examples: int, out: Path) -> dict:
     """Child process: one method, one quickstart run; prints its result as JSON."""
+    from tunesmith.events import Events, Message
     from tunesmith.quickstart import run_quickstart
 
     lines = []
     overrides = method_overrides(name, steps, eval_examples)
     t0 = time.perf_counter()
-    result = run_quickstart(out / name, overrides, show_progress=False, log=lambda *a: lines.append(" ".join(map(str, a))))
+    collect = Events(lambda event: lines.append(event.text) if isinstance(event, Message) else None)
+    result = run_quickstart(out / name, overrides, events=collect)
     wall = time.perf_counter() - t0
     trainable = next(int(line.split(", ")[1].split(" ")[0].replace(",", "")) for line in lines if line.startswith("method: "))
     systems = result.eval_report["systems"]

@@ -142,7 +142,7 @@ def run_tunesmith(rows, model_dir, steps, out_dir):
     prepared = prepare_method(model, method_options(name="lora", r=RANK, alpha=ALPHA, dropout=0.0), LR)
     cfg = TrainConfig(max_steps=steps, batch_size=BATCH, micro_batch_size=MICRO, lr=LR, warmup_ratio=0.0,
                       scheduler="constant", precision="auto", seed=0)
-    trainer = Trainer(cfg, DataConfig(max_len=1024, packing=True), prepared, tok, data, [], out_dir, show_progress=False)
+    trainer = Trainer(cfg, DataConfig(max_len=1024, packing=True), prepared, tok, data, [], out_dir)
     t0 = time.perf_counter()
     result = trainer.fit()
     wall = time.perf_counter() - t0

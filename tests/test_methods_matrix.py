@@ -131,8 +131,7 @@ def test_method_matrix(case_id, tiny_model_dir, tokenizer, memo_set, tmp_path):
     train_cfg = TrainConfig(max_steps=30, batch_size=16, lr=lr, scheduler="constant", warmup_ratio=0.0,
                             precision="fp32", seed=0)
     data_cfg = DataConfig(max_len=64, packing=True)
-    result = Trainer(train_cfg, data_cfg, prepared, tokenizer, memo_set, [], tmp_path / "run",
-                     show_progress=False).fit()
+    result = Trainer(train_cfg, data_cfg, prepared, tokenizer, memo_set, [], tmp_path / "run").fit()
     # Each step sees the whole set, so first and last losses are comparable.
     assert result.final_loss <= 0.7 * result.first_loss, (result.first_loss, result.final_loss)
 

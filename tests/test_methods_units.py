@@ -35,7 +35,7 @@ def train(prepared, tokenizer, data, tmp_path, steps=6, lr=1e-2):
     from tunesmith.train.trainer import Trainer
 
     cfg = TrainConfig(max_steps=steps, batch_size=8, lr=lr, scheduler="constant", warmup_ratio=0.0, precision="fp32")
-    return Trainer(cfg, DataConfig(max_len=64), prepared, tokenizer, data, [], tmp_path, show_progress=False).fit()
+    return Trainer(cfg, DataConfig(max_len=64), prepared, tokenizer, data, [], tmp_path).fit()
 
 
 # --- Delta-LoRA ---------------------------------------------------------------------------------
@@ -68,7 +68,7 @@ def test_delta_lora_moves_base_weights_by_exactly_the_product_deltas(start, tiny
         before = after
         original()
 
-    prepared.hooks["after_step"] = recording_after_step
+    prepared.hooks.after_step = recording_after_step
     train(prepared, tokenizer, memo_set, tmp_path, steps=6)
     assert len(products) == 6
     for n, m in state.modules:
@@ -104,7 +104,7 @@ def test_delta_lora_resume_from_checkpoint_is_exact(tiny_model_dir, tokenizer, m
     def fit(p, run, steps, resume=False):
         cfg = TrainConfig(max_steps=steps, batch_size=4, lr=1e-2, scheduler="constant", warmup_ratio=0.0,
                           precision="fp32", save_every=3)
-        Trainer(cfg, DataConfig(max_len=64), p, tokenizer, memo_set, [], run, show_progress=False).fit(resume=resume)
+        Trainer(cfg, DataConfig(max_len=64), p, tokenizer, memo_set, [], run).fit(resume=resume)
 
     straight = prepared()
     fit(straight, tmp_path / "straight", 6)
@@ -181,7 +181,7 @@ def test_bottleneck_starts_as_the_base_and_can_be_switched_off(tiny_model_dir, t
 
 def test_loraplus_gives_b_a_higher_learning_rate(tiny_model_dir):
     prepared = prepare_method(fresh(tiny_model_dir), method_options(name="lora", r=4, loraplus_lr_ratio=16), 1e-3)
-    opt = prepared.hooks["optimizer"](prepared.param_groups)
+    opt = prepared.hooks.optimizer(prepared.param_groups)
     names = {id(p): n for n, p in prepared.model.named_parameters()}
     lrs = {("lora_B" in names[id(p)]): g["lr"] for g in opt.param_groups for p in g["params"]}
     assert lrs[True] == pytest.approx(16e-3) and lrs[False] == pytest.approx(1e-3)
@@ -193,7 +193,7 @@ def test_replacement_optimizers_take_train_weight_decay(option, tiny_model_dir, 
 
     prepared = prepare_method(fresh(tiny_model_dir), method_options(name="lora", r=4, **option), 1e-3)
     cfg = TrainConfig(max_steps=1, batch_size=8, weight_decay=0.05, precision="fp32")
-    trainer = Trainer(cfg, DataConfig(max_len=64), prepared, tokenizer, memo_set, [], tmp_path, show_progress=False)
+    trainer = Trainer(cfg, DataConfig(max_len=64), prepared, tokenizer, memo_set, [], tmp_path)
     decays = {g.get("weight_decay") for g in trainer.optimizer.param_groups if g["params"]}
     # LoRA+ leaves embedding groups undecayed by design; every LoRA matrix group gets train.weight_decay.
     assert 0.05 in decays and decays <= {0.05, 0.0}
@@ -204,8 +204,7 @@ def test_prompt_tuning_never_packs_rows(tiny_model_dir, tokenizer, memo_set, tmp
 
     prepared = prepare_method(fresh(tiny_model_dir), method_options(name="prompt", num_virtual_tokens=4), 1e-2)
     cfg = TrainConfig(max_steps=1, batch_size=8, micro_batch_size=8, precision="fp32")
-    trainer = Trainer(cfg, DataConfig(max_len=64, packing=True), prepared, tokenizer, memo_set, [], tmp_path,
-                      show_progress=False)
+    trainer = Trainer(cfg, DataConfig(max_len=64, packing=True), prepared, tokenizer, memo_set, [], tmp_path)
     (batch,) = list(trainer._micro_batches(0))
     assert batch.input_ids.shape[0] == 8  # one example per row although data.packing is on
 
@@ -278,7 +277,7 @@ def test_lora_scaling_is_alpha_over_r_and_rslora_alpha_over_sqrt_r(keys, scale, 
 def test_lora_fa_optimizer_projects_with_the_adapters_own_scale(name, rslora, scale, tiny_model_dir):
     cfg = method_options(name=name, r=R, alpha=ALPHA, rslora=rslora, lora_fa=True)
     prepared = prepare_method(fresh(tiny_model_dir), cfg, 1e-3)
-    opt = prepared.hooks["optimizer"](prepared.param_groups)
+    opt = prepared.hooks.optimizer(prepared.param_groups)
     layer_scales = {m.scaling["default"] for m in prepared.model.modules() if hasattr(m, "lora_A") and "default" in m.lora_A}
     (group,) = opt.param_groups
     assert group["scaling_factor"] == scale and layer_scales == {scale}

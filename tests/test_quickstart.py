@@ -4,6 +4,7 @@ import json
 
 import pytest
 
+from tunesmith.events import Events
 from tunesmith.quickstart import quickstart_config, run_quickstart
 
 
@@ -21,7 +22,7 @@ def test_quickstart_config_is_valid_and_points_at_shipped_data(tmp_path):
 # AVX2-only 2-core CPU, where the suite-wide 600 s limit would cut it off half-way.
 @pytest.mark.timeout(2700)
 def test_quickstart_end_to_end(tmp_path):
-    result = run_quickstart(tmp_path / "qs", show_progress=False, log=lambda *a: None)
+    result = run_quickstart(tmp_path / "qs", events=Events())
     run_dir = result.run_dir
     for name in ("config.yaml", "metrics.jsonl", "loss.png", "report.md", "report.json", "predictions.jsonl",
                  "adapter/adapter_config.json", "adapter/adapter_model.safetensors",

@@ -61,13 +61,14 @@ def _prompt_tuning(base_dir: Path, out: Path, seed: int) -> Path:
 
 def _trained_lora(base_dir: Path, data: Path, run_dir: Path) -> Path:
     from tunesmith.config import load_config
+    from tunesmith.events import Events
     from tunesmith.pipeline import run
 
     cfg = load_config(None, [f"model.base={base_dir}", f"data.train={data}", "data.val_split=0", "data.max_len=64",
                              "method.name=lora", "method.r=8", "method.alpha=16", "method.dropout=0",
                              "train.max_steps=20", "train.batch_size=4", "train.lr=1e-2", "train.warmup_ratio=0",
                              "train.precision=fp32", "eval.enabled=false", f"output.dir={run_dir}"])
-    run(cfg, show_progress=False, log=lambda *a: None)
+    run(cfg, events=Events())
     return run_dir / "adapter"
 
 

@@ -7,6 +7,7 @@ import sys
 import torch
 
 from tunesmith.config import load_config
+from tunesmith.events import Events
 from tunesmith.pipeline import run
 
 
@@ -49,7 +50,7 @@ def test_adapter_loads_in_plain_peft_and_merged_equals_it(tmp_path, tiny_model_d
     from transformers import AutoModelForCausalLM
 
     cfg = load_config(write_config(tmp_path, tiny_model_dir, memo_data, train={"max_steps": 5}, eval={"enabled": False}))
-    run(cfg, show_progress=False, log=lambda *a: None)
+    run(cfg, events=Events())
     run_dir = tmp_path / "run"
     base = AutoModelForCausalLM.from_pretrained(str(tiny_model_dir))
     peft_model = PeftModel.from_pretrained(base, str(run_dir / "adapter")).eval()

@@ -14,6 +14,7 @@ import yaml
 
 from tunesmith.config import load_config
 from tunesmith.errors import TrainingDiverged
+from tunesmith.events import Events
 from tunesmith.pipeline import run
 from tunesmith.train.schedule import lr_lambda
 
@@ -41,15 +42,11 @@ def losses(run_dir: Path) -> list[float]:
     return [r["loss"] for r in _rows(run_dir)]
 
 
-def quiet(*args):
-    pass
-
-
 def test_accumulation_equals_one_big_batch(tmp_path, tiny_model_dir, memo_data):
     """1 micro-batch of 8 vs 4 micro-batches of 2: same per-step loss and same weights, to 1e-5."""
-    big = run(load_config(make_config(tmp_path, tiny_model_dir, memo_data, "big")), show_progress=False, log=quiet)
+    big = run(load_config(make_config(tmp_path, tiny_model_dir, memo_data, "big")), events=Events())
     small = run(load_config(make_config(tmp_path, tiny_model_dir, memo_data, "small", train={"micro_batch_size": 2})),
-                show_progress=False, log=quiet)
+                events=Events())
     a, b = losses(big.run_dir), losses(small.run_dir)
     assert len(a) == len(b) == 6
     assert a[-1] < a[0] - 1.0  # it trained
@@ -113,7 +110,7 @@ def test_sigkill_then_resume_reproduces_uninterrupted_losses(tmp_path, tiny_mode
     train = {"max_steps": 16, "batch_size": 4, "save_every": 4, "keep_checkpoints": 2}
     method = {"dropout": 0.1}  # dropout makes the RNG state part of what must be restored
     ref = run(load_config(make_config(tmp_path, tiny_model_dir, memo_data, "ref", train=train, method=method)),
-              show_progress=False, log=quiet)
+              events=Events())
     cfg = make_config(tmp_path, tiny_model_dir, memo_data, "killed", train=train, method=method)
     script = tmp_path / "stop_at_row.py"
     script.write_text(_STOP_AT_ROW)
@@ -146,7 +143,7 @@ def test_sigkill_then_resume_reproduces_uninterrupted_losses(tmp_path, tiny_mode
 
 def test_two_process_ddp_matches_one_process(tmp_path, tiny_model_dir, memo_data):
     """torchrun with 2 CPU processes (gloo) and the same global batch gives the same loss curve to 1e-4."""
-    one = run(load_config(make_config(tmp_path, tiny_model_dir, memo_data, "one")), show_progress=False, log=quiet)
+    one = run(load_config(make_config(tmp_path, tiny_model_dir, memo_data, "one")), events=Events())
     cfg = make_config(tmp_path, tiny_model_dir, memo_data, "two")
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
@@ -174,14 +171,14 @@ def test_nan_stops_the_run_naming_the_step_and_keeps_the_checkpoint(tmp_path, ti
             if steps["n"] == 5:  # corrupt a real weight: step 6's forward produces NaN
                 with torch.no_grad():
                     next(p for p in prepared.model.parameters() if p.requires_grad).fill_(float("nan"))
-        prepared.hooks["after_step"] = poison_after_step_5
+        prepared.hooks.after_step = poison_after_step_5
         return prepared
 
     lora = registry.METHODS["lora"]
     lora.prepare = prepare_with_fault
     try:
         with pytest.raises(TrainingDiverged) as e:
-            run(cfg, show_progress=False, log=quiet)
+            run(cfg, events=Events())
     finally:
         del lora.prepare
     assert "at step 6" in e.value.message
@@ -199,7 +196,7 @@ def test_early_stopping_keeps_and_restores_the_best(tmp_path, tiny_model_dir, me
                                   data={"val_split": 0.25},
                                   train={"max_steps": 40, "batch_size": 4, "eval_every": 2, "lr": 0.3,
                                          "scheduler": "constant", "early_stopping_patience": 2}))
-    result = run(cfg, show_progress=False, log=quiet).train
+    result = run(cfg, events=Events()).train
     rows = [json.loads(line) for line in (tmp_path / "es" / "metrics.jsonl").read_text().splitlines()]
     vals = [(r["step"], r["val_loss"]) for r in rows if "val_loss" in r]
     best_step, best_val = min(vals, key=lambda x: x[1])
@@ -228,7 +225,7 @@ def test_qlora_trains_on_cpu_and_its_adapter_loads(tmp_path, tokenizer, memo_dat
 
     qlora.prepare = prepare_and_look
     try:
-        result = run(cfg, show_progress=False, log=quiet).train
+        result = run(cfg, events=Events()).train
     finally:
         del qlora.prepare
     four_bit = [m for m in seen["model"].modules() if isinstance(m, bnb.nn.Linear4bit)]

@@ -12,10 +12,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from tests.test_train_engine import make_config, quiet
+from tests.test_train_engine import make_config
 from tunesmith.cli import main
 from tunesmith.config import load_config
 from tunesmith.errors import ConfigError, UserError
+from tunesmith.events import Events
 from tunesmith.pipeline import run
 from tunesmith.quickstart import quickstart_config
 from tunesmith.train.logbook import Logbook
@@ -32,14 +33,14 @@ def ckpt_names(run_dir: Path) -> list[str]:
 def test_a_second_run_into_the_same_folder_replaces_the_first(tmp_path, tiny_model_dir, memo_data):
     first = make_config(tmp_path, tiny_model_dir, memo_data, "first",
                         train={"max_steps": 6, "save_every": 2, "keep_checkpoints": 5}, output={"merge": True})
-    run(load_config(first, [f"output.dir={tmp_path / 'run'}"]), show_progress=False, log=quiet)
+    run(load_config(first, [f"output.dir={tmp_path / 'run'}"]), events=Events())
     run_dir = tmp_path / "run"
     assert ckpt_names(run_dir) == ["step-000002", "step-000004", "step-000006"]
     assert (run_dir / "adapter").is_dir() and (run_dir / "merged").is_dir()
     (run_dir / "notes.txt").write_text("mine")
     second = make_config(tmp_path, tiny_model_dir, memo_data, "second", method={"name": "freeze", "layers_to_train": 1},
                          train={"max_steps": 3, "save_every": 3, "lr": 1e-3})
-    result = run(load_config(second, [f"output.dir={run_dir}"]), show_progress=False, log=quiet)
+    result = run(load_config(second, [f"output.dir={run_dir}"]), events=Events())
     assert [r["step"] for r in rows(run_dir)] == [1, 2, 3]
     assert ckpt_names(run_dir) == ["step-000003"]
     # The first run's adapter and merged model are gone; the second run's full model is there.
@@ -57,19 +58,19 @@ def test_a_rerun_never_deletes_its_own_inputs(tmp_path, tiny_model_dir, memo_dat
     data.write_bytes(memo_data.read_bytes())
     cfg = load_config(make_config(tmp_path, tiny_model_dir, data, "x", train={"max_steps": 2}),
                       [f"output.dir={tmp_path}"])
-    run(cfg, show_progress=False, log=quiet)
-    run(cfg, show_progress=False, log=quiet)
+    run(cfg, events=Events())
+    run(cfg, events=Events())
     assert data.read_bytes() == memo_data.read_bytes()
     assert [r["step"] for r in rows(tmp_path)] == [1, 2]
 
 
 def test_resuming_a_finished_run_reports_it_unchanged(tmp_path, tiny_model_dir, memo_data):
     cfg = load_config(make_config(tmp_path, tiny_model_dir, memo_data, "done", train={"max_steps": 4, "save_every": 2}))
-    before = run(cfg, show_progress=False, log=quiet).train
+    before = run(cfg, events=Events()).train
     run_dir = tmp_path / "done"
     with open(run_dir / "metrics.jsonl", "a") as fh:
         fh.write('{"step": 5, "lo')  # a torn last line, as a kill in the middle of an append leaves
-    after = run(cfg, resume=True, show_progress=False, log=quiet).train
+    after = run(cfg, resume=True, events=Events()).train
     assert after.steps == 4 and after.tokens == 0
     assert after.first_loss == before.first_loss and after.final_loss == before.final_loss
     assert [r["step"] for r in rows(run_dir)] == [1, 2, 3, 4]
@@ -80,9 +81,9 @@ def test_resuming_a_finished_run_reports_it_unchanged(tmp_path, tiny_model_dir, 
 def test_a_resumed_run_reports_the_first_loss_of_the_whole_run(tmp_path, tiny_model_dir, memo_data):
     cfg = load_config(make_config(tmp_path, tiny_model_dir, memo_data, "r",
                                   train={"max_steps": 6, "save_every": 2, "keep_checkpoints": 3}))
-    whole = run(cfg, show_progress=False, log=quiet).train
+    whole = run(cfg, events=Events()).train
     shutil.rmtree(tmp_path / "r" / "checkpoints" / "step-000006")  # as if killed after step 4's checkpoint
-    resumed = run(cfg, resume=True, show_progress=False, log=quiet).train
+    resumed = run(cfg, resume=True, events=Events()).train
     assert resumed.steps == 6
     assert resumed.first_loss == pytest.approx(whole.first_loss, abs=1e-6)
     assert resumed.final_loss == pytest.approx(whole.final_loss, abs=1e-5)
@@ -95,7 +96,7 @@ def test_the_best_checkpoint_is_kept_and_reported_without_early_stopping(tmp_pat
     cfg = load_config(make_config(tmp_path, tiny_model_dir, memo_data, "best", data={"val_split": 0.25},
                                   train={"max_steps": 16, "batch_size": 4, "eval_every": 2, "lr": 0.3,
                                          "scheduler": "constant", "save_every": 4, "keep_checkpoints": 1}))
-    result = run(cfg, show_progress=False, log=quiet).train
+    result = run(cfg, events=Events()).train
     run_dir = tmp_path / "best"
     vals = [(r["step"], r["val_loss"]) for r in rows(run_dir) if "val_loss" in r]
     best_step = min(vals, key=lambda v: v[1])[0]
@@ -112,7 +113,7 @@ def test_delta_lora_early_stopping_restores_the_moved_base_weights_too(tmp_path,
                                   train={"max_steps": 40, "batch_size": 4, "eval_every": 2, "lr": 0.1,
                                          "scheduler": "constant", "early_stopping_patience": 2,
                                          "save_every": 1, "keep_checkpoints": 1}))
-    result = run(cfg, show_progress=False, log=quiet).train
+    result = run(cfg, events=Events()).train
     assert result.stopped_early and result.best_step < result.steps
     root = tmp_path / "dl" / "checkpoints"
     best, last = root / f"step-{result.best_step:06d}", root / f"step-{result.steps:06d}"
@@ -192,7 +193,7 @@ def test_a_missing_metric_extra_fails_before_training(tmp_path, tiny_model_dir, 
     cfg = make_config(tmp_path, tiny_model_dir, memo_data, "bleu", train={"max_steps": 2},
                       eval={"enabled": True, "metrics": ["bleu"], "data": str(memo_data)})
     with pytest.raises(ConfigError, match="bleu"):
-        run(load_config(cfg, [f"output.dir={tmp_path / 'run'}"]), show_progress=False, log=quiet)
+        run(load_config(cfg, [f"output.dir={tmp_path / 'run'}"]), events=Events())
     assert not (tmp_path / "run" / "metrics.jsonl").exists()  # no training time spent on a doomed run
 
 
@@ -206,5 +207,5 @@ def test_a_config_mistake_leaves_the_previous_run_in_place(tmp_path, tiny_model_
     cfg = make_config(tmp_path, tiny_model_dir, memo_data, "bad", train={"max_steps": 2},
                       eval={"enabled": True, "metrics": ["bleu"], "data": str(memo_data)})
     with pytest.raises(ConfigError, match="bleu"):
-        run(load_config(cfg, [f"output.dir={run_dir}"]), show_progress=False, log=quiet)
+        run(load_config(cfg, [f"output.dir={run_dir}"]), events=Events())
     assert (run_dir / "metrics.jsonl").read_text() == '{"step": 1, "loss": 1.0}\n'  # not cleared by a doomed run

@@ -33,6 +33,7 @@ class Message(Event):
 
 @dataclass(frozen=True)
 class TrainStarted(Event):
+    """`start_step` > 0: a resumed run, continuing after that step's checkpoint."""
     kind: ClassVar[str] = "train_started"
     total_steps: int
     start_step: int = 0
@@ -40,11 +41,14 @@ class TrainStarted(Event):
 
 @dataclass(frozen=True)
 class StepMetrics(Event):
-    """One optimizer step's metrics (loss, lr, grad_norm, tokens/s ... as in metrics.jsonl)."""
+    """One optimizer step's metrics (step, epoch, loss, lr, grad_norm, tokens_per_s, val_loss when
+    validated: a metrics.jsonl row). Sent after every step; `logged` marks the rows metrics.jsonl
+    keeps (every train.log_every steps, validated steps and the last one)."""
     kind: ClassVar[str] = "step"
     step: int
     total_steps: int
     metrics: dict
+    logged: bool = True
 
 
 @dataclass(frozen=True)
@@ -63,6 +67,7 @@ class CheckpointSaved(Event):
 
 @dataclass(frozen=True)
 class TrainFinished(Event):
+    """`summary`: what train_summary.json holds."""
     kind: ClassVar[str] = "train_finished"
     steps: int
     summary: dict
@@ -93,6 +98,8 @@ class RunFinished(Event):
 
 @dataclass(frozen=True)
 class RunFailed(Event):
+    """The run raised `error` (the exception is re-raised after this event); `step`: the last
+    optimizer step completed, None when training had not started."""
     kind: ClassVar[str] = "failed"
     error: str
     step: int | None = None

@@ -6,6 +6,7 @@ from importlib import resources
 from pathlib import Path
 
 from tunesmith.config import RunConfig, apply_overrides, load_config, validate
+from tunesmith.events import Events
 from tunesmith.pipeline import RunResult, run
 
 
@@ -23,13 +24,6 @@ def quickstart_config(out_dir: str | Path, overrides: list[str] | None = None) -
     return validate(apply_overrides(raw, overrides or []), str(path))
 
 
-def before_after_rows(report: dict) -> list[tuple[str, ...]]:
-    metrics = report["metrics"]
-    rows = []
-    for name, entry in report["systems"].items():
-        rows.append((name, *(f"{entry[m]:.3f}" for m in metrics)))
-    return rows
-
-
-def run_quickstart(out_dir: str | Path, overrides: list[str] | None = None, **kwargs) -> RunResult:
-    return run(quickstart_config(out_dir, overrides), **kwargs)
+def run_quickstart(out_dir: str | Path, overrides: list[str] | None = None, *, events: Events | None = None) -> RunResult:
+    """`pipeline.run` on the quickstart config; `events` as there (default: messages printed)."""
+    return run(quickstart_config(out_dir, overrides), events=events)

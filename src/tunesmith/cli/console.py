@@ -10,7 +10,16 @@ from __future__ import annotations
 
 from rich.console import Console
 
-from tunesmith.events import EvalFinished, EvalProgress, Event, Message, StepMetrics, TrainFinished, TrainStarted
+from tunesmith.events import (
+    EvalFinished,
+    EvalProgress,
+    Event,
+    Message,
+    RunFailed,
+    StepMetrics,
+    TrainFinished,
+    TrainStarted,
+)
 
 
 class ConsoleDisplay:
@@ -32,6 +41,8 @@ class ConsoleDisplay:
         if isinstance(event, Message):
             style = "yellow" if event.level == "warning" else None
             self.console.print(event.text, style=style, markup=False, highlight=False)
+        elif isinstance(event, RunFailed):
+            self.close()  # the CLI prints the error next; a live bar would draw over it
         elif not self.progress:
             return
         elif isinstance(event, TrainStarted):

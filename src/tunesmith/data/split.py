@@ -1,7 +1,8 @@
 """`data split`: a seeded train/validation split that keeps each record exactly as it was written.
 
-`split_indices` is the same draw a run makes for `data.val_split`, so `data split --val F --seed S`
-holds out exactly the examples a run with `val_split: F` and `train.seed: S` would.
+`split_items` is the one split: `data split` calls it on the file's records and a run calls it on
+its samples for `data.val_split` (pipeline.split_samples), so `data split --val F --seed S` holds
+out exactly the examples a run with `val_split: F` and `train.seed: S` would.
 """
 
 from __future__ import annotations
@@ -11,7 +12,9 @@ import os
 import random
 import shutil
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
+from typing import TypeVar
 
 from tunesmith.data.load import Scan, empty_file_problem
 from tunesmith.data.writers import check_output, open_writer
@@ -26,6 +29,15 @@ def split_indices(n: int, fraction: float, seed: int) -> tuple[list[int], list[i
     random.Random(seed).shuffle(order)
     n_val = max(1, int(round(n * fraction)))
     return sorted(order[n_val:]), sorted(order[:n_val])
+
+
+T = TypeVar("T")
+
+
+def split_items(items: Sequence[T], fraction: float, seed: int) -> tuple[list[T], list[T]]:
+    """(train, val) items, each in the input's order (`split_indices`' draw)."""
+    train_idx, val_idx = split_indices(len(items), fraction, seed)
+    return [items[i] for i in train_idx], [items[i] for i in val_idx]
 
 
 def write_together(outputs: list[tuple[Path, list[dict]]]) -> None:
@@ -83,9 +95,9 @@ def split_file(path: str | Path, val: float, seed: int, out_dir: str | Path | No
                         hint=f"`tunesmith data validate {path}` lists them all", exit_code=1)
     if len(records) < 2:
         raise DataError(f"{path} holds {len(records)} record(s); a split needs at least 2")
-    train_idx, val_idx = split_indices(len(records), val, seed)
-    if not train_idx:
+    train_rows, val_rows = split_items(records, val, seed)
+    if not train_rows:
         raise DataError(f"--val {val} leaves no training records out of {len(records)}")
-    write_together([(train_out, [records[i] for i in train_idx]), (val_out, [records[i] for i in val_idx])])
+    write_together([(train_out, train_rows), (val_out, val_rows)])
     return {"input": str(path), "format": scan.format, "train": str(train_out), "val": str(val_out),
-            "n_train": len(train_idx), "n_val": len(val_idx), "seed": seed}
+            "n_train": len(train_rows), "n_val": len(val_rows), "seed": seed}

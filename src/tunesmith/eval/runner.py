@@ -160,9 +160,11 @@ def validate(cfg: EvalConfig) -> None:
 def run_eval(systems: list[SystemSpec], tokenizer, samples: list[Sample], cfg: EvalConfig, out_dir: Path, *,
              train_pool: list[Sample] | None = None, system_prompt: str | None = None, precision: str = "fp32",
              training: dict | None = None, show_progress: bool = True, title: str = "evaluation",
-             lm_eval_args: dict | None = None, train_log: Path | None = None) -> EvalResult:
+             lm_eval_args: dict | None = None, train_log: Path | None = None, events=None) -> EvalResult:
     """Score `systems` and write the report to `out_dir`. With `training`, the overfitting check reads
     `train_log` (default: out_dir/metrics.jsonl, where a training run writes it)."""
+    if events is not None:  # interim (h3 branch): bars while a progress display listens; h4's run_eval replaces this
+        show_progress = any(getattr(listener, "progress", False) for listener in events.listeners)
     validate(cfg)
     chat = [s for s in samples if s.kind == "chat"]
     texts = [s for s in samples if s.kind == "text"]

@@ -18,6 +18,7 @@ import torch
 from pydantic import Field
 
 from tunesmith.errors import ConfigError
+from tunesmith.methods.hooks import TrainingHooks
 from tunesmith.methods.options import AdapterShape
 from tunesmith.methods.registry import Method, Prepared, register_method, trainable_groups
 from tunesmith.methods.targets import decoder_linears
@@ -129,7 +130,8 @@ class DeltaLoRA(Method):
         def save(model, out_dir: Path) -> None:
             model.save_pretrained(out_dir, state_dict=state.merged_state_dict(model), safe_serialization=True)
 
-        hooks = {"after_step": state.after_step, "extra_state": state.extra_state, "load_extra_state": state.load_extra_state}
+        hooks = TrainingHooks(after_step=state.after_step, extra_state=state.extra_state,
+                              load_extra_state=state.load_extra_state)
         prepared = Prepared(model, trainable_groups(model, lr), kind=self.kind, hooks=hooks, saver=save)
         prepared.delta_lora = state   # for tests and tools that inspect the base-weight updates
         return prepared

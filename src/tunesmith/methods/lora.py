@@ -12,6 +12,7 @@ import torch
 from pydantic import Field
 
 from tunesmith.errors import ConfigError
+from tunesmith.methods.hooks import TrainingHooks
 from tunesmith.methods.options import AdapterShape
 from tunesmith.methods.registry import Method, Prepared, register_method, trainable_groups
 
@@ -70,22 +71,22 @@ def lorafa_rslora(rslora: bool) -> dict:
     return {} if param is None or param.default is None else {"use_rslora": rslora}
 
 
-def optimizer_hooks(model, cfg, lr: float, rslora: bool = False) -> dict:
+def optimizer_hooks(model, cfg, lr: float, rslora: bool = False) -> TrainingHooks:
     """LoRA+ or LoRA-FA as the trainer's optimizer factory (the param groups it passes are ignored:
     both optimizers build their own groups from the peft model). `rslora` is the scaling the
     adapter really uses: LoRA-FA's projected gradient divides by that scale squared."""
     if cfg.loraplus_lr_ratio:
         from peft.optimizers import create_loraplus_optimizer
 
-        return {"optimizer": lambda _groups, weight_decay=0.0: create_loraplus_optimizer(
+        return TrainingHooks(optimizer=lambda _groups, weight_decay=0.0: create_loraplus_optimizer(
             model, torch.optim.AdamW, lr=lr, loraplus_lr_ratio=cfg.loraplus_lr_ratio,
-            loraplus_weight_decay=weight_decay)}  # peft reads its own key; plain weight_decay is ignored
+            loraplus_weight_decay=weight_decay))  # peft reads its own key; plain weight_decay is ignored
     if cfg.lora_fa:
         from peft.optimizers import create_lorafa_optimizer
 
-        return {"optimizer": lambda _groups, weight_decay=0.0: create_lorafa_optimizer(
-            model, r=cfg.r, lora_alpha=cfg.alpha, lr=lr, weight_decay=weight_decay, **lorafa_rslora(rslora))}
-    return {}
+        return TrainingHooks(optimizer=lambda _groups, weight_decay=0.0: create_lorafa_optimizer(
+            model, r=cfg.r, lora_alpha=cfg.alpha, lr=lr, weight_decay=weight_decay, **lorafa_rslora(rslora)))
+    return TrainingHooks()
 
 
 def freeze_lora_a(model) -> None:

@@ -23,6 +23,7 @@ from pydantic import ValidationError
 from pydantic_core import PydanticCustomError
 
 from tunesmith.errors import ConfigError, UserError
+from tunesmith.methods.hooks import TrainingHooks
 from tunesmith.methods.options import SHARED_KEYS, AdapterShape, MethodOptions, option_keys
 
 if TYPE_CHECKING:
@@ -40,7 +41,7 @@ class Prepared:
     # False when each row must hold one example: virtual tokens / prefixes are prepended per row,
     # and the model's own forward (fast_loss=False) would let packed examples attend to each other.
     packing: bool = True
-    hooks: dict[str, Callable] = field(default_factory=dict)  # "optimizer", "after_step", "extra_state", "load_extra_state"
+    hooks: TrainingHooks = field(default_factory=TrainingHooks)
     saver: Callable | None = None  # (model, out_dir) -> None, for methods whose folder is not save_pretrained's
 
     def trainable_parameters(self) -> int:

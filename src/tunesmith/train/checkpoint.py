@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import random
-import re
 import shutil
 from pathlib import Path
 
@@ -17,8 +16,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from tunesmith.io_utils import atomic_dir
-
-_STEP = re.compile(r"^step-(\d+)$")
+from tunesmith.run_dir import CHECKPOINT_NAME, checkpoint_name
 
 
 def trainable_state(model) -> dict[str, torch.Tensor]:
@@ -44,7 +42,7 @@ def restore_rng(state: dict) -> None:
 
 def save_checkpoint(root: Path, step: int, model, optimizer, scheduler, trainer_state: dict,
                     extra_tensors: dict[str, torch.Tensor] | None = None) -> Path:
-    final = root / f"step-{step:06d}"
+    final = root / checkpoint_name(step)
     with atomic_dir(final) as tmp:
         save_file(trainable_state(model), tmp / "trainable.safetensors")
         if extra_tensors:
@@ -58,7 +56,7 @@ def save_checkpoint(root: Path, step: int, model, optimizer, scheduler, trainer_
 def list_checkpoints(root: Path) -> list[Path]:
     if not root.is_dir():
         return []
-    found = [(int(m.group(1)), p) for p in root.iterdir() if (m := _STEP.match(p.name)) and p.is_dir()]
+    found = [(int(m.group(1)), p) for p in root.iterdir() if (m := CHECKPOINT_NAME.match(p.name)) and p.is_dir()]
     return [p for _, p in sorted(found)]
 
 

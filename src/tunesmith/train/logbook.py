@@ -1,26 +1,47 @@
-"""Training metrics: metrics.jsonl (always), TensorBoard (when installed), loss.png (at the end)."""
+"""Training metrics as a run-event listener: metrics.jsonl (always), TensorBoard (when installed),
+loss.png (when training finishes)."""
 
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 from tunesmith.errors import UserError
+from tunesmith.events import Event, StepMetrics, TrainFinished, TrainStarted
 from tunesmith.io_utils import write_jsonl
+from tunesmith.run_dir import RunDir
 
 
 class Logbook:
-    def __init__(self, run_dir: Path, enabled: bool = True):
-        self.path = run_dir / "metrics.jsonl"
+    """Subscribe it to a run's events: it writes the StepMetrics rows marked `logged`, forgets rows
+    past the step a resumed run restarts from, and draws the loss plot at TrainFinished."""
+
+    def __init__(self, run_dir: str | os.PathLike, enabled: bool = True):
+        self.run_dir = RunDir(run_dir)
+        self.path = self.run_dir.metrics
         self.enabled = enabled
         self._tb = None
         if enabled:
             try:
                 from torch.utils.tensorboard import SummaryWriter
 
-                self._tb = SummaryWriter(str(run_dir / "tensorboard"))
+                self._tb = SummaryWriter(str(self.run_dir.tensorboard))
             except Exception:  # tensorboard is optional
                 self._tb = None
+
+    def __call__(self, event: Event) -> None:
+        if not self.enabled:
+            return
+        if isinstance(event, StepMetrics):
+            if event.logged:
+                self.log(event.metrics)
+        elif isinstance(event, TrainStarted):
+            if event.start_step:
+                self.truncate_after(event.start_step)
+        elif isinstance(event, TrainFinished):
+            plot_losses(self.rows(), self.run_dir.loss_plot)
+            self.close()
 
     def truncate_after(self, step: int) -> None:
         """On resume, forget rows written after the checkpoint we resume from (and a torn last line)."""

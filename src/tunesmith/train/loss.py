@@ -79,34 +79,41 @@ def _plain_head(head) -> bool:
     return type(head) is torch.nn.Linear and head.bias is None
 
 
-class CausalLMLoss(torch.nn.Module):
-    """Wraps a causal LM so forward returns (sum of target-token NLL, number of targets).
+def causal_lm_nll(model, input_ids, position_ids, targets, fast: bool = True):
+    """(sum of target-token NLL, number of targets) of a causal LM on (R, L) rows.
 
-    Returning the sum (not the mean) lets the trainer normalise by the target count of the whole
-    optimizer step across micro-batches and processes.
+    The sum (not the mean) lets the trainer normalise by the target count of the whole optimizer
+    step across micro-batches and processes. `fast`: run the decoder alone and project only the
+    target positions (the model's own forward is used when it has no separable decoder and head,
+    or when the method changes the forward: virtual tokens, prefixes).
     """
+    mask = targets != IGNORE                     # (R, L)
+    n = mask.sum()
+    decoder, head = split_causal_lm(model) if fast else (None, None)
+    if decoder is not None:
+        hidden = decoder(input_ids=input_ids, position_ids=position_ids, use_cache=False).last_hidden_state  # (R, L, H)
+        h, t = hidden[mask], targets[mask]   # (n, H), (n,)
+        if _plain_head(head):
+            return linear_cross_entropy(h, head.weight, t), n
+        total = hidden.new_zeros((), dtype=torch.float32)
+        for start in range(0, h.shape[0], CHUNK):
+            logits = head(h[start:start + CHUNK]).float()
+            total = total + F.cross_entropy(logits, t[start:start + CHUNK], reduction="sum")
+        return total, n
+    logits = model(input_ids=input_ids, position_ids=position_ids, use_cache=False).logits  # (R, P + L, vocab), P virtual tokens
+    # Models that prepend virtual tokens return longer logits; the real tokens are at the end.
+    logits = logits[:, -input_ids.shape[1]:]
+    return F.cross_entropy(logits[mask].float(), targets[mask], reduction="sum"), n
+
+
+class CausalLMLoss(torch.nn.Module):
+    """A causal LM whose forward returns (sum of target-token NLL, number of targets): `causal_lm_nll`
+    as a module (the SFT objective calls the function; tests and the throughput bench use this)."""
 
     def __init__(self, model, fast: bool = True):
         super().__init__()
         self.model = model
-        decoder, head = split_causal_lm(model) if fast else (None, None)
-        self.fast = decoder is not None
+        self.fast = fast and split_causal_lm(model)[0] is not None
 
     def forward(self, input_ids, position_ids, targets):
-        mask = targets != IGNORE
-        n = mask.sum()
-        if self.fast:
-            decoder, head = split_causal_lm(self.model)
-            hidden = decoder(input_ids=input_ids, position_ids=position_ids, use_cache=False).last_hidden_state
-            h, t = hidden[mask], targets[mask]   # (n, H), (n,)
-            if _plain_head(head):
-                return linear_cross_entropy(h, head.weight, t), n
-            total = hidden.new_zeros((), dtype=torch.float32)
-            for start in range(0, h.shape[0], CHUNK):
-                logits = head(h[start:start + CHUNK]).float()
-                total = total + F.cross_entropy(logits, t[start:start + CHUNK], reduction="sum")
-            return total, n
-        logits = self.model(input_ids=input_ids, position_ids=position_ids, use_cache=False).logits
-        # Models that prepend virtual tokens return longer logits; the real tokens are at the end.
-        logits = logits[:, -input_ids.shape[1]:]
-        return F.cross_entropy(logits[mask].float(), targets[mask], reduction="sum"), n
+        return causal_lm_nll(self.model, input_ids, position_ids, targets, fast=self.fast)

@@ -4,12 +4,17 @@ One optimizer step = `train.batch_size` examples, split over processes and then 
 of `train.micro_batch_size` examples, each packed into rows. The step's loss is the sum of
 target-token NLL over all its micro-batches (and processes) divided by the step's target count,
 so accumulation and data parallelism give the same numbers as one big batch.
+
+What a batch is and what its loss is belong to the objective (train/objectives/); the trainer
+reports through run events (tunesmith.events) and never prints. The main process sends them; the
+metrics.jsonl logbook is always one of its listeners.
 """
 
 from __future__ import annotations
 
 import contextlib
 import math
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,16 +22,15 @@ from pathlib import Path
 import torch
 
 from tunesmith.config import DataConfig, TrainConfig
-from tunesmith.data.packing import collate
 from tunesmith.data.tokenize import Tokenized
 from tunesmith.errors import TrainingDiverged, UserError
+from tunesmith.events import CheckpointSaved, Events, StepMetrics, TrainFinished, TrainStarted, Validation
 from tunesmith.io_utils import atomic_dir, write_json
 from tunesmith.methods.registry import Prepared
+from tunesmith.run_dir import RunDir
 from tunesmith.train import checkpoint as ckpt
-from tunesmith.train.attention import packed_attention_for
-from tunesmith.train.attention import supports as attention_supports
-from tunesmith.train.logbook import Logbook, plot_losses
-from tunesmith.train.loss import CausalLMLoss
+from tunesmith.train.logbook import Logbook, read_metrics
+from tunesmith.train.objectives import Objective, ObjectiveModule, get_objective
 from tunesmith.train.precision import frozen_linears_in
 from tunesmith.train.schedule import build_scheduler
 
@@ -44,6 +48,24 @@ def resolve_precision(requested: str) -> str:
     if torch.cuda.is_available():
         return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
     return "bf16" if cpu_has_bf16() else "fp32"
+
+
+def enable_activation_checkpointing(model) -> None:
+    """Recompute activations in backward (train.gradient_checkpointing).
+
+    transformers 5 renamed `gradient_checkpointing_enable` to `activation_checkpointing_enable` and
+    warns on the old name; the old one stays for transformers 4. peft models reach either through
+    their base model.
+    """
+    kwargs = {"use_reentrant": False}
+    if hasattr(model, "activation_checkpointing_enable"):
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+    # transformers 5 does this itself, 4 leaves it to the caller: with frozen embeddings a reentrant
+    # checkpointed block would get inputs that need no grad and so train nothing inside it.
+    if hasattr(model, "enable_input_require_grads"):
+        model.enable_input_require_grads()
 
 
 @dataclass
@@ -84,9 +106,16 @@ class StepPlan:
 
 
 class Trainer:
+    """Trains `prepared` on `train_set` with an objective (default SFT) into `run_dir`.
+
+    `events`: listeners for TrainStarted, StepMetrics, Validation, CheckpointSaved and TrainFinished
+    (default: none besides the logbook, which the trainer always subscribes).
+    """
+
     def __init__(self, train_cfg: TrainConfig, data_cfg: DataConfig, prepared: Prepared, tokenizer,
-                 train_set: list[Tokenized], val_set: list[Tokenized], run_dir: Path, *,
-                 show_progress: bool = True, accelerator=None, final_metadata: dict | None = None):
+                 train_set: list[Tokenized], val_set: list[Tokenized], run_dir: str | os.PathLike, *,
+                 events: Events | None = None, objective: Objective | str = "sft", accelerator=None,
+                 final_metadata: dict | None = None):
         from accelerate import Accelerator
 
         if not train_set:
@@ -94,41 +123,41 @@ class Trainer:
         self.cfg, self.data_cfg = train_cfg, data_cfg
         self.prepared, self.tokenizer = prepared, tokenizer
         self.train_set, self.val_set = train_set, val_set
-        self.run_dir = Path(run_dir)
+        self.run_dir = RunDir(run_dir)
         self.precision = resolve_precision(train_cfg.precision)
         # Mixed precision is handled here rather than by accelerate: its state is a process-wide
         # singleton that refuses a second, different setting (two runs in one process, tests).
         self.acc = accelerator or Accelerator(cpu=not torch.cuda.is_available())
         self.autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.precision)
         self.scaler = torch.amp.GradScaler(self.acc.device.type) if self.precision == "fp16" else None
-        self.show_progress = show_progress and self.acc.is_main_process
         self.micro = train_cfg.micro_batch_size or train_cfg.batch_size
         self.plan = StepPlan(len(train_set), train_cfg.batch_size, train_cfg.seed)
         self.total_steps = self.plan.total_steps(train_cfg.epochs, train_cfg.max_steps)
-        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-        # Methods that prepend per-row tokens (prompt/prefix tuning) need one example per row.
-        self.pack = data_cfg.packing and prepared.packing
-        # Padding-free micro-batches (one row) when packed rows would waste much on padding and our
-        # packed attention runs the model (None: collate decides per micro-batch).
-        self.flat = None if self.pack and attention_supports(prepared.model) else False
+        if isinstance(objective, str):
+            objective = get_objective(objective).for_run(prepared, tokenizer, data_cfg)
+        self.objective = objective
         self.final_metadata = final_metadata
+        self.steps_done = 0  # optimizer steps completed, resumed ones included
+        # Only the main process reports, so N processes do not write N copies of every row.
+        if self.acc.is_main_process:
+            self.logbook = Logbook(self.run_dir)
+            self.events = Events(self.logbook, *([events.emit] if events is not None else []))
+        else:
+            self.logbook, self.events = None, Events()
 
         model = prepared.model
         if train_cfg.gradient_checkpointing:
-            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-            if hasattr(model, "enable_input_require_grads"):
-                model.enable_input_require_grads()
-        self.loss_module = CausalLMLoss(model, fast=prepared.fast_loss)
-        if "optimizer" in prepared.hooks:
-            optimizer = prepared.hooks["optimizer"](prepared.param_groups, weight_decay=train_cfg.weight_decay)
+            enable_activation_checkpointing(model)
+        self.loss_module = ObjectiveModule(model, self.objective)
+        if prepared.hooks.optimizer is not None:
+            optimizer = prepared.hooks.optimizer(prepared.param_groups, weight_decay=train_cfg.weight_decay)
         else:
             optimizer = torch.optim.AdamW(prepared.param_groups, lr=train_cfg.lr, weight_decay=train_cfg.weight_decay)
         scheduler = build_scheduler(optimizer, train_cfg.scheduler, self.total_steps, train_cfg.warmup_ratio)
         self.deepspeed = self._configure_deepspeed()
         self.loss_module, self.optimizer = self.acc.prepare(self.loss_module, optimizer)
         self.scheduler = scheduler
-        self.ckpt_root = self.run_dir / "checkpoints"
-        self.logbook = Logbook(self.run_dir, enabled=self.acc.is_main_process)
+        self.ckpt_root = self.run_dir.checkpoints
 
     def _configure_deepspeed(self) -> bool:
         """Tell DeepSpeed our micro-batch and accumulation: prepare() gets no dataloader to infer them from.
@@ -153,8 +182,7 @@ class Trainer:
         idx = self.plan.indices(step)
         mine = idx[self.acc.process_index::self.acc.num_processes]
         for start in range(0, len(mine), self.micro):
-            chunk = [self.train_set[i] for i in mine[start:start + self.micro]]
-            yield collate(chunk, pack=self.pack, max_len=self.data_cfg.max_len, pad_id=self.pad_id, flat=self.flat)
+            yield self.objective.collate([self.train_set[i] for i in mine[start:start + self.micro]])
 
     def _global_sum(self, value: float) -> float:
         if self.acc.num_processes == 1:
@@ -163,31 +191,35 @@ class Trainer:
         return float(self.acc.reduce(t, reduction="sum").item())
 
     def train_step(self, step: int) -> dict:
+        objective, device = self.objective, self.acc.device
         batches = list(self._micro_batches(step))
-        n_targets = self._global_sum(float(sum(b.n_targets for b in batches)))
+        n_units = self._global_sum(float(sum(objective.units(b) for b in batches)))
         # DDP averages gradients over processes, so scale by their number to get a global sum.
-        scale = self.acc.num_processes / max(1.0, n_targets)
+        scale = self.acc.num_processes / max(1.0, n_units)
         loss_sum, real_tokens, row_tokens = 0.0, 0, 0
+        metric_sums = dict.fromkeys(objective.metric_names, 0.0)
         self.loss_module.train()
         for k, batch in enumerate(batches):
             sync = k == len(batches) - 1
             if self.deepspeed:
                 self.acc.sync_gradients = sync  # DeepSpeed steps inside backward(), at this boundary
-            ctx = self.acc.no_sync(self.loss_module) if not sync and self.acc.num_processes > 1 else _null()
+            ctx = self.acc.no_sync(self.loss_module) if not sync and self.acc.num_processes > 1 else contextlib.nullcontext()
             with ctx, self._autocast():
-                nll, _ = self.loss_module(batch.input_ids.to(self.acc.device), batch.position_ids.to(self.acc.device),
-                                          batch.targets.to(self.acc.device))
-            self._backward(nll * scale)
-            loss_sum += float(nll.detach())
-            real_tokens += batch.real_tokens
-            row_tokens += batch.input_ids.numel()
+                out = self.loss_module(objective.to_device(batch, device))
+            self._backward(out.loss * scale)
+            loss_sum += float(out.loss.detach())
+            for name in metric_sums:
+                metric_sums[name] += float(out.metrics[name])
+            real, computed = objective.tokens(batch)
+            real_tokens += real
+            row_tokens += computed
         if not batches:  # this process got no examples in a tiny last step; keep DDP in step
             if self.deepspeed:
                 self.acc.sync_gradients = True
             with self._autocast():
                 dummy = sum(p.sum() * 0.0 for p in self.loss_module.parameters() if p.requires_grad)
             self._backward(dummy)
-        loss = self._global_sum(loss_sum) / max(1.0, n_targets)
+        loss = self._global_sum(loss_sum) / max(1.0, n_units)
         if not math.isfinite(loss):
             raise TrainingDiverged(f"loss became {loss} at step {step + 1}; training stopped",
                                    hint=f"the last good checkpoint is kept in {self.ckpt_root}; lower train.lr or check the data")
@@ -209,14 +241,15 @@ class Trainer:
             self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
-        if "after_step" in self.prepared.hooks:
-            self.prepared.hooks["after_step"]()
+        if self.prepared.hooks.after_step is not None:
+            self.prepared.hooks.after_step()
+        metrics = {name: self._global_sum(v) / max(1.0, n_units) for name, v in metric_sums.items()}
         return {"loss": loss, "lr": lr, "grad_norm": grad_norm, "tokens": self._global_sum(real_tokens),
-                "row_tokens": self._global_sum(row_tokens)}
+                "row_tokens": self._global_sum(row_tokens), "metrics": metrics}
 
     def _autocast(self):
         if self.autocast_dtype is None:
-            return _null()
+            return contextlib.nullcontext()
         return torch.autocast(device_type=self.acc.device.type, dtype=self.autocast_dtype)
 
     def _backward(self, loss) -> None:
@@ -236,13 +269,11 @@ class Trainer:
         mine = self.val_set[self.acc.process_index::self.acc.num_processes]
         total, count = 0.0, 0.0
         for start in range(0, len(mine), self.micro):
-            batch = collate(mine[start:start + self.micro], pack=self.pack,
-                            max_len=self.data_cfg.max_len, pad_id=self.pad_id, flat=self.flat)
+            batch = self.objective.collate(mine[start:start + self.micro])
             with self._autocast():
-                nll, n = self.loss_module(batch.input_ids.to(self.acc.device), batch.position_ids.to(self.acc.device),
-                                          batch.targets.to(self.acc.device))
-            total += float(nll)
-            count += float(n)
+                out = self.loss_module(self.objective.to_device(batch, self.acc.device))
+            total += float(out.loss)
+            count += float(out.units)
         return self._global_sum(total) / max(1.0, self._global_sum(count))
 
     # --- the loop ---------------------------------------------------------------------------
@@ -250,12 +281,19 @@ class Trainer:
     def _save(self, step: int, state: dict) -> Path | None:
         path = None
         if self.acc.is_main_process:
-            extra = self.prepared.hooks["extra_state"]() if "extra_state" in self.prepared.hooks else None
+            hooks = self.prepared.hooks
+            extra = hooks.extra_state() if hooks.extra_state is not None else None
             path = ckpt.save_checkpoint(self.ckpt_root, step, self._model(), self.optimizer, self.scheduler, state, extra)
             best = state.get("best_checkpoint")
             ckpt.prune(self.ckpt_root, self.cfg.keep_checkpoints, protect=Path(best) if best else None)
+            self.events.emit(CheckpointSaved(step, str(path)))
         self.acc.wait_for_everyone()
         return path
+
+    @property
+    def model(self):
+        """The model being trained, outside any DDP / accelerate wrapper."""
+        return self._model()
 
     def _model(self):
         return self.acc.unwrap_model(self.loss_module).model
@@ -265,23 +303,21 @@ class Trainer:
         if not found:
             raise UserError(f"--resume: no checkpoint in {self.ckpt_root}", hint="start without --resume")
         state, extra = ckpt.load_checkpoint(found[-1], self._model(), self.optimizer, self.scheduler)
-        if extra and "load_extra_state" in self.prepared.hooks:
-            self.prepared.hooks["load_extra_state"](extra)
-        if self.acc.is_main_process:
-            self.logbook.truncate_after(state["step"])
+        if extra and self.prepared.hooks.load_extra_state is not None:
+            self.prepared.hooks.load_extra_state(extra)
         return state
 
     def _restore_best(self, path: Path) -> None:
         """Finish with the best checkpoint's weights, including method state outside the trainable ones."""
         extra = ckpt.load_weights(path, self._model())
-        if extra and "load_extra_state" in self.prepared.hooks:
-            self.prepared.hooks["load_extra_state"](extra)
+        if extra and self.prepared.hooks.load_extra_state is not None:
+            self.prepared.hooks.load_extra_state(extra)
 
     def _losses_before(self, state: dict) -> tuple[float, float]:
         """The run's first loss and the loss at the resumed step (older checkpoints: from the logbook)."""
         if "first_loss" in state:
             return state["first_loss"], state["last_loss"]
-        rows = [r for r in self.logbook.rows() if "loss" in r]
+        rows = [r for r in read_metrics(self.run_dir.metrics) if "loss" in r and r.get("step", 0) <= state["step"]]
         return (rows[0]["loss"], rows[-1]["loss"]) if rows else (float("nan"), float("nan"))
 
     def _out_of_patience(self, state: dict) -> bool:
@@ -295,22 +331,20 @@ class Trainer:
             state = self._resume()
             start = state["step"]
             first_loss, last_loss = self._losses_before(state)
-        progress = _Progress(self.total_steps, start, enabled=self.show_progress)
+        self.steps_done = start
+        self.events.emit(TrainStarted(self.total_steps, start))
         tokens = row_tokens = 0.0
         t0 = time.perf_counter()
         stopped_early = self._out_of_patience(state)  # resuming a run that had already stopped early
         end = start if stopped_early else self.total_steps
-        steps_done = start
-        stack = contextlib.ExitStack()
-        if self.prepared.fast_loss:
-            stack.enter_context(packed_attention_for(self._model()))
-        if self.prepared.kind == "adapter" and "after_step" not in self.prepared.hooks:
-            # Exact (autocast would round to the same values); skipped for methods that move base weights.
-            stack.enter_context(frozen_linears_in(self._model(), self.autocast_dtype))
-        try:
+        with contextlib.ExitStack() as stack:
+            stack.enter_context(self.objective.context(self._model()))
+            if self.prepared.kind == "adapter" and self.prepared.hooks.after_step is None:
+                # Exact (autocast would round to the same values); skipped for methods that move base weights.
+                stack.enter_context(frozen_linears_in(self._model(), self.autocast_dtype))
             for step in range(start, end):
                 out = self.train_step(step)
-                done = steps_done = step + 1
+                done = self.steps_done = step + 1
                 tokens += out["tokens"]
                 row_tokens += out["row_tokens"]
                 elapsed = time.perf_counter() - t0
@@ -318,8 +352,8 @@ class Trainer:
                     first_loss = out["loss"]
                 last_loss = out["loss"]
                 state.update(first_loss=first_loss, last_loss=last_loss)  # so a resumed run reports them
-                row = {"step": done, "epoch": round(self.plan.epoch_of(done), 4), "loss": out["loss"], "lr": out["lr"],
-                       "grad_norm": out["grad_norm"], "tokens_per_s": tokens / max(elapsed, 1e-9)}
+                row = {"step": done, "epoch": round(self.plan.epoch_of(done), 4), "loss": out["loss"], **out["metrics"],
+                       "lr": out["lr"], "grad_norm": out["grad_norm"], "tokens_per_s": tokens / max(elapsed, 1e-9)}
                 eval_now = self.val_set and (
                     (self.cfg.eval_every and done % self.cfg.eval_every == 0) or done == self.total_steps)
                 if eval_now:
@@ -330,44 +364,38 @@ class Trainer:
                         state.update(best_val_loss=val, best_step=done, bad_evals=0)
                     else:
                         state["bad_evals"] += 1
-                if done % self.cfg.log_every == 0 or eval_now or done == self.total_steps:
-                    self.logbook.log(row)
+                    self.events.emit(Validation(done, val))
+                logged = bool(done % self.cfg.log_every == 0 or eval_now or done == self.total_steps)
+                self.events.emit(StepMetrics(done, self.total_steps, row, logged=logged))
                 save_now = (self.cfg.save_every and done % self.cfg.save_every == 0)
                 if eval_now and state.get("best_step") == done and (self.cfg.early_stopping_patience or self.cfg.save_every):
                     save_now = True  # the best is kept on disk (and from pruning) whenever checkpoints are on
                 if save_now:
                     if state.get("best_step") == done:
-                        state["best_checkpoint"] = str(self.ckpt_root / f"step-{done:06d}")
+                        state["best_checkpoint"] = str(self.run_dir.checkpoint(done))
                     self._save(done, state)
-                progress.update(done, out["loss"], row["tokens_per_s"])
                 if self._out_of_patience(state):
                     stopped_early = True
                     break
-        finally:
-            stack.close()
-            progress.close()
         if stopped_early and state.get("best_checkpoint"):
             # Finish with the best weights, not the ones that stopped improving.
             self._restore_best(Path(state["best_checkpoint"]))
         output_dir = self.save_final()
         elapsed = time.perf_counter() - t0
-        if self.acc.is_main_process:
-            rows = self.logbook.rows()
-            plot_losses(rows, self.run_dir / "loss.png")
-            self.logbook.close()
-        result = TrainResult(steps=steps_done, final_loss=last_loss, first_loss=first_loss,
+        result = TrainResult(steps=self.steps_done, final_loss=last_loss, first_loss=first_loss,
                              best_val_loss=state.get("best_val_loss"), best_step=state.get("best_step"),
                              output_dir=output_dir, tokens_per_s=tokens / max(elapsed, 1e-9),
                              stopped_early=stopped_early, packing_efficiency=tokens / max(1.0, row_tokens),
                              tokens=tokens, best_checkpoint=state.get("best_checkpoint"))
         if self.acc.is_main_process:
-            write_json(self.run_dir / "train_summary.json", {
-                k: (str(v) if isinstance(v, Path) else v) for k, v in result.__dict__.items()} | {"precision": self.precision})
+            summary = {k: (str(v) if isinstance(v, Path) else v) for k, v in result.__dict__.items()}
+            summary["precision"] = self.precision
+            write_json(self.run_dir.train_summary, summary)
+            self.events.emit(TrainFinished(result.steps, summary))
         return result
 
     def save_final(self) -> Path:
-        name = "adapter" if self.prepared.kind == "adapter" else "model"
-        final = self.run_dir / name
+        final = self.run_dir.final(self.prepared.kind)
         if self.acc.is_main_process:
             with atomic_dir(final) as tmp:
                 self.prepared.save(tmp, self.tokenizer)
@@ -376,42 +404,3 @@ class Trainer:
                     write_json(tmp / "tunesmith.json", self.final_metadata)
         self.acc.wait_for_everyone()
         return final
-
-
-class _null:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
-
-
-class _Progress:
-    """A rich progress bar with loss and tokens/s; silent when disabled (tests, non-main ranks)."""
-
-    def __init__(self, total: int, start: int, enabled: bool):
-        self.enabled = enabled
-        if not enabled:
-            return
-        from rich.progress import (
-            BarColumn,
-            MofNCompleteColumn,
-            Progress,
-            TextColumn,
-            TimeElapsedColumn,
-            TimeRemainingColumn,
-        )
-
-        self.bar = Progress(TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(),
-                            TextColumn("loss {task.fields[loss]:.4f}"), TextColumn("{task.fields[tps]:.0f} tok/s"),
-                            TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn())
-        self.bar.start()
-        self.task = self.bar.add_task("train", total=total, completed=start, loss=float("nan"), tps=0.0)
-
-    def update(self, done: int, loss: float, tps: float) -> None:
-        if self.enabled:
-            self.bar.update(self.task, completed=done, loss=loss, tps=tps)
-
-    def close(self) -> None:
-        if self.enabled:
-            self.bar.stop()

@@ -1,0 +1,99 @@
+"""What a training objective is, and the registry that names them.
+
+The trainer owns the loop (steps, accumulation, processes, precision, checkpoints); an objective
+owns what a batch is and what its loss is. The contract that keeps accumulation exact:
+
+- `loss(model, batch)` returns *sums* over the batch: the loss summed over its units (target
+  tokens for SFT; pairs, for a preference objective) and the number of those units, plus any
+  metrics, also summed over the units.
+- `units(batch)` gives that count before the forward pass, so the trainer can scale every
+  micro-batch's backward by 1 / (units of the whole step, over all processes).
+
+The step's loss and metrics are then sum / units over all its micro-batches and processes, the same
+numbers one big batch gives. Losses themselves live in the library (train/loss.py); objectives
+compose them, as torchtune's recipes share its losses.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import difflib
+from typing import Any, ClassVar, NamedTuple
+
+import torch
+
+from tunesmith.errors import UserError
+
+
+class ObjectiveLoss(NamedTuple):
+    loss: torch.Tensor               # () summed over the batch's units; backward runs from it
+    units: torch.Tensor | int        # what `loss` is summed over (the same count as `Objective.units`)
+    metrics: dict[str, torch.Tensor]  # name -> () sum over the units, one entry per `metric_names`
+
+
+class Objective:
+    name: ClassVar[str] = ""
+    summary: ClassVar[str] = ""
+    # Metrics the objective logs per step besides `loss` (metrics.jsonl columns); () keeps the hot
+    # path free of any per-metric reduction.
+    metric_names: ClassVar[tuple[str, ...]] = ()
+
+    @classmethod
+    def for_run(cls, prepared, tokenizer, data_cfg) -> Objective:
+        """The objective with a run's settings (padding id, max_len, packing, the method's needs)."""
+        raise NotImplementedError
+
+    def collate(self, examples: list) -> Any:
+        """One micro-batch from tokenized examples."""
+        raise NotImplementedError
+
+    def units(self, batch) -> int:
+        """How many units the batch's loss is summed over."""
+        raise NotImplementedError
+
+    def tokens(self, batch) -> tuple[int, int]:
+        """(real tokens, tokens computed including padding) of the batch, for tokens/s and packing efficiency."""
+        raise NotImplementedError
+
+    def loss(self, model, batch) -> ObjectiveLoss:
+        raise NotImplementedError
+
+    def to_device(self, batch, device):
+        """The batch with its tensors on `device` (a dataclass batch by default)."""
+        moved = {f.name: value.to(device) for f in dataclasses.fields(batch)
+                 if isinstance(value := getattr(batch, f.name), torch.Tensor)}
+        return dataclasses.replace(batch, **moved)
+
+    def context(self, model) -> contextlib.AbstractContextManager:
+        """What the model needs around the whole run of this objective's batches (entered by `fit`)."""
+        return contextlib.nullcontext()
+
+
+class ObjectiveModule(torch.nn.Module):
+    """The model with an objective's loss as its forward: the module accelerate prepares, so DDP's
+    gradient sync hooks see the whole loss computation."""
+
+    def __init__(self, model: torch.nn.Module, objective: Objective):
+        super().__init__()
+        self.model = model
+        self.objective = objective
+
+    def forward(self, batch) -> ObjectiveLoss:
+        return self.objective.loss(self.model, batch)
+
+
+OBJECTIVES: dict[str, type[Objective]] = {}
+
+
+def register_objective(cls: type[Objective]) -> type[Objective]:
+    OBJECTIVES[cls.name] = cls
+    return cls
+
+
+def get_objective(name: str) -> type[Objective]:
+    if name not in OBJECTIVES:
+        guess = difflib.get_close_matches(name, list(OBJECTIVES), n=1)
+        extra = f" (did you mean '{guess[0]}'?)" if guess else ""
+        raise UserError(f"unknown training objective '{name}'{extra}", hint=f"available: {', '.join(OBJECTIVES)}")
+    return OBJECTIVES[name]
