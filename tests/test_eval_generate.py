@@ -10,7 +10,7 @@ import torch
 from tunesmith.config import MethodConfig
 from tunesmith.data.tokenize import prompt_ids
 from tunesmith.errors import UserError
-from tunesmith.eval.generate import generate, generate_tokens, stop_token_ids
+from tunesmith.generation import generate, generate_tokens, stop_token_ids
 from tunesmith.methods import prepare_method
 
 NEW = 12
