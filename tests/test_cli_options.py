@@ -10,7 +10,7 @@ import typer
 from pydantic import BaseModel, Field
 from typer.testing import CliRunner
 
-from tunesmith.cli.options import Flag, options_from
+from tunesmith.cli.options import Flag, comma_separated, options_from
 from tunesmith.errors import ConfigError
 
 WIDE = {"COLUMNS": "240", "TERMINAL_WIDTH": "240"}
@@ -100,6 +100,31 @@ def test_misuse_is_caught_when_the_command_is_declared():
         options_from(Toy, exclude=["pairs"])(lambda toy: None)
     with pytest.raises(TypeError, match="already has"):
         options_from(Toy, exclude=["pairs"])(lambda options, steps=1: None)
+
+
+class Scores(BaseModel):
+    metrics: list[str] = Field(default_factory=lambda: ["exact_match"], description="metrics, first is primary")
+    pass_k: list[int] = Field(default_factory=lambda: [1], description="k values of pass@k")
+    enabled: bool = Field(True, description="not a command-line setting")
+
+
+def test_comma_separated_lists_and_a_subset_of_fields():
+    seen = []
+    app = typer.Typer(add_completion=False)
+
+    @app.command()
+    @options_from(Scores, only=["metrics", "pass_k"], flags={"metrics": comma_separated(), "pass_k": comma_separated("--pass-k", item=int)})
+    def score(options: Scores):
+        seen.append(options)
+
+    params = {p.name: p for p in typer.main.get_command(app).params}
+    assert set(params) == {"metrics", "pass_k"}
+    assert params["metrics"].default == "exact_match" and params["pass_k"].default == "1"
+    assert CliRunner().invoke(app, ["--metrics", "bleu, rouge_l", "--pass-k", "1,5"]).exit_code == 0
+    assert CliRunner().invoke(app, []).exit_code == 0
+    assert seen == [Scores(metrics=["bleu", "rouge_l"], pass_k=[1, 5]), Scores()]
+    bad = CliRunner().invoke(app, ["--pass-k", "1,x"])
+    assert isinstance(bad.exception, ConfigError) and "--pass-k: expected comma-separated int values" in str(bad.exception)
 
 
 # -- tunesmith serve ---------------------------------------------------------------------------------------

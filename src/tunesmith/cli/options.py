@@ -24,6 +24,7 @@ own (typer reads the signature), and at call time gathers their values into one
 | anything else (a dict ...) | needs `Flag(cli_type=..., parse=...)`: what typer reads, and how |
 |                            | it becomes the field's value (e.g. NAME=PATH items -> a dict)    |
 
+`comma_separated("--metrics")` is the Flag for a list given as one value (`--metrics bleu,rouge_l`).
 `Flag` also sets an environment variable (`envvar=`) and a metavar. `exclude=` / `only=` pick the
 fields. A value the model rejects is a `ConfigError` naming the flag ("--max-batch: Input should
 be ..."), so the user sees the option they typed, not the field name.
@@ -51,17 +52,35 @@ class Flag:
     """How one field appears on the command line where the generated spelling will not do.
 
     `names`: the flag and its aliases ("--model", "-m"; default --field-name); `envvar`: also read
-    from this environment variable; `cli_type`: what typer parses when it is not the field's own
-    type, with `parse` turning that into the field's value; `metavar`: the placeholder in --help.
+    from this environment variable; `metavar`: the placeholder in --help. `cli_type`: what typer
+    parses when it is not the field's own type, with `parse` turning that into the field's value
+    and `format` turning the field's default into what --help shows and typer starts from (an
+    empty default needs no `format`).
     """
 
     def __init__(self, *names: str, envvar: str | None = None, cli_type: Any = None,
-                 parse: Callable[[Any], Any] | None = None, metavar: str | None = None):
+                 parse: Callable[[Any], Any] | None = None, format: Callable[[Any], Any] | None = None,
+                 metavar: str | None = None):
         self.names = names
         self.envvar = envvar
         self.cli_type = cli_type
         self.parse = parse
+        self.format = format
         self.metavar = metavar
+
+
+def comma_separated(*names: str, item: type = str, metavar: str | None = None) -> Flag:
+    """A list field given as one comma-separated value (`--metrics bleu,rouge_l`, `--pass-k 1,5`)."""
+    def parse(text: str | None) -> list:
+        parts = [p.strip() for p in (text or "").split(",") if p.strip()]
+        try:
+            return [item(p) for p in parts]
+        except ValueError:
+            flag = names[0] if names else "this option"
+            raise ConfigError(f"{flag}: expected comma-separated {item.__name__} values, got '{text}'") from None
+
+    return Flag(*names, cli_type=str, parse=parse, format=lambda values: ",".join(str(v) for v in values),
+                metavar=metavar or f"{item.__name__.upper()},...")
 
 
 def flag_name(field: str) -> str:
@@ -97,9 +116,11 @@ def _option(name: str, info: FieldInfo, flag: Flag) -> _Option:
     to_value: Callable[[Any], Any] = lambda v: v  # noqa: E731
     if flag.cli_type is not None:
         cli_type = flag.cli_type
-        if isinstance(default, dict):
+        if flag.format is not None and default not in (..., None):
+            default = flag.format(default)
+        elif isinstance(default, (dict, list, tuple, set)):
             if default:
-                raise TypeError(f"options_from: field '{name}' has a non-empty dict default, which no flag can show")
+                raise TypeError(f"options_from: field '{name}' has a default its flag cannot show; give Flag(format=...)")
             default = [] if typing.get_origin(cli_type) is list else None
     elif annotation is bool:
         cli_type = bool
@@ -130,7 +151,7 @@ def options_from(model: type[BaseModel], *, into: str = "options", flags: Mappin
     validated `model` instance in its parameter `into`. See the module docstring for the rules."""
     flags = dict(flags or {})
     excluded, chosen = set(exclude), None if only is None else list(only)
-    names = [n for n in (chosen or model.model_fields) if n not in excluded]
+    names = [n for n in (model.model_fields if chosen is None else chosen) if n not in excluded]
     unknown = (set(flags) | excluded | set(chosen or ())) - set(model.model_fields)
     if unknown:
         raise TypeError(f"options_from({model.__name__}): no field(s) {', '.join(sorted(unknown))}")
