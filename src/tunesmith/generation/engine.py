@@ -104,7 +104,8 @@ class Engine:
     From any thread: `start`, `stop`, `submit` (queue requests; their events arrive on each
     request's `sink`), `call` (run a function on the engine thread between steps), `in_use`,
     `load` (a snapshot of queue sizes and counters). Every request ends with exactly one final
-    `Event`: a finish reason, or an error that is a `GenerationError`.
+    `Event` (a finish reason, or an error that is a `GenerationError`), except one whose
+    `cancelled` is set: it is dropped silently, its client being gone.
 
     Row API, for decoding paths that run rows outside the per-row batch (the fallback), called on
     the engine thread: `accept` one sampled token, `finish` or `fail` a row, `drop_if_expired`.

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from tunesmith.generation.errors import GenerationError
+
 
 class APIError(Exception):
     """An error a client caused (or may retry), with the HTTP status OpenAI would use."""
@@ -35,8 +37,6 @@ def model_not_found(name: str, known: list[str]) -> APIError:
 def api_error(exc: Exception) -> APIError:
     """`exc` as the error a client gets: APIErrors as they are, the engine's GenerationErrors with the
     status, type and code they carry, anything else as a 500 server_error with its message."""
-    from tunesmith.generation.errors import GenerationError
-
     if isinstance(exc, APIError):
         return exc
     if isinstance(exc, GenerationError):
