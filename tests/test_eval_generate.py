@@ -9,7 +9,7 @@ import torch
 
 from tunesmith.data.tokenize import prompt_ids
 from tunesmith.errors import UserError
-from tunesmith.eval.generate import generate, generate_tokens, stop_token_ids
+from tunesmith.generation import generate, generate_tokens, stop_token_ids
 from tunesmith.methods import method_options, prepare_method
 
 NEW = 12

@@ -115,7 +115,7 @@ def env(tiny_model_dir, tmp_path_factory):
 def offline_answers(base_dir: Path, tokenizer, apply):
     """answer(key, prompt, max_tokens): greedy `generate` on a fresh base with `apply(base, key)` on top,
     cached per (key, prompt, max_tokens): the offline side of every served-equals-offline check."""
-    from tunesmith.eval.generate import generate
+    from tunesmith.generation import generate
     from tunesmith.models import load_model
 
     cache: dict = {}

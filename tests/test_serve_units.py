@@ -36,9 +36,9 @@ def adapters(tiny_model_dir, tmp_path_factory):
 def test_per_row_lora_matches_peft_for_a_mixed_batch(tiny_model_dir, adapters):
     from peft import PeftModel
 
+    from tunesmith.generation import LoRABank
     from tunesmith.models import load_model
     from tunesmith.serve.adapters import inspect_adapter
-    from tunesmith.serve.lora_batch import LoRABank
 
     torch.manual_seed(0)
     ids = torch.randint(0, 1000, (5, 7))
@@ -104,7 +104,7 @@ def test_adapter_for_another_base_is_refused(tiny_model_dir, tokenizer, tmp_path
 
 
 def test_top_p_keeps_the_smallest_set_reaching_p():
-    from tunesmith.serve.sampling import top_p_filter
+    from tunesmith.generation import top_p_filter
 
     probs = torch.tensor([0.05, 0.5, 0.3, 0.15])
     torch.testing.assert_close(top_p_filter(probs, 0.7), torch.tensor([0.0, 0.5, 0.3, 0.0]) / 0.8)
@@ -113,8 +113,8 @@ def test_top_p_keeps_the_smallest_set_reaching_p():
 
 
 def test_stop_string_text_is_never_streamed(tokenizer):
-    from tunesmith.serve.detok import advance
-    from tunesmith.serve.request import GenRequest
+    from tunesmith.generation import GenRequest
+    from tunesmith.generation.detok import advance
 
     row = GenRequest(prompt_ids=[1], sink=lambda e: None, temperature=0, stop=("END",))
     ids = tokenizer("alpha beta EN", add_special_tokens=False)["input_ids"]
@@ -131,11 +131,8 @@ def test_stop_string_text_is_never_streamed(tokenizer):
 
 
 def test_request_timeout_is_504(tiny_model_dir, tokenizer):
-    from tunesmith.eval.generate import stop_token_ids
+    from tunesmith.generation import Engine, GenRequest, LoRABank, stop_token_ids
     from tunesmith.models import load_model
-    from tunesmith.serve.engine import Engine
-    from tunesmith.serve.lora_batch import LoRABank
-    from tunesmith.serve.request import GenRequest
 
     model = load_model(str(tiny_model_dir))
     engine = Engine(model, tokenizer, LoRABank(model), stop_token_ids(tokenizer)).start()
@@ -154,11 +151,8 @@ def test_request_timeout_is_504(tiny_model_dir, tokenizer):
 
 
 def test_a_failing_batch_gets_500_and_the_engine_keeps_serving(tiny_model_dir, tokenizer):
-    from tunesmith.eval.generate import stop_token_ids
+    from tunesmith.generation import Engine, GenRequest, LoRABank, stop_token_ids
     from tunesmith.models import load_model
-    from tunesmith.serve.engine import Engine
-    from tunesmith.serve.lora_batch import LoRABank
-    from tunesmith.serve.request import GenRequest
 
     model = load_model(str(tiny_model_dir))
     engine = Engine(model, tokenizer, LoRABank(model), stop_token_ids(tokenizer))

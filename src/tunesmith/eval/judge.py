@@ -101,14 +101,11 @@ class LocalJudge:
         self.ids = {v: tokenizer.encode(v, add_special_tokens=False)[0] for v in ("A", "B")}
 
     def verdict(self, prompt: str) -> str:
-        import torch
-
         from tunesmith.data.tokenize import prompt_ids
+        from tunesmith.generation import next_token_logits
 
         ids = prompt_ids(self.tokenizer, [{"role": "user", "content": prompt}])
-        device = next(self.model.parameters()).device
-        with torch.no_grad():
-            logits = self.model(input_ids=torch.tensor([ids], device=device)).logits[0, -1]
+        logits = next_token_logits(self.model, [ids])[0]
         a, b = logits[self.ids["A"]].item(), logits[self.ids["B"]].item()
         return "A" if a > b else "B" if b > a else "tie"
 

@@ -14,9 +14,9 @@ from pathlib import Path
 from tunesmith.config import EvalConfig
 from tunesmith.data.load import load_samples
 from tunesmith.eval import stats
-from tunesmith.eval.generate import generate
 from tunesmith.eval.metrics import METRICS
 from tunesmith.eval.perplexity import fold_perplexity, perplexity
+from tunesmith.generation import generate
 
 REGRESSION_DIR = Path(__file__).resolve().parents[1] / "assets" / "regression"
 QA_METRIC = "contains_norm"

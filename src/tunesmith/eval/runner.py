@@ -24,10 +24,10 @@ from tunesmith.config import EvalConfig
 from tunesmith.data.schema import Sample
 from tunesmith.errors import ConfigError, DataError
 from tunesmith.eval import stats
-from tunesmith.eval.generate import generate
 from tunesmith.eval.metrics import METRICS, check_metrics
 from tunesmith.eval.perplexity import fold_perplexity, sample_items, sequence_nll
 from tunesmith.eval.report import write_report
+from tunesmith.generation import generate
 
 SYSTEM_NAMES = {"zero-shot": "base_zero_shot", "few-shot": "base_few_shot", "tuned": "tuned"}
 

@@ -1,7 +1,7 @@
 """Read an adapter folder (PEFT layout, or one of tunesmith's own formats) and decide how it is served.
 
 Plain LoRA (and rsLoRA) on linear layers goes to the batched engine: its A/B matrices join the
-per-row stacks in `lora_batch`. Everything else peft can load (DoRA, IA3, VeRA, prompt/prefix
+per-row stacks in `generation.lora_batch`. Everything else peft can load (DoRA, IA3, VeRA, prompt/prefix
 tuning, LoRA with modules_to_save ...) and every folder format a tunesmith method registers a loader
 for (bottleneck adapters) is served by the fallback path, one adapter per batch.
 """

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from tunesmith.generation.errors import GenerationError
+
 
 class APIError(Exception):
     """An error a client caused (or may retry), with the HTTP status OpenAI would use."""
@@ -32,6 +34,11 @@ def model_not_found(name: str, known: list[str]) -> APIError:
                     "invalid_request_error", "model_not_found", "model")
 
 
-def queue_full(limit: int) -> APIError:
-    return APIError(429, f"The server queue is full ({limit} waiting requests); retry later.",
-                    "rate_limit_exceeded", "queue_full")
+def api_error(exc: Exception) -> APIError:
+    """`exc` as the error a client gets: APIErrors as they are, the engine's GenerationErrors with the
+    status, type and code they carry, anything else as a 500 server_error with its message."""
+    if isinstance(exc, APIError):
+        return exc
+    if isinstance(exc, GenerationError):
+        return APIError(exc.status, exc.message, exc.type, exc.code)
+    return APIError(500, str(exc), "server_error")

@@ -7,33 +7,15 @@ import logging
 import re
 import threading
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from tunesmith.errors import ModelNotFound, UserError
 from tunesmith.serve.adapters import AdapterSpec, inspect_adapter
+from tunesmith.serve.options import ServeOptions
 from tunesmith.serve.paths import AdapterDirPolicy
 
 log = logging.getLogger("tunesmith.serve")
 NAME_RE = re.compile(r"[A-Za-z0-9._:/-]{1,128}")
-
-
-@dataclass
-class ServeOptions:
-    model: str = "default"
-    served_name: str | None = None            # the id clients use for the base; default: --model as given
-    adapters: dict[str, str] = field(default_factory=dict)
-    adapter_dir: str | None = None
-    api_key: str | None = None
-    dtype: str = "fp32"
-    max_batch: int = 16
-    max_queue: int = 256
-    max_tokens_limit: int = 1024              # hard cap on max_tokens per request
-    default_max_tokens: int = 256
-    max_body_bytes: int = 1 << 20
-    request_timeout_s: float = 300.0
-    max_n: int = 8
-    traffic_log: str | None = None
 
 
 def _same_base(adapter_base: str | None, server_path: Path) -> bool:
@@ -50,10 +32,7 @@ def _same_base(adapter_base: str | None, server_path: Path) -> bool:
 
 class ServerState:
     def __init__(self, options: ServeOptions, model, tokenizer, base_path: Path):
-        from tunesmith.eval.generate import stop_token_ids
-        from tunesmith.serve.engine import Engine
-        from tunesmith.serve.fallback import PeftFallback
-        from tunesmith.serve.lora_batch import LoRABank
+        from tunesmith.generation import Engine, LoRABank, PeftFallback, stop_token_ids
         from tunesmith.serve.traffic import TrafficLog
 
         self.options = options

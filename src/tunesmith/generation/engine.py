@@ -1,4 +1,4 @@
-"""The batching engine: one thread, one base model, continuous batching with a KV cache.
+"""The continuous-batching engine: one thread, one base model, a KV cache shared by the running rows.
 
 Each loop iteration (1) runs queued commands (adapter load/unload) between forward passes, (2)
 admits waiting requests into the running batch, prefilling them as their own left-padded batch
@@ -7,8 +7,10 @@ each row with its own adapter (lora_batch) and sampling settings, and (4) drops 
 cancelled and timed-out rows from the batch and the cache. Rows therefore join and leave at token
 boundaries, as in vLLM, instead of waiting for the slowest request of a fixed batch.
 
-Requests for adapters that cannot be batched per row (the peft fallback) run as a batch of their
-own through peft's `generate`, between the per-row batches.
+Requests for adapters that cannot be batched per row go to a `FallbackPath` (the peft fallback),
+as a batch of their own between the per-row batches; it reports tokens back through the engine's
+row API (`accept`, `finish`, `fail`, `drop_if_expired`), so streaming, stop strings, timeouts and
+statistics work the same on both paths.
 """
 
 from __future__ import annotations
@@ -19,28 +21,39 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from typing import Protocol
 
 import torch
 
-from tunesmith.serve.detok import advance
-from tunesmith.serve.errors import APIError, queue_full
-from tunesmith.serve.request import Event, GenRequest
-from tunesmith.serve.sampling import choose_tokens
+from tunesmith.generation.batching import left_pad, pad_id, pad_left, positions
+from tunesmith.generation.cache import ModelCall, new_cache
+from tunesmith.generation.detok import advance
+from tunesmith.generation.errors import (
+    AdapterUnloaded,
+    EngineFailure,
+    EngineStopped,
+    GenerationError,
+    QueueFull,
+    RequestTimedOut,
+)
+from tunesmith.generation.request import Event, GenRequest
+from tunesmith.generation.sampling import choose_tokens
 
-log = logging.getLogger("tunesmith.serve")
+log = logging.getLogger("tunesmith.generation")
 
 
-def _pad_left(t: torch.Tensor, width: int, dim: int) -> torch.Tensor:
-    missing = width - t.shape[dim]
-    if missing <= 0:
-        return t
-    shape = list(t.shape)
-    shape[dim] = missing
-    return torch.cat([t.new_zeros(shape), t], dim=dim)
+class FallbackPath(Protocol):
+    """Decodes requests whose adapter the per-row LoRA stacks cannot hold (see generation.fallback)."""
+
+    def names(self) -> set[str]:
+        """The adapters it serves."""
+
+    def run(self, rows: list[GenRequest], engine: Engine) -> None:
+        """Decode `rows` (one adapter, one sampling setting) to the end, reporting through `engine`'s row API."""
 
 
 class Batch:
-    """The running rows, their KV cache (batch, heads, T, head_dim) per layer, and mask (batch, T)."""
+    """The running rows, their KV cache (B, heads, T, head_dim) per layer, and mask (B, T)."""
 
     def __init__(self):
         self.rows: list[GenRequest] = []
@@ -60,10 +73,10 @@ class Batch:
         width = max(self.mask.shape[1], mask.shape[1])
         layers = []
         for old, new in zip(self.cache.layers, cache.layers):
-            layers.append((torch.cat([_pad_left(old.keys, width, 2), _pad_left(new.keys, width, 2)]),
-                           torch.cat([_pad_left(old.values, width, 2), _pad_left(new.values, width, 2)])))
+            layers.append((torch.cat([pad_left(old.keys, width, 2), pad_left(new.keys, width, 2)]),
+                           torch.cat([pad_left(old.values, width, 2), pad_left(new.values, width, 2)])))
         self.cache = DynamicCache(ddp_cache_data=layers)
-        self.mask = torch.cat([_pad_left(self.mask, width, 1), _pad_left(mask, width, 1)])
+        self.mask = torch.cat([pad_left(self.mask, width, 1), pad_left(mask, width, 1)])
         self.rows += rows
         self.last += last
 
@@ -86,8 +99,20 @@ class Batch:
 
 
 class Engine:
+    """Continuous batching over `model` with per-row adapters from `bank` (a `LoRABank`).
+
+    From any thread: `start`, `stop`, `submit` (queue requests; their events arrive on each
+    request's `sink`), `call` (run a function on the engine thread between steps), `in_use`,
+    `load` (a snapshot of queue sizes and counters). Every request ends with exactly one final
+    `Event` (a finish reason, or an error that is a `GenerationError`), except one whose
+    `cancelled` is set: it is dropped silently, its client being gone.
+
+    Row API, for decoding paths that run rows outside the per-row batch (the fallback), called on
+    the engine thread: `accept` one sampled token, `finish` or `fail` a row, `drop_if_expired`.
+    """
+
     def __init__(self, model, tokenizer, bank, stop_ids: list[int], *, max_batch: int = 16,
-                 max_queue: int = 256, fallback=None):
+                 max_queue: int = 256, fallback: FallbackPath | None = None):
         self.model = model
         self.tokenizer = tokenizer
         self.bank = bank
@@ -95,8 +120,9 @@ class Engine:
         self.max_batch = max_batch
         self.max_queue = max_queue
         self.fallback = fallback
-        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        self.pad_id = pad_id(tokenizer)
         self.device = next(model.parameters()).device
+        self.forward = ModelCall(model)
         self.waiting: collections.deque[GenRequest] = collections.deque()
         self.commands: collections.deque = collections.deque()
         self.cv = threading.Condition()
@@ -105,7 +131,7 @@ class Engine:
         self._stopping = False
         self.thread = threading.Thread(target=self._loop, name="tunesmith-engine", daemon=True)
 
-    # -- called from the server's threads ------------------------------------------------------------
+    # -- called from any thread ----------------------------------------------------------------------
     def start(self) -> Engine:
         self.thread.start()
         return self
@@ -117,12 +143,12 @@ class Engine:
         self.thread.join(timeout=10)
 
     def submit(self, requests: list[GenRequest]) -> None:
-        """Queue all of `requests` (the n choices of one API call) or none of them."""
+        """Queue all of `requests` (the n choices of one API call) or none of them (EngineStopped, QueueFull)."""
         with self.cv:
             if self._stopping:
-                raise APIError(503, "The server is shutting down.", "server_error", "unavailable")
+                raise EngineStopped()
             if len(self.waiting) + len(requests) > self.max_queue:
-                raise queue_full(self.max_queue)
+                raise QueueFull(self.max_queue)
             self.waiting.extend(requests)
             self.cv.notify_all()
 
@@ -131,13 +157,14 @@ class Engine:
         future: concurrent.futures.Future = concurrent.futures.Future()
         with self.cv:
             if self._stopping:
-                future.set_exception(APIError(503, "The server is shutting down.", "server_error", "unavailable"))
+                future.set_exception(EngineStopped())
                 return future
             self.commands.append((fn, future))
             self.cv.notify_all()
         return future
 
     def in_use(self, adapter: str) -> bool:
+        """Whether a waiting or running request names `adapter`."""
         with self.cv:
             return any(r.adapter == adapter for r in list(self.waiting) + self.batch.rows)
 
@@ -145,6 +172,51 @@ class Engine:
         with self.cv:
             return {"running": len(self.batch), "waiting": len(self.waiting), "max_batch": self.max_batch,
                     "max_queue": self.max_queue, **self.stats}
+
+    # -- the row API (engine thread) -----------------------------------------------------------------------
+    def accept(self, row: GenRequest, token: int) -> None:
+        """Add one sampled token to `row`; send its text and, when the row is done, the final event."""
+        row.sampled += 1
+        self.stats["generated_tokens"] += 1
+        if token in self.stop_ids:
+            self.finish(row, "stop")
+            return
+        row.generated.append(token)
+        at_limit = row.sampled >= row.max_tokens
+        delta, stopped = advance(self.tokenizer, row, at_limit)
+        if delta:
+            row.sink(Event(row.index, delta))
+        if stopped:
+            self.finish(row, "stop", flush=False)
+        elif at_limit:
+            self.finish(row, "length")
+
+    def finish(self, row: GenRequest, reason: str, flush: bool = True) -> None:
+        """End `row` with `reason` ("stop" or "length"), first sending any text held back for stop strings."""
+        if flush and row.generated:
+            delta, _ = advance(self.tokenizer, row, at_limit=True)
+            if delta:
+                row.sink(Event(row.index, delta))
+        row.done = True
+        self.stats["completed"] += 1
+        row.sink(Event(row.index, finish_reason=reason, completion_tokens=row.sampled))
+
+    def fail(self, row: GenRequest, error: GenerationError) -> None:
+        """End `row` with `error` as its final event."""
+        row.done = True
+        row.sink(Event(row.index, error=error, completion_tokens=row.sampled))
+
+    def drop_if_expired(self, row: GenRequest, now: float) -> bool:
+        """True when `row` must not get another token: its client cancelled it (no event: nobody listens),
+        or it is past its deadline (it fails with RequestTimedOut here)."""
+        if row.cancelled.is_set():
+            self.stats["cancelled"] += 1
+            return True
+        if now > row.deadline:
+            self.stats["timed_out"] += 1
+            self.fail(row, RequestTimedOut(row.timeout_s))
+            return True
+        return False
 
     # -- the engine thread -----------------------------------------------------------------------------
     def _loop(self) -> None:
@@ -176,40 +248,29 @@ class Engine:
                 log.exception("engine step failed")
                 for row in self.batch.rows + admitted:
                     if not row.done:
-                        self._fail(row, APIError(500, f"generation failed: {type(exc).__name__}: {exc}",
-                                                 "server_error", "engine_error"))
+                        self.fail(row, EngineFailure(exc))
                 self.batch = Batch()
                 self.bank.clear_rows()
-        closing = APIError(503, "The server is shutting down.", "server_error", "unavailable")
         for row in list(self.waiting) + self.batch.rows:
-            self._fail(row, closing)
+            self.fail(row, EngineStopped())
         with self.cv:
             for _, future in self.commands:
-                future.set_exception(closing)
+                future.set_exception(EngineStopped())
             self.commands.clear()
 
-    def _expired(self, row: GenRequest, now: float) -> bool:
-        if row.cancelled.is_set():
-            self.stats["cancelled"] += 1
-            return True
-        if now > row.deadline:
-            self.stats["timed_out"] += 1
-            self._fail(row, APIError(504, f"The request timed out after {row.timeout_s:g} s.", "timeout", "timeout"))
-            return True
-        return False
-
     def _servable(self, row: GenRequest, fallback_names: set[str]) -> bool:
-        """False (and a 404 to the client) when its adapter was unloaded after the request was accepted."""
+        """False (and AdapterUnloaded to the client) when its adapter was unloaded after the request was accepted."""
         if row.adapter is None or row.adapter in self.bank.slot_of or row.adapter in fallback_names:
             return True
-        self._fail(row, APIError(404, f"The model '{row.adapter}' was unloaded.", "invalid_request_error", "model_not_found"))
+        self.fail(row, AdapterUnloaded(row.adapter))
         return False
 
     def _admit(self) -> tuple[list[GenRequest], bool]:
         fallback_names = self.fallback.names() if self.fallback else set()
         now = time.monotonic()
         with self.cv:
-            live = collections.deque(r for r in self.waiting if not self._expired(r, now) and self._servable(r, fallback_names))
+            live = collections.deque(r for r in self.waiting
+                                     if not self.drop_if_expired(r, now) and self._servable(r, fallback_names))
             self.waiting = live
             if not live:
                 return [], False
@@ -234,44 +295,33 @@ class Engine:
         return [0 if r.adapter is None else self.bank.slot_of[r.adapter] for r in rows]
 
     def _prefill(self, rows: list[GenRequest]) -> None:
-        from transformers import DynamicCache
-
-        width = max(len(r.prompt_ids) for r in rows)
-        ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
-        mask = torch.zeros((len(rows), width), dtype=torch.long)
-        for i, r in enumerate(rows):
-            ids[i, width - len(r.prompt_ids):] = torch.tensor(r.prompt_ids)
-            mask[i, width - len(r.prompt_ids):] = 1
-        ids, mask = ids.to(self.device), mask.to(self.device)
-        # Left padding: positions count real tokens only, so a padded row sees the same positions alone.
-        positions = (mask.cumsum(1) - 1).clamp(min=0)
+        ids, mask = left_pad([r.prompt_ids for r in rows], self.pad_id, self.device)    # (B, T)
+        cache = new_cache(self.model)
         self.bank.set_rows(self._slots(rows))
         try:
-            out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions,
-                             past_key_values=DynamicCache(config=self.model.config), use_cache=True, logits_to_keep=1)
+            logits = self.forward.last_logits(cache, input_ids=ids, attention_mask=mask, position_ids=positions(mask))
         finally:
             self.bank.clear_rows()
         self.stats["prefill_tokens"] += sum(len(r.prompt_ids) for r in rows)
-        tokens = choose_tokens(out.logits[:, -1], rows)
+        tokens = choose_tokens(logits, rows)
         first_new = len(self.batch)
-        self.batch.extend(rows, out.past_key_values, mask, tokens)
+        self.batch.extend(rows, cache, mask, tokens)
         # Only the new rows got a token here; the running ones get theirs in the decode step.
         self._after_sampling(first_new)
 
     def _decode(self) -> None:
         b = self.batch
-        ids = torch.tensor(b.last, dtype=torch.long, device=self.device)[:, None]
-        positions = b.mask.sum(1, keepdim=True)
+        ids = torch.tensor(b.last, dtype=torch.long, device=self.device)[:, None]      # (B, 1)
+        position_ids = b.mask.sum(1, keepdim=True)                                     # (B, 1)
         b.mask = torch.cat([b.mask, b.mask.new_ones(len(b), 1)], dim=1)
         self.bank.set_rows(self._slots(b.rows))
         try:
-            out = self.model(input_ids=ids, attention_mask=b.mask, position_ids=positions,
-                             past_key_values=b.cache, use_cache=True)
+            logits = self.forward.last_logits(b.cache, input_ids=ids, attention_mask=b.mask, position_ids=position_ids)
         finally:
             self.bank.clear_rows()
         self.stats["decode_steps"] += 1
         self.stats["decode_rows"] += len(b)
-        b.last = choose_tokens(out.logits[:, -1], b.rows)
+        b.last = choose_tokens(logits, b.rows)
         self._after_sampling(0)
 
     def _after_sampling(self, start: int) -> None:
@@ -280,41 +330,10 @@ class Engine:
         now = time.monotonic()
         keep = []
         for i, (row, token) in enumerate(zip(b.rows, b.last)):
-            if row.done or self._expired(row, now):
+            if row.done or self.drop_if_expired(row, now):
                 continue
             if i >= start:
                 self.accept(row, token)
             if not row.done:
                 keep.append(i)
         b.keep(keep)
-
-    # -- shared with the fallback path ---------------------------------------------------------------
-    def accept(self, row: GenRequest, token: int) -> None:
-        """Add one sampled token to `row`; send its text and, when the row is done, the final event."""
-        row.sampled += 1
-        self.stats["generated_tokens"] += 1
-        if token in self.stop_ids:
-            self._finish(row, "stop")
-            return
-        row.generated.append(token)
-        at_limit = row.sampled >= row.max_tokens
-        delta, stopped = advance(self.tokenizer, row, at_limit)
-        if delta:
-            row.sink(Event(row.index, delta))
-        if stopped:
-            self._finish(row, "stop", flush=False)
-        elif at_limit:
-            self._finish(row, "length")
-
-    def _finish(self, row: GenRequest, reason: str, flush: bool = True) -> None:
-        if flush and row.generated:
-            delta, _ = advance(self.tokenizer, row, at_limit=True)
-            if delta:
-                row.sink(Event(row.index, delta))
-        row.done = True
-        self.stats["completed"] += 1
-        row.sink(Event(row.index, finish_reason=reason, completion_tokens=row.sampled))
-
-    def _fail(self, row: GenRequest, error: Exception) -> None:
-        row.done = True
-        row.sink(Event(row.index, error=error, completion_tokens=row.sampled))

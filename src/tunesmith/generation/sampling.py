@@ -1,0 +1,78 @@
+"""Next-token choice from last-position logits.
+
+Two samplers, because two callers promise different things:
+- `sampler` is `model.generate`'s: its warpers in its order and one torch seed per batch, so the
+  virtual-token loop samples exactly as `generate` would for any other adapter (offline evaluation).
+- `choose_tokens` gives every row its own settings and `torch.Generator`, so a seeded API request
+  answers the same whatever else shares its batch (the server's engine).
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def default_top_k(model) -> int | None:
+    """The top_k `model.generate` samples with when the caller sets none (transformers' default is 50)."""
+    top_k = getattr(getattr(model, "generation_config", None), "top_k", None)
+    return 50 if top_k is None else top_k
+
+
+def sampler(temperature: float, top_p: float = 1.0, top_k: int | None = None):
+    """logits (B, V) -> token ids (B,): greedy at temperature 0, else `model.generate`'s sampling."""
+    if temperature <= 0:
+        return lambda logits: logits.argmax(dim=-1)
+    from transformers.generation.logits_process import (
+        LogitsProcessorList,
+        TemperatureLogitsWarper,
+        TopKLogitsWarper,
+        TopPLogitsWarper,
+    )
+
+    warpers = LogitsProcessorList()
+    if temperature != 1.0:
+        warpers.append(TemperatureLogitsWarper(temperature))
+    if top_k:
+        warpers.append(TopKLogitsWarper(top_k=top_k))
+    if top_p < 1.0:
+        warpers.append(TopPLogitsWarper(top_p=top_p))
+    return lambda logits: torch.multinomial(torch.softmax(warpers(None, logits), dim=-1), 1)[:, 0]
+
+
+def top_p_filter(probs: torch.Tensor, top_p: float) -> torch.Tensor:
+    """Keep the smallest set of tokens whose probability mass reaches top_p (always at least one)."""
+    if top_p >= 1.0:
+        return probs
+    sorted_p, order = probs.sort(descending=True)
+    mass_before = sorted_p.cumsum(-1) - sorted_p
+    sorted_p = torch.where(mass_before < top_p, sorted_p, torch.zeros_like(sorted_p))
+    kept = torch.zeros_like(probs).scatter(-1, order, sorted_p)
+    return kept / kept.sum(-1, keepdim=True)
+
+
+def choose_tokens(logits: torch.Tensor, rows) -> list[int]:
+    """logits (B, V) -> one token id per row, each row sampled with its own temperature, top_p and
+    generator (greedy where temperature is 0)."""
+    chosen = logits.argmax(-1).tolist()
+    for i, row in enumerate(rows):
+        if row.temperature > 0:
+            probs = torch.softmax(logits[i].float() / row.temperature, dim=-1)   # (V,)
+            probs = top_p_filter(probs, row.top_p)
+            chosen[i] = int(torch.multinomial(probs.cpu(), 1, generator=row.generator))
+    return chosen
+
+
+def generate_kwargs(max_new_tokens: int, pad: int, stops: list[int], temperature: float, top_p: float = 1.0,
+                    top_k: int | None = None) -> dict:
+    """Keyword arguments of `model.generate` for these settings.
+
+    Greedy decoding clears temperature/top_p/top_k explicitly: a model's generation_config may set
+    them, and transformers warns when sampling settings ride along with do_sample=False. When
+    sampling, `top_k` is passed as given; None switches top-k off (the OpenAI API has none).
+    """
+    kwargs = dict(max_new_tokens=max_new_tokens, pad_token_id=pad, eos_token_id=stops)
+    if temperature > 0:
+        kwargs.update(do_sample=True, temperature=temperature, top_p=top_p, top_k=top_k)
+    else:
+        kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
+    return kwargs

@@ -1,0 +1,64 @@
+"""Every error a route can raise, answered in OpenAI's shape {"error": {message, type, param, code}}.
+
+| raised                          | status | type / code                               |
+|---------------------------------|--------|-------------------------------------------|
+| APIError                        | its own| its own                                   |
+| GenerationError (the engine)    | its own| its own (429 queue_full, 503, 504 ...)    |
+| RequestValidationError (body)   | 400    | invalid_request_error / invalid_request   |
+| HTTPException (404 route, 405)  | its own| invalid_request_error / null              |
+| UserError (a bad adapter folder)| 400    | invalid_request_error / invalid_adapter   |
+| anything else (a bug)           | 500    | server_error / internal_error             |
+"""
+
+from __future__ import annotations
+
+from fastapi import FastAPI
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from tunesmith.errors import UserError
+from tunesmith.generation.errors import GenerationError
+from tunesmith.serve.errors import APIError, api_error, error_body
+
+
+def validation_message(errors: list[dict]) -> tuple[str, str | None]:
+    """(message, param) for the first of pydantic's errors on a request body: "messages: Field required"."""
+    first = errors[0] if errors else {}
+    loc = [str(p) for p in first.get("loc", []) if p != "body"]
+    field = ".".join(loc) or None
+    return (f"{field}: {first.get('msg', 'invalid request')}" if field else first.get("msg", "invalid request body")), field
+
+
+async def on_api_error(request, exc: APIError | GenerationError) -> JSONResponse:
+    error = api_error(exc)
+    return JSONResponse(error.body(), status_code=error.status)
+
+
+async def on_invalid_body(request, exc: RequestValidationError) -> JSONResponse:
+    message, field = validation_message(exc.errors())
+    return JSONResponse(error_body(message, "invalid_request_error", "invalid_request", field), status_code=400)
+
+
+async def on_http_error(request, exc: StarletteHTTPException) -> JSONResponse:
+    return JSONResponse(error_body(str(exc.detail), "invalid_request_error", None), status_code=exc.status_code)
+
+
+async def on_user_error(request, exc: UserError) -> JSONResponse:
+    return JSONResponse(error_body(str(exc), "invalid_request_error", "invalid_adapter"), status_code=400)
+
+
+async def on_bug(request, exc: Exception) -> JSONResponse:
+    # Starlette re-raises after this response is sent, so uvicorn still logs the traceback server-side;
+    # the client gets the OpenAI error shape (its SDK parses it) and no internals beyond the type.
+    return JSONResponse(error_body(f"Internal server error ({type(exc).__name__}); the server log has the details.",
+                                   "server_error", "internal_error"), status_code=500)
+
+
+def install(app: FastAPI) -> None:
+    app.add_exception_handler(APIError, on_api_error)
+    app.add_exception_handler(GenerationError, on_api_error)
+    app.add_exception_handler(RequestValidationError, on_invalid_body)
+    app.add_exception_handler(StarletteHTTPException, on_http_error)
+    app.add_exception_handler(UserError, on_user_error)
+    app.add_exception_handler(Exception, on_bug)

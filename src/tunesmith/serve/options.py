@@ -1,0 +1,30 @@
+"""The server's settings: one pydantic model, the single source of every default and description.
+
+`tunesmith serve` builds its command-line options from these fields (cli/options.py), so a new
+setting is one field here; Python callers pass the same names to `ServeOptions(...)`.
+"""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class ServeOptions(BaseModel):
+    # A misspelt keyword from Python is an error, not a silently ignored setting.
+    model_config = ConfigDict(extra="forbid")
+
+    model: str = Field("default", description="base model: 'default', an HF folder, a .gguf, a cached hub id")
+    served_name: str | None = Field(None, description="API id of the base model (default: the model as given)")
+    adapters: dict[str, str] = Field(default_factory=dict,
+                                     description="NAME=PATH of an adapter folder (repeatable); NAME is the API model id")
+    adapter_dir: str | None = Field(None, description="POST /v1/adapters may load adapters from this folder (and below) only")
+    api_key: str | None = Field(None, description="require 'Authorization: Bearer KEY' on every route but /health")
+    dtype: str = Field("fp32", description="fp32, bf16 or fp16")
+    max_batch: int = Field(16, description="rows decoded together in one forward pass")
+    max_queue: int = Field(256, description="waiting requests before 429")
+    max_tokens_limit: int = Field(1024, description="largest max_tokens a request may ask for")
+    default_max_tokens: int = Field(256, description="max_tokens when a chat request sets none")
+    max_body_bytes: int = Field(1 << 20, description="largest request body (413 above)")
+    request_timeout_s: float = Field(300.0, description="seconds before a request is abandoned (504)")
+    max_n: int = Field(8, description="largest n (choices per request) a request may ask for")
+    traffic_log: str | None = Field(None, description="append every chat answer to this JSONL file (messages format)")
