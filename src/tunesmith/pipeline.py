@@ -164,5 +164,15 @@ def evaluate_run(cfg: RunConfig, model, tokenizer, eval_samples, train_samples, 
     precision = resolve_precision(cfg.train.precision)
     result = run_eval(systems, tokenizer, eval_samples, cfg.eval, run_dir, train_pool=train_samples,
                       system_prompt=cfg.data.system_prompt, precision=precision, training=training,
-                      show_progress=show_progress, title=f"{cfg.method.name} fine-tune of {cfg.model.base}")
+                      events=_eval_events(show_progress), title=f"{cfg.method.name} fine-tune of {cfg.model.base}")
     return result.report
+
+
+def _eval_events(show_progress: bool):
+    # Stand-in until run events reach the pipeline: eval draws its bars through the CLI's listener.
+    if not show_progress:
+        return None
+    from tunesmith.cli.console import ConsoleDisplay
+    from tunesmith.events import Events
+
+    return Events(ConsoleDisplay())
