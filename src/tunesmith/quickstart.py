@@ -21,13 +21,5 @@ def quickstart_config(out_dir: str | Path, overrides: list[str] | None = None) -
     return validate(apply_overrides(raw, overrides or []), str(path))
 
 
-def before_after_rows(report: dict) -> list[tuple[str, ...]]:
-    metrics = report["metrics"]
-    rows = []
-    for name, entry in report["systems"].items():
-        rows.append((name, *(f"{entry[m]:.3f}" for m in metrics)))
-    return rows
-
-
 def run_quickstart(out_dir: str | Path, overrides: list[str] | None = None, **kwargs) -> RunResult:
     return run(quickstart_config(out_dir, overrides), **kwargs)
