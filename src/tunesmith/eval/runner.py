@@ -71,7 +71,7 @@ def run_eval(systems: list[SystemSpec], tokenizer, samples: list[Sample], cfg: E
                       lm_eval_args=lm_eval_args, out_dir=Path(out_dir))
     sections = [cls() for cls in registered()]
     sections = [s for s in sections if s.enabled(cfg)]
-    own_inputs = sum(section.prepare(ctx) for section in sections)
+    own_inputs = sum(section.prepare(ctx) or 0 for section in sections)
     if not chat and not texts and not own_inputs:
         raise DataError("nothing to evaluate: no chat or text examples in the eval data",
                         hint="pass a file of conversations (or raw text for perplexity), or eval.code_tasks")
@@ -105,7 +105,10 @@ def run_eval(systems: list[SystemSpec], tokenizer, samples: list[Sample], cfg: E
 
 def _add(ctx: EvalContext, result: SectionResult) -> SectionResult:
     for col in result.columns:
-        ctx.columns[col.name] = col
+        # A column no system has rows for (its section found nothing to score) would be an empty
+        # table column and could become the primary metric: leave it out.
+        if any(col.name in per_col for per_col in result.rows.values()):
+            ctx.columns[col.name] = col
     for system, per_col in result.rows.items():
         ctx.rows.setdefault(system, {}).update(per_col)
     return result
