@@ -27,7 +27,7 @@ def test_default_model_pass_at_k_in_the_sandbox(default_model_dir, tokenizer, tm
     tasks.write_text("".join(json.dumps(t) + "\n" for t in TASKS))
     cfg = EvalConfig(metrics=[], baselines=[], code_tasks=str(tasks), code_samples=4, pass_k=[1, 4],
                      temperature=0.7, max_new_tokens=48, regression=False, seed=1)
-    run_eval(build_systems(model, []), tokenizer, [], cfg, tmp_path / "out", show_progress=False)
+    run_eval(build_systems(model, []), tokenizer, [], cfg, tmp_path / "out")
     report = json.loads((tmp_path / "out" / "report.json").read_text())
     rows = [json.loads(line) for line in (tmp_path / "out" / "predictions.jsonl").read_text().splitlines()]
     counts = {t["id"]: sum(r["passed"] for r in rows if r["id"].startswith(t["id"] + "#")) for t in TASKS}

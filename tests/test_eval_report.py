@@ -77,7 +77,7 @@ def test_run_eval_report_numbers_match_recomputation(files, tuned, tokenizer, tm
     write_jsonl(tmp_path / "metrics.jsonl", [{"step": 1, "loss": 1.5}, {"step": 2, "loss": 1.0, "val_loss": 1.8},
                                              {"step": 3, "loss": 0.2}])
     result = run_eval(systems, tokenizer, samples, cfg, tmp_path, train_pool=load_samples(files["train"]),
-                      show_progress=False, training={"final_loss": 0.2, "best_val_loss": 1.8}, title="t")
+                      training={"final_loss": 0.2, "best_val_loss": 1.8}, title="t")
     report = json.loads((tmp_path / "report.json").read_text())
     for name in ("report.md", "predictions.jsonl", "report.png"):
         assert (tmp_path / name).stat().st_size > 0, name
@@ -270,7 +270,7 @@ def test_run_eval_missing_extra_fails_before_generation(tuned, tokenizer, files,
     monkeypatch.setitem(sys.modules, "sacrebleu", None)
     cfg = EvalConfig(metrics=["exact_match", "bleu"], baselines=[], regression=False)
     with pytest.raises(ConfigError, match="bleu needs the sacrebleu package"):
-        run_eval(build_systems(tuned, []), tokenizer, load_samples(files["test"]), cfg, tmp_path / "out", show_progress=False)
+        run_eval(build_systems(tuned, []), tokenizer, load_samples(files["test"]), cfg, tmp_path / "out")
     assert not (tmp_path / "out").exists()
 
 
@@ -343,7 +343,7 @@ def test_run_eval_code_tasks_pass_at_k_rows(files, tuned, tokenizer, tmp_path):
     cfg = EvalConfig(metrics=[], baselines=["zero-shot"], code_tasks=str(tasks), code_samples=3, pass_k=[1, 3],
                      temperature=0.8, max_new_tokens=8, regression=False, code_timeout_s=3.0)
     systems = build_systems(tuned, cfg.baselines)
-    run_eval(systems, tokenizer, [], cfg, tmp_path / "out", show_progress=False)
+    run_eval(systems, tokenizer, [], cfg, tmp_path / "out")
     report = json.loads((tmp_path / "out" / "report.json").read_text())
     assert report["metrics"] == ["pass@1", "pass@3"]
     assert report["code"]["tasks"] == 2 and report["code"]["samples_per_task"] == 3
@@ -369,5 +369,5 @@ def test_pass_k_larger_than_samples_is_rejected_before_generation(files, tuned, 
 
     cfg = EvalConfig(metrics=[], code_tasks=str(tasks), code_samples=2, pass_k=[5], temperature=0.8)
     with pytest.raises(ConfigError, match="eval.pass_k"):
-        run_eval(build_systems(tuned, []), tokenizer, [], cfg, tmp_path / "out", show_progress=False)
+        run_eval(build_systems(tuned, []), tokenizer, [], cfg, tmp_path / "out")
     assert not (tmp_path / "out").exists()

@@ -157,3 +157,4 @@ def evaluate_run(cfg: RunConfig, model, tokenizer, eval_samples, train_samples, 
                       system_prompt=cfg.data.system_prompt, precision=precision, training=training,
                       events=events, title=f"{cfg.method.name} fine-tune of {cfg.model.base}")
     return result.report
+

@@ -52,7 +52,8 @@ class Flag:
     """How one field appears on the command line where the generated spelling will not do.
 
     `names`: the flag and its aliases ("--model", "-m"; default --field-name); `envvar`: also read
-    from this environment variable; `metavar`: the placeholder in --help. `cli_type`: what typer
+    from this environment variable; `metavar`: the placeholder in --help; `help`: text appended to
+    the field's description (what only the command line needs to say, e.g. the choices). `cli_type`: what typer
     parses when it is not the field's own type, with `parse` turning that into the field's value
     and `format` turning the field's default into what --help shows and typer starts from (an
     empty default needs no `format`).
@@ -60,8 +61,9 @@ class Flag:
 
     def __init__(self, *names: str, envvar: str | None = None, cli_type: Any = None,
                  parse: Callable[[Any], Any] | None = None, format: Callable[[Any], Any] | None = None,
-                 metavar: str | None = None):
+                 metavar: str | None = None, help: str | None = None):
         self.names = names
+        self.help = help
         self.envvar = envvar
         self.cli_type = cli_type
         self.parse = parse
@@ -69,7 +71,7 @@ class Flag:
         self.metavar = metavar
 
 
-def comma_separated(*names: str, item: type = str, metavar: str | None = None) -> Flag:
+def comma_separated(*names: str, item: type = str, metavar: str | None = None, help: str | None = None) -> Flag:
     """A list field given as one comma-separated value (`--metrics bleu,rouge_l`, `--pass-k 1,5`)."""
     def parse(text: str | None) -> list:
         parts = [p.strip() for p in (text or "").split(",") if p.strip()]
@@ -80,7 +82,7 @@ def comma_separated(*names: str, item: type = str, metavar: str | None = None) -
             raise ConfigError(f"{flag}: expected comma-separated {item.__name__} values, got '{text}'") from None
 
     return Flag(*names, cli_type=str, parse=parse, format=lambda values: ",".join(str(v) for v in values),
-                metavar=metavar or f"{item.__name__.upper()},...")
+                metavar=metavar or f"{item.__name__.upper()},...", help=" ".join(t for t in ("(comma-separated)", help) if t))
 
 
 def flag_name(field: str) -> str:
@@ -140,7 +142,8 @@ def _option(name: str, info: FieldInfo, flag: Flag) -> _Option:
     if flag.parse is not None:
         parse, convert = flag.parse, to_value
         to_value = lambda v: parse(convert(v))  # noqa: E731
-    option = typer.Option(default, *names, help=info.description, envvar=flag.envvar, metavar=flag.metavar)
+    help_text = " ".join(t for t in (info.description, flag.help) if t)
+    option = typer.Option(default, *names, help=help_text, envvar=flag.envvar, metavar=flag.metavar)
     param = inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=option, annotation=cli_type)
     return _Option(name, param, to_value, names[0].split("/")[0])
 

@@ -274,9 +274,3 @@ def check_metrics(names: list[str]) -> None:
 def metric_rows(names: list[str], predictions: list[str], references: list[str]) -> dict[str, list]:
     check_metrics(names)
     return {n: METRICS[n].rows(predictions, references) for n in names}
-
-
-def score(names: list[str], predictions: list[str], references: list[str]) -> dict[str, list[float]]:
-    """Per-example scores of per-example metrics (kept for callers that want plain score lists)."""
-    check_metrics(names)
-    return {n: METRICS[n].rows(predictions, references) for n in names if METRICS[n].per_example}

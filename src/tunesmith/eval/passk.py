@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -103,18 +104,26 @@ class TaskResult:
     statuses: list[str]
 
 
-def run_programs(programs: list[str], limits: SandboxLimits, workers: int = 1) -> list[RunOutcome]:
+def run_programs(programs: list[str], limits: SandboxLimits, workers: int = 1,
+                 progress: Callable[[int], None] | None = None) -> list[RunOutcome]:
+    """Outcomes in the order of `programs`; `progress(1)` after each (from worker threads when workers > 1)."""
+    def run(p: str) -> RunOutcome:
+        outcome = run_python(p, limits)
+        if progress is not None:
+            progress(1)
+        return outcome
+
     if workers <= 1:
-        return [run_python(p, limits) for p in programs]
+        return [run(p) for p in programs]
     with ThreadPoolExecutor(workers) as pool:
-        return list(pool.map(lambda p: run_python(p, limits), programs))
+        return list(pool.map(run, programs))
 
 
 def score_tasks(tasks: list[CodeTask], completions: list[list[str]], ks: list[int], limits: SandboxLimits,
-                workers: int = 1) -> tuple[dict[str, float], list[TaskResult]]:
+                workers: int = 1, progress: Callable[[int], None] | None = None) -> tuple[dict[str, float], list[TaskResult]]:
     """pass@k per k (mean over tasks) and the per-task pass counts, from n completions per task."""
     flat = [program(t, c) for t, cs in zip(tasks, completions) for c in cs]
-    outcomes = iter(run_programs(flat, limits, workers))
+    outcomes = iter(run_programs(flat, limits, workers, progress))
     results = []
     for task, cs in zip(tasks, completions):
         runs = [next(outcomes) for _ in cs]

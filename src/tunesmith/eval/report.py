@@ -1,9 +1,14 @@
-"""Report files: report.json, report.md, predictions.jsonl and a bar chart."""
+"""Report files: report.json, report.md, predictions.jsonl and a bar chart.
+
+report.md is drawn from report.json alone, so a saved report renders again the same way; each
+section adds its own lines (see eval/sections/base.py), in the registry's order.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+from tunesmith.eval.sections import registered
 from tunesmith.io_utils import atomic_file, write_json, write_jsonl
 
 
@@ -44,51 +49,6 @@ def _details(report: dict) -> list[str]:
     return ["", "## Metric details", "", *lines] if lines else []
 
 
-def _judge(report: dict) -> list[str]:
-    j = report.get("judge")
-    if not j:
-        return []
-    lo, hi = j["win_rate_ci95"]
-    return ["", "## Judge", "",
-            f"Pairwise win rate of tuned against {j['baseline']} judged by {j['judge']}: **{j['win_rate']:.3f}** "
-            f"(95% CI {lo:.3f} to {hi:.3f}; {j['wins']} wins, {j['ties']} ties, {j['losses']} losses over {j['n']} pairs). "
-            f"Each pair was judged in both orders; {j['inconsistent']} pairs got opposite verdicts and count as ties "
-            "(ties count as half a win)."]
-
-
-def _regression(report: dict) -> list[str]:
-    r = report.get("regression")
-    if not r:
-        return []
-    if "skipped" in r:
-        return ["", "## Regression (forgetting)", "", f"Skipped: {r['skipped']}."]
-    qa, text = r["qa"], r["text"]
-    flag = "**possible catastrophic forgetting**: " + "; ".join(r["reasons"]) if r["flagged"] else "no forgetting flag"
-    return ["", "## Regression (forgetting)", "",
-            "Shipped general set, base vs tuned.", "",
-            "| check | base | tuned | change |", "|---|---|---|---|",
-            f"| general QA ({qa['metric']}, n={qa['n']}) | {qa['base']:.3f} | {qa['tuned']:.3f} | "
-            f"{qa['difference']:+.3f} [{qa['difference_ci95'][0]:+.3f}, {qa['difference_ci95'][1]:+.3f}] |",
-            f"| general-text perplexity ({text['n_tokens']} tokens) | {text['base_perplexity']:.2f} | "
-            f"{text['tuned_perplexity']:.2f} | {text['relative_change']:+.1%} |", "",
-            f"Thresholds: accuracy drop > {r['thresholds']['acc_drop']}, perplexity rise > "
-            f"{r['thresholds']['ppl_rise']:.0%}. Result: {flag}."]
-
-
-def _lm_eval(report: dict) -> list[str]:
-    r = report.get("lm_eval")
-    if not r:
-        return []
-    if "skipped" in r:
-        return ["", "## lm-evaluation-harness", "", f"Skipped: {r['skipped']}."]
-    lines = ["", "## lm-evaluation-harness", "", "| task | metric | base | tuned | difference ± stderr |", "|---|---|---|---|---|"]
-    for task, metrics in r["results"].items():
-        for key, v in metrics.items():
-            se = f" ± {v['stderr']:.3f}" if v["stderr"] is not None else ""
-            lines.append(f"| {task} | {key} | {v['base']:.3f} | {v['tuned']:.3f} | {v['difference']:+.3f}{se} |")
-    return lines
-
-
 def markdown(report: dict) -> str:
     lines = [f"# {report['title']}", ""]
     if "verdict" in report:
@@ -98,17 +58,14 @@ def markdown(report: dict) -> str:
               "(Wilson for 0/1 scores, bootstrap otherwise; comparisons are paired bootstraps).", ""]
     if "baseline_weights" in report:
         lines.append(f"Base systems: {report['baseline_weights']['note']}.")
-    if "perplexity" in report:
-        p = report["perplexity"]
-        scored = "; ".join(f"{k}: {v}" for k, v in p["scored"].items())
-        lines.append(f"Perplexity: sliding window of {p['window']} tokens, stride {p['stride']} ({scored}).")
-    if "code" in report:
-        c = report["code"]
-        lines.append(f"pass@k: {c['tasks']} tasks x {c['samples_per_task']} samples, unbiased estimator; each program "
-                     f"sandboxed ({', '.join(c['isolation'])}; {c['limits']['timeout_s']} s, {c['limits']['memory_mb']} MiB).")
+    sections = [cls() for cls in registered()]
+    for section in sections:
+        lines += section.notes(report)
     gen = report["generation"]
     lines.append("Generation: " + ", ".join(f"{k}={v}" for k, v in gen.items()))
-    lines += _details(report) + _judge(report) + _regression(report) + _lm_eval(report)
+    lines += _details(report)
+    for section in sections:
+        lines += section.markdown(report)
     if "training" in report:
         t = report["training"]
         lines += ["", "## Training", ""]

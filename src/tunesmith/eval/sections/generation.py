@@ -1,0 +1,55 @@
+"""Generation metrics: every system answers the chat examples; each metric of eval.metrics is a column.
+
+The replies are shared: the judge reads them (`ctx.predictions`) and annotates their rows
+(`ctx.chat_rows`), so the models generate once however many checks use the answers.
+"""
+
+from __future__ import annotations
+
+from tunesmith.config import EvalConfig
+from tunesmith.generation import generate
+from tunesmith.eval.metrics import METRICS, check_metrics
+from tunesmith.eval.sections.base import EvalContext, EvalSection, SectionResult, register
+from tunesmith.eval.systems import conversations
+from tunesmith.eval.table import metric_column
+
+
+def generate_for(ctx: EvalContext, model, convs: list[list[dict]], progress=None) -> list[str]:
+    """Replies with the evaluation's decoding settings (shared by every section that generates)."""
+    cfg = ctx.cfg
+    return generate(model, ctx.tokenizer, convs, max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size,
+                    temperature=cfg.temperature, top_p=cfg.top_p, seed=cfg.seed, system_prompt=ctx.system_prompt,
+                    precision=ctx.precision, progress=progress)
+
+
+@register
+class GenerationMetrics(EvalSection):
+    name = "generation"
+    order = 10
+
+    def enabled(self, cfg: EvalConfig) -> bool:
+        return bool(cfg.metrics)
+
+    def validate(self, cfg: EvalConfig) -> None:
+        check_metrics(cfg.metrics)
+
+    def run(self, ctx: EvalContext) -> SectionResult:
+        result = SectionResult()
+        if not ctx.chat:
+            return result
+        metrics, references = ctx.cfg.metrics, ctx.references
+        result.columns = [metric_column(m) for m in metrics]
+        for spec in ctx.systems:
+            convs = conversations(spec, ctx.chat, ctx.train_pool, ctx.cfg.seed)
+            with spec.active():
+                preds = generate_for(ctx, spec.model, convs, ctx.progress(spec.name, "generation", len(convs)))
+            ctx.predictions[spec.name] = preds
+            rows = {m: METRICS[m].rows(preds, references) for m in metrics}
+            result.rows[spec.name] = rows
+            per_example = [m for m in metrics if METRICS[m].per_example]
+            chat_rows = [{"system": spec.name, "id": s.id or s.source, "prompt": convs[i], "prediction": preds[i],
+                          "reference": references[i], "scores": {m: rows[m][i] for m in per_example}}
+                         for i, s in enumerate(ctx.chat)]
+            ctx.chat_rows[spec.name] = chat_rows
+            result.predictions += chat_rows
+        return result
