@@ -12,6 +12,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from tests.conftest import write_jsonl
 from tests.test_train_engine import make_config
 from tunesmith.cli import main
 from tunesmith.config import load_config
@@ -91,11 +92,16 @@ def test_a_resumed_run_reports_the_first_loss_of_the_whole_run(tmp_path, tiny_mo
 
 
 def test_the_best_checkpoint_is_kept_and_reported_without_early_stopping(tmp_path, tiny_model_dir, memo_data):
-    # A huge constant LR: validation loss improves once, then gets worse; keep_checkpoints=1 would
-    # otherwise prune the best, and step 2 or 6 is not a multiple of save_every at all.
-    cfg = load_config(make_config(tmp_path, tiny_model_dir, memo_data, "best", data={"val_split": 0.25},
-                                  train={"max_steps": 16, "batch_size": 4, "eval_every": 2, "lr": 0.3,
-                                         "scheduler": "constant", "save_every": 4, "keep_checkpoints": 1}))
+    # Validation answers the same prompts with text training never shows: the loss improves while the
+    # chat format is learnt, then worsens as the model commits to the training answers. (A huge LR
+    # did this on one CPU kind and kept improving on another.) keep_checkpoints=1 would otherwise
+    # prune the best, and a best at step 2 or 4 is not a multiple of save_every at all.
+    val = write_jsonl(tmp_path / "val.jsonl", [{"messages": [{"role": "user", "content": f"Code for item {i}?"},
+                                                             {"role": "assistant", "content": "no code, sorry"}]}
+                                               for i in range(16)])
+    cfg = load_config(make_config(tmp_path, tiny_model_dir, memo_data, "best", data={"val": str(val)},
+                                  train={"max_steps": 16, "batch_size": 4, "eval_every": 2, "lr": 1e-2,
+                                         "scheduler": "constant", "save_every": 8, "keep_checkpoints": 1}))
     result = run(cfg, events=Events()).train
     run_dir = tmp_path / "best"
     vals = [(r["step"], r["val_loss"]) for r in rows(run_dir) if "val_loss" in r]

@@ -7,11 +7,11 @@ The replies are shared: the judge reads them (`ctx.predictions`) and annotates t
 from __future__ import annotations
 
 from tunesmith.config import EvalConfig
-from tunesmith.generation import generate
 from tunesmith.eval.metrics import METRICS, check_metrics
 from tunesmith.eval.sections.base import EvalContext, EvalSection, SectionResult, register
 from tunesmith.eval.systems import conversations
 from tunesmith.eval.table import metric_column
+from tunesmith.generation import generate
 
 
 def generate_for(ctx: EvalContext, model, convs: list[list[dict]], progress=None) -> list[str]:
