@@ -14,6 +14,7 @@ from tunesmith.data.load import load_samples
 from tunesmith.data.tokenize import tokenize_all
 from tunesmith.methods import method_options, prepare_method
 from tunesmith.methods.snr import matrix_snr, mp_median
+from tunesmith.models import adapters_off
 
 
 @pytest.fixture(scope="module")
@@ -175,7 +176,7 @@ def test_bottleneck_starts_as_the_base_and_can_be_switched_off(tiny_model_dir, t
     model.eval()
     with torch.no_grad():
         assert (model(input_ids=ids).logits - base_logits).abs().max() > 1e-3
-        with model.disable_adapter():
+        with adapters_off(model):
             assert torch.equal(model(input_ids=ids).logits, base_logits)
 
 

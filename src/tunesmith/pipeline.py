@@ -21,7 +21,7 @@ from tunesmith.errors import UserError
 from tunesmith.events import Events, RunFailed, RunFinished, print_messages
 from tunesmith.io_utils import atomic_file, write_json
 from tunesmith.methods import check_run
-from tunesmith.models import load_model, load_tokenizer, resolve_base
+from tunesmith.models import has_adapter, load_model, load_tokenizer, resolve_base
 from tunesmith.run_dir import RunDir
 
 
@@ -147,7 +147,7 @@ def evaluate_run(cfg: RunConfig, model, tokenizer, eval_samples, train_samples, 
     from tunesmith.train.trainer import resolve_precision
 
     base_model = None
-    if cfg.eval.baselines and not hasattr(model, "disable_adapter"):
+    if cfg.eval.baselines and not has_adapter(model):
         base_model = load_model(resolve_base(cfg.model.base), dtype=cfg.model.dtype)
     systems = build_systems(model, cfg.eval.baselines, base_model=base_model, few_shot_k=cfg.eval.few_shot_k)
     training = {k: getattr(train_result, k) for k in

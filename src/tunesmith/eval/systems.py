@@ -16,6 +16,7 @@ from pathlib import Path
 
 from tunesmith.data.schema import Sample
 from tunesmith.errors import ConfigError
+from tunesmith.models.adapters import adapters_off, has_adapter
 
 SYSTEM_NAMES = {"zero-shot": "base_zero_shot", "few-shot": "base_few_shot", "tuned": "tuned"}
 
@@ -29,7 +30,7 @@ class SystemSpec:
 
     def active(self):
         """Context in which `model` behaves as this system (the adapter off for base systems)."""
-        return self.model.disable_adapter() if self.adapter_off else contextlib.nullcontext()
+        return adapters_off(self.model) if self.adapter_off else contextlib.nullcontext()
 
 
 def few_shot_messages(sample: Sample, pool: list[Sample], k: int, rng: random.Random) -> list[dict]:
@@ -53,9 +54,8 @@ def conversations(spec: SystemSpec, chat: list[Sample], pool: list[Sample] | Non
 
 
 def build_systems(tuned_model, baselines: list[str], base_model=None, few_shot_k: int = 3) -> list[SystemSpec]:
-    has_adapter = hasattr(tuned_model, "disable_adapter")
     base = base_model if base_model is not None else tuned_model
-    if base_model is None and not has_adapter and baselines:
+    if base_model is None and not has_adapter(tuned_model) and baselines:
         raise ValueError("baselines need the base model when the tuned model is not an adapter")
     out = []
     for b in baselines:
@@ -111,7 +111,7 @@ def base_and_tuned(systems: list[SystemSpec]) -> tuple[SystemSpec, SystemSpec] |
     base = next((s for s in systems if s.name.startswith("base_")), None)
     if base is not None:
         return SystemSpec("base", base.model, adapter_off=base.adapter_off), tuned
-    if hasattr(tuned.model, "disable_adapter"):
+    if has_adapter(tuned.model):
         return SystemSpec("base", tuned.model, adapter_off=True), tuned
     return None
 

@@ -10,7 +10,6 @@ re-applied to a fresh base by `load_bottleneck` (registered as the loader for th
 from __future__ import annotations
 
 import contextlib
-import functools
 import json
 from pathlib import Path
 from typing import Literal
@@ -21,6 +20,7 @@ from pydantic import Field
 from tunesmith.errors import ConfigError, UserError
 from tunesmith.methods.options import MethodOptions
 from tunesmith.methods.registry import Method, Prepared, register_loader, register_method, trainable_groups
+from tunesmith.models.adapters import register_adapter_switch, unwrap
 
 CONFIG_FILE = "bottleneck_config.json"
 WEIGHTS_FILE = "bottleneck_model.safetensors"
@@ -53,7 +53,7 @@ class BottleneckAdapter(torch.nn.Module):
 
 @contextlib.contextmanager
 def adapters_off(model):
-    """The base model's forward, as peft's `disable_adapter()`; evaluation uses it for baselines."""
+    """The base model's forward (models.adapters_off calls this for bottleneck models)."""
     adapters = [m for m in model.modules() if isinstance(m, BottleneckAdapter)]
     for m in adapters:
         m.enabled = False
@@ -62,6 +62,13 @@ def adapters_off(model):
     finally:
         for m in adapters:
             m.enabled = True
+
+
+def has_bottleneck(model) -> bool:
+    return any(isinstance(m, BottleneckAdapter) for m in model.modules())
+
+
+register_adapter_switch(has_bottleneck, adapters_off)
 
 
 def _after_block_hook(module, args, output):
@@ -83,7 +90,7 @@ def attach(model, size: int, activation: str) -> list[str]:
     from tunesmith.methods.full import decoder_layers
 
     hidden = model.config.hidden_size
-    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    inner = unwrap(model)
     dtype = next(model.parameters()).dtype
     device = next(model.parameters()).device
     placed = []
@@ -97,7 +104,6 @@ def attach(model, size: int, activation: str) -> list[str]:
             block.bottleneck = BottleneckAdapter(hidden, size, activation).to(device=device, dtype=dtype)
             block.register_forward_hook(_after_block_hook)
             placed.append(f"layers.{i}.{child}")
-    model.disable_adapter = functools.partial(adapters_off, model)
     return placed
 
 

@@ -23,6 +23,8 @@ import contextlib
 import torch
 import torch.nn.functional as F
 
+from tunesmith.models.adapters import unwrap
+
 NAME = "tunesmith_packed"
 
 
@@ -132,7 +134,7 @@ def register() -> None:
 
 def supports(model) -> bool:
     """Whether `packed_attention_for` can switch this model (peft wrapper or not) to packed attention."""
-    model = model.get_base_model() if hasattr(model, "get_base_model") else model
+    model = unwrap(model)
     config = getattr(model, "config", None)
     return config is not None and getattr(config, "_attn_implementation", None) in ("sdpa", "eager", NAME)
 
@@ -140,7 +142,7 @@ def supports(model) -> bool:
 @contextlib.contextmanager
 def packed_attention_for(model):
     """Switch `model` (a transformers model, possibly inside peft) to packed attention for the block."""
-    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    inner = unwrap(model)
     if not supports(inner):
         yield
         return

@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from tunesmith.data.tokenize import IGNORE
+from tunesmith.models.adapters import unwrap
 
 CHUNK = 1024  # (1024 x 49k vocab) fp32 logits = 200 MB live at a time
 
@@ -68,7 +69,7 @@ def linear_cross_entropy(hidden, weight, targets, chunk: int = CHUNK):
 
 def split_causal_lm(model):
     """(decoder, lm_head) of a causal LM, looking through a peft wrapper."""
-    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    inner = unwrap(model)
     if not hasattr(inner, "get_decoder") or inner.get_output_embeddings() is None:
         return None, None
     return inner.get_decoder(), inner.get_output_embeddings()
