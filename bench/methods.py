@@ -148,7 +148,7 @@ lists methods) holding:
    decorated with `@register_method`.
 
 Then one row in `CASES` (and its trainable-parameter formula in `FORMULAS`) of
-`tests/test_methods_matrix.py`, which fails until every registered method has one, and
+`tests/methods/test_matrix.py`, which fails until every registered method has one, and
 `python -m tunesmith.methods.docs` for the tables above.
 """
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.test_train_engine import make_config
+from tests.train.test_engine import make_config
 from tunesmith.config import load_config
 from tunesmith.errors import UserError
 from tunesmith.events import Events

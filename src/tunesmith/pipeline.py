@@ -6,7 +6,6 @@ library call that can be used on its own.
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,6 +21,7 @@ from tunesmith.events import Events, RunFailed, RunFinished, print_messages
 from tunesmith.io_utils import atomic_file, write_json
 from tunesmith.methods import check_run
 from tunesmith.models import has_adapter, load_model, load_tokenizer, resolve_base
+from tunesmith.quiet import foreign_warnings_ignored
 from tunesmith.run_dir import RunDir
 
 
@@ -107,10 +107,7 @@ class _Run:
         model = load_model(resolved, dtype=cfg.model.dtype, **method.load_options(cfg.method))
         if len(tokenizer) > model.get_input_embeddings().num_embeddings:
             model.resize_token_embeddings(len(tokenizer))
-        with warnings.catch_warnings():
-            # peft's get_peft_model reads transformers' deprecated `is_gradient_checkpointing`; there is
-            # no call of ours to update, and the FutureWarning would be the first thing a user reads.
-            warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+        with foreign_warnings_ignored():  # peft's wrapping warns about transformers internals (tunesmith.quiet)
             prepared = method.prepare(model, cfg.method, cfg.train.lr)
         events.message(f"method: {cfg.method.name}, {prepared.trainable_parameters():,} trainable parameters")
         metadata = {"base": cfg.model.base, "method": cfg.method.name} if prepared.kind == "adapter" else None

@@ -15,6 +15,7 @@ from rich.markup import escape
 
 from tunesmith.cli.common import app, err
 from tunesmith.errors import UserError
+from tunesmith.quiet import quiet_cli
 
 # Verb groups, in the order `tunesmith --help` lists them. A new group is one module and one name here.
 COMMAND_MODULES = ["run", "evaluate", "export", "serve", "methods", "spectrum", "config", "data"]
@@ -52,6 +53,7 @@ def _fail(message: str, hint: str | None, exit_code: int) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     argv, debug = split_debug(list(sys.argv[1:] if argv is None else argv))
+    quiet_cli()
     _load_commands()
     try:
         app(args=argv, prog_name="tunesmith", standalone_mode=True)

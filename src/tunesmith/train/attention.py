@@ -13,7 +13,7 @@ cost per SDPA call):
 
 Rows that hold a single example take the unmasked causal kernel. Padding forms its own segment, so
 it never mixes with real tokens. Every path equals transformers' masked attention
-(tests/test_train_loss.py).
+(tests/train/test_loss.py).
 """
 
 from __future__ import annotations

@@ -16,7 +16,7 @@ import openai
 import pytest
 import torch
 
-from tests.test_serve_api import chat, offline_answers
+from tests.serve.test_api import chat, offline_answers
 
 PROMPTS = ["Code for item 3?", "Hello there"]
 
@@ -62,11 +62,8 @@ def _trained_bottleneck(base_dir: Path, data: Path, run_dir: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def srv(tiny_model_dir, tokenizer, tmp_path_factory):
-    import sys
 
-    sys.path.insert(0, os.path.dirname(__file__))
-    from conftest import make_tiny_llama
-
+    from tests.conftest import make_tiny_llama
     from tunesmith.serve.server import BackgroundServer
     from tunesmith.serve.state import ServeOptions, build_state
 

@@ -1,5 +1,5 @@
 """The sandbox's guard is a real module (eval/sandbox_child.py): importing it changes nothing in the
-importing process, and it is what the sandbox runs (its behaviour is pinned in test_eval_passk.py)."""
+importing process, and it is what the sandbox runs (its behaviour is pinned in tests/eval/test_passk.py)."""
 
 from __future__ import annotations
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import warnings
 
-from tests.test_train_engine import make_config
+from tests.train.test_engine import make_config
 from tunesmith.config import load_config
 from tunesmith.events import Events
 from tunesmith.pipeline import run

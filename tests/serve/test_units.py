@@ -79,11 +79,8 @@ def test_dora_and_other_methods_take_the_fallback(adapters):
 
 
 def test_adapter_for_another_base_is_refused(tiny_model_dir, tokenizer, tmp_path, adapters):
-    import sys
 
-    sys.path.insert(0, os.path.dirname(__file__))
-    from conftest import make_tiny_llama
-
+    from tests.conftest import make_tiny_llama
     from tunesmith.models import load_model
     from tunesmith.serve.state import ServeOptions, ServerState
 

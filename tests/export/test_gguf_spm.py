@@ -17,8 +17,8 @@ import pytest
 import sentencepiece
 import torch
 
-from tests.test_export_gguf import gguf_logits
-from tests.test_export_helpers import torch_logits
+from tests.export.helpers import torch_logits
+from tests.export.test_gguf import gguf_logits
 from tunesmith.errors import UserError
 from tunesmith.export.gguf import export_gguf
 from tunesmith.export.llama_runtime import open_llama

@@ -21,7 +21,7 @@ from tunesmith.methods.options import SHARED_KEYS, option_keys
 from tunesmith.methods.registry import register_method, trainable_groups, unregister_method
 from tunesmith.quickstart import quickstart_config_path
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def error_of(raw: dict) -> str:
@@ -213,7 +213,7 @@ def test_a_registered_method_is_listed_and_prepared(toy_method, tiny_model_dir, 
 
 
 def test_the_method_matrix_requires_a_row_for_a_registered_method(toy_method):
-    from tests import test_methods_matrix
+    from tests.methods import test_matrix as test_methods_matrix
 
     with pytest.raises(AssertionError, match=r"add a CASES row .* for \['toy'\]"):
         test_methods_matrix.test_every_registered_method_is_in_the_matrix()

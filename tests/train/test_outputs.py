@@ -13,7 +13,7 @@ import torch
 from safetensors.torch import load_file
 
 from tests.conftest import write_jsonl
-from tests.test_train_engine import make_config
+from tests.train.test_engine import make_config
 from tunesmith.cli import main
 from tunesmith.config import load_config
 from tunesmith.errors import ConfigError, UserError

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.test_export_helpers import ids_for, make_adapter, torch_logits
+from tests.export.helpers import ids_for, make_adapter, torch_logits
 from tunesmith.errors import UserError
 from tunesmith.export.gguf import export_gguf
 from tunesmith.export.llama_runtime import open_llama

@@ -10,7 +10,7 @@ import pytest
 import torch
 from rich.console import Console
 
-from tests.test_train_engine import make_config
+from tests.train.test_engine import make_config
 from tunesmith.cli.console import ConsoleDisplay
 from tunesmith.config import load_config
 from tunesmith.errors import TrainingDiverged, UserError

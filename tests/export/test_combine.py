@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from tests.test_export_helpers import ids_for, make_adapter, torch_logits
+from tests.export.helpers import ids_for, make_adapter, torch_logits
 from tunesmith.errors import UserError
 from tunesmith.export.combine import combine_adapters
 
