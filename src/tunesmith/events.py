@@ -126,6 +126,9 @@ class Events:
 
 
 def print_messages(event: Event) -> None:
-    """The plainest listener: print Message lines, ignore the rest (library use without a CLI)."""
+    """The plainest listener: print Message lines and the eval verdict, ignore the rest (library use
+    without a CLI; the CLI's ConsoleDisplay leaves the verdict to the report table it prints last)."""
     if isinstance(event, Message):
         print(event.text)
+    elif isinstance(event, EvalFinished) and event.verdict:
+        print(event.verdict)

@@ -126,7 +126,6 @@ class _Run:
             eval_samples = load_samples(cfg.eval.data, cfg.data.format) if cfg.eval.data else val_samples
             if eval_samples:
                 report = evaluate_run(cfg, model, tokenizer, eval_samples, train_samples, result, run_dir.root, events)
-                events.message(report.get("verdict", ""))
             else:
                 events.message("eval: skipped (no eval.data, data.val or data.val_split)")
         merged_dir = None

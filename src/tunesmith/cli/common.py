@@ -33,7 +33,9 @@ def print_table(title: str, header: list[str], rows: list[tuple]) -> None:
 
 def print_report(report: dict) -> None:
     metrics = report["metrics"]
-    rows = [(name, *(f"{entry[m]:.3f}" for m in metrics)) for name, entry in report["systems"].items()]
+    # A section may score only some systems (pass@k needs code tasks, perplexity chats): "-" for the rest.
+    rows = [(name, *(f"{entry[m]:.3f}" if entry.get(m) is not None else "-" for m in metrics))
+            for name, entry in report["systems"].items()]
     print_table(f"{report['title']} (n={report['n_examples']})", ["system", *metrics], rows)
     if report.get("verdict"):
         out.print(f"[bold]{report['verdict']}[/bold]")
