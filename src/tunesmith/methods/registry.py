@@ -82,7 +82,48 @@ class Method:
         raise NotImplementedError
 
 
-METHODS: dict[str, Method] = {}
+class MethodTable(Mapping):
+    """name -> Method, in listing order. The method modules are imported on the first look-up, not
+    when the package is: the config and the CLI import this registry, and method modules import
+    torch and peft (seconds), which `--help` or `config init` must not wait for."""
+
+    def __init__(self):
+        self._methods: dict[str, Method] = {}
+        self._discovered = False
+
+    def _all(self) -> dict[str, Method]:
+        if not self._discovered:
+            self._discovered = True  # before importing: a module that looks a method up must not recurse
+            discover()
+        return self._methods
+
+    def __getitem__(self, name: str) -> Method:
+        return self._all()[name]
+
+    def __iter__(self):
+        return iter(self._all())
+
+    def __len__(self) -> int:
+        return len(self._all())
+
+    def add(self, method: Method) -> None:
+        self._methods[method.name] = method
+        listed = sorted(self._methods.values(), key=lambda m: (m.order, m.name))
+        self._methods = {m.name: m for m in listed}
+
+    def remove(self, name: str) -> None:
+        self._methods.pop(name, None)
+
+    def load(self) -> None:
+        """Import every method module (folder loaders and adapter switches register with them)."""
+        self._all()
+
+    def registered(self, name: str) -> Method | None:
+        """The method registered under `name` so far, without importing the rest."""
+        return self._methods.get(name)
+
+
+METHODS = MethodTable()
 
 
 def register_method(cls: type[Method]) -> type[Method]:
@@ -90,18 +131,15 @@ def register_method(cls: type[Method]) -> type[Method]:
         raise TypeError(f"{cls.__qualname__}: a registered method needs a name")
     if not (isinstance(cls.options, type) and issubclass(cls.options, MethodOptions)):
         raise TypeError(f"{cls.__qualname__}.options must be a MethodOptions subclass")
-    known = METHODS.get(cls.name)
+    known = METHODS.registered(cls.name)
     if known is not None and type(known).__qualname__ != cls.__qualname__:   # a reload is fine, a clash is not
         raise ValueError(f"method '{cls.name}' is registered twice ({type(known).__qualname__} and {cls.__qualname__})")
-    METHODS[cls.name] = cls()
-    listed = sorted(METHODS.values(), key=lambda m: (m.order, m.name))
-    METHODS.clear()
-    METHODS.update((m.name, m) for m in listed)
+    METHODS.add(cls())
     return cls
 
 
 def unregister_method(name: str) -> None:
-    METHODS.pop(name, None)
+    METHODS.remove(name)
 
 
 # `docs` is a script as well (`python -m tunesmith.methods.docs`); importing it beforehand makes runpy warn.
@@ -259,6 +297,7 @@ def folder_method(folder: Path) -> str | None:
 def load_trained(base_model, folder: str | Path):
     """Apply a saved adapter folder (PEFT layout or one of ours) to a freshly loaded base model."""
     folder = Path(folder)
+    METHODS.load()
     for marker, loader in LOADERS.items():
         if (folder / marker).is_file():
             return loader(base_model, folder)
@@ -296,6 +335,7 @@ def require_mergeable(folder: str | Path, action: str = "merged") -> None:
     name = folder_method(folder)
     peft_type = peft_adapter_type(folder)
     # Every registered folder format (bottleneck_config.json ...) adds layers of its own.
+    METHODS.load()
     unmergeable = [LOADER_METHODS.get(m, m) for m in LOADERS if (folder / m).is_file()]
     if peft_type in UNMERGEABLE_PEFT_TYPES:
         unmergeable.append(UNMERGEABLE_PEFT_TYPES[peft_type])
