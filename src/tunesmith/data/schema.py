@@ -13,13 +13,15 @@ class Sample:
 
     Chat data fills `messages` ([{"role", "content"}], ending with the assistant). Raw text for
     continued pre-training fills `text`. Preference pairs fill `messages` with the prompt turns and
-    `chosen` / `rejected` with the two candidate answers.
+    `chosen` / `rejected` with the two candidate answers. Unpaired feedback (KTO) is a chat whose
+    final assistant turn is the completion, with `label` True (desirable) or False (undesirable).
     """
 
     messages: list[dict] = field(default_factory=list)
     text: str | None = None
     chosen: str | None = None
     rejected: str | None = None
+    label: bool | None = None  # unpaired feedback: is the final assistant turn desirable?
     source: str = ""          # "FILE:LINE", for messages that point the user at their data
     id: str | None = None
 
@@ -29,6 +31,8 @@ class Sample:
             return "text"
         if self.chosen is not None:
             return "preference"
+        if self.label is not None:
+            return "unpaired"
         return "chat"
 
     def prompt_messages(self) -> list[dict]:
