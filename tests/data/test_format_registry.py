@@ -54,7 +54,9 @@ def cli(argv, capsys) -> tuple[int, str, str]:
 
 def test_detection_order_is_unchanged():
     order = [f.name for f in sorted(FORMATS.values(), key=lambda f: f.detect_rank)]
-    assert order == ["messages", "sharegpt", "preference", "alpaca", "prompt_completion", "text"]
+    # The preference formats (issue 16) are tried before the formats whose keys they also carry.
+    assert order == ["messages", "sharegpt", "preference", "openai_preference", "alpaca", "kto", "prompt_completion",
+                     "text"]
     # A preference pair that also carries a completion is read as a pair.
     assert detect_format({"prompt": "p", "completion": "c", "chosen": "a", "rejected": "b"}) == "preference"
 
@@ -77,7 +79,8 @@ def test_a_registered_format_is_accepted_detected_loaded_and_listed(qa_format, t
     odd = _write(tmp_path / "odd.jsonl", [{"query": "q"}])
     (problem,) = read_samples(odd).errors
     assert "expected one of: messages, conversations, instruction+output, prompt+completion, prompt+chosen+rejected, " \
-           "text, question+answer (or pass --format)" in str(problem)
+           "text, input+preferred_output+non_preferred_output, prompt+completion+label, question+answer " \
+           "(or pass --format)" in str(problem)
     with pytest.raises(DataError, match="use one of: auto, .*, qa"):
         read_samples(path, "qq")
 

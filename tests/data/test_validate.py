@@ -143,7 +143,8 @@ def test_undetectable_first_record_does_not_hide_the_rest(tmp_path, capsys):
     assert code == 1
     assert err.splitlines() == [
         f"{path}:1: (record): cannot tell the format from keys ['answer', 'question']; expected one of: messages, "
-        "conversations, instruction+output, prompt+completion, prompt+chosen+rejected, text (or pass --format)",
+        "conversations, instruction+output, prompt+completion, prompt+chosen+rejected, text, "
+        "input+preferred_output+non_preferred_output, prompt+completion+label (or pass --format)",
         f"{path}:3: (line): invalid JSON: Expecting value at column 15",
         f"{path}:4: messages[0].role: unknown role 'robot' (expected one of system, user, assistant)",
         f"{path}:5: messages: missing",

@@ -62,11 +62,18 @@ def _first_line(fmt) -> str:
 @data_app.command("validate")
 def data_validate(file: Path = FileArg, fmt: str = FormatOpt,
                   max_errors: int = typer.Option(0, help="stop after N errors (0 = report all)"),
+                  max_len: int | None = typer.Option(None, "--max-len", help="also check that every prompt fits in "
+                                                     "this many tokens (data.max_len), with --model's tokenizer"),
+                  model: str = ModelOpt, template: str = TemplateOpt,
                   as_json: bool = typer.Option(False, "--json", help="machine-readable output")):
     """Check every record; print FILE:LINE: field: problem. Exit 1 on errors (warnings do not fail)."""
     from tunesmith.data.load import read_samples
+    from tunesmith.errors import DataError
 
-    result = read_samples(file, fmt, max_errors=max_errors, keep=False)
+    if max_len is not None and max_len <= 0:
+        raise DataError(f"--max-len must be a positive number of tokens, got {max_len}")
+    tokenizer = _tokenizer(model, template) if max_len else None
+    result = read_samples(file, fmt, max_errors=max_errors, keep=False, tokenizer=tokenizer, max_len=max_len)
     if as_json:
         out.print_json(json.dumps({"format": result.format, "records": result.records, "valid": result.valid,
                                    "errors": [str(e) for e in result.errors],
@@ -162,7 +169,8 @@ def data_clean(file: Path = FileArg,
 @data_app.command("convert")
 def data_convert(file: Path = FileArg,
                  output: Path = typer.Option(..., "-o", "--output", help="output file (.jsonl, .json or .parquet)"),
-                 to: str = typer.Option(..., "--to", help="alpaca, chatml, sharegpt, prompt_completion, text or preference"),
+                 to: str = typer.Option(..., "--to", help="alpaca, chatml, sharegpt, prompt_completion, text, preference, openai_preference or kto "
+                                              "(a pair becomes two kto records)"),
                  fmt: str = FormatOpt):
     """Rewrite every record in another format (all or nothing)."""
     from tunesmith.data.convert import convert_file

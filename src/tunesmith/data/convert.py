@@ -15,7 +15,7 @@ from tunesmith.data.schema import Sample
 from tunesmith.data.writers import check_output, open_writer
 from tunesmith.errors import DataError
 
-TARGETS: dict[str, Callable[[Sample], dict]] = {}
+TARGETS: dict[str, Callable[[Sample], dict | list[dict]]] = {}
 
 
 def target(*names: str):
@@ -30,9 +30,13 @@ def _with_id(sample: Sample, record: dict) -> dict:
     return {"id": sample.id, **record} if sample.id is not None else record
 
 
+def _a(kind: str) -> str:
+    return f"an {kind}" if kind[0] in "aeiou" else f"a {kind}"
+
+
 def _chat_only(sample: Sample, name: str) -> None:
     if sample.kind != "chat":
-        raise FieldProblem("(record)", f"a {sample.kind} record cannot be written as {name}")
+        raise FieldProblem("(record)", f"{_a(sample.kind)} record cannot be written as {name}")
 
 
 def _single_turn(sample: Sample, name: str) -> tuple[str | None, str, str]:
@@ -79,17 +83,47 @@ def to_prompt_completion(sample: Sample) -> dict:
 @target("text")
 def to_text(sample: Sample) -> dict:
     if sample.kind != "text":
-        raise FieldProblem("(record)", f"a {sample.kind} record cannot be written as text")
+        raise FieldProblem("(record)", f"{_a(sample.kind)} record cannot be written as text")
     return _with_id(sample, {"text": sample.text})
+
+
+def _prompt_value(prompt: list[dict]):
+    """A single user turn as a plain string, anything longer as its list of messages."""
+    return prompt[0]["content"] if len(prompt) == 1 and prompt[0]["role"] == "user" else prompt
+
+
+def _pair_only(sample: Sample) -> None:
+    if sample.kind != "preference":
+        raise FieldProblem("(record)", f"{_a(sample.kind)} record has no chosen/rejected pair")
 
 
 @target("preference")
 def to_preference(sample: Sample) -> dict:
-    if sample.kind != "preference":
-        raise FieldProblem("(record)", f"a {sample.kind} record has no chosen/rejected pair")
-    prompt = sample.messages
-    value = prompt[0]["content"] if len(prompt) == 1 and prompt[0]["role"] == "user" else prompt
-    return _with_id(sample, {"prompt": value, "chosen": sample.chosen, "rejected": sample.rejected})
+    _pair_only(sample)
+    return _with_id(sample, {"prompt": _prompt_value(sample.messages), "chosen": sample.chosen,
+                             "rejected": sample.rejected})
+
+
+@target("openai_preference")
+def to_openai_preference(sample: Sample) -> dict:
+    _pair_only(sample)
+    return _with_id(sample, {"input": {"messages": sample.messages},
+                             "preferred_output": [{"role": "assistant", "content": sample.chosen}],
+                             "non_preferred_output": [{"role": "assistant", "content": sample.rejected}]})
+
+
+@target("kto")
+def to_kto(sample: Sample) -> dict | list[dict]:
+    """Unpaired feedback as it is; a preference pair becomes two records (chosen true, rejected false)."""
+    if sample.kind == "preference":
+        prompt = _prompt_value(sample.messages)
+        ids = [None, None] if sample.id is None else [f"{sample.id}:chosen", f"{sample.id}:rejected"]  # ids stay unique
+        return [{**({"id": i} if i is not None else {}), "prompt": prompt, "completion": answer, "label": label}
+                for i, answer, label in zip(ids, (sample.chosen, sample.rejected), (True, False))]
+    if sample.kind != "unpaired":
+        raise FieldProblem("(record)", f"{_a(sample.kind)} record has no label; kto needs unpaired feedback or pairs")
+    return _with_id(sample, {"prompt": _prompt_value(sample.prompt_messages()), "completion": sample.reference(),
+                             "label": sample.label})
 
 
 def convert_file(path: str | Path, out: str | Path, to: str, fmt: str = "auto", max_errors_shown: int = 20) -> dict:
@@ -110,9 +144,12 @@ def convert_file(path: str | Path, out: str | Path, to: str, fmt: str = "auto", 
                 except FieldProblem as exc:
                     problem = f"{item.file}:{item.line}: {exc.field}: {exc.message}"
                 else:
+                    # A target may turn one record into several (a pair into two kto records).
+                    records = record if isinstance(record, list) else [record]
                     if not n_errors:
-                        write(record)
-                        written += 1
+                        for r in records:
+                            write(r)
+                        written += len(records)
             if problem is not None:
                 n_errors += 1
                 if len(errors) < max_errors_shown:

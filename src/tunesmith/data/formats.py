@@ -138,25 +138,30 @@ class Messages(Format):
     role_map: dict[str, str] = {"developer": "system"}
 
     def parse(self, record: dict) -> Sample:
-        raw = record.get(self.keys[0])
-        if raw is None:
-            raise FieldProblem(self.keys[0], "missing")
-        if not isinstance(raw, list):
-            raise FieldProblem(self.keys[0], f"expected a list of messages, got {type(raw).__name__}")
-        messages = []
-        for i, m in enumerate(raw):
-            where = f"{self.keys[0]}[{i}]"
-            if not isinstance(m, dict):
-                raise FieldProblem(where, f"expected an object, got {type(m).__name__}")
-            if self.role_key not in m:
-                raise FieldProblem(f"{where}.{self.role_key}", "missing")
-            role = m[self.role_key]
-            if not isinstance(role, str):
-                raise FieldProblem(f"{where}.{self.role_key}", f"expected a string, got {type(role).__name__}")
-            content = _content(m.get(self.content_key), f"{where}.{self.content_key}")
-            messages.append({"role": self.role_map.get(role, role), "content": content})
+        messages = self.read_messages(record.get(self.keys[0]), self.keys[0])
         check_conversation(messages, self.keys[0])
         return Sample(messages=messages, id=_id(record))
+
+    @classmethod
+    def read_messages(cls, raw, field: str) -> list[dict]:
+        """A list of messages as [{"role", "content"}], each field named `field[i].key` in problems."""
+        if raw is None:
+            raise FieldProblem(field, "missing")
+        if not isinstance(raw, list):
+            raise FieldProblem(field, f"expected a list of messages, got {type(raw).__name__}")
+        messages = []
+        for i, m in enumerate(raw):
+            where = f"{field}[{i}]"
+            if not isinstance(m, dict):
+                raise FieldProblem(where, f"expected an object, got {type(m).__name__}")
+            if cls.role_key not in m:
+                raise FieldProblem(f"{where}.{cls.role_key}", "missing")
+            role = m[cls.role_key]
+            if not isinstance(role, str):
+                raise FieldProblem(f"{where}.{cls.role_key}", f"expected a string, got {type(role).__name__}")
+            content = _content(m.get(cls.content_key), f"{where}.{cls.content_key}")
+            messages.append({"role": cls.role_map.get(role, role), "content": content})
+        return messages
 
 
 @register
@@ -171,9 +176,62 @@ class ShareGPT(Messages):
                 "user": "user", "assistant": "assistant"}
 
 
+def check_prompt(messages: list[dict], field: str) -> None:
+    """The turns before an answer: known roles, no empty turn, a user message, ending with a user turn."""
+    if not messages:
+        raise FieldProblem(field, "empty conversation", empty=True)
+    for i, m in enumerate(messages):
+        if m["role"] not in ROLES:
+            raise FieldProblem(f"{field}[{i}].role", f"unknown role {m['role']!r} (expected one of {', '.join(ROLES)})")
+        if not m["content"].strip():
+            raise FieldProblem(f"{field}[{i}].content", "empty", empty=True)
+        if m["role"] == "system" and i != 0:
+            raise FieldProblem(f"{field}[{i}].role", "a system message may only come first")
+    if messages[-1]["role"] != "user":
+        raise FieldProblem(field, f"the prompt must end with the user turn the answers reply to (its last message "
+                                  f"is {messages[-1]['role']})")
+
+
+def _prompt(record: dict, key: str = "prompt") -> list[dict]:
+    """A prompt given as a string (one user turn) or as a list of messages (TRL's conversational form)."""
+    value = record.get(key)
+    if isinstance(value, list):
+        messages = Messages.read_messages(value, key)
+        check_prompt(messages, key)
+        return messages
+    if value is not None and not isinstance(value, str):
+        raise FieldProblem(key, f"expected a string or a list of messages, got {type(value).__name__}")
+    return [{"role": "user", "content": _text(record, key)}]
+
+
+def _answer(value, key: str) -> str:
+    """One answer: a string, or a list of messages ending with the assistant's (TRL's conversational
+    form; OpenAI's preference outputs), of which the last message is the answer."""
+    if value is None:
+        raise FieldProblem(key, "missing")
+    if isinstance(value, list):
+        if not value or not isinstance(value[-1], dict) or value[-1].get("role") != "assistant":
+            raise FieldProblem(key, "expected a string or a list of messages ending with an assistant message")
+        content = _content(value[-1].get("content"), f"{key}[{len(value) - 1}].content")
+        if not content.strip():
+            raise FieldProblem(f"{key}[{len(value) - 1}].content", "empty", empty=True)
+        return content
+    if not isinstance(value, str):
+        raise FieldProblem(key, f"expected a string or a list of messages, got {type(value).__name__}")
+    if not value.strip():
+        raise FieldProblem(key, "empty", empty=True)
+    return value
+
+
+def _pair(messages: list[dict], chosen: str, rejected: str, rejected_key: str, record: dict) -> Sample:
+    if chosen.strip() == rejected.strip():
+        raise FieldProblem(rejected_key, "same text as the chosen answer; a pair needs two different answers")
+    return Sample(messages=messages, chosen=chosen, rejected=rejected, id=_id(record))
+
+
 @register
 class Preference(Format):
-    """{"prompt": str | messages, "chosen": str, "rejected": str}: read and validated for DPO-style use."""
+    """{"prompt": str | messages, "chosen": str, "rejected": str}: a preference pair (DPO, ORPO)."""
 
     name = "preference"
     keys = ("prompt", "chosen", "rejected")
@@ -182,26 +240,59 @@ class Preference(Format):
     detect_order = 25
 
     def parse(self, record: dict) -> Sample:
-        prompt = record.get("prompt")
-        if isinstance(prompt, list):
-            messages = Messages().parse({"messages": prompt + [{"role": "assistant", "content": "x"}]}).messages[:-1]
-        else:
-            messages = [{"role": "user", "content": _text(record, "prompt")}]
-        return Sample(messages=messages, chosen=self._answer(record, "chosen"),
-                      rejected=self._answer(record, "rejected"), id=_id(record))
+        messages = _prompt(record)
+        return _pair(messages, _answer(record.get("chosen"), "chosen"), _answer(record.get("rejected"), "rejected"),
+                     "rejected", record)
+
+
+@register
+class OpenAIPreference(Format):
+    """{"input": {"messages": [...]}, "preferred_output": [...], "non_preferred_output": [...]}: OpenAI's preference JSONL."""
+
+    name = "openai_preference"
+    keys = ("input", "preferred_output", "non_preferred_output")
+    order = 70
+    detect_order = 26
+
+    def parse(self, record: dict) -> Sample:
+        given = record.get("input")
+        if given is None:
+            raise FieldProblem("input", "missing")
+        if not isinstance(given, dict):
+            raise FieldProblem("input", f"expected an object with \"messages\", got {type(given).__name__}")
+        # input.tools / input.parallel_tool_calls are accepted and not used: tool calls are not trained.
+        messages = Messages.read_messages(given.get("messages"), "input.messages")
+        check_prompt(messages, "input.messages")
+        return _pair(messages, self._output(record, "preferred_output"), self._output(record, "non_preferred_output"),
+                     "non_preferred_output", record)
 
     @staticmethod
-    def _answer(record: dict, key: str) -> str:
-        # TRL's conversational form gives each answer as a list of messages ending with the assistant.
+    def _output(record: dict, key: str) -> str:
         value = record.get(key)
-        if isinstance(value, list):
-            if not value or not isinstance(value[-1], dict) or value[-1].get("role") != "assistant":
-                raise FieldProblem(key, "expected a string or a list of messages ending with an assistant message")
-            content = _content(value[-1].get("content"), f"{key}[{len(value) - 1}].content")
-            if not content.strip():
-                raise FieldProblem(key, "empty", empty=True)
-            return content
-        return _text(record, key)
+        if isinstance(value, list) and len(value) > 1:
+            raise FieldProblem(key, f"expected one assistant message, got {len(value)} messages")
+        return _answer(value, key)
+
+
+@register
+class KTO(Format):
+    """{"prompt": str | messages, "completion": str, "label": true | false}: unpaired feedback (KTO)."""
+
+    name = "kto"
+    keys = ("prompt", "completion", "label")
+    order = 80
+    # Tried before prompt_completion, whose keys it also carries.
+    detect_order = 35
+
+    def parse(self, record: dict) -> Sample:
+        messages = _prompt(record)
+        completion = _answer(record.get("completion"), "completion")
+        label = record.get("label")
+        if label is None:
+            raise FieldProblem("label", "missing")
+        if not isinstance(label, bool):
+            raise FieldProblem("label", f"expected true or false, got {type(label).__name__} {label!r}")
+        return Sample(messages=[*messages, {"role": "assistant", "content": completion}], label=label, id=_id(record))
 
 
 @register

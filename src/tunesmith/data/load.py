@@ -123,15 +123,37 @@ def sample_warnings(sample: Sample, file: str, line: int) -> Iterator[Problem]:
             break
 
 
+def prompt_length_problem(sample: Sample, tokenizer, max_len: int, file: str, line: int) -> Problem | None:
+    """A prompt longer than `max_len` tokens (rendered with the chat template, as training renders it).
+
+    For a preference pair or unpaired feedback it is an error: no token of an answer would fit, so
+    the record can only be dropped. A chat is dropped or truncated by training as before (a warning).
+    """
+    from tunesmith.data.tokenize import prompt_ids
+
+    if sample.kind == "text" or not sample.messages:
+        return None
+    n = len(prompt_ids(tokenizer, sample.prompt_messages()))
+    if n <= max_len:
+        return None
+    if sample.kind in ("preference", "unpaired"):
+        return Problem(file, line, "prompt", f"{n} tokens, longer than max_len {max_len}: no token of the answer "
+                                             "would fit (shorten the prompt or raise data.max_len)")
+    return Problem(file, line, "messages", f"the turns before the last answer are {n} tokens, longer than max_len "
+                                           f"{max_len}: training drops or truncates this example", "warning")
+
+
 def empty_file_problem(scan: Scan) -> Problem:
     return Problem(scan.name, 1, "(file)", "no records: the file is empty" if not scan.path.is_dir()
                    else "no records: the folder holds no data (.txt/.md files or a saved datasets folder)")
 
 
-def read_samples(path: str | Path, fmt: str = "auto", max_errors: int = 0, keep: bool = True) -> LoadResult:
+def read_samples(path: str | Path, fmt: str = "auto", max_errors: int = 0, keep: bool = True, *,
+                 tokenizer=None, max_len: int | None = None) -> LoadResult:
     """Read everything, collecting problems rather than stopping at the first (max_errors=0: no cap).
 
-    keep=False counts valid samples without holding them (`data validate` on large files)."""
+    keep=False counts valid samples without holding them (`data validate` on large files). With a
+    tokenizer and `max_len`, prompts longer than max_len are reported too (`prompt_length_problem`)."""
     scan = Scan(path, fmt)
     result = LoadResult(format=scan.format)
     first_seen: dict[bytes, str] = {}
@@ -139,9 +161,14 @@ def read_samples(path: str | Path, fmt: str = "auto", max_errors: int = 0, keep:
         if item.problem is not None:
             result.problems.append(item.problem)
         else:
-            result.valid += 1
-            if keep:
-                result.samples.append(item.sample)
+            long_prompt = (prompt_length_problem(item.sample, tokenizer, max_len, item.file, item.line)
+                           if tokenizer is not None and max_len else None)
+            if long_prompt is not None:
+                result.problems.append(long_prompt)
+            if long_prompt is None or long_prompt.severity != "error":
+                result.valid += 1
+                if keep:
+                    result.samples.append(item.sample)
             result.problems.extend(sample_warnings(item.sample, item.file, item.line))
             # A 16-byte digest per record keeps this check cheap on large files.
             digest = hashlib.blake2b(exact_key(item.sample).encode(), digest_size=16).digest()

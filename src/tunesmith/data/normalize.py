@@ -58,6 +58,9 @@ def sample_parts(sample: Sample) -> list[tuple[str, str]]:
         parts.append(("text", sample.text))
     if sample.chosen is not None:
         parts += [("chosen", sample.chosen), ("rejected", sample.rejected or "")]
+    if sample.label is not None:
+        # The same completion marked desirable and undesirable is two different records, not a copy.
+        parts.append(("label", "desirable" if sample.label else "undesirable"))
     return parts
 
 

@@ -58,6 +58,9 @@ class Sample:
             # TRL's layout, which the preference format reads back (a "messages" key would not end
             # with the assistant and would fail validation).
             out["prompt"], out["chosen"], out["rejected"] = self.messages, self.chosen, self.rejected
+        elif self.label is not None:
+            # KTO's layout, which the kto format reads back.
+            out["prompt"], out["completion"], out["label"] = self.messages[:-1], self.messages[-1]["content"], self.label
         else:
             out["messages"] = self.messages
         return out

@@ -47,10 +47,21 @@ def _parquet(path: Path) -> Iterator[Callable[[dict], None]]:
 
     rows: list[dict] = []
     yield rows.append
+    # Columns from every row's keys (from_pylist would take only the first row's), missing = null.
+    keys = list(dict.fromkeys(k for row in rows for k in row))
+    try:
+        table = pa.table({k: [row.get(k) for row in rows] for k in keys})
+    except (pa.ArrowTypeError, pa.ArrowInvalid):
+        # A column holding strings in some rows and lists in others (a prompt as text or as messages).
+        for k in keys:
+            kinds = sorted({type(row[k]).__name__ for row in rows if row.get(k) is not None})
+            if len(kinds) > 1:
+                raise DataError(f"{path}: cannot write Parquet: column '{k}' holds {' and '.join(kinds)} values in "
+                                "different rows (Parquet keeps one type per column)",
+                                hint="write .jsonl or .json instead") from None
+        raise
     with atomic_file(path, "wb") as fh:
-        # Columns from every row's keys (from_pylist would take only the first row's), missing = null.
-        keys = list(dict.fromkeys(k for row in rows for k in row))
-        pq.write_table(pa.table({k: [row.get(k) for row in rows] for k in keys}), fh)
+        pq.write_table(table, fh)
 
 
 WRITERS = {".jsonl": _jsonl, ".ndjson": _jsonl, ".json": _json, ".parquet": _parquet}
