@@ -32,7 +32,8 @@ _FLAGS = {
 def evaluate(model: str = typer.Option("default", "--model", help="base model (see model.base)"),
              adapter: Path | None = typer.Option(None, "--adapter", help="adapter folder to evaluate"),
              data: Path | None = typer.Option(None, "--data", help="held-out data file (chats for generation "
-                                                 "metrics, raw text for perplexity)"),
+                                                 "metrics, preference pairs for preference accuracy too, raw text "
+                                                 "for perplexity)"),
              out_dir: Path = typer.Option(..., "-o", "--out", help="report folder"),
              train_data: Path | None = typer.Option(None, "--train-data", help="pool for few-shot examples"),
              quiet: bool = typer.Option(False, help="no progress bars"),
@@ -85,4 +86,12 @@ def evaluate(model: str = typer.Option("default", "--model", help="base model (s
         j = result.report["judge"]
         out.print(f"judge win rate vs {j['baseline']}: {j['win_rate']:.3f} "
                   f"(95% CI {j['win_rate_ci95'][0]:.3f} to {j['win_rate_ci95'][1]:.3f})")
+    pref = result.report.get("preference")
+    if pref and "skipped" not in pref:
+        lo, hi = pref["accuracy_ci95"]
+        out.print(f"preference accuracy of {pref['system']} (implicit reward against the reference model): "
+                  f"{pref['accuracy']:.3f} (95% CI {lo:.3f} to {hi:.3f}; {pref['n']} pairs, "
+                  f"mean margin {pref['margin_mean']:.3f})")
+    elif pref:
+        out.print(f"preference accuracy skipped: {pref['skipped']}")
     out.print(f"report: {out_dir / 'report.md'}")

@@ -62,19 +62,22 @@ def run_eval(systems: list[SystemSpec], tokenizer, samples: list[Sample], cfg: E
     out_dir/metrics.jsonl, where a training run writes it).
     """
     validate(cfg)
-    chat = [s for s in samples if s.kind == "chat"]
+    # A preference pair is also a chat example: its prompt is answered, with the chosen answer as reference.
+    chat = [s for s in samples if s.kind in ("chat", "preference")]
     texts = [s for s in samples if s.kind == "text"]
     if cfg.max_examples:
         chat, texts = chat[: cfg.max_examples], texts[: cfg.max_examples]
-    ctx = EvalContext(systems=list(systems), tokenizer=tokenizer, cfg=cfg, chat=chat, texts=texts,
+    pairs = [s for s in chat if s.kind == "preference"]
+    ctx = EvalContext(systems=list(systems), tokenizer=tokenizer, cfg=cfg, chat=chat, texts=texts, pairs=pairs,
                       train_pool=train_pool or [], system_prompt=system_prompt, precision=precision, events=events,
                       lm_eval_args=lm_eval_args, out_dir=Path(out_dir))
     sections = [cls() for cls in registered()]
     sections = [s for s in sections if s.enabled(cfg)]
     own_inputs = sum(section.prepare(ctx) or 0 for section in sections)
     if not chat and not texts and not own_inputs:
-        raise DataError("nothing to evaluate: no chat or text examples in the eval data",
-                        hint="pass a file of conversations (or raw text for perplexity), or eval.code_tasks")
+        raise DataError("nothing to evaluate: no chat, preference or text examples in the eval data",
+                        hint="pass a file of conversations or preference pairs (or raw text for perplexity), "
+                             "or eval.code_tasks")
     if cfg.compare_to and not any(s.name == "compare" for s in ctx.systems):
         tuned = next((s.model for s in ctx.systems if s.name == "tuned"), None)
         ctx.systems.append(load_compare_system(cfg.compare_to, tuned))

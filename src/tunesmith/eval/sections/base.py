@@ -45,6 +45,9 @@ class EvalContext:
     cfg: EvalConfig
     chat: list[Sample]                  # conversations (generation metrics, response perplexity, judge)
     texts: list[Sample]                 # raw text (perplexity)
+    # Preference pairs (preference accuracy). They are in `chat` too: their prompts are answered and
+    # judged like any other, with the chosen answer as the reference.
+    pairs: list[Sample] = field(default_factory=list)
     train_pool: list[Sample] = field(default_factory=list)
     system_prompt: str | None = None
     precision: str = "fp32"
