@@ -190,3 +190,25 @@ def data_split(file: Path = FileArg,
 
     summary = split_file(file, val, seed, out_dir, fmt)
     _plain(f"{summary['n_train']} -> {summary['train']}\n{summary['n_val']} -> {summary['val']}")
+
+
+@data_app.command("pairs")
+def data_pairs(run: Path = typer.Argument(..., help="an eval report folder (or training run) with judge verdicts, "
+                                                     "or its predictions.jsonl"),
+               output: Path = typer.Option(..., "-o", "--output", help="preference pairs (.jsonl, .json or .parquet)"),
+               as_json: bool = typer.Option(False, "--json", help="print the counts as JSON")):
+    """Preference pairs (prompt/chosen/rejected) from an eval's answers and judge verdicts, kept only
+    where the judge picked the same winner in both orders."""
+    from tunesmith.data.pairs import build_pairs
+
+    summary = build_pairs(run, output)
+    if as_json:
+        out.print_json(json.dumps(summary.as_dict()))
+        return
+    tuned, against = summary.systems
+    rows = [(f"kept: {name} answer chosen", n) for name, n in summary.chosen_by_system.items()]
+    rows += [(f"dropped: {reason.replace('_', ' ')}", n) for reason, n in summary.dropped.items() if n]
+    print_table(f"{summary.predictions}: {summary.judged} examples judged ({tuned} vs {against}"
+                + (f", judge {summary.judge}" if summary.judge else "") + f") -> {summary.kept} pairs",
+                ["", "count"], rows)
+    _plain(f"wrote {summary.kept} pairs to {output}")
