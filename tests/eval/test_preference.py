@@ -181,3 +181,14 @@ def test_cli_eval_on_a_preference_file(policy, tokenizer, tiny_model_dir, tmp_pa
     assert pref["margin_mean"] == pytest.approx(expected["margin_mean"], abs=1e-4)
     assert f"preference accuracy of tuned (implicit reward against the reference model): {pref['accuracy']:.3f}" \
            in " ".join(printed.split())
+
+
+def test_desirable_kto_records_are_answered_undesirable_ones_are_not(policy, tokenizer, tmp_path):
+    good = Sample(messages=[{"role": "user", "content": "Hi?"}, {"role": "assistant", "content": "Hello."}],
+                  label=True, id="good")
+    bad = Sample(messages=[{"role": "user", "content": "Hi?"}, {"role": "assistant", "content": "Go away."}],
+                 label=False, id="bad")
+    report = run_eval(build_systems(policy, ["zero-shot"]), tokenizer, [good, bad], EvalConfig(**CFG), tmp_path).report
+    assert report["n_examples"] == 1 and "preference" not in report
+    rows = [json.loads(line) for line in (tmp_path / "predictions.jsonl").read_text().splitlines()]
+    assert {(r["id"], r["reference"]) for r in rows} == {("good", "Hello.")}

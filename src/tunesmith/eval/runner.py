@@ -62,8 +62,9 @@ def run_eval(systems: list[SystemSpec], tokenizer, samples: list[Sample], cfg: E
     out_dir/metrics.jsonl, where a training run writes it).
     """
     validate(cfg)
-    # A preference pair is also a chat example: its prompt is answered, with the chosen answer as reference.
-    chat = [s for s in samples if s.kind in ("chat", "preference")]
+    # A preference pair is also a chat example: its prompt is answered, with the chosen answer as
+    # reference; so is unpaired feedback marked desirable (KTO data), with its completion as reference.
+    chat = [s for s in samples if s.kind in ("chat", "preference") or (s.kind == "unpaired" and s.label)]
     texts = [s for s in samples if s.kind == "text"]
     if cfg.max_examples:
         chat, texts = chat[: cfg.max_examples], texts[: cfg.max_examples]
