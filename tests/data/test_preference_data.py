@@ -61,8 +61,9 @@ def test_openai_preference_records_become_pairs(tmp_path):
 
 def test_kto_records_become_unpaired_samples_and_write_back(tmp_path):
     assert detect_format(KTO[0]) == "kto"
-    # prompt + completion alone is still a plain prompt/completion chat.
+    # prompt + completion alone, or with a label that is not true/false, is still a prompt/completion chat.
     assert detect_format({"prompt": "p", "completion": "c"}) == "prompt_completion"
+    assert detect_format({"prompt": "p", "completion": "c", "label": "positive"}) == "prompt_completion"
     src = _write(tmp_path / "kto.jsonl", KTO)
     samples = load_samples(src)
     assert [(s.kind, s.label, s.messages) for s in samples] == [
@@ -172,6 +173,7 @@ CASES = [
     ("kto_label_int", [GOOD_KTO, {"prompt": "Q?", "completion": "A.", "label": 1}],
      "2: label: expected true or false, got int 1"),
     ("kto_label_missing", [GOOD_KTO, {"prompt": "Q?", "completion": "A.", "label": None}], "2: label: missing"),
+    ("kto_label_missing_key", [GOOD_KTO, {"prompt": "Q?", "completion": "A."}], "2: label: missing"),
     ("kto_empty_completion", [GOOD_KTO, {"prompt": "Q?", "completion": "", "label": False}], "2: completion: empty"),
 ]
 

@@ -284,6 +284,11 @@ class KTO(Format):
     # Tried before prompt_completion, whose keys it also carries.
     detect_order = 35
 
+    def detect(self, record: dict) -> bool:
+        # Only a true/false label: prompt/completion data with a class-name "label" column stays
+        # prompt_completion, as it always was (`--format kto` reads it strictly).
+        return super().detect(record) and isinstance(record["label"], bool)
+
     def parse(self, record: dict) -> Sample:
         messages = _prompt(record)
         completion = _answer(record.get("completion"), "completion")
