@@ -54,6 +54,23 @@ def full_logp(model, ids: list[int], scored: list[bool]) -> float:
     return float(logp[torch.tensor(scored[1:])].sum())
 
 
+def test_only_the_final_answer_is_scored(tokenizer):
+    from tunesmith.data.tokenize import tokenize_sample
+    from tunesmith.eval.preference import answer_item
+
+    # The answer's tokens are the ones SFT would train on for a single-turn chat ...
+    ids, scored = answer_item(tokenizer, PAIRS[0].messages, PAIRS[0].chosen)
+    sft_ids, labels = tokenize_sample(tokenizer, Sample(messages=[*PAIRS[0].messages,
+                                                                  {"role": "assistant", "content": PAIRS[0].chosen}]))
+    assert ids == sft_ids and scored == [lab != -100 for lab in labels]
+    # ... and after a multi-turn prompt the earlier assistant turn ("Hi.") is context, not scored.
+    multi, multi_scored = answer_item(tokenizer, PAIRS[3].messages, "HI!")
+    single, single_scored = answer_item(tokenizer, [{"role": "user", "content": "x"}], "HI!")
+    answer = [t for t, s in zip(single, single_scored) if s]
+    assert [t for t, s in zip(multi, multi_scored) if s] == answer
+    assert sum(multi_scored) == len(answer) == 3   # "HI", "!" and the end-of-turn token
+
+
 def test_sequence_logps_equal_a_full_log_softmax_gather(policy, tokenizer):
     items = pair_items(tokenizer, PAIRS)
     assert len(items) == 2 * len(PAIRS) and len({len(ids) for ids, _ in items}) > 3  # padding is exercised

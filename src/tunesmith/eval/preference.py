@@ -22,17 +22,23 @@ from dataclasses import dataclass
 import torch
 
 from tunesmith.data.schema import Sample
-from tunesmith.data.tokenize import IGNORE, tokenize_sample
+from tunesmith.data.templates import assistant_spans
+from tunesmith.data.tokenize import with_system
 from tunesmith.eval import stats
 
 Item = tuple[list[int], list[bool]]   # token ids, and which positions are scored targets
 
 
 def answer_item(tokenizer, prompt: list[dict], answer: str, system_prompt: str | None = None) -> Item:
-    """Token ids of prompt + answer as training renders them, with the answer's tokens marked."""
-    ids, labels = tokenize_sample(tokenizer, Sample(messages=[*prompt, {"role": "assistant", "content": answer}]),
-                                  system_prompt=system_prompt)
-    return ids, [lab != IGNORE for lab in labels]
+    """Token ids of prompt + answer as training renders them, with the answer's tokens marked.
+
+    Only the final assistant turn is marked: earlier assistant turns of a multi-turn prompt are
+    context (tokenize_sample, for SFT, would train on them too)."""
+    messages = with_system([*prompt, {"role": "assistant", "content": answer}], system_prompt)
+    text, spans = assistant_spans(tokenizer, messages)
+    start, end = spans[-1]
+    enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    return enc["input_ids"], [e > s and start <= s < end for s, e in enc["offset_mapping"]]
 
 
 def pair_items(tokenizer, pairs: list[Sample], system_prompt: str | None = None) -> list[Item]:
