@@ -23,6 +23,7 @@ from tunesmith.data import formats as data_formats
 from tunesmith.errors import ConfigError
 from tunesmith.methods import registry as method_registry
 from tunesmith.methods.options import MethodOptions
+from tunesmith.train.objective_options import ObjectiveOptions, parse_objective_section
 
 
 class Section(BaseModel):
@@ -33,6 +34,9 @@ class ModelConfig(Section):
     base: str = Field("default", description="base model: 'default' (embedded SmolLM2-135M-Instruct), a local HF folder, a cached hub id, or a .gguf file")
     dtype: Literal["auto", "fp32", "bf16", "fp16"] = Field("fp32",
         description="dtype the base weights are loaded in (training mixed precision is train.precision)")
+    adapter: str | None = Field(None, description=(
+        "start from this trained adapter folder (a run's adapter/): training continues it; for dpo/kto it is also "
+        "the frozen reference. The method's options must match the adapter's (r, target_modules)"))
 
 
 class DataConfig(Section):
@@ -125,6 +129,8 @@ class RunConfig(Section):
     # SerializeAsAny: dumped as the chosen method's model, not as the bare base class.
     method: SerializeAsAny[MethodOptions] = Field(default_factory=lambda: method_registry.method_options(),
                                                   description="fine-tuning method")
+    objective: SerializeAsAny[ObjectiveOptions] = Field(default_factory=ObjectiveOptions,
+                                                         description="what is optimised: sft, or a preference objective (dpo, orpo, kto)")
     train: TrainConfig = Field(default_factory=TrainConfig, description="optimisation")
     eval: EvalConfig = Field(default_factory=EvalConfig, description="evaluation after training")
     output: OutputConfig = Field(default_factory=OutputConfig, description="where results go")
@@ -133,6 +139,11 @@ class RunConfig(Section):
     @classmethod
     def _method_options(cls, value):
         return method_registry.parse_method_section(value)
+
+    @field_validator("objective", mode="before")
+    @classmethod
+    def _objective_options(cls, value):
+        return parse_objective_section(value)
 
 
 # --- loading -----------------------------------------------------------------------------------
@@ -159,7 +170,7 @@ def _describe(err: dict, source: str) -> str:
     loc = tuple(err["loc"])
     key = ".".join(str(p) for p in loc)
     kind = err["type"]
-    if kind == "method_option":
+    if kind in ("method_option", "objective_option"):
         return f"{source}: {err['msg']}"
     if kind == "data_format":
         return f"{source}: {key}: {err['msg']}"
@@ -240,7 +251,7 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
 
 
 def _resolve_relative(raw: dict, base: Path) -> None:
-    for section, key in (("data", "train"), ("data", "val"), ("eval", "data"), ("eval", "code_tasks"), ("eval", "judge_prompt")):
+    for section, key in (("model", "adapter"), ("data", "train"), ("data", "val"), ("eval", "data"), ("eval", "code_tasks"), ("eval", "judge_prompt")):
         value = (raw.get(section) or {}).get(key)
         if value and not Path(value).is_absolute():
             candidate = base / value
@@ -273,8 +284,23 @@ def starter_yaml() -> str:
         out += [_key_line(key, sub) for key, sub in section_cls.model_fields.items()]
         if name == "method":
             out += _other_method_keys(section_cls)
+        if name == "objective":
+            out += _other_objective_keys(section_cls)
         out.append("")
     return "\n".join(out)
+
+
+def _other_objective_keys(shown: type[BaseModel]) -> list[str]:
+    from tunesmith.train.objective_options import OPTIONS
+
+    lines, seen = [], set(shown.model_fields)
+    for name, model in OPTIONS.items():
+        keys = {k: f for k, f in model.model_fields.items() if k not in seen}
+        if keys:
+            lines.append(f"  # with objective.name: {name}")
+            lines += [_key_line(k, f, indent="  #   ") for k, f in keys.items()]
+            seen.update(keys)
+    return lines
 
 
 def _other_method_keys(shown: type[BaseModel]) -> list[str]:

@@ -15,12 +15,12 @@ from tunesmith.config import RunConfig, dump_yaml
 from tunesmith.data.load import load_samples
 from tunesmith.data.schema import Sample
 from tunesmith.data.split import split_items
-from tunesmith.data.tokenize import tokenize_all
 from tunesmith.errors import UserError
 from tunesmith.events import Events, RunFailed, RunFinished, print_messages
 from tunesmith.io_utils import atomic_file, write_json
 from tunesmith.methods import check_run
 from tunesmith.models import has_adapter, load_model, load_tokenizer, resolve_base
+from tunesmith.models.start_adapter import drop_start_adapter, load_start_adapter
 from tunesmith.quiet import foreign_warnings_ignored
 from tunesmith.run_dir import RunDir
 
@@ -45,6 +45,19 @@ def load_data(cfg: RunConfig) -> tuple[list[Sample], list[Sample]]:
     if cfg.data.val:
         return train, load_samples(cfg.data.val, cfg.data.format)
     return split_samples(train, cfg.data.val_split, cfg.train.seed)
+
+
+def data_line(train_stats, val_stats, cfg: RunConfig) -> str:
+    """The run's one line about its data: kept examples and what was dropped, and why."""
+    dropped = [f"{getattr(train_stats, key)} {what}" for key, what in
+               (("dropped_overlong", f"dropped as longer than data.max_len={cfg.data.max_len}"),
+                ("truncated", f"truncated to data.max_len={cfg.data.max_len}"),
+                ("dropped_identical", "dropped with chosen = rejected"),
+                ("dropped_no_target", "dropped with nothing to train on"))
+               if getattr(train_stats, key, 0)]
+    unit = "pairs" if cfg.objective.name in ("dpo", "orpo") else "examples"
+    return (f"data: {train_stats.examples} train / {val_stats.examples} val {unit}"
+            + (f"; {', '.join(dropped)}" if dropped else "; none dropped"))
 
 
 def run(cfg: RunConfig, *, resume: bool = False, events: Events | None = None) -> RunResult:
@@ -75,6 +88,7 @@ class _Run:
         self.trainer = None
 
     def execute(self, resume: bool) -> RunResult:
+        from tunesmith.train.objectives import get_objective
         from tunesmith.train.trainer import Trainer
 
         cfg, events = self.cfg, self.events
@@ -94,14 +108,11 @@ class _Run:
         events.message(f"base model: {resolved.label} ({resolved.path})")
         tokenizer = load_tokenizer(resolved, cfg.data.template)
         train_samples, val_samples = load_data(cfg)
-        opts = dict(max_len=cfg.data.max_len, overlong=cfg.data.overlong, train_on_inputs=cfg.data.train_on_inputs,
-                    system_prompt=cfg.data.system_prompt)
-        train_set, train_stats = tokenize_all(tokenizer, train_samples, **opts)
-        val_set, val_stats = tokenize_all(tokenizer, val_samples, **opts)
+        objective_cls = get_objective(cfg.objective.name)
+        train_set, train_stats = objective_cls.tokenize(tokenizer, train_samples, cfg.data)
+        val_set, val_stats = objective_cls.tokenize(tokenizer, val_samples, cfg.data)
         write_json(run_dir.data_stats, {"train": train_stats.as_dict(), "val": val_stats.as_dict()})
-        events.message(f"data: {train_stats.examples} train / {val_stats.examples} val examples; "
-                       f"{train_stats.dropped_overlong} dropped and {train_stats.truncated} truncated "
-                       f"for data.max_len={cfg.data.max_len}")
+        events.message(data_line(train_stats, val_stats, cfg))
 
         torch.manual_seed(cfg.train.seed)
         model = load_model(resolved, dtype=cfg.model.dtype, **method.load_options(cfg.method))
@@ -110,9 +121,18 @@ class _Run:
         with foreign_warnings_ignored():  # peft's wrapping warns about transformers internals (tunesmith.quiet)
             prepared = method.prepare(model, cfg.method, cfg.train.lr)
         events.message(f"method: {cfg.method.name}, {prepared.trainable_parameters():,} trainable parameters")
+        if cfg.model.adapter:
+            load_start_adapter(prepared, cfg.model.adapter)
+            events.message(f"starting from the adapter {cfg.model.adapter}")
+            if getattr(cfg.objective, "reference", None) != "auto":
+                drop_start_adapter(prepared.model)   # only a reference needs the frozen copy
+        objective = objective_cls.for_run(prepared, tokenizer, cfg.data, cfg.objective)
+        reference = getattr(objective, "reference", None)
+        if reference is not None:
+            events.message(f"objective: {cfg.objective.name}; reference: {reference.describe}")
         metadata = {"base": cfg.model.base, "method": cfg.method.name} if prepared.kind == "adapter" else None
         trainer = self.trainer = Trainer(cfg.train, cfg.data, prepared, tokenizer, train_set, val_set, run_dir,
-                                         events=events, final_metadata=metadata)
+                                         events=events, objective=objective, final_metadata=metadata)
         result = trainer.fit(resume=resume)
         events.message(f"trained {result.steps} steps: loss {result.first_loss:.4f} -> {result.final_loss:.4f}, "
                        f"{result.tokens_per_s:.0f} tokens/s; saved {result.output_dir}")

@@ -62,7 +62,11 @@ def test_only_the_final_answer_is_scored(tokenizer):
     ids, scored = answer_item(tokenizer, PAIRS[0].messages, PAIRS[0].chosen)
     sft_ids, labels = tokenize_sample(tokenizer, Sample(messages=[*PAIRS[0].messages,
                                                                   {"role": "assistant", "content": PAIRS[0].chosen}]))
-    assert ids == sft_ids and scored == [lab != -100 for lab in labels]
+    # (the template's separator after the end-of-turn token is cut: it is never scored and comes after
+    # every scored token, so no log-prob changes)
+    n = len(ids)
+    assert ids == sft_ids[:n] and scored == [lab != -100 for lab in labels[:n]]
+    assert scored[-1] and all(lab == -100 for lab in labels[n:]) and len(sft_ids) - n <= 1
     # ... and after a multi-turn prompt the earlier assistant turn ("Hi.") is context, not scored.
     multi, multi_scored = answer_item(tokenizer, PAIRS[3].messages, "HI!")
     single, single_scored = answer_item(tokenizer, [{"role": "user", "content": "x"}], "HI!")

@@ -16,6 +16,7 @@ from tunesmith.errors import UserError
 from tunesmith.methods import get_method
 from tunesmith.models import load_model
 from tunesmith.train.loss import CausalLMLoss
+from tunesmith.train.objective_options import OPTIONS
 from tunesmith.train.objectives import OBJECTIVES, SFT, ObjectiveLoss, get_objective, register_objective
 from tunesmith.train.trainer import Trainer
 
@@ -78,6 +79,7 @@ def probe_objective():
     register_objective(_SFTWithProbe)
     yield "sft_probe"
     del OBJECTIVES["sft_probe"]
+    OPTIONS.pop("sft_probe", None)
 
 
 def test_an_objective_registered_in_a_test_trains_and_its_metric_is_token_weighted(

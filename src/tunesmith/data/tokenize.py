@@ -124,3 +124,122 @@ def tokenize_all(tokenizer, samples: list[Sample], *, max_len: int, overlong: st
         stats.target_tokens += example.n_targets
         stats.lengths.append(len(ids))
     return out, stats
+
+
+# --- answers scored on their own: preference pairs and unpaired feedback ---------------------------
+
+@dataclass
+class Answer:
+    """A prompt and one answer as token ids: `ids[start:]` is the answer (its end-of-turn token
+    included), each predicted from the tokens before it; nothing after the answer is kept."""
+
+    ids: list[int]
+    start: int
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    @property
+    def n_targets(self) -> int:
+        return len(self.ids) - self.start
+
+
+@dataclass
+class Pair:
+    chosen: Answer
+    rejected: Answer
+
+    def __len__(self) -> int:
+        return len(self.chosen) + len(self.rejected)
+
+
+@dataclass
+class Feedback:
+    """Unpaired feedback (KTO): one answer and whether it is desirable."""
+
+    answer: Answer
+    desirable: bool
+
+    def __len__(self) -> int:
+        return len(self.answer)
+
+
+def tokenize_answer(tokenizer, prompt: list[dict], answer: str, system_prompt: str | None = None) -> Answer:
+    """The conversation `prompt` + `answer` rendered as training renders it, the final assistant
+    turn's tokens as the answer. Earlier assistant turns of a multi-turn prompt are context."""
+    messages = with_system([*prompt, {"role": "assistant", "content": answer}], system_prompt)
+    text, spans = assistant_spans(tokenizer, messages)
+    begin, end = spans[-1]
+    enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    offsets = enc["offset_mapping"]
+    # The first token that reaches into the answer starts it (a token merged across the boundary
+    # counts as the answer's); tokens after the end-of-turn (the template's separator) are cut.
+    start = next((j for j, (s, e) in enumerate(offsets) if e > begin), len(offsets))
+    stop = next((j for j, (s, e) in enumerate(offsets) if s >= end and e > s), len(offsets))
+    return Answer(enc["input_ids"][:stop], max(start, 1))   # token 0 has nothing before it to predict it
+
+
+@dataclass
+class AnswerStats:
+    examples: int = 0
+    dropped_overlong: int = 0
+    dropped_identical: int = 0
+    dropped_no_target: int = 0
+    tokens: int = 0
+    target_tokens: int = 0
+    lengths: list[int] = field(default_factory=list)
+
+    def as_dict(self) -> dict:
+        return {k: v for k, v in self.__dict__.items() if k != "lengths"}
+
+
+def tokenize_pairs(tokenizer, samples: list[Sample], *, max_len: int,
+                   system_prompt: str | None = None) -> tuple[list[Pair], AnswerStats]:
+    """Preference samples as token pairs. A pair where either side is longer than `max_len` is
+    dropped (cutting one answer short would make the comparison about length); so is a pair whose
+    two answers tokenize the same (there is nothing to prefer)."""
+    stats, out = AnswerStats(), []
+    for s in samples:
+        pair = Pair(tokenize_answer(tokenizer, s.messages, s.chosen, system_prompt),
+                    tokenize_answer(tokenizer, s.messages, s.rejected, system_prompt))
+        if max(len(pair.chosen), len(pair.rejected)) > max_len:
+            stats.dropped_overlong += 1
+            continue
+        if pair.chosen.ids == pair.rejected.ids:
+            stats.dropped_identical += 1
+            continue
+        if not pair.chosen.n_targets or not pair.rejected.n_targets:
+            stats.dropped_no_target += 1
+            continue
+        out.append(pair)
+        stats.examples += 1
+        stats.tokens += len(pair)
+        stats.target_tokens += pair.chosen.n_targets + pair.rejected.n_targets
+        stats.lengths.append(len(pair))
+    return out, stats
+
+
+def tokenize_feedback(tokenizer, samples: list[Sample], *, max_len: int,
+                      system_prompt: str | None = None) -> tuple[list[Feedback], AnswerStats]:
+    """Unpaired feedback as token ids; preference pairs count as one desirable and one undesirable
+    answer (KTO trains on pairs too)."""
+    stats, out = AnswerStats(), []
+    for s in samples:
+        if s.kind == "preference":
+            items = [(s.messages, s.chosen, True), (s.messages, s.rejected, False)]
+        else:
+            items = [(s.prompt_messages(), s.reference(), bool(s.label))]
+        for prompt, answer, desirable in items:
+            tokens = tokenize_answer(tokenizer, prompt, answer, system_prompt)
+            if len(tokens) > max_len:
+                stats.dropped_overlong += 1
+                continue
+            if not tokens.n_targets:
+                stats.dropped_no_target += 1
+                continue
+            out.append(Feedback(tokens, desirable))
+            stats.examples += 1
+            stats.tokens += len(tokens)
+            stats.target_tokens += tokens.n_targets
+            stats.lengths.append(len(tokens))
+    return out, stats

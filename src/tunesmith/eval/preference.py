@@ -22,23 +22,18 @@ from dataclasses import dataclass
 import torch
 
 from tunesmith.data.schema import Sample
-from tunesmith.data.templates import assistant_spans
-from tunesmith.data.tokenize import with_system
+from tunesmith.data.tokenize import tokenize_answer
 from tunesmith.eval import stats
 
 Item = tuple[list[int], list[bool]]   # token ids, and which positions are scored targets
 
 
 def answer_item(tokenizer, prompt: list[dict], answer: str, system_prompt: str | None = None) -> Item:
-    """Token ids of prompt + answer as training renders them, with the answer's tokens marked.
-
-    Only the final assistant turn is marked: earlier assistant turns of a multi-turn prompt are
-    context (tokenize_sample, for SFT, would train on them too)."""
-    messages = with_system([*prompt, {"role": "assistant", "content": answer}], system_prompt)
-    text, spans = assistant_spans(tokenizer, messages)
-    start, end = spans[-1]
-    enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
-    return enc["input_ids"], [e > s and start <= s < end for s, e in enc["offset_mapping"]]
+    """Token ids of prompt + answer as training renders them (data.tokenize.tokenize_answer, the same
+    tokens DPO trains on), with the answer's tokens marked. Only the final assistant turn is the
+    answer: earlier assistant turns of a multi-turn prompt are context."""
+    item = tokenize_answer(tokenizer, prompt, answer, system_prompt)
+    return item.ids, [j >= item.start for j in range(len(item.ids))]
 
 
 def pair_items(tokenizer, pairs: list[Sample], system_prompt: str | None = None) -> list[Item]:

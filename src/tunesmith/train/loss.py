@@ -107,6 +107,63 @@ def causal_lm_nll(model, input_ids, position_ids, targets, fast: bool = True):
     return F.cross_entropy(logits[mask].float(), targets[mask], reduction="sum"), n
 
 
+class LinearTokenLogp(torch.autograd.Function):
+    """log softmax(h_i @ W^T)[t_i] per row, for a frozen head W, with d/dh computed in the forward pass.
+
+    A preference loss weighs each sequence's log-prob differently, so the per-token values are
+    needed (not their sum as in `LinearCrossEntropy`); each depends only on its own row, so the
+    gradient is saved per row, (onehot - softmax) @ W, and backward scales it by grad_out.
+    """
+
+    @staticmethod
+    def forward(ctx, hidden, weight, targets, compute_dtype, chunk):
+        needs_h = hidden.requires_grad
+        h = hidden.detach().to(compute_dtype)
+        w = weight.detach().to(compute_dtype)
+        out = torch.empty(h.shape[0], dtype=torch.float32, device=hidden.device)
+        grad_h = torch.empty_like(hidden) if needs_h else None
+        for start in range(0, h.shape[0], chunk):
+            hc, tc = h[start:start + chunk], targets[start:start + chunk]
+            logits = (hc @ w.t()).float()                       # (n, V)
+            lse = torch.logsumexp(logits, dim=-1)               # (n,)
+            out[start:start + chunk] = logits.gather(1, tc[:, None]).squeeze(1) - lse
+            if needs_h:
+                g = logits.sub_(lse[:, None]).exp_().neg_()     # -softmax ...
+                g[torch.arange(tc.shape[0], device=tc.device), tc] += 1.0   # ... + onehot = d logp / d logits
+                grad_h[start:start + chunk] = (g.to(compute_dtype) @ w).to(hidden.dtype)
+        if needs_h:
+            ctx.save_for_backward(grad_h)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        (grad_h,) = ctx.saved_tensors
+        return grad_h * grad_out[:, None].to(grad_h.dtype), None, None, None, None
+
+
+def target_logps(model, input_ids, position_ids, targets, fast: bool = True) -> torch.Tensor:
+    """(n,) float32 log-probability of each target token of (R, L) rows, in row-major order of the
+    positions where `targets` is not IGNORE; differentiable. The same two paths as `causal_lm_nll`:
+    decoder + target-only head, or the model's own forward."""
+    mask = targets != IGNORE                     # (R, L)
+    t = targets[mask]                            # (n,)
+    decoder, head = split_causal_lm(model) if fast else (None, None)
+    if decoder is not None:
+        hidden = decoder(input_ids=input_ids, position_ids=position_ids, use_cache=False).last_hidden_state  # (R, L, H)
+        h = hidden[mask]                         # (n, H)
+        if _plain_head(head) and not head.weight.requires_grad:
+            device = h.device.type
+            dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else h.dtype
+            with torch.autocast(device, enabled=False):
+                return LinearTokenLogp.apply(h, head.weight, t, dtype, CHUNK)
+        parts = [head(h[s:s + CHUNK]).float().log_softmax(-1).gather(1, t[s:s + CHUNK, None]).squeeze(1)
+                 for s in range(0, h.shape[0], CHUNK)]
+        return torch.cat(parts) if parts else h.new_zeros(0, dtype=torch.float32)
+    logits = model(input_ids=input_ids, position_ids=position_ids, use_cache=False).logits  # (R, P + L, V)
+    logits = logits[:, -input_ids.shape[1]:][mask].float()     # (n, V): virtual tokens' logits dropped
+    return logits.log_softmax(-1).gather(1, t[:, None]).squeeze(1)
+
+
 class CausalLMLoss(torch.nn.Module):
     """A causal LM whose forward returns (sum of target-token NLL, number of targets): `causal_lm_nll`
     as a module (the SFT objective calls the function; tests and the throughput bench use this)."""

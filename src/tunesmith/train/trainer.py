@@ -142,6 +142,8 @@ class Trainer:
         if self.acc.is_main_process:
             self.logbook = Logbook(self.run_dir)
             self.events = Events(self.logbook, *([events.emit] if events is not None else []))
+            for listener in self.objective.listeners(self.events):
+                self.events.add(listener)
         else:
             self.logbook, self.events = None, Events()
 
@@ -332,6 +334,7 @@ class Trainer:
             start = state["step"]
             first_loss, last_loss = self._losses_before(state)
         self.steps_done = start
+        self.objective.started(start)
         self.events.emit(TrainStarted(self.total_steps, start))
         tokens = row_tokens = 0.0
         t0 = time.perf_counter()

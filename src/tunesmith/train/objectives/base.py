@@ -24,6 +24,7 @@ from typing import Any, ClassVar, NamedTuple
 import torch
 
 from tunesmith.errors import UserError
+from tunesmith.train.objective_options import ObjectiveOptions
 
 
 class ObjectiveLoss(NamedTuple):
@@ -38,11 +39,27 @@ class Objective:
     # Metrics the objective logs per step besides `loss` (metrics.jsonl columns); () keeps the hot
     # path free of any per-metric reduction.
     metric_names: ClassVar[tuple[str, ...]] = ()
+    options: ClassVar[type] = ObjectiveOptions   # the `objective:` section this objective takes
+    data: ClassVar[str] = ""                      # the data it trains on, for `tunesmith objectives`
 
     @classmethod
-    def for_run(cls, prepared, tokenizer, data_cfg) -> Objective:
-        """The objective with a run's settings (padding id, max_len, packing, the method's needs)."""
+    def tokenize(cls, tokenizer, samples: list, data_cfg) -> tuple[list, Any]:
+        """(items the collate takes, stats with `as_dict()` and the counts the run prints) from samples;
+        data this objective cannot train on is a DataError naming the record."""
         raise NotImplementedError
+
+    @classmethod
+    def for_run(cls, prepared, tokenizer, data_cfg, options=None) -> Objective:
+        """The objective with a run's settings (padding id, max_len, packing, the method's needs) and
+        its `objective:` options."""
+        raise NotImplementedError
+
+    def started(self, step: int) -> None:
+        """Called by `fit` before its first step (`step` > 0 when resuming)."""
+
+    def listeners(self, events) -> list:
+        """Run-event listeners the trainer subscribes for this objective (e.g. a warning on a bad trend)."""
+        return []
 
     def collate(self, examples: list) -> Any:
         """One micro-batch from tokenized examples."""
@@ -87,6 +104,13 @@ OBJECTIVES: dict[str, type[Objective]] = {}
 
 
 def register_objective(cls: type[Objective]) -> type[Objective]:
+    from tunesmith.train.objective_options import OPTIONS
+
+    # The built-in objectives' options are registered where config validation finds them without
+    # torch (train/objective_options.py); an objective defined elsewhere brings its own here.
+    if OPTIONS.setdefault(cls.name, cls.options) is not cls.options:
+        raise TypeError(f"objective '{cls.name}': options {cls.options.__name__} differ from the registered "
+                        f"{OPTIONS[cls.name].__name__}")
     OBJECTIVES[cls.name] = cls
     return cls
 

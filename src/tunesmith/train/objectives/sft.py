@@ -11,7 +11,8 @@ import contextlib
 from dataclasses import dataclass
 
 from tunesmith.data.packing import Batch, collate
-from tunesmith.data.tokenize import Tokenized
+from tunesmith.data.tokenize import Tokenized, tokenize_all
+from tunesmith.errors import DataError
 from tunesmith.train.attention import packed_attention_for
 from tunesmith.train.attention import supports as attention_supports
 from tunesmith.train.loss import causal_lm_nll
@@ -25,6 +26,7 @@ _NO_METRICS: dict = {}
 class SFT(Objective):
     name = "sft"
     summary = "next-token loss on target tokens, packed rows, fused vocabulary projection"
+    data = "chat, text, or the chosen side of pairs"
 
     max_len: int = 2048
     pad_id: int = 0
@@ -37,7 +39,18 @@ class SFT(Objective):
     fast: bool = True
 
     @classmethod
-    def for_run(cls, prepared, tokenizer, data_cfg) -> SFT:
+    def tokenize(cls, tokenizer, samples, data_cfg):
+        for s in samples:
+            if s.kind == "unpaired":
+                where = f"{s.source}: " if s.source else ""
+                raise DataError(f"{where}this record is feedback (completion with a desirable/undesirable label); "
+                                "SFT would train on undesirable answers too",
+                                hint="set objective.name: kto, or keep only desirable records as chat data")
+        return tokenize_all(tokenizer, samples, max_len=data_cfg.max_len, overlong=data_cfg.overlong,
+                            train_on_inputs=data_cfg.train_on_inputs, system_prompt=data_cfg.system_prompt)
+
+    @classmethod
+    def for_run(cls, prepared, tokenizer, data_cfg, options=None) -> SFT:
         # Methods that prepend per-row tokens (prompt/prefix tuning) need one example per row.
         pack = data_cfg.packing and prepared.packing
         return cls(max_len=data_cfg.max_len,
