@@ -132,3 +132,13 @@ def test_missing_metric_library_is_a_config_error_naming_metric_and_extra(metric
     assert exc.value.message == f"eval.metrics: {metric} needs the {module} package, which is not installed"
     assert "pip install 'tunesmith[metrics]'" in exc.value.hint and metric in exc.value.hint
     check_metrics(["exact_match", "json_valid"])  # metrics without a library are unaffected
+
+
+def test_style_statistics_count_sentences_and_words():
+    from tunesmith.eval.metrics import METRICS, sentence_count
+
+    assert [sentence_count(t) for t in ("A cat meows.", "Hi! I am here. Yes", "", "It is 3.5 km away.", "Wait... what?")] \
+        == [1, 3, 0, 1, 2]
+    rows = METRICS["one_sentence"].rows(["Paris.", "Paris. It is big.", "Paris"], ["x", "x", "x"])
+    assert rows == [1.0, 0.0, 1.0]
+    assert METRICS["words"].rows(["The capital is Paris.", ""], ["", ""]) == [4.0, 0.0]

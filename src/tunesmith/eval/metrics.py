@@ -96,6 +96,29 @@ def contains_norm(pred: str, ref: str) -> float:
     return float(bool(r) and f" {r} " in f" {p} ")
 
 
+_SENTENCE_END = re.compile(r"[.!?]+(?=\s|$)")
+
+
+def sentence_count(text: str) -> int:
+    """Sentences in a plain-text answer: runs of . ! ? followed by a space or the end, plus an unended tail."""
+    text = text.strip()
+    if not text:
+        return 0
+    ends = list(_SENTENCE_END.finditer(text))
+    tail = text[ends[-1].end():].strip() if ends else text
+    return len(ends) + (1 if tail else 0)
+
+
+@metric("one_sentence", "the prediction is exactly one sentence (a style statistic; the reference is not used)")
+def one_sentence(pred: str, ref: str) -> float:
+    return float(sentence_count(pred) == 1)
+
+
+@metric("words", "words in the prediction (a length statistic, not a score: lower is shorter; the reference is not used)")
+def words(pred: str, ref: str) -> float:
+    return float(len(pred.split()))
+
+
 _JSON_START = re.compile(r"[\[{]")
 
 
