@@ -20,7 +20,7 @@ from tunesmith.events import Events, RunFailed, RunFinished, print_messages
 from tunesmith.io_utils import atomic_file, write_json
 from tunesmith.methods import check_run
 from tunesmith.models import has_adapter, load_model, load_tokenizer, resolve_base
-from tunesmith.models.start_adapter import drop_start_adapter, load_start_adapter
+from tunesmith.models.start_adapter import check_start_adapter, drop_start_adapter, load_start_adapter
 from tunesmith.quiet import foreign_warnings_ignored
 from tunesmith.run_dir import RunDir
 
@@ -94,6 +94,10 @@ class _Run:
         cfg, events = self.cfg, self.events
         # Config checks first: a mistake must fail before the previous run's outputs are cleared.
         method = check_run(cfg)  # unknown method, keys it ignores, output.merge of an unmergeable method
+        objective_cls = get_objective(cfg.objective.name)
+        objective_cls.check_config(cfg)
+        if cfg.model.adapter:
+            check_start_adapter(cfg.model.adapter, method)
         if cfg.eval.enabled:
             from tunesmith.eval.runner import validate as validate_eval
 
@@ -108,7 +112,6 @@ class _Run:
         events.message(f"base model: {resolved.label} ({resolved.path})")
         tokenizer = load_tokenizer(resolved, cfg.data.template)
         train_samples, val_samples = load_data(cfg)
-        objective_cls = get_objective(cfg.objective.name)
         train_set, train_stats = objective_cls.tokenize(tokenizer, train_samples, cfg.data)
         val_set, val_stats = objective_cls.tokenize(tokenizer, val_samples, cfg.data)
         write_json(run_dir.data_stats, {"train": train_stats.as_dict(), "val": val_stats.as_dict()})

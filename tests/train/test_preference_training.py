@@ -37,8 +37,8 @@ def pairs_file(tmp_path):
     return write_jsonl(tmp_path / "pairs.jsonl", rows)
 
 
-def _cfg(tmp_path, model_dir, data, objective: dict, name="run", **sections):
-    raw = {"model": {"base": str(model_dir)}, "data": {"train": str(data), "max_len": 96},
+def _cfg(tmp_path, model_dir, data_file, objective: dict, name="run", **sections):
+    raw = {"model": {"base": str(model_dir)}, "data": {"train": str(data_file), "max_len": 96},
            "method": {"name": "lora", "r": 8, "alpha": 16},
            "objective": objective,
            "train": {"max_steps": 24, "batch_size": 8, "lr": 1e-2, "warmup_ratio": 0.0, "scheduler": "constant",
@@ -126,6 +126,21 @@ def test_full_fine_tuning_and_prompt_tuning_start_at_ln2_and_learn(method, tmp_p
     rows = _rows(result.run_dir)
     assert abs(rows[0]["loss"] - math.log(2)) < 0.01
     assert rows[-1]["loss"] < 0.9 * rows[0]["loss"]
+
+
+def test_settings_that_make_no_sense_with_an_objective_are_config_errors(tmp_path, tiny_model_dir, pairs_file):
+    from tunesmith.errors import ConfigError
+
+    cases = [({"name": "dpo"}, {"data": {"train_on_inputs": True}}, "data.train_on_inputs: objective 'dpo'"),
+             ({"name": "orpo"}, {"data": {"overlong": "truncate"}}, "data.overlong=truncate: objective 'orpo'"),
+             ({"name": "kto"}, {"train": {"micro_batch_size": 1}}, "objective 'kto' needs at least 2 examples"),
+             ({"name": "dpo"}, {"method": {"name": "full"}, "model": {"adapter": str(tmp_path)}},
+              "method 'full' trains the model's own weights"),
+             ({"name": "sft"}, {"model": {"adapter": str(tmp_path)}}, "is not a PEFT adapter folder")]
+    for k, (objective, sections, message) in enumerate(cases):
+        with pytest.raises(ConfigError, match=message):
+            run(_cfg(tmp_path, tiny_model_dir, pairs_file, objective, name=f"bad{k}", **sections))
+        assert not (tmp_path / f"bad{k}" / "metrics.jsonl").exists()
 
 
 def test_data_an_objective_cannot_use_is_refused_with_its_line(tmp_path, tiny_model_dir, memo_data):

@@ -18,12 +18,19 @@ from tunesmith.errors import ConfigError
 START_ADAPTER = "reference"
 
 
+def check_start_adapter(folder: str | Path, method) -> None:
+    """What can be checked before any weights load: the folder, and that the method trains an adapter."""
+    if method.kind != "adapter":
+        raise ConfigError(f"model.adapter: method '{method.name}' trains the model's own weights, not an adapter",
+                          hint="merge the adapter into a model folder (`tunesmith merge`) and use that folder as model.base")
+    if not (Path(folder) / "adapter_config.json").is_file():
+        raise ConfigError(f"model.adapter: {folder} is not a PEFT adapter folder (no adapter_config.json)",
+                          hint="point it at a run's adapter/ folder")
+
+
 def load_start_adapter(prepared, folder: str | Path) -> None:
     folder = Path(folder)
     model = prepared.model
-    if not (folder / "adapter_config.json").is_file():
-        raise ConfigError(f"model.adapter: {folder} is not a PEFT adapter folder (no adapter_config.json)",
-                          hint="point it at a run's adapter/ folder")
     if not hasattr(model, "load_adapter") or not hasattr(model, "peft_config"):
         raise ConfigError(f"model.adapter: this method's model is not a peft model, so it cannot start from {folder}",
                           hint="start from an adapter with a peft method (lora, dora, rslora, qlora, ia3, vera, prompt, prefix)")

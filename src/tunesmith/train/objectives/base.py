@@ -54,6 +54,10 @@ class Objective:
         its `objective:` options."""
         raise NotImplementedError
 
+    @classmethod
+    def check_config(cls, cfg) -> None:
+        """Raise ConfigError for run settings that make no sense with this objective (before any work)."""
+
     def started(self, step: int) -> None:
         """Called by `fit` before its first step (`step` > 0 when resuming)."""
 

@@ -21,7 +21,7 @@ from typing import ClassVar
 import torch
 
 from tunesmith.data.tokenize import Answer, Feedback, tokenize_feedback
-from tunesmith.errors import DataError
+from tunesmith.errors import ConfigError, DataError
 from tunesmith.train.objective_options import KTOOptions
 from tunesmith.train.objectives.base import ObjectiveLoss, register_objective
 from tunesmith.train.objectives.preference import PairObjective, check_start
@@ -56,6 +56,14 @@ class KTO(PairObjective):
                                 f"label) or on preference pairs; this record is {s.kind} data",
                                 hint="use data in the kto or preference format")
         return tokenize_feedback(tokenizer, samples, max_len=data_cfg.max_len, system_prompt=data_cfg.system_prompt)
+
+    @classmethod
+    def check_config(cls, cfg) -> None:
+        super().check_config(cfg)
+        micro = cfg.train.micro_batch_size or cfg.train.batch_size
+        if micro < 2:
+            raise ConfigError("objective 'kto' needs at least 2 examples per micro-batch: its KL estimate pairs each prompt "
+                              "with another example's answer", hint="raise train.micro_batch_size (or train.batch_size) to 2 or more")
 
     @classmethod
     def for_run(cls, prepared, tokenizer, data_cfg, options=None) -> KTO:

@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from tunesmith.data.tokenize import Pair, tokenize_pairs
-from tunesmith.errors import DataError, UserError
+from tunesmith.errors import ConfigError, DataError, UserError
 from tunesmith.events import Message, StepMetrics
 from tunesmith.train.attention import packed_attention_for
 from tunesmith.train.attention import supports as attention_supports
@@ -107,6 +107,17 @@ class PairObjective(Objective):
     def tokenize(cls, tokenizer, samples, data_cfg):
         need_pairs(samples, cls.name)
         return tokenize_pairs(tokenizer, samples, max_len=data_cfg.max_len, system_prompt=data_cfg.system_prompt)
+
+    @classmethod
+    def check_config(cls, cfg) -> None:
+        name = cfg.objective.name
+        if cfg.data.train_on_inputs:
+            raise ConfigError(f"data.train_on_inputs: objective '{name}' scores whole answers, never the prompt",
+                              hint="set data.train_on_inputs=false (it applies to sft)")
+        if cfg.data.overlong == "truncate":
+            raise ConfigError(f"data.overlong=truncate: objective '{name}' drops a pair or answer longer than data.max_len "
+                              "rather than cut it (a cut answer would make the comparison about length)",
+                              hint="set data.overlong=drop and raise data.max_len to keep long examples")
 
     @classmethod
     def _settings(cls, prepared, tokenizer) -> dict:
