@@ -63,7 +63,8 @@ def use_peft_adapter(model, name: str):
 @torch.no_grad()
 def adapter_starts_at_base(model) -> bool:
     """Whether the fresh adapter leaves the model's outputs unchanged (LoRA's B = 0, IA3's ones): then
-    switching it off gives the starting point. Virtual tokens (prompt / prefix tuning) do not."""
+    switching it off gives the starting point. Virtual tokens (prompt / prefix tuning) do not, nor does
+    DoRA over a 4-bit base (its norms come from dequantized weights; outputs differ by ~1e-4)."""
     device = next(model.parameters()).device
     vocab = model.get_input_embeddings().num_embeddings
     ids = (torch.arange(8, device=device) * 997 + 11)[None] % vocab      # (1, 8) arbitrary ordinary tokens
@@ -107,8 +108,8 @@ def reference_for(prepared, which: str) -> Reference:
             return Reference("adapter-off", "the starting weights: the same model with the adapter off (no second copy)")
         if hasattr(model, "peft_config"):
             snapshot_peft_adapter(model)
-            return Reference("start-adapter", "a frozen copy of the fresh adapter (its virtual tokens change the "
-                                              "outputs from the start, so the base alone is not the starting point)")
+            return Reference("start-adapter", "a frozen copy of the fresh adapter (switched off, it would not give the "
+                                              "starting outputs: virtual tokens, or DoRA's norms over a 4-bit base)")
     if prepared.kind == "adapter" and not has_adapter(model):
         raise ConfigError("objective.reference: the adapter of this method cannot be switched off, "
                           "so there is no reference without a second model", hint="use objective.name=orpo (no reference)")
