@@ -36,6 +36,10 @@ class Reference:
     @contextlib.contextmanager
     def run(self, model):
         if self.kind == "copy":
+            # The copy was made before the trainer placed the model (accelerate moves it to the GPU).
+            device = next(model.parameters()).device
+            if next(self.copy.parameters()).device != device:
+                self.copy.to(device)
             yield self.copy
         elif self.kind == "start-adapter":
             with use_peft_adapter(model, self.adapter):

@@ -155,8 +155,8 @@ class DPO(PairObjective):
 
     @classmethod
     def for_run(cls, prepared, tokenizer, data_cfg, options=None) -> DPO:
-        return cls(opts=options or DPOOptions(), reference=reference_for(prepared, (options or DPOOptions()).reference),
-                   **cls._settings(prepared, tokenizer))
+        options = options or DPOOptions()
+        return cls(opts=options, reference=reference_for(prepared, options.reference), **cls._settings(prepared, tokenizer))
 
     def started(self, step: int) -> None:
         self.check_pending = step == 0 and self.opts.check_reference
