@@ -27,6 +27,7 @@ import math
 import os
 import random
 import resource
+import shutil
 import subprocess
 import sys
 import time
@@ -151,7 +152,8 @@ def heldout(model_dir, adapter, rows) -> dict:
 def child(args) -> None:
     payload = json.loads(Path(args.child).read_text())
     out_dir = OUT / f"pref-{args.system}"
-    out_dir.mkdir(parents=True, exist_ok=True)
+    shutil.rmtree(out_dir, ignore_errors=True)   # a previous run's metrics.jsonl would be appended to
+    out_dir.mkdir(parents=True)
     run = run_tunesmith if args.system == "tunesmith" else run_trl
     res = run(payload["rows"], payload["model_dir"], args.steps, out_dir)
     res["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -182,7 +184,11 @@ def main() -> None:
     OUT.mkdir(parents=True, exist_ok=True)
     payload = OUT / "pref-payload.json"
     payload.write_text(json.dumps({"rows": train, "heldout": held, "model_dir": str(model_dir)}))
+    from tunesmith.train.trainer import resolve_precision
+
     cpu = "AVX-512 bf16" if any("avx512_bf16" in line for line in open("/proc/cpuinfo")) else "no native bf16"
+    if os.environ.get("ATEN_CPU_CAPABILITY"):
+        cpu += f" (kernels limited to {os.environ['ATEN_CPU_CAPABILITY']}, precision auto = {resolve_precision('auto')})"
     print(f"data: {len(train)} pairs, {min(lengths)}-{max(lengths)} tokens per pair (both answers with their prompt, "
           f"mean {sum(lengths) / len(lengths):.0f}); {BATCH} pairs/step; {args.steps} steps; CPU: {cpu}, "
           f"{os.cpu_count()} cores", flush=True)
