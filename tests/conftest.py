@@ -33,7 +33,7 @@ def tokenizer(default_model_dir):
 
 
 def make_tiny_llama(tokenizer, out: Path, *, layers: int = 2, hidden: int = 64, seed: int = 0,
-                    initializer_range: float = 0.2) -> Path:
+                    initializer_range: float = 0.2, max_positions: int = 1024) -> Path:
     """A random 2-layer Llama with hidden size 64 sharing SmolLM2's tokenizer and chat template.
 
     initializer_range is 10x the usual 0.02: with a tied head that small, logits of a unit-RMS hidden
@@ -44,7 +44,7 @@ def make_tiny_llama(tokenizer, out: Path, *, layers: int = 2, hidden: int = 64, 
     torch.manual_seed(seed)
     config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=2 * hidden,
                          num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=2,
-                         max_position_embeddings=1024, tie_word_embeddings=True, initializer_range=initializer_range,
+                         max_position_embeddings=max_positions, tie_word_embeddings=True, initializer_range=initializer_range,
                          bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
                          pad_token_id=tokenizer.pad_token_id)
     model = LlamaForCausalLM(config)

@@ -30,6 +30,20 @@ class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
+def auto_or_int(value: Any, *, above: int) -> Any:
+    """A setting that is "auto" (read from the data) or a whole number above `above`. The
+    command line and `--set` may give the number as text."""
+    if isinstance(value, str) and value.strip().lower() == "auto":
+        return "auto"
+    if isinstance(value, str) and value.strip().isdigit():
+        value = int(value.strip())
+    if isinstance(value, float) and value.is_integer():   # 512.0: an integer, as a plain int field takes it
+        value = int(value)
+    if isinstance(value, int) and not isinstance(value, bool) and value > above:
+        return value
+    raise PydanticCustomError("auto_or_int", "expected 'auto' or a whole number above {above}", {"above": above})
+
+
 class ModelConfig(Section):
     base: str = Field("default", description="base model: 'default' (embedded SmolLM2-135M-Instruct), a local HF folder, a cached hub id, or a .gguf file")
     dtype: Literal["auto", "fp32", "bf16", "fp16"] = Field("fp32",
@@ -45,13 +59,20 @@ class DataConfig(Section):
     val_split: float = Field(0.0, ge=0.0, lt=1.0, description="fraction of train held out for validation when data.val is empty")
     format: str = Field("auto", description="input format; 'auto' detects it from the first record that matches a format; "
                         f"or one of {', '.join(data_formats.FORMATS)}")
-    max_len: int = Field(512, gt=8, description="maximum tokens per example (and per packed row)")
+    max_len: Literal["auto"] | int = Field("auto", description=(
+        "maximum tokens per example (and per packed row); 'auto': the smallest multiple of 64 that fits 99 % of "
+        "the training examples, capped by the model's context (the run states the number)"))
     overlong: Literal["drop", "truncate"] = Field("drop", description="what to do with examples longer than max_len")
     packing: bool = Field(True, description="pack several examples into each row (no attention across examples)")
     template: Literal["auto", "chatml", "llama3", "alpaca"] | None = Field("auto",
         description="chat template: 'auto' uses the tokenizer's own; a name overrides it")
     train_on_inputs: bool = Field(False, description="compute the loss on prompt tokens too, not only on assistant tokens")
     system_prompt: str | None = Field(None, description="system message prepended to every conversation that has none")
+
+    @field_validator("max_len", mode="before")
+    @classmethod
+    def _max_len(cls, value: Any) -> Any:
+        return auto_or_int(value, above=8)
 
     @field_validator("format")
     @classmethod
@@ -89,7 +110,9 @@ class EvalConfig(Section):
     metrics: list[str] = Field(default_factory=lambda: ["exact_match"], description="metrics to compute; `tunesmith eval --help` lists them")
     baselines: list[str] = Field(default_factory=lambda: ["zero-shot", "few-shot"], description="base-model baselines to score beside the tuned model")
     few_shot_k: int = Field(3, ge=1, description="examples from train shown in the few-shot baseline")
-    max_new_tokens: int = Field(128, gt=0, description="generation budget per example")
+    max_new_tokens: Literal["auto"] | int = Field("auto", description=(
+        "generation budget per example; 'auto': the longest reference answer + 25 % (at least + 16), rounded up to "
+        "a multiple of 16, at most 2048 (programs of code_tasks get at least 512)"))
     batch_size: int = Field(16, gt=0, description="prompts generated together (left-padded)")
     temperature: float = Field(0.0, ge=0.0, description="0 means greedy decoding")
     top_p: float = Field(1.0, gt=0.0, le=1.0, description="nucleus sampling when temperature > 0")
@@ -115,6 +138,11 @@ class EvalConfig(Section):
     compare_to: str | None = Field(None, description="another model or adapter folder scored beside tuned as system 'compare'")
     lm_eval_tasks: list[str] = Field(default_factory=list, description="lm-evaluation-harness tasks run on base and tuned when it is installed")
     lm_eval_limit: int = Field(0, ge=0, description="lm-evaluation-harness: examples per task; 0 means all")
+
+    @field_validator("max_new_tokens", mode="before")
+    @classmethod
+    def _max_new_tokens(cls, value: Any) -> Any:
+        return auto_or_int(value, above=0)
 
 
 class OutputConfig(Section):

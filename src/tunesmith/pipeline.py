@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 
 from tunesmith.config import RunConfig, dump_yaml
+from tunesmith.data.lengths import COVERAGE, MaxLen, context_of_folder, resolve_max_len
 from tunesmith.data.load import load_samples
 from tunesmith.data.schema import Sample
 from tunesmith.data.split import split_items
@@ -47,8 +48,25 @@ def load_data(cfg: RunConfig) -> tuple[list[Sample], list[Sample]]:
     return split_samples(train, cfg.data.val_split, cfg.train.seed)
 
 
-def data_line(train_stats, val_stats, cfg: RunConfig) -> str:
-    """The run's one line about its data: kept examples and what was dropped, and why."""
+def resolve_data_max_len(cfg: RunConfig, objective_cls, tokenizer, train_samples: list[Sample],
+                         model_path: Path | None = None) -> tuple[RunConfig, MaxLen]:
+    """`data.max_len` as the number the run uses, and `cfg` with that number in place of "auto", so
+    everything downstream (tokenizing, packed rows, the objectives, eval) reads one integer.
+
+    "auto" measures the training examples as `objective_cls` compares them with max_len (one per
+    example for sft, the longer side per pair for dpo/orpo, one per answer for kto) and caps the
+    result by the context of the model in `model_path` (data/lengths.py)."""
+    if cfg.data.max_len != "auto":
+        return cfg, resolve_max_len(cfg.data.max_len)
+    lengths = objective_cls.lengths(tokenizer, train_samples, cfg.data)
+    context = context_of_folder(model_path, tokenizer) if model_path is not None else None
+    found = resolve_max_len("auto", lengths, context)
+    return cfg.model_copy(update={"data": cfg.data.model_copy(update={"max_len": found.resolved})}), found
+
+
+def data_line(train_stats, val_stats, cfg: RunConfig, max_len: MaxLen | None = None) -> str:
+    """The run's one line about its data: kept examples and what was dropped, and why; with
+    `data.max_len: auto`, the number it resolved to and the share of examples that fit."""
     dropped = [f"{getattr(train_stats, key)} {what}" for key, what in
                (("dropped_overlong", f"dropped as longer than data.max_len={cfg.data.max_len}"),
                 ("truncated", f"truncated to data.max_len={cfg.data.max_len}"),
@@ -57,7 +75,22 @@ def data_line(train_stats, val_stats, cfg: RunConfig) -> str:
                if getattr(train_stats, key, 0)]
     unit = "pairs" if cfg.objective.name in ("dpo", "orpo") else "examples"
     return (f"data: {train_stats.examples} train / {val_stats.examples} val {unit}"
-            + (f"; {', '.join(dropped)}" if dropped else "; none dropped"))
+            + (f"; {', '.join(dropped)}" if dropped else "; none dropped")
+            + (f"; {max_len.describe()}" if max_len is not None and max_len.auto else ""))
+
+
+def overlong_warning(train_stats, cfg: RunConfig, max_len: MaxLen) -> str | None:
+    """The loud line when more than 1 % of the training examples do not fit, with the fix."""
+    if max_len.auto:
+        return max_len.warning(cfg.data.overlong)
+    over = getattr(train_stats, "dropped_overlong", 0) + getattr(train_stats, "truncated", 0)
+    total = over + train_stats.examples + sum(getattr(train_stats, k, 0) for k in ("dropped_identical", "dropped_no_target"))
+    if not total or over / total <= 1 - COVERAGE:
+        return None
+    fate = "truncated" if getattr(train_stats, "truncated", 0) else "dropped"
+    return (f"data.max_len={max_len.resolved}: {over} of {total} training examples ({over / total:.1%}) are longer "
+            f"and were {fate}. Fix: set data.max_len: auto (the smallest multiple of 64 that fits 99 % of them), "
+            "or a larger number; `tunesmith data inspect` shows the lengths.")
 
 
 def run(cfg: RunConfig, *, resume: bool = False, events: Events | None = None) -> RunResult:
@@ -112,10 +145,19 @@ class _Run:
         events.message(f"base model: {resolved.label} ({resolved.path})")
         tokenizer = load_tokenizer(resolved, cfg.data.template)
         train_samples, val_samples = load_data(cfg)
+        cfg, max_len = resolve_data_max_len(cfg, objective_cls, tokenizer, train_samples, resolved.path)
+        if max_len.auto:
+            self.cfg = cfg
+            with atomic_file(run_dir.config) as fh:   # the saved config re-runs with the number this run used
+                fh.write(dump_yaml(cfg))
         train_set, train_stats = objective_cls.tokenize(tokenizer, train_samples, cfg.data)
         val_set, val_stats = objective_cls.tokenize(tokenizer, val_samples, cfg.data)
-        write_json(run_dir.data_stats, {"train": train_stats.as_dict(), "val": val_stats.as_dict()})
-        events.message(data_line(train_stats, val_stats, cfg))
+        write_json(run_dir.data_stats, {"train": train_stats.as_dict(), "val": val_stats.as_dict(),
+                                        "max_len": max_len.as_dict()})
+        events.message(data_line(train_stats, val_stats, cfg, max_len))
+        warning = overlong_warning(train_stats, cfg, max_len)
+        if warning:
+            events.message(warning, "warning")
 
         torch.manual_seed(cfg.train.seed)
         model = load_model(resolved, dtype=cfg.model.dtype, **method.load_options(cfg.method))

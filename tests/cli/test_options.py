@@ -127,6 +127,30 @@ def test_comma_separated_lists_and_a_subset_of_fields():
     assert isinstance(bad.exception, ConfigError) and "--pass-k: expected comma-separated int values" in str(bad.exception)
 
 
+class Budget(BaseModel):
+    tokens: Literal["auto"] | int = Field("auto", description="a word or a number")
+
+
+def test_a_word_or_number_field_is_one_option_taking_either():
+    seen = []
+    app = typer.Typer(add_completion=False)
+
+    @app.command()
+    @options_from(Budget)
+    def go(options: Budget):
+        seen.append(options)
+
+    [param] = typer.main.get_command(app).params
+    assert (param.opts, param.default, param.metavar, param.help) == (["--tokens"], "auto", "INTEGER|auto",
+                                                                        "a word or a number")
+    assert CliRunner().invoke(app, []).exit_code == 0
+    assert CliRunner().invoke(app, ["--tokens", "300"]).exit_code == 0
+    assert CliRunner().invoke(app, ["--tokens", "auto"]).exit_code == 0
+    assert seen == [Budget(), Budget(tokens=300), Budget(tokens="auto")] and seen[1].tokens == 300
+    bad = CliRunner().invoke(app, ["--tokens", "lots"])
+    assert isinstance(bad.exception, ConfigError) and str(bad.exception).startswith("--tokens: ")
+
+
 # -- tunesmith serve ---------------------------------------------------------------------------------------
 
 def _serve_command():

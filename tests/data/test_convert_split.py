@@ -129,6 +129,38 @@ def test_inspect_lengths_count_every_copy_of_a_duplicate(tmp_path, capsys, tiny_
     assert report["packing"]["examples"] == 2
 
 
+def test_inspect_max_len_defaults_to_what_a_run_makes_of_auto(tmp_path, capsys, tiny_model_dir, tokenizer):
+    from tests.conftest import make_tiny_llama
+    from tunesmith.data.lengths import resolve_max_len
+    from tunesmith.data.tokenize import tokenize_sample
+
+    rows = [{"messages": [{"role": "user", "content": f"q{i}"}, {"role": "assistant", "content": "yes " * (10 * i + 5)}]}
+            for i in range(20)]
+    src = _write(tmp_path / "d.jsonl", rows)
+    lengths = sorted(len(tokenize_sample(tokenizer, s)[0]) for s in load_samples(src))
+    code, out, _ = run(["data", "inspect", str(src), "--model", str(tiny_model_dir), "--json"], capsys)
+    assert code == 0
+    report = json.loads(out)
+    expected = -(-lengths[-1] // 64) * 64          # 99 % of 20 examples is all of them: the longest sets it
+    assert report["max_len_setting"] == "auto" and report["max_len"] == expected
+    assert report["over_max_len"] == 0 and report["packing"]["examples"] == 20
+    # A model with a 128-token context caps auto, as in a run.
+    short = make_tiny_llama(tokenizer, tmp_path / "short", max_positions=128)
+    code, out, _ = run(["data", "inspect", str(src), "--model", str(short), "--json", "--max-len", "auto"], capsys)
+    report = json.loads(out)
+    assert report["max_len"] == resolve_max_len("auto", lengths, 128).resolved == 128
+    assert report["over_max_len"] == sum(n > 128 for n in lengths) > 0
+    code, out, _ = run(["data", "inspect", str(src), "--model", str(short)], capsys)
+    assert code == 0 and "over max_len auto = 128" in " ".join(out.split())
+    # validate --max-len auto checks prompts against the context, the most auto can become.
+    long_prompt = [{"prompt": "word " * 150, "chosen": "a", "rejected": "b"}]
+    pairs = _write(tmp_path / "p.jsonl", long_prompt)
+    code, out, err = run(["data", "validate", str(pairs), "--model", str(short), "--max-len", "auto"], capsys)
+    assert code == 1 and "longer than max_len 128" in err
+    code, _, err = run(["data", "validate", str(pairs), "--model", str(short), "--max-len", "lots"], capsys)
+    assert code == 2 and "--max-len must be a positive number of tokens, got lots" in err and "'auto'" in err
+
+
 def test_split_writes_both_files_or_neither(tmp_path, capsys):
     src = _write(tmp_path / "data.jsonl", _alpaca_rows(10))
     out = tmp_path / "s"

@@ -42,6 +42,28 @@ def _tokenizer(model: str, template: str):
     return load_tokenizer(model, template)
 
 
+def _context(model: str, tokenizer) -> int | None:
+    """The model's context (what `data.max_len: auto` is capped by)."""
+    from tunesmith.data.lengths import context_of_folder
+    from tunesmith.models import resolve_base
+
+    return context_of_folder(resolve_base(model).path, tokenizer)
+
+
+def _max_len_option(value: str | None, flag: str = "--max-len") -> int | str | None:
+    """--max-len: a number of tokens or 'auto' (data.max_len's own values)."""
+    from tunesmith.config import auto_or_int
+    from tunesmith.errors import DataError
+
+    if value is None:
+        return None
+    try:
+        return auto_or_int(value, above=0)
+    except ValueError:
+        raise DataError(f"{flag} must be a positive number of tokens, got {value}",
+                        hint="or 'auto': what data.max_len: auto can become (the model's context)") from None
+
+
 @data_app.command("formats")
 def data_formats(as_json: bool = typer.Option(False, "--json", help="machine-readable output")):
     """List the input formats, in the order auto-detection tries them, with the keys that identify each."""
@@ -62,18 +84,20 @@ def _first_line(fmt) -> str:
 @data_app.command("validate")
 def data_validate(file: Path = FileArg, fmt: str = FormatOpt,
                   max_errors: int = typer.Option(0, help="stop after N errors (0 = report all)"),
-                  max_len: int | None = typer.Option(None, "--max-len", help="also check that every prompt fits in "
-                                                     "this many tokens (data.max_len), with --model's tokenizer"),
+                  max_len: str | None = typer.Option(None, "--max-len", metavar="INTEGER|auto",
+                                                     help="also check that every prompt fits in this many tokens "
+                                                     "(data.max_len), with --model's tokenizer; 'auto': in the "
+                                                     "model's context, the most data.max_len: auto can become"),
                   model: str = ModelOpt, template: str = TemplateOpt,
                   as_json: bool = typer.Option(False, "--json", help="machine-readable output")):
     """Check every record; print FILE:LINE: field: problem. Exit 1 on errors (warnings do not fail)."""
     from tunesmith.data.load import read_samples
-    from tunesmith.errors import DataError
 
-    if max_len is not None and max_len <= 0:
-        raise DataError(f"--max-len must be a positive number of tokens, got {max_len}")
-    tokenizer = _tokenizer(model, template) if max_len else None
-    result = read_samples(file, fmt, max_errors=max_errors, keep=False, tokenizer=tokenizer, max_len=max_len)
+    limit = _max_len_option(max_len)
+    tokenizer = _tokenizer(model, template) if limit else None
+    if limit == "auto":
+        limit = _context(model, tokenizer)
+    result = read_samples(file, fmt, max_errors=max_errors, keep=False, tokenizer=tokenizer, max_len=limit)
     if as_json:
         out.print_json(json.dumps({"format": result.format, "records": result.records, "valid": result.valid,
                                    "errors": [str(e) for e in result.errors],
@@ -89,13 +113,18 @@ def data_validate(file: Path = FileArg, fmt: str = FormatOpt,
 
 @data_app.command("inspect")
 def data_inspect(file: Path = FileArg, model: str = ModelOpt, template: str = TemplateOpt, fmt: str = FormatOpt,
-                 max_len: int = typer.Option(512, "--max-len", help="length limit to count examples against (data.max_len)"),
+                 max_len: str = typer.Option("auto", "--max-len", metavar="INTEGER|auto",
+                                             help="length limit to count examples against (data.max_len); 'auto': "
+                                                  "what a run's data.max_len: auto makes of this file"),
                  as_json: bool = typer.Option(False, "--json", help="machine-readable output"),
                  plot: Path | None = typer.Option(None, "--plot", help="write a token-length histogram to this PNG")):
     """Counts, token-length percentiles, examples over max_len, duplicates, packing efficiency, format."""
     from tunesmith.data.inspection import inspect_file, plot_lengths
 
-    result = inspect_file(file, _tokenizer(model, template), max_len=max_len, fmt=fmt)
+    limit = _max_len_option(max_len)
+    tokenizer = _tokenizer(model, template)
+    context = _context(model, tokenizer) if limit == "auto" else None
+    result = inspect_file(file, tokenizer, max_len=limit, context=context, fmt=fmt)
     if plot is not None and result.lengths:
         plot_lengths(result, plot)
     if as_json:
@@ -109,9 +138,10 @@ def data_inspect(file: Path = FileArg, model: str = ModelOpt, template: str = Te
             rows.append(("turns per conversation", f"mean {result.turns['mean']}, max {result.turns['max']}"))
         if result.tokens:
             rows.append(("tokens", ", ".join(f"{k} {v}" for k, v in result.tokens.items())))
-            rows.append((f"over max_len {max_len}", result.over_max_len))
+            name = f"auto = {result.max_len}" if result.max_len_setting == "auto" else str(result.max_len)
+            rows.append((f"over max_len {name}", result.over_max_len))
             p = result.packing
-            rows.append(("packing", f"{p['examples']} examples in {p['rows']} rows of {max_len}: "
+            rows.append(("packing", f"{p['examples']} examples in {p['rows']} rows of {result.max_len}: "
                                     f"efficiency {p['efficiency']:.1%}"))
         rows += [("exact duplicates", result.exact_duplicates), ("near duplicates", result.near_duplicates)]
         print_table(str(file), ["", "value"], rows)

@@ -20,6 +20,7 @@ own (typer reads the signature), and at call time gathers their values into one
 | `bool`                     | `--name/--no-name`                                               |
 | `list[T]`                  | a repeatable option (`--tag a --tag b`)                          |
 | `Literal["a", "b"]`        | a choice among the values                                        |
+| `Literal["auto"] | int`    | one value, a word or a number (`--max-new-tokens auto`, `... 256`) |
 | `T | None`                 | optional; None when not given                                    |
 | anything else (a dict ...) | needs `Flag(cli_type=..., parse=...)`: what typer reads, and how |
 |                            | it becomes the field's value (e.g. NAME=PATH items -> a dict)    |
@@ -111,6 +112,18 @@ def _choices(field: str, values: tuple) -> type[enum.Enum]:
     return enum.Enum(f"{field.title().replace('_', '')}Choice", {str(v): v for v in values}, type=str)
 
 
+def _word_or_number(annotation) -> tuple[tuple, type] | None:
+    """(("auto",), int) for `Literal["auto"] | int`: a field that takes a word or a number."""
+    if typing.get_origin(annotation) not in (typing.Union, types.UnionType):
+        return None
+    args = typing.get_args(annotation)
+    words = [a for a in args if typing.get_origin(a) is typing.Literal]
+    numbers = [a for a in args if a in (int, float)]
+    if len(words) + len(numbers) != len(args) or len(numbers) != 1 or not words:
+        return None
+    return tuple(v for w in words for v in typing.get_args(w)), numbers[0]
+
+
 def _option(name: str, info: FieldInfo, flag: Flag) -> _Option:
     names = flag.names or (flag_name(name),)
     default = info.get_default(call_default_factory=True) if not info.is_required() else ...
@@ -128,6 +141,13 @@ def _option(name: str, info: FieldInfo, flag: Flag) -> _Option:
         cli_type = bool
         if not flag.names:
             names = (f"{names[0]}/--no-{names[0][2:]}",)
+    elif _word_or_number(annotation) is not None:
+        # Typer parses text; the model turns "256" into 256 and rejects anything else, naming the flag.
+        words, number = _word_or_number(annotation)
+        cli_type = str
+        default = default if default in (..., None) else str(default)
+        metavar = flag.metavar or "|".join([{int: "INTEGER", float: "FLOAT"}[number], *map(str, words)])
+        flag = Flag(*flag.names, envvar=flag.envvar, metavar=metavar, help=flag.help, parse=flag.parse)
     elif typing.get_origin(annotation) is typing.Literal:
         cli_type = _choices(name, typing.get_args(annotation))
         default = default if default in (..., None) else cli_type(str(default))

@@ -27,7 +27,8 @@ class Inspection:
     roles: dict[str, int] = field(default_factory=dict)
     turns: dict[str, float] = field(default_factory=dict)
     tokens: dict[str, float] = field(default_factory=dict)
-    max_len: int = 0
+    max_len: int = 0                   # the limit counted against (data.max_len: auto resolved to a number)
+    max_len_setting: int | str = 0     # as asked: a number, or "auto"
     over_max_len: int = 0
     exact_duplicates: int = 0
     near_duplicates: int = 0
@@ -49,16 +50,18 @@ def _summary(values: list[int]) -> dict[str, float]:
     return out
 
 
-def inspect_file(path: str | Path, tokenizer=None, *, max_len: int = 512, fmt: str = "auto",
-                 near: NearDupParams = NearDupParams(), batch_size: int = 2048) -> Inspection:
+def inspect_file(path: str | Path, tokenizer=None, *, max_len: int | str = "auto", context: int | None = None,
+                 fmt: str = "auto", near: NearDupParams = NearDupParams(), batch_size: int = 2048) -> Inspection:
     """Stream the file once. Duplicates are counted as `clean` would remove them (on unnormalised
-    text, so `clean` may find a few more); token lengths are exactly what training tokenizes, and
+    text, so `clean` may find a few more); token lengths are exactly what SFT training tokenizes, and
     like training they include every copy of an exact duplicate (the near-duplicate search sees
-    each text once, so a copy is never also counted as a near duplicate)."""
+    each text once, so a copy is never also counted as a near duplicate). `max_len` "auto" is
+    resolved from these lengths as a training run resolves `data.max_len: auto` (capped by `context`)."""
+    from tunesmith.data.lengths import resolve_max_len
     from tunesmith.data.tokenize import token_lengths
 
     scan = Scan(path, fmt)
-    result = Inspection(str(path), scan.format, max_len=max_len)
+    result = Inspection(str(path), scan.format, max_len_setting=max_len)
     kinds: Counter = Counter()
     roles: Counter = Counter()
     turns: list[int] = []
@@ -104,10 +107,11 @@ def inspect_file(path: str | Path, tokenizer=None, *, max_len: int = 512, fmt: s
     result.format, result.records = scan.format, scan.records
     result.kinds, result.roles = dict(kinds), dict(roles)
     result.turns = _summary(turns)
+    result.max_len = resolve_max_len(max_len, result.lengths, context).resolved
     if result.lengths:
         result.tokens = _summary(result.lengths)
-        result.over_max_len = sum(n > max_len for n in result.lengths)
-        result.packing = pack_plan(result.lengths, max_len).as_dict()
+        result.over_max_len = sum(n > result.max_len for n in result.lengths)
+        result.packing = pack_plan(result.lengths, result.max_len).as_dict()
     return result
 
 
@@ -122,7 +126,8 @@ def plot_lengths(result: Inspection, png: str | Path) -> None:
 
     fig, ax = plt.subplots(figsize=(7, 4))
     ax.hist(result.lengths, bins=min(60, max(10, len(set(result.lengths)))), color="#4C72B0")
-    ax.axvline(result.max_len, color="#C44E52", linestyle="--", label=f"max_len = {result.max_len}")
+    label = f"max_len = {result.max_len}" + (" (auto)" if result.max_len_setting == "auto" else "")
+    ax.axvline(result.max_len, color="#C44E52", linestyle="--", label=label)
     ax.set_xlabel("tokens per example (chat template applied)")
     ax.set_ylabel("examples")
     ax.set_title(f"{Path(result.file).name}: {len(result.lengths)} examples, {result.over_max_len} over max_len")

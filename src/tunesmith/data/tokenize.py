@@ -193,6 +193,25 @@ class AnswerStats:
         return {k: v for k, v in self.__dict__.items() if k != "lengths"}
 
 
+def pair_lengths(tokenizer, samples: list[Sample], system_prompt: str | None = None) -> list[int]:
+    """Per preference pair, the length `tokenize_pairs` compares with max_len: its longer side."""
+    return [max(len(tokenize_answer(tokenizer, s.messages, answer, system_prompt)) for answer in (s.chosen, s.rejected))
+            for s in samples]
+
+
+def _feedback_items(sample: Sample) -> list[tuple[list[dict], str, bool]]:
+    """(prompt, answer, desirable) per answer of a KTO record; a preference pair gives two."""
+    if sample.kind == "preference":
+        return [(sample.messages, sample.chosen, True), (sample.messages, sample.rejected, False)]
+    return [(sample.prompt_messages(), sample.reference(), bool(sample.label))]
+
+
+def feedback_lengths(tokenizer, samples: list[Sample], system_prompt: str | None = None) -> list[int]:
+    """Per answer (two per preference pair), the length `tokenize_feedback` compares with max_len."""
+    return [len(tokenize_answer(tokenizer, prompt, answer, system_prompt))
+            for s in samples for prompt, answer, _ in _feedback_items(s)]
+
+
 def tokenize_pairs(tokenizer, samples: list[Sample], *, max_len: int,
                    system_prompt: str | None = None) -> tuple[list[Pair], AnswerStats]:
     """Preference samples as token pairs. A pair where either side is longer than `max_len` is
@@ -225,11 +244,7 @@ def tokenize_feedback(tokenizer, samples: list[Sample], *, max_len: int,
     answer (KTO trains on pairs too)."""
     stats, out = AnswerStats(), []
     for s in samples:
-        if s.kind == "preference":
-            items = [(s.messages, s.chosen, True), (s.messages, s.rejected, False)]
-        else:
-            items = [(s.prompt_messages(), s.reference(), bool(s.label))]
-        for prompt, answer, desirable in items:
+        for prompt, answer, desirable in _feedback_items(s):
             tokens = tokenize_answer(tokenizer, prompt, answer, system_prompt)
             if len(tokens) > max_len:
                 stats.dropped_overlong += 1

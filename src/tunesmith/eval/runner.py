@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from tunesmith.config import EvalConfig
+from tunesmith.data.lengths import CODE_NEW_TOKENS, NewTokens, model_context, resolve_max_new_tokens
 from tunesmith.data.schema import Sample
 from tunesmith.errors import DataError
 from tunesmith.eval.overfitting import overfitting_check, read_train_log
@@ -69,9 +70,14 @@ def run_eval(systems: list[SystemSpec], tokenizer, samples: list[Sample], cfg: E
     if cfg.max_examples:
         chat, texts = chat[: cfg.max_examples], texts[: cfg.max_examples]
     pairs = [s for s in chat if s.kind == "preference"]
+    budget = resolve_budget(cfg.max_new_tokens, tokenizer, chat, systems)
+    # Every section reads one integer (generation, pass@k, the judge's answers); programs, which have
+    # no reference answer to measure, get at least CODE_NEW_TOKENS under "auto".
+    cfg = cfg.model_copy(update={"max_new_tokens": budget.resolved})
+    code_budget = min(max(budget.resolved, CODE_NEW_TOKENS), budget.cap) if budget.auto else budget.resolved
     ctx = EvalContext(systems=list(systems), tokenizer=tokenizer, cfg=cfg, chat=chat, texts=texts, pairs=pairs,
                       train_pool=train_pool or [], system_prompt=system_prompt, precision=precision, events=events,
-                      lm_eval_args=lm_eval_args, out_dir=Path(out_dir))
+                      lm_eval_args=lm_eval_args, out_dir=Path(out_dir), code_max_new_tokens=code_budget)
     sections = [cls() for cls in registered()]
     sections = [s for s in sections if s.enabled(cfg)]
     own_inputs = sum(section.prepare(ctx) or 0 for section in sections)
@@ -94,6 +100,9 @@ def run_eval(systems: list[SystemSpec], tokenizer, samples: list[Sample], cfg: E
                               title=title, baseline=baseline_weights(ctx.systems), train_log=log_rows)
     report = ctx.report
     report["n_text_examples"] = len(texts)
+    if budget.auto:
+        report["generation"].update(max_new_tokens_setting="auto", longest_reference_tokens=budget.longest_reference)
+        report["max_new_tokens"] = budget.as_dict()
     for result in results:
         report.update(result.report)
     for section in sections:
@@ -105,6 +114,17 @@ def run_eval(systems: list[SystemSpec], tokenizer, samples: list[Sample], cfg: E
     if events is not None:
         events.emit(EvalFinished(report.get("verdict", ""), str(Path(out_dir) / "report.md")))
     return EvalResult(report, ctx.predictions)
+
+
+def resolve_budget(setting: int | str, tokenizer, chat: list[Sample], systems: list[SystemSpec]) -> NewTokens:
+    """`eval.max_new_tokens` as a number: "auto" reads the token counts of the reference answers
+    (data/lengths.py), capped by the context of the first system's model."""
+    if setting != "auto":
+        return resolve_max_new_tokens(setting)
+    references = [s.reference() for s in chat]
+    lengths = [len(ids) for ids in tokenizer(references, add_special_tokens=False)["input_ids"]] if references else []
+    model = next((spec.model for spec in systems if spec.model is not None), None)
+    return resolve_max_new_tokens("auto", lengths, model_context(model, tokenizer))
 
 
 def _add(ctx: EvalContext, result: SectionResult) -> SectionResult:

@@ -54,6 +54,7 @@ class EvalContext:
     events: Events | None = None
     lm_eval_args: dict | None = None    # from the CLI: model paths lm-eval can load itself
     out_dir: Path | None = None
+    code_max_new_tokens: int | None = None   # generation budget of pass@k programs (None: cfg.max_new_tokens)
     # Shared results, written by the runner and by the generation section.
     rows: dict[str, dict[str, list]] = field(default_factory=dict)
     columns: dict[str, Column] = field(default_factory=dict)

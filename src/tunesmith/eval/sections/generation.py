@@ -14,10 +14,12 @@ from tunesmith.eval.table import metric_column
 from tunesmith.generation import generate
 
 
-def generate_for(ctx: EvalContext, model, convs: list[list[dict]], progress=None) -> list[str]:
-    """Replies with the evaluation's decoding settings (shared by every section that generates)."""
+def generate_for(ctx: EvalContext, model, convs: list[list[dict]], progress=None,
+                 max_new_tokens: int | None = None) -> list[str]:
+    """Replies with the evaluation's decoding settings (shared by every section that generates);
+    `max_new_tokens` overrides the budget (the runner has already resolved "auto" to a number)."""
     cfg = ctx.cfg
-    return generate(model, ctx.tokenizer, convs, max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size,
+    return generate(model, ctx.tokenizer, convs, max_new_tokens=max_new_tokens or cfg.max_new_tokens, batch_size=cfg.batch_size,
                     temperature=cfg.temperature, top_p=cfg.top_p, seed=cfg.seed, system_prompt=ctx.system_prompt,
                     precision=ctx.precision, progress=progress)
 

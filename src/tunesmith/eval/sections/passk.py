@@ -45,7 +45,8 @@ class PassAtK(EvalSection):
         convs = [t.messages() for t in tasks for _ in range(n)]
         for spec in ctx.systems:
             with spec.active():
-                flat = generate_for(ctx, spec.model, convs, ctx.progress(spec.name, "code", len(convs)))
+                flat = generate_for(ctx, spec.model, convs, ctx.progress(spec.name, "code", len(convs)),
+                                    max_new_tokens=ctx.code_max_new_tokens)
             completions = [flat[i:i + n] for i in range(0, len(flat), n)]
             _, results = score_tasks(tasks, completions, cfg.pass_k, limits, workers=cfg.code_workers,
                                      progress=ctx.progress(spec.name, "sandbox", len(flat)))
@@ -56,6 +57,7 @@ class PassAtK(EvalSection):
                                                "prediction": comp, "reference": task.test,
                                                "passed": res.statuses[j] == "passed", "status": res.statuses[j]})
         result.report["code"] = {"tasks": len(tasks), "samples_per_task": n, "k": cfg.pass_k,
+                                 "max_new_tokens": ctx.code_max_new_tokens or cfg.max_new_tokens,
                                  "limits": {"timeout_s": cfg.code_timeout_s, "memory_mb": cfg.code_memory_mb},
                                  "isolation": isolation_layers()}
         return result

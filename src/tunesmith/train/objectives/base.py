@@ -49,6 +49,13 @@ class Objective:
         raise NotImplementedError
 
     @classmethod
+    def lengths(cls, tokenizer, samples: list, data_cfg) -> list[int]:
+        """The lengths `tokenize` compares with data.max_len, one per item it would keep or drop
+        (what `data.max_len: auto` is resolved from); the same DataError as `tokenize` for data
+        this objective cannot train on."""
+        raise NotImplementedError
+
+    @classmethod
     def for_run(cls, prepared, tokenizer, data_cfg, options=None) -> Objective:
         """The objective with a run's settings (padding id, max_len, packing, the method's needs) and
         its `objective:` options."""

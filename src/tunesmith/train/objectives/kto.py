@@ -20,7 +20,8 @@ from typing import ClassVar
 
 import torch
 
-from tunesmith.data.tokenize import Answer, Feedback, tokenize_feedback
+from tunesmith.data.lengths import fixed_max_len
+from tunesmith.data.tokenize import Answer, Feedback, feedback_lengths, tokenize_feedback
 from tunesmith.errors import ConfigError, DataError
 from tunesmith.train.objective_options import KTOOptions
 from tunesmith.train.objectives.base import ObjectiveLoss, register_objective
@@ -47,15 +48,24 @@ class KTO(PairObjective):
     reference: Reference | None = None
     check_pending: bool = field(default=False, repr=False)
 
-    @classmethod
-    def tokenize(cls, tokenizer, samples, data_cfg):
+    @staticmethod
+    def _need_feedback(samples) -> None:
         for s in samples:
             if s.kind not in ("unpaired", "preference"):
                 where = f"{s.source}: " if s.source else ""
                 raise DataError(f"{where}objective 'kto' trains on answers labelled desirable or not (prompt, completion, "
                                 f"label) or on preference pairs; this record is {s.kind} data",
                                 hint="use data in the kto or preference format")
-        return tokenize_feedback(tokenizer, samples, max_len=data_cfg.max_len, system_prompt=data_cfg.system_prompt)
+
+    @classmethod
+    def lengths(cls, tokenizer, samples, data_cfg) -> list[int]:
+        cls._need_feedback(samples)
+        return feedback_lengths(tokenizer, samples, data_cfg.system_prompt)
+
+    @classmethod
+    def tokenize(cls, tokenizer, samples, data_cfg):
+        cls._need_feedback(samples)
+        return tokenize_feedback(tokenizer, samples, max_len=fixed_max_len(data_cfg), system_prompt=data_cfg.system_prompt)
 
     @classmethod
     def check_config(cls, cfg) -> None:

@@ -25,7 +25,8 @@ from typing import Any, ClassVar
 import torch
 import torch.nn.functional as F
 
-from tunesmith.data.tokenize import Pair, tokenize_pairs
+from tunesmith.data.lengths import fixed_max_len
+from tunesmith.data.tokenize import Pair, pair_lengths, tokenize_pairs
 from tunesmith.errors import ConfigError, DataError, UserError
 from tunesmith.events import Message, StepMetrics
 from tunesmith.train.attention import packed_attention_for
@@ -104,9 +105,14 @@ class PairObjective(Objective):
     fast: bool = True
 
     @classmethod
+    def lengths(cls, tokenizer, samples, data_cfg) -> list[int]:
+        need_pairs(samples, cls.name)
+        return pair_lengths(tokenizer, samples, data_cfg.system_prompt)
+
+    @classmethod
     def tokenize(cls, tokenizer, samples, data_cfg):
         need_pairs(samples, cls.name)
-        return tokenize_pairs(tokenizer, samples, max_len=data_cfg.max_len, system_prompt=data_cfg.system_prompt)
+        return tokenize_pairs(tokenizer, samples, max_len=fixed_max_len(data_cfg), system_prompt=data_cfg.system_prompt)
 
     @classmethod
     def check_config(cls, cfg) -> None:

@@ -10,8 +10,9 @@ from __future__ import annotations
 import contextlib
 from dataclasses import dataclass
 
+from tunesmith.data.lengths import fixed_max_len
 from tunesmith.data.packing import Batch, collate
-from tunesmith.data.tokenize import Tokenized, tokenize_all
+from tunesmith.data.tokenize import Tokenized, token_lengths, tokenize_all
 from tunesmith.errors import DataError
 from tunesmith.train.attention import packed_attention_for
 from tunesmith.train.attention import supports as attention_supports
@@ -38,22 +39,31 @@ class SFT(Objective):
     # (virtual tokens, prefixes) so the model's own forward must run.
     fast: bool = True
 
-    @classmethod
-    def tokenize(cls, tokenizer, samples, data_cfg):
+    @staticmethod
+    def _refuse_feedback(samples) -> None:
         for s in samples:
             if s.kind == "unpaired":
                 where = f"{s.source}: " if s.source else ""
                 raise DataError(f"{where}this record is feedback (completion with a desirable/undesirable label); "
                                 "SFT would train on undesirable answers too",
                                 hint="set objective.name: kto, or keep only desirable records as chat data")
-        return tokenize_all(tokenizer, samples, max_len=data_cfg.max_len, overlong=data_cfg.overlong,
+
+    @classmethod
+    def lengths(cls, tokenizer, samples, data_cfg) -> list[int]:
+        cls._refuse_feedback(samples)
+        return token_lengths(tokenizer, samples, data_cfg.system_prompt)
+
+    @classmethod
+    def tokenize(cls, tokenizer, samples, data_cfg):
+        cls._refuse_feedback(samples)
+        return tokenize_all(tokenizer, samples, max_len=fixed_max_len(data_cfg), overlong=data_cfg.overlong,
                             train_on_inputs=data_cfg.train_on_inputs, system_prompt=data_cfg.system_prompt)
 
     @classmethod
     def for_run(cls, prepared, tokenizer, data_cfg, options=None) -> SFT:
         # Methods that prepend per-row tokens (prompt/prefix tuning) need one example per row.
         pack = data_cfg.packing and prepared.packing
-        return cls(max_len=data_cfg.max_len,
+        return cls(max_len=fixed_max_len(data_cfg),
                    pad_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0,
                    pack=pack,
                    # Padding-free rows only where our packed attention runs the model.
