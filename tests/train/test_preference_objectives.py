@@ -19,6 +19,16 @@ from tunesmith.train.reference import Reference
 
 trl = pytest.importorskip("trl")
 
+
+@pytest.fixture(autouse=True)
+def _fresh_accelerate_state():
+    """TRL's trainers set accelerate's process-wide state (mixed precision among it); later tests in this
+    process must not inherit it."""
+    yield
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+
 ROWS = [{"prompt": [{"role": "user", "content": f"Question {i}: {'why ' * (i % 3)}is it so?"}],
          "chosen": [{"role": "assistant", "content": f"Because {i}."}],
          "rejected": [{"role": "assistant", "content": f"No idea, {'really ' * (i % 4)}{i}"}]} for i in range(6)]
@@ -64,7 +74,7 @@ def _dpo_trainer(tiny_model_dir, tokenizer, tmp_path, **config):
 
     model = _policy(tiny_model_dir)
     args = DPOConfig(output_dir=str(tmp_path / "trl"), per_device_train_batch_size=len(ROWS), report_to="none",
-                     use_cpu=True, max_length=None, **config)
+                     use_cpu=True, max_length=None, bf16=False, **config)   # compared in fp32
     trainer = DPOTrainer(model=model, args=args, train_dataset=Dataset.from_list(ROWS), processing_class=tokenizer)
     assert "ref" in model.peft_config       # TRL keeps the starting adapter as the frozen reference
     _move_away(model)
@@ -149,7 +159,7 @@ def test_kto_loss_equals_trl(tiny_model_dir, tokenizer, tmp_path):
             for i, r in enumerate(ROWS)]
     model = _policy(tiny_model_dir)
     args = KTOConfig(output_dir=str(tmp_path / "kto"), per_device_train_batch_size=len(rows), report_to="none",
-                     use_cpu=True, max_length=None, beta=0.2, desirable_weight=1.0, undesirable_weight=1.5)
+                     use_cpu=True, max_length=None, bf16=False, beta=0.2, desirable_weight=1.0, undesirable_weight=1.5)
     trainer = KTOTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows), processing_class=tokenizer)
     _move_away(model)
     ds = trainer.train_dataset

@@ -148,7 +148,7 @@ def test_data_an_objective_cannot_use_is_refused_with_its_line(tmp_path, tiny_mo
         run(_cfg(tmp_path, tiny_model_dir, memo_data, {"name": "dpo"}))
     kto = write_jsonl(tmp_path / "kto.jsonl", [{"prompt": "a?", "completion": "b", "label": True},
                                                {"prompt": "c?", "completion": "d", "label": False}])
-    with pytest.raises(DataError, match=r"kto\.jsonl:1: this record is feedback"):
+    with pytest.raises(DataError, match=r"kto\.jsonl:1: objective 'sft' does not train on feedback"):
         run(_cfg(tmp_path, tiny_model_dir, kto, {"name": "sft"}, name="sftkto"))
 
 

@@ -180,17 +180,10 @@ def tokenize_answer(tokenizer, prompt: list[dict], answer: str, system_prompt: s
 
 
 @dataclass
-class AnswerStats:
-    examples: int = 0
-    dropped_overlong: int = 0
-    dropped_identical: int = 0
-    dropped_no_target: int = 0
-    tokens: int = 0
-    target_tokens: int = 0
-    lengths: list[int] = field(default_factory=list)
+class AnswerStats(TokenizeStats):
+    """TokenizeStats of pairs / answers; `truncated` stays 0 (they are dropped, never cut)."""
 
-    def as_dict(self) -> dict:
-        return {k: v for k, v in self.__dict__.items() if k != "lengths"}
+    dropped_identical: int = 0
 
 
 def pair_lengths(tokenizer, samples: list[Sample], system_prompt: str | None = None) -> list[int]:

@@ -23,7 +23,7 @@ from typing import Any, ClassVar, NamedTuple
 
 import torch
 
-from tunesmith.errors import UserError
+from tunesmith.errors import DataError, UserError
 from tunesmith.train.objective_options import ObjectiveOptions
 
 
@@ -109,6 +109,14 @@ class ObjectiveModule(torch.nn.Module):
 
     def forward(self, batch) -> ObjectiveLoss:
         return self.objective.loss(self.model, batch)
+
+
+def refuse_records(samples, allowed: set[str], why: str, hint: str) -> None:
+    """DataError naming the first record whose kind is not in `allowed`: "FILE:LINE: <why>; this record is <kind> data"."""
+    for s in samples:
+        if s.kind not in allowed:
+            where = f"{s.source}: " if s.source else ""
+            raise DataError(f"{where}{why}; this record is {s.kind} data", hint=hint)
 
 
 OBJECTIVES: dict[str, type[Objective]] = {}

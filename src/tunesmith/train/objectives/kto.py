@@ -14,20 +14,18 @@ micro-batch; with one, z is the example's own log-ratio.
 
 from __future__ import annotations
 
-import contextlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
 
 from tunesmith.data.lengths import fixed_max_len
 from tunesmith.data.tokenize import Answer, Feedback, feedback_lengths, tokenize_feedback
-from tunesmith.errors import ConfigError, DataError
+from tunesmith.errors import ConfigError
 from tunesmith.train.objective_options import KTOOptions
-from tunesmith.train.objectives.base import ObjectiveLoss, register_objective
-from tunesmith.train.objectives.preference import PairObjective, check_start
+from tunesmith.train.objectives.base import ObjectiveLoss, refuse_records, register_objective
+from tunesmith.train.objectives.preference import ReferenceObjective
 from tunesmith.train.objectives.sequences import AnswerBatch, answer_logps, collate_answers
-from tunesmith.train.reference import Reference, drop_start_adapter, reference_for
 
 
 @dataclass
@@ -38,24 +36,17 @@ class KTOBatch:
 
 @register_objective
 @dataclass
-class KTO(PairObjective):
+class KTO(ReferenceObjective):
     name = "kto"
     summary = "Kahneman-Tversky optimisation on unpaired desirable / undesirable answers, against a reference"
     data = "unpaired feedback (kto), or pairs read as one desirable and one undesirable answer"
     options: ClassVar = KTOOptions
     metric_names = ("kl", "reward_accuracy", "logps")
 
-    reference: Reference | None = None
-    check_pending: bool = field(default=False, repr=False)
-
     @staticmethod
     def _need_feedback(samples) -> None:
-        for s in samples:
-            if s.kind not in ("unpaired", "preference"):
-                where = f"{s.source}: " if s.source else ""
-                raise DataError(f"{where}objective 'kto' trains on answers labelled desirable or not (prompt, completion, "
-                                f"label) or on preference pairs; this record is {s.kind} data",
-                                hint="use data in the kto or preference format")
+        refuse_records(samples, {"unpaired", "preference"}, "objective 'kto' trains on answers labelled desirable or "
+                       "not (prompt, completion, label) or on preference pairs", hint="use data in the kto or preference format")
 
     @classmethod
     def lengths(cls, tokenizer, samples, data_cfg) -> list[int]:
@@ -74,24 +65,6 @@ class KTO(PairObjective):
         if micro < 2:
             raise ConfigError("objective 'kto' needs at least 2 examples per micro-batch: its KL estimate pairs each prompt "
                               "with another example's answer", hint="raise train.micro_batch_size (or train.batch_size) to 2 or more")
-
-    @classmethod
-    def for_run(cls, prepared, tokenizer, data_cfg, options=None) -> KTO:
-        options = options or KTOOptions()
-        return cls(opts=options, reference=reference_for(prepared, options.reference), **cls._settings(prepared, tokenizer))
-
-    def started(self, step: int) -> None:
-        self.check_pending = step == 0 and self.opts.check_reference
-
-    def context(self, model):
-        stack = contextlib.ExitStack()
-        stack.enter_context(super().context(model))
-        if self.reference is not None and self.reference.copy is not None and self.fast:
-            from tunesmith.train.attention import packed_attention_for
-
-            stack.enter_context(packed_attention_for(self.reference.copy))
-        stack.callback(drop_start_adapter, model)
-        return stack
 
     def collate(self, items: list[Feedback]) -> KTOBatch:
         answers = [f.answer for f in items]
@@ -124,8 +97,7 @@ class KTO(PairObjective):
         o = self.opts
         rho = policy - reference                                      # (N,)
         if check:
-            self.check_pending = False
-            check_start(o.beta, rho, rho, self.reference)
+            self.check_start(rho, rho)
         kl = kl.detach()
         losses = torch.where(desirable, o.desirable_weight * (1 - torch.sigmoid(o.beta * (rho - kl))),
                              o.undesirable_weight * (1 - torch.sigmoid(o.beta * (kl - rho))))

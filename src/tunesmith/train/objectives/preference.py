@@ -27,12 +27,12 @@ import torch.nn.functional as F
 
 from tunesmith.data.lengths import fixed_max_len
 from tunesmith.data.tokenize import Pair, pair_lengths, tokenize_pairs
-from tunesmith.errors import ConfigError, DataError, UserError
+from tunesmith.errors import ConfigError, UserError
 from tunesmith.events import Message, StepMetrics
 from tunesmith.train.attention import packed_attention_for
 from tunesmith.train.attention import supports as attention_supports
 from tunesmith.train.objective_options import DPOOptions, ORPOOptions
-from tunesmith.train.objectives.base import Objective, ObjectiveLoss, register_objective
+from tunesmith.train.objectives.base import Objective, ObjectiveLoss, refuse_records, register_objective
 from tunesmith.train.objectives.sequences import AnswerBatch, answer_logps, collate_answers
 from tunesmith.train.reference import Reference, drop_start_adapter, reference_for
 
@@ -50,14 +50,9 @@ class ReferenceMismatch(UserError):
 
 
 def need_pairs(samples, objective: str) -> None:
-    """Refuse data that is not preference pairs, naming the first offending record."""
-    for s in samples:
-        if s.kind != "preference":
-            where = f"{s.source}: " if s.source else ""
-            raise DataError(f"{where}objective '{objective}' trains on preference pairs (prompt, chosen, rejected); "
-                            f"this record is {s.kind} data",
-                            hint="use data in the preference or openai_preference format; `tunesmith data pairs` builds "
-                                 "pairs from an eval's predictions")
+    refuse_records(samples, {"preference"}, f"objective '{objective}' trains on preference pairs (prompt, chosen, rejected)",
+                   hint="use data in the preference or openai_preference format; `tunesmith data pairs` builds pairs "
+                        "from an eval's predictions")
 
 
 def check_start(beta: float, delta: torch.Tensor, logratios: torch.Tensor, reference: Reference) -> None:
@@ -146,29 +141,21 @@ class PairObjective(Objective):
         return packed_attention_for(model) if self.fast else contextlib.nullcontext()
 
 
-@register_objective
 @dataclass
-class DPO(PairObjective):
-    name = "dpo"
-    summary = "direct preference optimisation against a reference (sigmoid / ipo / hinge losses)"
-    data = "pairs: preference, openai_preference"
-    options: ClassVar = DPOOptions
-    metric_names = ("rewards_chosen", "rewards_rejected", "reward_margin", "reward_accuracy",
-                    "logps_chosen", "logps_rejected")
+class ReferenceObjective(PairObjective):
+    """An objective measured against a reference (DPO, KTO): which one, the step-0 check, and the
+    reference's needs around the run."""
 
     reference: Reference | None = None
     check_pending: bool = field(default=False, repr=False)
 
     @classmethod
-    def for_run(cls, prepared, tokenizer, data_cfg, options=None) -> DPO:
-        options = options or DPOOptions()
+    def for_run(cls, prepared, tokenizer, data_cfg, options=None):
+        options = options or cls.options()
         return cls(opts=options, reference=reference_for(prepared, options.reference), **cls._settings(prepared, tokenizer))
 
     def started(self, step: int) -> None:
         self.check_pending = step == 0 and self.opts.check_reference
-
-    def listeners(self, events) -> list:
-        return [displacement_watch(events)]
 
     def context(self, model):
         stack = contextlib.ExitStack()
@@ -178,6 +165,24 @@ class DPO(PairObjective):
         # The frozen start adapter is the reference only while training; the saved folder holds the trained one.
         stack.callback(drop_start_adapter, model)
         return stack
+
+    def check_start(self, delta: torch.Tensor, logratios: torch.Tensor) -> None:
+        self.check_pending = False
+        check_start(self.opts.beta, delta, logratios, self.reference)
+
+
+@register_objective
+@dataclass
+class DPO(ReferenceObjective):
+    name = "dpo"
+    summary = "direct preference optimisation against a reference (sigmoid / ipo / hinge losses)"
+    data = "pairs: preference, openai_preference"
+    options: ClassVar = DPOOptions
+    metric_names = ("rewards_chosen", "rewards_rejected", "reward_margin", "reward_accuracy",
+                    "logps_chosen", "logps_rejected")
+
+    def listeners(self, events) -> list:
+        return [displacement_watch(events)]
 
     def logps(self, model, batch: AnswerBatch) -> tuple[torch.Tensor, torch.Tensor]:
         """(policy, reference) summed answer log-probs, (2P,) each, chosen and rejected interleaved."""
@@ -197,7 +202,6 @@ class DPO(PairObjective):
         rho_c, rho_r = pc - reference[0::2], pr - reference[1::2]
         delta = rho_c - rho_r                                         # (P,)
         if check:
-            self.check_pending = False
             self.check_start(delta, torch.cat([rho_c, rho_r]).detach())
         if o.loss_type == "sigmoid":
             losses = -(1 - o.label_smoothing) * F.logsigmoid(o.beta * delta) - o.label_smoothing * F.logsigmoid(-o.beta * delta)
@@ -213,10 +217,6 @@ class DPO(PairObjective):
                    "reward_accuracy": (rc > rr).float().sum(), "logps_chosen": pc.detach().sum(),
                    "logps_rejected": pr.detach().sum()}
         return ObjectiveLoss(losses.sum(), delta.shape[0], metrics)
-
-    def check_start(self, delta: torch.Tensor, logratios: torch.Tensor) -> None:
-        check_start(self.opts.beta, delta, logratios, self.reference)
-
 
 @register_objective
 @dataclass

@@ -13,11 +13,10 @@ from dataclasses import dataclass
 from tunesmith.data.lengths import fixed_max_len
 from tunesmith.data.packing import Batch, collate
 from tunesmith.data.tokenize import Tokenized, token_lengths, tokenize_all
-from tunesmith.errors import DataError
 from tunesmith.train.attention import packed_attention_for
 from tunesmith.train.attention import supports as attention_supports
 from tunesmith.train.loss import causal_lm_nll
-from tunesmith.train.objectives.base import Objective, ObjectiveLoss, register_objective
+from tunesmith.train.objectives.base import Objective, ObjectiveLoss, refuse_records, register_objective
 
 _NO_METRICS: dict = {}
 
@@ -41,12 +40,9 @@ class SFT(Objective):
 
     @staticmethod
     def _refuse_feedback(samples) -> None:
-        for s in samples:
-            if s.kind == "unpaired":
-                where = f"{s.source}: " if s.source else ""
-                raise DataError(f"{where}this record is feedback (completion with a desirable/undesirable label); "
-                                "SFT would train on undesirable answers too",
-                                hint="set objective.name: kto, or keep only desirable records as chat data")
+        refuse_records(samples, {"chat", "text", "preference"},
+                       "objective 'sft' does not train on feedback labelled desirable/undesirable (it would learn the "
+                       "undesirable answers too)", hint="set objective.name: kto, or keep only desirable records as chat data")
 
     @classmethod
     def lengths(cls, tokenizer, samples, data_cfg) -> list[int]:
