@@ -20,15 +20,19 @@ class ServingModels:
         return {"id": spec.name, "object": "model", "created": created, "owned_by": "tunesmith",
                 "root": str(spec.path), "parent": self.state.base_name, "method": spec.method, "engine": spec.engine}
 
-    def list_models(self) -> dict:
+    def list_models(self, org: str | None = None) -> dict:
+        """The base and the adapters `org` may use: every --adapter one, and its own fine-tuned models."""
         state = self.state
         created = int(state.started)
         data = [{"id": state.base_name, "object": "model", "created": created, "owned_by": "tunesmith",
                  "root": str(state.base_path), "parent": None}]
-        for name in state.model_names()[1:]:
+        for name in state.model_names(org)[1:]:
             spec = state.adapters.get(name)
             if spec is not None:        # unloaded between the two reads
-                data.append(self.adapter_card(spec, created))
+                card = self.adapter_card(spec, created)
+                if name in state.owners:
+                    card["owned_by"] = state.owners[name]
+                data.append(card)
         return {"object": "list", "data": data}
 
     def check_load(self, body: LoadAdapterRequest):
