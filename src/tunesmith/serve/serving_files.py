@@ -56,7 +56,7 @@ class ServingFiles:
         file_id = new_id("file-")
         final = self.store.files_dir / f"{file_id}{suffix}"
         final.parent.mkdir(parents=True, exist_ok=True)
-        tmp = final.with_name(f".{final.name}.tmp")
+        tmp = final.with_name(f".tmp-{final.name}")   # the suffix picks the reader
         tmp.write_bytes(content)
         try:
             fmt, records = self._validate(tmp, name)
@@ -76,7 +76,7 @@ class ServingFiles:
         try:
             result = read_samples(path, keep=False)
         except UserError as exc:
-            raise bad_request(f"{name}: {exc.message}", "file") from None
+            raise bad_request(f"{name}: {exc.message.replace(str(path), name)}", "file") from None
         errors = result.errors
         if errors:
             shown = "; ".join(f"line {e.line}: {e.field}: {e.message}" for e in errors[:MAX_PROBLEMS_SHOWN])

@@ -130,19 +130,24 @@ def add_result_file(store: Store, job: dict, name: str, content: bytes) -> str:
     return file_id
 
 
-def finish(store: Store, job: dict, run_dir: Path, result) -> None:
+def finish(store: Store, job: dict, run_dir: Path, result, final_metrics: dict) -> None:
+    """Checkpoints as adapters, result files, `trained = 1`: everything the server needs to serve the job."""
+    from tunesmith.run_dir import CHECKPOINT_NAME
     from tunesmith.train.checkpoint import list_checkpoints
 
     job_id = job["id"]
     adapter = run_dir / "adapter"
-    kept = list_checkpoints(run_dir / "checkpoints")
-    store.drop_checkpoints_except(job_id, [int(p.name.split("-")[1]) for p in kept])
-    for path in kept:
-        step = int(path.name.split("-")[1])
+    final_step = result.train.steps
+    kept = {int(CHECKPOINT_NAME.match(p.name).group(1)): p for p in list_checkpoints(run_dir / "checkpoints")}
+    store.drop_checkpoints_except(job_id, [*kept, final_step])
+    for step, path in kept.items():
         store.add_checkpoint(job_id, step, {"step": step})      # a checkpoint from before a restart has its row already
         out = store.job_dir(job_id) / CHECKPOINT_ADAPTERS / path.name
-        if checkpoint_adapter(path, adapter, out):
+        if step != final_step and checkpoint_adapter(path, adapter, out):
             store.set_checkpoint_adapter(job_id, step, str(out))
+    # As at OpenAI, the last checkpoint is the finished model itself.
+    store.add_checkpoint(job_id, final_step, final_metrics if final_metrics.get("step") == final_step else {"step": final_step})
+    store.set_checkpoint_adapter(job_id, final_step, str(adapter))
     files = [add_result_file(store, job, "step_metrics.csv", results_csv(run_dir / "metrics.jsonl").encode())]
     for report in ("report.json", "report.md"):
         if (run_dir / report).is_file():
@@ -164,8 +169,9 @@ def run_job(data_dir: str, job_id: str, parent: int) -> int:
     run_dir = Path(cfg.output.dir)
     resume = bool(list_checkpoints(run_dir / "checkpoints"))
     try:
-        result = run(cfg, resume=resume, events=Events(JobListener(store, job_id, parent)))
-        finish(store, job, run_dir, result)
+        listener = JobListener(store, job_id, parent)
+        result = run(cfg, resume=resume, events=Events(listener))
+        finish(store, job, run_dir, result, listener.last_metrics)
     except UserError as exc:
         store.update_job(job_id, error={"code": "invalid_training_data", "message": exc.message, "param": None})
         return 1
