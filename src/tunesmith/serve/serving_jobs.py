@@ -61,7 +61,8 @@ class ServingJobs:
         kind = method_type(body)
         for row, param in ((train, "training_file"), (val, "validation_file")):
             if row is not None and (row["format"] in PREFERENCE_FORMATS) != (kind == "dpo"):
-                want = "preference pairs" if kind == "dpo" else "chats or other supervised examples"
+                want = ("preference pairs" if kind == "dpo"
+                        else "chats or other supervised examples (preference pairs need method type 'dpo')")
                 raise bad_request(f"{param} {row['id']} holds {row['format']} records; a {kind} job needs {want}", param)
         if self.store.active_jobs(org) >= options.max_queued_jobs:
             raise APIError(429, f"Organization '{org}' already has {options.max_queued_jobs} unfinished jobs "
