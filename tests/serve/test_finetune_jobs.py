@@ -140,3 +140,32 @@ def test_checkpoints_are_served_models(service, trained, tiny_model_dir, tokeniz
     assert all((trained_state[k] - ours[k.replace(".default.", ".")]).abs().max() == 0 for k in trained_state)
     offline = offline_answers(tiny_model_dir, tokenizer, lambda base, path: PeftModel.from_pretrained(base, str(path)))
     assert ask(checkpoints[1].fine_tuned_model_checkpoint).strip() == offline(folder, PROMPT)
+
+
+def test_another_organization_cannot_see_or_use_the_fine_tuned_model(service, trained):
+    globex, job = service["globex"], trained["job"]
+    assert job.fine_tuned_model not in [m.id for m in globex.models.list().data]
+    assert "tiny" in [m.id for m in globex.models.list().data]
+    for model in (job.fine_tuned_model, f"{job.fine_tuned_model}:ckpt-step-3"):
+        with pytest.raises(openai.NotFoundError):
+            globex.chat.completions.create(model=model, messages=[{"role": "user", "content": "hi"}], max_tokens=2)
+    with pytest.raises(openai.NotFoundError):
+        globex.fine_tuning.jobs.retrieve(job.id)
+
+
+def test_cancel_stops_a_running_job_within_one_step(service, trained):
+    client = service["acme"]
+    job = client.fine_tuning.jobs.create(model="tiny", training_file=trained["upload"].id, seed=3,
+                                         metadata={**FAST, "train.max_steps": "100000", "train.save_every": "0"})
+    deadline = time.monotonic() + 120
+    while not any(e.type == "metrics" for e in client.fine_tuning.jobs.list_events(job.id, limit=5).data):
+        assert time.monotonic() < deadline, "the job never started training"
+        time.sleep(0.1)
+    assert client.fine_tuning.jobs.cancel(job.id).status == "cancelled"
+    time.sleep(2.0)
+    events = list(client.fine_tuning.jobs.list_events(job.id, limit=100))
+    newer = events[:[e.message for e in events].index("The job was cancelled")]
+    assert len([e for e in newer if e.type == "metrics"]) <= 1, [e.message for e in newer]
+    assert not service["state"].finetune.supervisor.workers        # the process is gone
+    job = client.fine_tuning.jobs.retrieve(job.id)
+    assert job.status == "cancelled" and job.fine_tuned_model is None

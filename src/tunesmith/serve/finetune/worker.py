@@ -10,7 +10,8 @@ its own, the step/loss CSV (and the eval report) as result files, `trained = 1`.
 this process, loads the adapter and marks the job `succeeded`, so a job is never reported done
 before its model answers.
 
-The process dies with the server: the supervisor asks the kernel for that (PR_SET_PDEATHSIG), and
+A cancelled job stops at the end of the step in progress (each step's event checks the job's
+status). The process dies with the server: the supervisor asks the kernel for that (PR_SET_PDEATHSIG), and
 every event also checks that the parent is still the one that started it.
 """
 
@@ -57,6 +58,10 @@ class JobListener:
                     if event.start_step else f"Fine-tuning started: {event.total_steps} steps")
             add(self.job_id, text, data={"total_steps": event.total_steps, "start_step": event.start_step})
         elif isinstance(event, StepMetrics):
+            if self.store.job(self.job_id)["status"] != "running":
+                # Cancelled: stop before the next step. Every output is written atomically, so nothing
+                # is left half-written; the supervisor reaps the process.
+                os._exit(4)
             metrics = openai_metrics(event.metrics)
             self.last_metrics = {"step": event.step, **metrics}
             add(self.job_id, f"Step {event.step}/{event.total_steps}: training loss={event.metrics['loss']:.4f}",
