@@ -173,3 +173,34 @@ def test_limits_and_keys_answer_in_openais_shape(api):
     nobody = openai.OpenAI(base_url=f"{api['url']}/v1", api_key="sk-wrong", max_retries=0)
     with pytest.raises(openai.AuthenticationError):
         nobody.files.list()
+
+
+def test_jobs_cli_lists_shows_cancels_and_prints_logs(api, capsys, monkeypatch):
+    from tunesmith.cli import main
+
+    monkeypatch.setenv("COLUMNS", "250")
+    client = api["globex"]
+    file = upload(client, chats(4))
+    job = client.fine_tuning.jobs.create(model="tiny", training_file=file.id, suffix="cli")
+    flags = ["--base-url", f"{api['url']}/v1", "--api-key", KEYS["globex"]]
+
+    def cli(*argv) -> tuple[int, str, str]:
+        with pytest.raises(SystemExit) as info:
+            main(["jobs", *argv, *flags])
+        captured = capsys.readouterr()
+        return info.value.code, captured.out, captured.err
+
+    code, text, _ = cli("list")
+    assert code == 0 and job.id in text and "queued" in text
+    code, text, _ = cli("show", job.id)
+    assert code == 0 and "n_epochs=1 batch_size=4" in text and file.id in text
+    code, text, _ = cli("cancel", job.id)
+    assert code == 0 and text.strip() == f"{job.id}: cancelled"
+    code, text, _ = cli("logs", job.id)
+    lines = text.strip().splitlines()
+    assert code == 0 and lines[0].endswith(f"Created fine-tuning job: {job.id}") and lines[-1].endswith("The job was cancelled")
+    code, _, err = cli("show", "ftjob-nosuchjob")
+    assert code == 2 and "404" in err and "ftjob-nosuchjob" in err and "Traceback" not in err
+    with pytest.raises(SystemExit) as info:                 # another organization's key: not found, as for a missing job
+        main(["jobs", "cancel", job.id, "--base-url", f"{api['url']}/v1", "--api-key", KEYS["acme"]])
+    assert info.value.code == 2 and "404" in capsys.readouterr().err
