@@ -169,3 +169,49 @@ def test_cancel_stops_a_running_job_within_one_step(service, trained):
     assert not service["state"].finetune.supervisor.workers        # the process is gone
     job = client.fine_tuning.jobs.retrieve(job.id)
     assert job.status == "cancelled" and job.fine_tuned_model is None
+
+
+def test_a_paused_dpo_job_resumes_to_the_uninterrupted_adapter(service, tmp_path):
+    from tunesmith.config import load_config
+    from tunesmith.events import Events
+    from tunesmith.pipeline import run
+
+    client = service["acme"]
+    pairs = [{"input": {"messages": [{"role": "user", "content": f"Code for item {i}?"}]},
+              "preferred_output": [{"role": "assistant", "content": f"ITEM-{i:03d}"}],
+              "non_preferred_output": [{"role": "assistant", "content": f"no idea about {i}"}]} for i in range(12)]
+    path = tmp_path / "prefs.jsonl"
+    path.write_text("".join(json.dumps(p) + "\n" for p in pairs))
+    with open(path, "rb") as fh:
+        prefs = client.files.create(file=fh, purpose="fine-tune")
+    job = client.fine_tuning.jobs.create(
+        model="tiny", training_file=prefs.id, seed=5,
+        method={"type": "dpo", "dpo": {"hyperparameters": {"beta": 0.5, "batch_size": 4, "learning_rate_multiplier": 20}}},
+        metadata={"train.max_steps": "40", "train.save_every": "5", "data.max_len": "64", "train.precision": "fp32",
+                  "method.r": "4", "train.warmup_ratio": "0"})
+    deadline = time.monotonic() + 120
+    while not any(e.message == "Checkpoint created at step 10" for e in client.fine_tuning.jobs.list_events(job.id, limit=20)):
+        assert time.monotonic() < deadline, "no checkpoint at step 10"
+        time.sleep(0.05)
+    assert client.fine_tuning.jobs.pause(job.id).status == "paused"
+    time.sleep(1.0)
+    assert not service["state"].finetune.supervisor.workers
+    steps = [e.data["step"] for e in client.fine_tuning.jobs.list_events(job.id, limit=100) if e.type == "metrics"]
+    assert max(steps) < 40, "the job finished before the pause"
+    with pytest.raises(openai.BadRequestError):
+        client.fine_tuning.jobs.pause(job.id)
+    assert client.fine_tuning.jobs.resume(job.id).status in ("queued", "running")
+    done = wait_for(client, job.id)
+    assert done.status == "succeeded", done.error
+    assert done.method.type == "dpo" and done.fine_tuned_model.startswith("ft:tiny:acme::ftjob-")
+    messages = [e.message for e in client.fine_tuning.jobs.list_events(job.id, limit=200)]
+    assert any(m.startswith("Resumed from the checkpoint of step") for m in messages)
+    assert any(m.startswith("objective: dpo") for m in messages)
+
+    run_dir = Path(service["data_dir"]) / "jobs" / job.id / "run"
+    cfg = load_config(run_dir / "config.yaml")
+    run(cfg.model_copy(update={"output": cfg.output.model_copy(update={"dir": str(tmp_path / "straight")})}), events=Events())
+    paused = load_file(str(run_dir / "adapter" / "adapter_model.safetensors"))
+    straight = load_file(str(tmp_path / "straight" / "adapter" / "adapter_model.safetensors"))
+    assert paused.keys() == straight.keys()
+    assert max((paused[k] - straight[k]).abs().max().item() for k in straight) <= 1e-5

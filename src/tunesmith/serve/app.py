@@ -142,6 +142,16 @@ def add_finetuning_routes(app: FastAPI, state: ServerState) -> None:
         service_on()
         return await run_in_threadpool(jobs.cancel, org(request), job_id)
 
+    @app.post("/v1/fine_tuning/jobs/{job_id}/pause")
+    async def pause_job(job_id: str, request: Request):
+        service_on()
+        return await run_in_threadpool(jobs.pause, org(request), job_id)
+
+    @app.post("/v1/fine_tuning/jobs/{job_id}/resume")
+    async def resume_job(job_id: str, request: Request):
+        service_on()
+        return await run_in_threadpool(jobs.resume, org(request), job_id)
+
     @app.get("/v1/fine_tuning/jobs/{job_id}/events")
     async def job_events(job_id: str, request: Request, after: str | None = None, limit: int | None = None):
         service_on()

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from tunesmith.serve.errors import APIError, bad_request
 from tunesmith.serve.finetune.service import file_object, page
-from tunesmith.serve.finetune.store import new_id
+from tunesmith.serve.finetune.store import ACTIVE, new_id
 
 PURPOSES = ("fine-tune",)
 MAX_PROBLEMS_SHOWN = 3
@@ -107,7 +107,7 @@ class ServingFiles:
 
     def delete(self, org: str, file_id: str) -> dict:
         row = self._row(org, file_id)
-        in_use = [j["id"] for j in self.store.jobs_with_status("validating_files", "queued", "running")
+        in_use = [j["id"] for j in self.store.jobs_with_status(*ACTIVE)
                   if file_id in (j["request"]["training_file"], j["request"].get("validation_file"))]
         if in_use:
             raise APIError(409, f"File {file_id} is used by the unfinished job {in_use[0]}; cancel it first",

@@ -1,4 +1,5 @@
-"""/v1/fine_tuning/jobs: create, list, retrieve, cancel, events, checkpoints; one organization's jobs only.
+"""/v1/fine_tuning/jobs: create, list, retrieve, cancel, pause, resume, events, checkpoints; one
+organization's jobs only.
 
 Creating a job checks everything a run would trip over later (the files are this organization's
 and fit the method, the base is this server's, every metadata run-config key is valid) and queues
@@ -7,13 +8,15 @@ it; the supervisor (finetune/supervisor.py) trains it in a process of its own.
 
 from __future__ import annotations
 
+import time
+
 from pydantic import ValidationError
 
 from tunesmith.errors import ConfigError
 from tunesmith.serve.errors import APIError, bad_request
 from tunesmith.serve.finetune.job_spec import PREFERENCE_FORMATS, JobCreate, build_config, fine_tuned_name, method_type
 from tunesmith.serve.finetune.service import checkpoint_object, event_object, job_object, page
-from tunesmith.serve.finetune.store import FINAL, new_id
+from tunesmith.serve.finetune.store import ACTIVE, FINAL, new_id
 from tunesmith.serve.serving_files import limit_param
 
 
@@ -100,12 +103,31 @@ class ServingJobs:
         if row["status"] in FINAL:
             raise APIError(400, f"Job {job_id} has already {row['status']}", "invalid_request_error",
                            "job_not_cancellable", "fine_tuning_job_id")
-        import time
-
-        # The supervisor kills the job's process at its next tick (a fraction of a second, within one step).
-        if self.store.update_job(job_id, only_if=("validating_files", "queued", "running"), status="cancelled",
-                                 finished_at=int(time.time()), estimated_finish=None):
+        # The worker stops at the end of its step in progress; the supervisor reaps it.
+        if self.store.update_job(job_id, only_if=ACTIVE, status="cancelled", finished_at=int(time.time()),
+                                 estimated_finish=None):
             self.store.add_event(job_id, "The job was cancelled")
+        self.state.finetune.supervisor.wake()
+        return job_object(self.store.job(job_id))
+
+    def pause(self, org: str, job_id: str) -> dict:
+        """A running (or queued) job stops at the end of its step in progress and waits for `resume`,
+        which continues from its last checkpoint: steps after that checkpoint are trained again, to
+        the same weights, since resuming is exact."""
+        row = self._row(org, job_id)
+        if not self.store.update_job(job_id, only_if=("queued", "running"), status="paused", estimated_finish=None):
+            raise APIError(400, f"Job {job_id} is {row['status']}; only a queued or running job can be paused",
+                           "invalid_request_error", "job_not_pausable", "fine_tuning_job_id")
+        self.store.add_event(job_id, "The job was paused")
+        self.state.finetune.supervisor.wake()
+        return job_object(self.store.job(job_id))
+
+    def resume(self, org: str, job_id: str) -> dict:
+        row = self._row(org, job_id)
+        if not self.store.update_job(job_id, only_if=("paused",), status="queued"):
+            raise APIError(400, f"Job {job_id} is {row['status']}; only a paused job can be resumed",
+                           "invalid_request_error", "job_not_paused", "fine_tuning_job_id")
+        self.store.add_event(job_id, "The job was resumed; it is queued")
         self.state.finetune.supervisor.wake()
         return job_object(self.store.job(job_id))
 

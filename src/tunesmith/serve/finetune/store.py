@@ -28,8 +28,7 @@ CREATE TABLE IF NOT EXISTS jobs (
     seq INTEGER PRIMARY KEY AUTOINCREMENT, id TEXT UNIQUE NOT NULL, org TEXT NOT NULL,
     created_at INTEGER NOT NULL, status TEXT NOT NULL, request TEXT NOT NULL, overrides TEXT NOT NULL,
     fine_tuned_model TEXT, finished_at INTEGER, error TEXT, trained_tokens INTEGER,
-    estimated_finish INTEGER, result_files TEXT NOT NULL DEFAULT '[]', trained INTEGER NOT NULL DEFAULT 0,
-    cancel_requested INTEGER NOT NULL DEFAULT 0);
+    estimated_finish INTEGER, result_files TEXT NOT NULL DEFAULT '[]', trained INTEGER NOT NULL DEFAULT 0);
 CREATE TABLE IF NOT EXISTS events (
     seq INTEGER PRIMARY KEY AUTOINCREMENT, id TEXT UNIQUE NOT NULL, job_id TEXT NOT NULL,
     created_at INTEGER NOT NULL, level TEXT NOT NULL, type TEXT NOT NULL, message TEXT NOT NULL, data TEXT);
@@ -42,8 +41,9 @@ CREATE INDEX IF NOT EXISTS jobs_by_org ON jobs (org, seq);
 CREATE INDEX IF NOT EXISTS files_by_org ON files (org, seq);
 """
 
-# Statuses of OpenAI's fine_tuning.job; the last three are final.
-ACTIVE = ("validating_files", "queued", "running")
+# Statuses of OpenAI's fine_tuning.job: unfinished ones (they count against max_queued_jobs and keep
+# their files from deletion) and final ones.
+ACTIVE = ("validating_files", "queued", "running", "paused")
 FINAL = ("succeeded", "failed", "cancelled")
 
 _ALPHABET = string.ascii_letters + string.digits
@@ -169,7 +169,7 @@ class Store:
             return self._one("SELECT * FROM jobs WHERE id = ?", (job_id,))
         return self._one("SELECT * FROM jobs WHERE id = ? AND org = ?", (job_id, org))
 
-    def list_jobs(self, org: str, after: str | None, limit: int, metadata: dict | None = None) -> tuple[list[dict], bool]:
+    def list_jobs(self, org: str, after: str | None, limit: int) -> tuple[list[dict], bool]:
         return self._page("jobs", "org = ?", (org,), after, limit)
 
     def jobs_with_status(self, *statuses: str) -> list[dict]:

@@ -1,11 +1,14 @@
 """The job queue of one server: starts a worker process per job, watches it, serves what it trained.
 
 A thread of the server process. Every tick it reaps finished workers, kills the ones whose job was
-cancelled, and starts the oldest queued jobs while fewer than `job_workers` run. A job found
+cancelled or paused (if they have not stopped at their step's end already), and starts the oldest queued jobs while fewer than `job_workers` run. A job found
 `running` with no worker (the server was stopped or killed while it trained) is started again and
 resumes from its last checkpoint. When a worker has trained its job, the supervisor loads the
 adapter (and the checkpoints) into the server's adapter table and only then marks the job
 `succeeded`: the `ft:` model answers from the moment the status says so.
+
+One spare worker waits with its imports done (torch, transformers, peft: most of a job's start-up),
+so a job starts training seconds after it is queued; it gets its job id on stdin.
 """
 
 from __future__ import annotations
@@ -51,6 +54,8 @@ class Supervisor:
     def __init__(self, state, store: Store):
         self.state, self.store = state, store
         self.workers: dict[str, Worker] = {}
+        # A worker that has done its imports (~20 s of a job's start) and waits for the next job.
+        self.spare: subprocess.Popen | None = None
         self._stop = threading.Event()
         self._wake = threading.Event()
         # PR_SET_PDEATHSIG fires when the *thread* that started the child ends, so workers are only
@@ -70,10 +75,11 @@ class Supervisor:
         self._wake.set()
         if self.thread.is_alive():
             self.thread.join(timeout=10)
-        for worker in list(self.workers.values()):
-            worker.proc.kill()
-            worker.proc.wait()
+        for proc in [w.proc for w in self.workers.values()] + ([self.spare] if self.spare else []):
+            proc.kill()
+            proc.wait()
         self.workers.clear()
+        self.spare = None
 
     # -- serving results ---------------------------------------------------------------------------
     def serve_finished_jobs(self) -> None:
@@ -129,7 +135,7 @@ class Supervisor:
     def tick(self) -> None:
         for job_id, worker in list(self.workers.items()):
             job = self.store.job(job_id)
-            if job["cancel_requested"] or job["status"] != "running":
+            if job["status"] != "running":          # cancelled or paused
                 worker.proc.kill()
                 worker.proc.wait()
                 del self.workers[job_id]
@@ -143,6 +149,7 @@ class Supervisor:
             else:
                 self._fail(job, "worker_failed", f"the training process exited with code {code}; its log: {worker.log_path}")
         self._start_jobs()
+        self._keep_spare()
 
     def _start_jobs(self) -> None:
         capacity = self.state.options.job_workers - len(self.workers)
@@ -166,12 +173,42 @@ class Supervisor:
         folder = self.store.job_dir(job["id"])
         folder.mkdir(parents=True, exist_ok=True)
         log_path = folder / "worker.log"
-        with open(log_path, "ab") as log_file:
-            proc = subprocess.Popen([sys.executable, "-m", "tunesmith.serve.finetune.worker", str(self.store.root),
-                                     job["id"], str(os.getpid())],
-                                    stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                    preexec_fn=_die_with_parent, env=self._worker_env())
+        proc = self._hand_to_spare(job["id"])
+        if proc is None:
+            with open(log_path, "ab") as log_file:
+                proc = self._popen([job["id"]], stdout=log_file)
         self.workers[job["id"]] = Worker(job["id"], proc, log_path)
+
+    def _popen(self, args: list[str], stdout, stdin=subprocess.DEVNULL) -> subprocess.Popen:
+        command = [sys.executable, "-m", "tunesmith.serve.finetune.worker"]
+        if args[0] == "--spare":
+            command += ["--spare", str(self.store.root), str(os.getpid())]
+        else:
+            command += [str(self.store.root), args[0], str(os.getpid())]
+        return subprocess.Popen(command, stdout=stdout, stderr=subprocess.STDOUT, stdin=stdin,
+                                preexec_fn=_die_with_parent, env=self._worker_env())
+
+    def _hand_to_spare(self, job_id: str) -> subprocess.Popen | None:
+        spare, self.spare = self.spare, None
+        if spare is None or spare.poll() is not None:
+            return None
+        try:
+            spare.stdin.write(f"{job_id}\n".encode())
+            spare.stdin.close()
+        except OSError:          # it died just now
+            spare.kill()
+            return None
+        return spare
+
+    def _keep_spare(self) -> None:
+        if self.state.options.job_workers <= 0 or self._stop.is_set():
+            return
+        if self.spare is not None and self.spare.poll() is None:
+            return
+        log_path = self.store.root / "jobs" / "spare-worker.log"
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(log_path, "ab") as log_file:
+            self.spare = self._popen(["--spare"], stdout=log_file, stdin=subprocess.PIPE)
 
     @staticmethod
     def _worker_env() -> dict:

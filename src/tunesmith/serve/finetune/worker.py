@@ -186,7 +186,45 @@ def run_job(data_dir: str, job_id: str, parent: int) -> int:
     return 0
 
 
+def warm_up() -> None:
+    """Import what every job needs (torch, transformers, peft, the methods): most of a job's start-up."""
+    import transformers  # noqa: F401
+    from accelerate import Accelerator  # noqa: F401
+    from peft import get_peft_model  # noqa: F401
+    # Their lazy imports; Llama is the default model's architecture.
+    from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM, PreTrainedTokenizerFast  # noqa: F401
+
+    import tunesmith.data.tokenize  # noqa: F401
+    import tunesmith.pipeline  # noqa: F401
+    import tunesmith.train.objectives  # noqa: F401
+    import tunesmith.train.trainer  # noqa: F401
+    from tunesmith.methods import METHODS
+
+    METHODS.get("lora")     # the first look-up imports every method module
+
+
+def spare(data_dir: str, parent: int) -> int:
+    """A warmed-up worker waiting for its job: one job id on stdin (EOF: not needed, exit). Its output
+    goes to that job's worker.log from then on."""
+    warm_up()
+    job_id = sys.stdin.readline().strip()
+    if not job_id:
+        return 0
+    log = Store(data_dir).job_dir(job_id) / "worker.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    os.dup2(fd, 1)
+    os.dup2(fd, 2)
+    os.close(fd)
+    return run_job(data_dir, job_id, parent)
+
+
 def main(argv: list[str]) -> int:
+    """`DATA_DIR JOB_ID PARENT_PID`: run that job; `--spare DATA_DIR PARENT_PID`: warm up, then wait for one."""
+    if argv[0] == "--spare":
+        return spare(argv[1], int(argv[2]))
     data_dir, job_id, parent = argv[0], argv[1], int(argv[2])
     return run_job(data_dir, job_id, parent)
 
