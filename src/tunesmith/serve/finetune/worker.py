@@ -191,6 +191,7 @@ def warm_up() -> None:
     import transformers  # noqa: F401
     from accelerate import Accelerator  # noqa: F401
     from peft import get_peft_model  # noqa: F401
+
     # Their lazy imports; Llama is the default model's architecture.
     from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM, PreTrainedTokenizerFast  # noqa: F401
 
