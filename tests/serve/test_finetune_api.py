@@ -34,7 +34,7 @@ def api(tiny_model_dir, tmp_path_factory):
     with BackgroundServer(state) as url:
         clients = {org: openai.OpenAI(base_url=f"{url}/v1", api_key=key, max_retries=0, timeout=30)
                    for org, key in KEYS.items()}
-        yield {"url": url, **clients}
+        yield {"url": url, "state": state, **clients}
     state.close()
 
 
@@ -204,3 +204,16 @@ def test_jobs_cli_lists_shows_cancels_and_prints_logs(api, capsys, monkeypatch):
     with pytest.raises(SystemExit) as info:                 # another organization's key: not found, as for a missing job
         main(["jobs", "cancel", job.id, "--base-url", f"{api['url']}/v1", "--api-key", KEYS["acme"]])
     assert info.value.code == 2 and "404" in capsys.readouterr().err
+
+
+def test_a_full_data_folder_refuses_uploads(api):
+    client, options = api["acme"], api["state"].options
+    kept = options.max_data_bytes
+    options.max_data_bytes = 1024          # well under what the folder holds already (the database alone)
+    try:
+        with pytest.raises(openai.RateLimitError) as caught:
+            upload(client, chats(2))
+        assert caught.value.code == "storage_quota_exceeded" and caught.value.type == "insufficient_quota"
+    finally:
+        options.max_data_bytes = kept
+    assert upload(client, chats(2)).status == "processed"

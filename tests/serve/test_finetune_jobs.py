@@ -18,6 +18,9 @@ QUICKSTART = Path(__file__).resolve().parents[2] / "src" / "tunesmith" / "assets
 # A handful of steps on the tiny model: a job takes seconds, mostly the worker's imports.
 FAST = {"train.max_steps": "6", "train.save_every": "3", "data.max_len": "128", "train.precision": "fp32",
         "method.r": "8", "train.warmup_ratio": "0"}
+# With a validation file the job also evaluates: kept small here (no baselines, 4 examples).
+EVAL = {"eval.baselines": "[]", "eval.regression": "false", "eval.perplexity": "false", "eval.max_examples": "4",
+        "eval.max_new_tokens": "8"}
 PROMPT = "Extract the order as JSON with keys item (singular), quantity (integer), color, city and priority " \
          "(\"high\" or \"normal\").\nOrder: Two red lamps for the Oslo office, no rush."
 
@@ -55,9 +58,12 @@ def trained(service):
     client = service["acme"]
     with open(QUICKSTART, "rb") as fh:
         upload = client.files.create(file=fh, purpose="fine-tune")
-    job = client.fine_tuning.jobs.create(model="tiny", training_file=upload.id, suffix="orders", seed=7,
+    with open(QUICKSTART.with_name("test.jsonl"), "rb") as fh:
+        validation = client.files.create(file=fh, purpose="fine-tune")
+    job = client.fine_tuning.jobs.create(model="tiny", training_file=upload.id, validation_file=validation.id,
+                                         suffix="orders", seed=7,
                                          hyperparameters={"batch_size": 4, "learning_rate_multiplier": 25},
-                                         metadata={**FAST, "team": "ops"})
+                                         metadata={**FAST, **EVAL, "team": "ops"})
     assert job.status == "queued" and job.fine_tuned_model is None
     done = wait_for(client, job.id)
     return {"upload": upload, "created": job, "job": done}
@@ -80,7 +86,7 @@ def test_job_succeeds_and_its_model_answers_as_offline_generation(service, train
     assert job.fine_tuned_model == f"ft:tiny:acme:orders:{job.id}"
     assert job.organization_id == "acme" and job.seed == 7 and job.trained_tokens > 0
     assert job.hyperparameters.batch_size == 4 and job.hyperparameters.learning_rate_multiplier == pytest.approx(25)
-    assert job.metadata == {**FAST, "team": "ops"} and job.finished_at >= job.created_at
+    assert job.metadata == {**FAST, **EVAL, "team": "ops"} and job.finished_at >= job.created_at
     assert job.fine_tuned_model in [m.id for m in client.models.list().data]
 
     adapter = Path(service["data_dir"]) / "jobs" / job.id / "run" / "adapter"
@@ -108,10 +114,14 @@ def test_events_tell_the_run_newest_first(service, trained):
 
 def test_result_file_holds_the_step_losses(service, trained):
     client, job = service["acme"], trained["job"]
-    (result_id,) = job.result_files
+    result_id, report_json, report_md = job.result_files
+    assert [client.files.retrieve(f).filename for f in job.result_files] == ["step_metrics.csv", "report.json", "report.md"]
     assert client.files.retrieve(result_id).purpose == "fine-tune-results"
     lines = client.files.content(result_id).read().decode().splitlines()
-    assert lines[0].startswith("step,train_loss")
+    assert lines[0] == "step,train_loss,valid_loss,learning_rate,tokens_per_s"
+    assert lines[-1].split(",")[2] != ""                         # the last step was validated
+    report = json.loads(client.files.content(report_json).read())
+    assert report["n_examples"] == 4 and "tuned" in report["systems"]
     run = Path(service["data_dir"]) / "jobs" / job.id / "run"
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [float(line.split(",")[1]) for line in lines[1:]] == pytest.approx([r["loss"] for r in rows if "loss" in r], rel=1e-5)
