@@ -217,3 +217,11 @@ def test_a_full_data_folder_refuses_uploads(api):
     finally:
         options.max_data_bytes = kept
     assert upload(client, chats(2)).status == "processed"
+
+
+def test_files_list_pages_both_ways(api):
+    client = api["globex"]
+    ids = [upload(client, chats(2), f"part{i}.jsonl").id for i in range(5)]
+    newest = [f.id for f in client.files.list(purpose="fine-tune", limit=2) if f.id in ids]
+    oldest = [f.id for f in client.files.list(purpose="fine-tune", limit=2, order="asc") if f.id in ids]
+    assert newest == ids[::-1] and oldest == ids

@@ -225,3 +225,20 @@ def test_a_paused_dpo_job_resumes_to_the_uninterrupted_adapter(service, tmp_path
     straight = load_file(str(tmp_path / "straight" / "adapter" / "adapter_model.safetensors"))
     assert paused.keys() == straight.keys()
     assert max((paused[k] - straight[k]).abs().max().item() for k in straight) <= 1e-5
+
+
+def test_a_job_that_cannot_train_fails_with_the_reason(service, trained):
+    client = service["acme"]
+    job = client.fine_tuning.jobs.create(model="tiny", training_file=trained["upload"].id,
+                                         metadata={**FAST, "data.max_len": "9"})     # no example fits in 9 tokens
+    done = wait_for(client, job.id)
+    assert done.status == "failed" and done.fine_tuned_model is None and done.finished_at is not None
+    assert done.error.code == "invalid_training_data" and "no training examples left" in done.error.message
+    assert next(iter(client.fine_tuning.jobs.list_events(job.id))).level == "error"
+
+
+def test_another_organization_cannot_unload_the_fine_tuned_model(service, trained):
+    name = trained["job"].fine_tuned_model
+    with pytest.raises(openai.NotFoundError):
+        service["globex"].delete(f"/adapters/{name}", cast_to=object)
+    assert name in [m.id for m in service["acme"].models.list().data]

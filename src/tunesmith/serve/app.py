@@ -77,8 +77,8 @@ def create_app(state: ServerState) -> Guard:
         return await run_in_threadpool(models.load_adapter, body)
 
     @app.delete("/v1/adapters/{name:path}")
-    async def unload_adapter(name: str):
-        return await run_in_threadpool(models.unload_adapter, name)
+    async def unload_adapter(name: str, request: Request):
+        return await run_in_threadpool(models.unload_adapter, name, org(request))
 
     add_finetuning_routes(app, state)
     options = state.options

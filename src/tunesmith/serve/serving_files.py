@@ -101,9 +101,8 @@ class ServingFiles:
     def list(self, org: str, purpose: str | None, after: str | None, limit: int | None, order: str = "desc") -> dict:
         if order not in ("asc", "desc"):
             raise bad_request("order must be 'asc' or 'desc'", "order")
-        rows, more = self.store.list_files(org, purpose, after, limit_param(limit, 10_000))
-        objects = [file_object(r) for r in rows]
-        return page(objects[::-1] if order == "asc" else objects, more)
+        rows, more = self.store.list_files(org, purpose, after, limit_param(limit, 10_000), order)
+        return page([file_object(r) for r in rows], more)
 
     def delete(self, org: str, file_id: str) -> dict:
         row = self._row(org, file_id)

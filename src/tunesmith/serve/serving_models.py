@@ -48,14 +48,14 @@ class ServingModels:
         spec = self.state.load_adapter(body.name, path)
         return self.adapter_card(spec, int(time.time()))
 
-    def check_unload(self, name: str) -> None:
+    def check_unload(self, name: str, org: str | None = None) -> None:
         if name == self.state.base_name:
             raise bad_request("the base model cannot be unloaded", "name")
-        if name not in self.state.adapters:
-            raise model_not_found(name, self.state.model_names())
+        if name not in self.state.model_names(org)[1:]:
+            raise model_not_found(name, self.state.model_names(org))
 
-    def unload_adapter(self, name: str) -> dict:
+    def unload_adapter(self, name: str, org: str | None = None) -> dict:
         """Blocking (waits for the adapter's requests to finish): call from a worker thread."""
-        self.check_unload(name)
+        self.check_unload(name, org)
         self.state.unload_adapter(name)
         return {"id": name, "object": "model", "deleted": True}

@@ -121,14 +121,17 @@ class Store:
         sets = ", ".join(f"{k} = ?" for k in values)
         return self._run(f"UPDATE {table} SET {sets} WHERE id = ? {where}", (*values.values(), row_id, *args))
 
-    def _page(self, table: str, where: str, args: tuple, after: str | None, limit: int) -> tuple[list[dict], bool]:
-        """Newest first; `after`: the id of the last row of the previous page (rows older than it)."""
+    def _page(self, table: str, where: str, args: tuple, after: str | None, limit: int,
+              order: str = "desc") -> tuple[list[dict], bool]:
+        """Newest first (order="asc": oldest first); `after`: the id of the last row of the previous page."""
+        newer = order == "asc"
         if after:
             cursor = self._one(f"SELECT seq FROM {table} WHERE id = ? AND {where}", (after, *args))
             if cursor is None:
                 return [], False
-            where, args = f"{where} AND seq < ?", (*args, cursor["seq"])
-        rows = self._all(f"SELECT * FROM {table} WHERE {where} ORDER BY seq DESC LIMIT ?", (*args, limit + 1))
+            where, args = f"{where} AND seq {'>' if newer else '<'} ?", (*args, cursor["seq"])
+        rows = self._all(f"SELECT * FROM {table} WHERE {where} ORDER BY seq {'ASC' if newer else 'DESC'} LIMIT ?",
+                         (*args, limit + 1))
         return rows[:limit], len(rows) > limit
 
     # -- organizations ---------------------------------------------------------------------------
@@ -150,11 +153,12 @@ class Store:
     def file(self, file_id: str, org: str) -> dict | None:
         return self._one("SELECT * FROM files WHERE id = ? AND org = ? AND deleted = 0", (file_id, org))
 
-    def list_files(self, org: str, purpose: str | None, after: str | None, limit: int) -> tuple[list[dict], bool]:
+    def list_files(self, org: str, purpose: str | None, after: str | None, limit: int,
+                   order: str = "desc") -> tuple[list[dict], bool]:
         where, args = "org = ? AND deleted = 0", (org,)
         if purpose:
             where, args = f"{where} AND purpose = ?", (org, purpose)
-        return self._page("files", where, args, after, limit)
+        return self._page("files", where, args, after, limit, order)
 
     def delete_file(self, file_id: str, org: str) -> bool:
         return self._run("UPDATE files SET deleted = 1 WHERE id = ? AND org = ? AND deleted = 0", (file_id, org)) > 0
