@@ -208,12 +208,16 @@ def test_jobs_cli_lists_shows_cancels_and_prints_logs(api, capsys, monkeypatch):
 
 def test_a_full_data_folder_refuses_uploads(api):
     client, options = api["acme"], api["state"].options
+    file = upload(client, chats(2))
     kept = options.max_data_bytes
     options.max_data_bytes = 1024          # well under what the folder holds already (the database alone)
     try:
         with pytest.raises(openai.RateLimitError) as caught:
             upload(client, chats(2))
         assert caught.value.code == "storage_quota_exceeded" and caught.value.type == "insufficient_quota"
+        with pytest.raises(openai.RateLimitError) as caught:
+            client.fine_tuning.jobs.create(model="tiny", training_file=file.id)
+        assert caught.value.code == "storage_quota_exceeded"
     finally:
         options.max_data_bytes = kept
     assert upload(client, chats(2)).status == "processed"
@@ -225,3 +229,12 @@ def test_files_list_pages_both_ways(api):
     newest = [f.id for f in client.files.list(purpose="fine-tune", limit=2) if f.id in ids]
     oldest = [f.id for f in client.files.list(purpose="fine-tune", limit=2, order="asc") if f.id in ids]
     assert newest == ids[::-1] and oldest == ids
+
+
+def test_a_second_server_on_the_same_data_folder_is_refused(api, tiny_model_dir):
+    from tunesmith.errors import UserError
+    from tunesmith.serve.state import ServeOptions, build_state
+
+    data_dir = api["state"].options.data_dir
+    with pytest.raises(UserError, match="another tunesmith server is using this folder"):
+        build_state(ServeOptions(model=str(tiny_model_dir), data_dir=data_dir, job_workers=0))

@@ -242,3 +242,32 @@ def test_another_organization_cannot_unload_the_fine_tuned_model(service, traine
     with pytest.raises(openai.NotFoundError):
         service["globex"].delete(f"/adapters/{name}", cast_to=object)
     assert name in [m.id for m in service["acme"].models.list().data]
+
+
+@pytest.mark.slow
+def test_a_job_on_the_default_model_answers_as_offline_generation(default_model_dir, tokenizer, tmp_path):
+    """The embedded SmolLM2-135M-Instruct, a few steps on the quickstart file, through the same service."""
+    from peft import PeftModel
+
+    from tunesmith.serve.server import BackgroundServer
+    from tunesmith.serve.state import ServeOptions, build_state
+
+    state = build_state(ServeOptions(model="default", data_dir=str(tmp_path / "service"), api_key=KEY))
+    try:
+        with BackgroundServer(state) as url:
+            client = openai.OpenAI(base_url=f"{url}/v1", api_key=KEY, max_retries=0, timeout=120)
+            with open(QUICKSTART, "rb") as fh:
+                upload = client.files.create(file=fh, purpose="fine-tune")
+            job = client.fine_tuning.jobs.create(model="default", training_file=upload.id, seed=1, suffix="orders",
+                                                 hyperparameters={"batch_size": 4, "learning_rate_multiplier": 5},
+                                                 metadata={"train.max_steps": "4", "data.max_len": "128"})
+            done = wait_for(client, job.id, timeout=900)
+            assert done.status == "succeeded", done.error
+            assert done.fine_tuned_model == f"ft:default:local:orders:{job.id}"
+            answer = client.chat.completions.create(model=done.fine_tuned_model, temperature=0, max_tokens=24,
+                                                    messages=[{"role": "user", "content": PROMPT}])
+    finally:
+        state.close()
+    adapter = tmp_path / "service" / "jobs" / job.id / "run" / "adapter"
+    offline = offline_answers(default_model_dir, tokenizer, lambda base, path: PeftModel.from_pretrained(base, str(path)))
+    assert answer.choices[0].message.content.strip() == offline(adapter, PROMPT, 24)

@@ -71,6 +71,9 @@ class ServingJobs:
             raise APIError(429, f"Organization '{org}' already has {options.max_queued_jobs} unfinished jobs "
                                 "(--max-queued-jobs); wait for one to finish or cancel one",
                            "rate_limit_exceeded", "too_many_jobs", None)
+        if self.store.disk_bytes() >= options.max_data_bytes:
+            raise APIError(429, f"The fine-tuning service's storage is full (--max-data-bytes {options.max_data_bytes}); "
+                                "delete files you no longer need", "insufficient_quota", "storage_quota_exceeded", None)
         job_id = new_id("ftjob-")
         try:
             config, _ = build_config(body, base_path=str(state.base_path), train_path=train["path"],

@@ -6,6 +6,9 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
+from tunesmith.errors import UserError
 from tunesmith.serve.finetune.store import Store
 from tunesmith.serve.finetune.supervisor import Supervisor
 
@@ -16,6 +19,7 @@ LOCAL_ORG = "local"
 class FineTuneService:
     def __init__(self, state, options):
         self.options = options
+        self._lock = lock_data_dir(Path(options.data_dir))
         self.store = Store(options.data_dir)
         keys = dict(options.tenants)
         if options.api_key:
@@ -29,6 +33,23 @@ class FineTuneService:
     def close(self) -> None:
         self.supervisor.close()
         self.store.close()
+        self._lock.close()
+
+
+def lock_data_dir(folder: Path):
+    """Hold DATA_DIR/server.lock for this server's life: two servers on one folder would both resume
+    the same interrupted job. The kernel drops the lock when the process dies, however it dies."""
+    import fcntl
+
+    folder.mkdir(parents=True, exist_ok=True)
+    handle = open(folder / "server.lock", "a+")   # noqa: SIM115  (held open until close())
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.close()
+        raise UserError(f"--data-dir {folder}: another tunesmith server is using this folder",
+                        hint="stop it first, or give this server a --data-dir of its own") from None
+    return handle
 
 
 def org_keys(options) -> dict[str, str]:
