@@ -171,6 +171,8 @@ def test_cancel_stops_a_running_job_within_one_step(service, trained):
     while not any(e.type == "metrics" for e in client.fine_tuning.jobs.list_events(job.id, limit=5).data):
         assert time.monotonic() < deadline, "the job never started training"
         time.sleep(0.1)
+    running = client.fine_tuning.jobs.retrieve(job.id)
+    assert running.status == "running" and running.estimated_finish > time.time() + 60   # 100000 steps to go
     assert client.fine_tuning.jobs.cancel(job.id).status == "cancelled"
     time.sleep(2.0)
     events = list(client.fine_tuning.jobs.list_events(job.id, limit=100))
