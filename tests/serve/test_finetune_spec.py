@@ -49,3 +49,10 @@ def test_fine_tuned_model_name_is_openais_form():
     job = {"org": "acme", "id": "ftjob-abc", "request": {"suffix": "orders"}}
     assert fine_tuned_name("default", job) == "ft:default:acme:orders:ftjob-abc"
     assert fine_tuned_name("default", {**job, "request": {}}) == "ft:default:acme::ftjob-abc"
+
+
+@pytest.mark.parametrize("key", ["output.dir", "model.base", "model.adapter", "data.train", "data.val", "eval.data",
+                                 "eval.judge_url", "eval.compare_to", " output.merge"])
+def test_a_request_cannot_set_paths_urls_or_the_base(key):
+    with pytest.raises(ConfigError, match="is set by the fine-tuning service"):
+        config(metadata={key: "/etc/passwd"})

@@ -10,7 +10,7 @@ OpenAI's knobs map onto the run config like this; whatever is "auto" keeps the r
 | `seed` (random when absent)               | `train.seed`                                |
 | `method.type: dpo`, `dpo.hyperparameters.beta` | `objective.name: dpo`, `objective.beta` |
 | `method.name` (our extension)             | `method.name` (lora, qlora, dora, ...)      |
-| `metadata` keys with a dot ("train.max_steps": "4") | that run-config key (value read as YAML, like `--set`) |
+| `metadata` keys with a dot ("train.max_steps": "4") | that run-config key (read as YAML, like `--set`); not `RESERVED_KEYS` |
 
 A checkpoint is kept at the end of every epoch (the last three), as OpenAI does.
 """
@@ -25,6 +25,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from tunesmith.config import RunConfig, apply_overrides, validate
+from tunesmith.errors import ConfigError
 
 PREFERENCE_FORMATS = ("preference", "openai_preference")
 SUFFIX_RE = re.compile(r"[A-Za-z0-9._-]{0,64}")
@@ -91,6 +92,20 @@ class JobCreate(_Open):
         return Hyperparameters(**merged)
 
 
+# Run-config keys a client may not set: the service chooses the base, the data, where the run is
+# written, and nothing may make the worker read a path or reach a URL of the client's choosing.
+RESERVED_SECTIONS = ("model", "output")
+RESERVED_KEYS = ("data.train", "data.val", "eval.data", "eval.code_tasks", "eval.judge", "eval.judge_url",
+                 "eval.judge_prompt", "eval.compare_to", "eval.lm_eval_tasks")
+
+
+def check_client_key(key: str) -> None:
+    key = key.strip()
+    if key.split(".")[0] in RESERVED_SECTIONS or any(key == k or key.startswith(k + ".") for k in RESERVED_KEYS):
+        raise ConfigError(f"metadata: '{key}' is set by the fine-tuning service, not by a job request",
+                          hint="the base is the server's model, the data are the job's files")
+
+
 def method_type(body: JobCreate) -> str:
     return body.method.type if body.method is not None else "supervised"
 
@@ -117,6 +132,8 @@ def build_config(body: JobCreate, *, base_path: str, train_path: str, train_reco
     if method_type(body) == "dpo":
         raw["objective"] = {"name": "dpo", **({"beta": hp.beta} if isinstance(hp.beta, (int, float)) else {})}
     overrides = [f"{k}={v}" for k, v in (body.metadata or {}).items() if "." in k]
+    for item in overrides:
+        check_client_key(item.split("=", 1)[0])
     raw = apply_overrides(raw, overrides, source="metadata")
     validate(raw, "metadata")
     return raw, seed
