@@ -56,3 +56,8 @@ def test_fine_tuned_model_name_is_openais_form():
 def test_a_request_cannot_set_paths_urls_or_the_base(key):
     with pytest.raises(ConfigError, match="is set by the fine-tuning service"):
         config(metadata={key: "/etc/passwd"})
+
+
+def test_a_method_that_rewrites_the_model_is_refused():
+    with pytest.raises(ConfigError, match="trains the whole model"):
+        config(method={"type": "supervised", "name": "full"})

@@ -135,7 +135,13 @@ def build_config(body: JobCreate, *, base_path: str, train_path: str, train_reco
     for item in overrides:
         check_client_key(item.split("=", 1)[0])
     raw = apply_overrides(raw, overrides, source="metadata")
-    validate(raw, "metadata")
+    cfg = validate(raw, "metadata")
+    from tunesmith.methods.registry import get_method
+
+    if get_method(cfg.method.name).kind != "adapter":
+        # The server serves adapters on its one base; a method that rewrites the model has no `ft:` model here.
+        raise ConfigError(f"method.name: '{cfg.method.name}' trains the whole model; a job here must train an adapter",
+                          hint="use lora, qlora, dora or another adapter method (`tunesmith methods` lists them)")
     return raw, seed
 
 
