@@ -61,3 +61,20 @@ def test_a_request_cannot_set_paths_urls_or_the_base(key):
 def test_a_method_that_rewrites_the_model_is_refused():
     with pytest.raises(ConfigError, match="trains the whole model"):
         config(method={"type": "supervised", "name": "full"})
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--tenant", "oops"], "--tenant 'oops': expected ORG=KEY"),
+    (["--tenant", "a=k1", "--tenant", "a=k2"], "the organization 'a' is given twice"),
+    (["--tenant", "a=k1", "--tenant", "b=k1"], "that key is already another organization's"),
+    (["--tenant", "a=k1", "--api-key", "k1"], "the same key is also given with --tenant"),
+    (["--job-workers", "-1"], "--job-workers must be 0 or more"),
+    (["--max-upload-bytes", "0"], "--max-upload-bytes must be at least 1"),
+])
+def test_serve_refuses_bad_service_flags_before_loading_a_model(argv, message, capsys):
+    from tunesmith.cli import main
+
+    with pytest.raises(SystemExit) as info:
+        main(["serve", "--model", "/no/such/model", *argv])
+    captured = capsys.readouterr()
+    assert info.value.code == 2 and message in captured.err and "Traceback" not in captured.err
