@@ -115,6 +115,11 @@ def test_pagination_over_25_jobs_returns_every_job_once(api):
     last = client.fine_tuning.jobs.list(limit=10, after=created[5])
     assert [j.id for j in last.data] == created[4::-1] and last.has_more is False
 
+    tagged = client.fine_tuning.jobs.create(model="tiny", training_file=file.id, metadata={"team": "ops", "run": "7"})
+    assert [j.id for j in client.fine_tuning.jobs.list(metadata={"team": "ops"})] == [tagged.id]
+    assert [j.id for j in client.fine_tuning.jobs.list(metadata={"team": "ops", "run": "8"})] == []
+    client.fine_tuning.jobs.cancel(tagged.id)
+
     # 25 unfinished jobs, the limit is 26: one more, then 429 until one is cancelled.
     extra = client.fine_tuning.jobs.create(model="tiny", training_file=file.id)
     with pytest.raises(openai.RateLimitError) as caught:

@@ -130,7 +130,10 @@ def add_finetuning_routes(app: FastAPI, state: ServerState) -> None:
     @app.get("/v1/fine_tuning/jobs")
     async def list_jobs(request: Request, after: str | None = None, limit: int | None = None):
         service_on()
-        return await run_in_threadpool(jobs.list, org(request), after, limit)
+        # OpenAI's filter syntax: ?metadata[team]=ops&metadata[run]=7
+        metadata = {k[len("metadata["):-1]: v for k, v in request.query_params.items()
+                    if k.startswith("metadata[") and k.endswith("]")}
+        return await run_in_threadpool(jobs.list, org(request), after, limit, metadata)
 
     @app.get("/v1/fine_tuning/jobs/{job_id}")
     async def retrieve_job(job_id: str, request: Request):

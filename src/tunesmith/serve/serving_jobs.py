@@ -97,8 +97,10 @@ class ServingJobs:
     def retrieve(self, org: str, job_id: str) -> dict:
         return job_object(self._row(org, job_id))
 
-    def list(self, org: str, after: str | None, limit: int | None) -> dict:
-        rows, more = self.store.list_jobs(org, after, limit_param(limit, most=100))
+    def list(self, org: str, after: str | None, limit: int | None, metadata: dict[str, str] | None = None) -> dict:
+        if any('"' in key for key in metadata or {}):
+            raise bad_request('metadata keys may not contain \'"\'', "metadata")
+        rows, more = self.store.list_jobs(org, after, limit_param(limit, most=100), metadata)
         return page([job_object(r) for r in rows], more)
 
     def cancel(self, org: str, job_id: str) -> dict:

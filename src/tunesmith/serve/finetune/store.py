@@ -173,8 +173,14 @@ class Store:
             return self._one("SELECT * FROM jobs WHERE id = ?", (job_id,))
         return self._one("SELECT * FROM jobs WHERE id = ? AND org = ?", (job_id, org))
 
-    def list_jobs(self, org: str, after: str | None, limit: int) -> tuple[list[dict], bool]:
-        return self._page("jobs", "org = ?", (org,), after, limit)
+    def list_jobs(self, org: str, after: str | None, limit: int,
+                  metadata: dict[str, str] | None = None) -> tuple[list[dict], bool]:
+        """`metadata`: only jobs whose metadata has each of these key/value pairs."""
+        where, args = "org = ?", (org,)
+        for key, value in (metadata or {}).items():
+            where += " AND json_extract(request, ?) = ?"
+            args += (f'$.metadata."{key}"', value)
+        return self._page("jobs", where, args, after, limit)
 
     def jobs_with_status(self, *statuses: str) -> list[dict]:
         marks = ", ".join("?" for _ in statuses)
