@@ -109,12 +109,15 @@ class Supervisor:
         try:
             self._load_models(job)
         except Exception as exc:
+            self.state.unload_models(name)           # the checkpoints that did load, if any
+            self.store.update_job(job["id"], fine_tuned_model=None)
             self._fail(job, "model_load_failed", f"the trained adapter could not be served: {exc}")
             return
         if self.store.update_job(job["id"], only_if=("running",), status="succeeded", finished_at=int(time.time())):
             self.store.add_event(job["id"], "The job has successfully completed", data={"fine_tuned_model": name})
-        else:   # cancelled while the adapter was loading
-            self.state.unload_models(job["fine_tuned_model"])
+        else:   # cancelled or paused while the adapter was loading
+            self.state.unload_models(name)
+            self.store.update_job(job["id"], fine_tuned_model=None)
 
     def _fail(self, job: dict, code: str, message: str) -> None:
         error = job.get("error") or {"code": code, "message": message, "param": None}
@@ -147,7 +150,10 @@ class Supervisor:
             if code == 0 and job["trained"]:
                 self._succeed(job)
             else:
-                self._fail(job, "worker_failed", f"the training process exited with code {code}; its log: {worker.log_path}")
+                # The log's path stays on the server: a tenant's error names no server folders.
+                log.warning("job %s: worker exited with code %s; log: %s", job_id, code, worker.log_path)
+                self._fail(job, "worker_failed", f"the training process exited with code {code}; the server's "
+                                                 f"jobs/{job_id}/worker.log has the details")
         self._start_jobs()
         self._keep_spare()
 
@@ -165,7 +171,11 @@ class Supervisor:
                 self._spawn(job)
                 capacity -= 1
         for job in self.store.jobs_with_status("queued")[:max(0, capacity)]:
-            if self.store.update_job(job["id"], only_if=("queued",), status="running"):
+            if not self.store.update_job(job["id"], only_if=("queued",), status="running"):
+                continue
+            if job["trained"]:          # paused after training had finished: nothing left to train
+                self._succeed(job)
+            else:
                 self.store.add_event(job["id"], "Fine-tuning job started")
                 self._spawn(job)
 
