@@ -62,7 +62,7 @@ def trained(service):
         validation = client.files.create(file=fh, purpose="fine-tune")
     job = client.fine_tuning.jobs.create(model="tiny", training_file=upload.id, validation_file=validation.id,
                                          suffix="orders", seed=7,
-                                         hyperparameters={"batch_size": 4, "learning_rate_multiplier": 25},
+                                         hyperparameters={"batch_size": 4, "learning_rate_multiplier": 5},
                                          metadata={**FAST, **EVAL, "team": "ops"})
     assert job.status == "queued" and job.fine_tuned_model is None
     done = wait_for(client, job.id)
@@ -85,7 +85,7 @@ def test_job_succeeds_and_its_model_answers_as_offline_generation(service, train
     assert job.status == "succeeded", job.error
     assert job.fine_tuned_model == f"ft:tiny:acme:orders:{job.id}"
     assert job.organization_id == "acme" and job.seed == 7 and job.trained_tokens > 0
-    assert job.hyperparameters.batch_size == 4 and job.hyperparameters.learning_rate_multiplier == pytest.approx(25)
+    assert job.hyperparameters.batch_size == 4 and job.hyperparameters.learning_rate_multiplier == pytest.approx(5)
     assert job.metadata == {**FAST, **EVAL, "team": "ops"} and job.finished_at >= job.created_at
     assert job.fine_tuned_model in [m.id for m in client.models.list().data]
 
@@ -261,7 +261,7 @@ def test_a_job_on_the_default_model_answers_as_offline_generation(default_model_
             with open(QUICKSTART, "rb") as fh:
                 upload = client.files.create(file=fh, purpose="fine-tune")
             job = client.fine_tuning.jobs.create(model="default", training_file=upload.id, seed=1, suffix="orders",
-                                                 hyperparameters={"batch_size": 4, "learning_rate_multiplier": 5},
+                                                 hyperparameters={"batch_size": 4, "learning_rate_multiplier": 1},
                                                  metadata={"train.max_steps": "4", "data.max_len": "128"})
             done = wait_for(client, job.id, timeout=900)
             assert done.status == "succeeded", done.error

@@ -78,7 +78,7 @@ def test_kill_9_mid_job_then_restart_resumes_to_the_uninterrupted_adapter(tiny_m
         client = server.client
         file = client.files.create(file=("memo.jsonl", io.BytesIO(jsonl(chats(16)))), purpose="fine-tune")
         job = client.fine_tuning.jobs.create(model="tiny", training_file=file.id, seed=11, metadata=JOB,
-                                             hyperparameters={"batch_size": 4, "learning_rate_multiplier": 20})
+                                             hyperparameters={"batch_size": 4, "learning_rate_multiplier": 4})
         queued = client.fine_tuning.jobs.create(model="tiny", training_file=file.id, metadata=JOB)
         deadline = time.monotonic() + 120
         while not any(e.message == "Checkpoint created at step 20" for e in events(client, job.id)):

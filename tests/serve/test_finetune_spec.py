@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tunesmith.config import RunConfig, validate
+from tunesmith.config import validate
 from tunesmith.errors import ConfigError
 from tunesmith.serve.finetune.job_spec import JobCreate, build_config, fine_tuned_name, reported_hyperparameters
 
@@ -14,10 +14,15 @@ def config(records: int = 5, **body):
                         train_records=records, val_path=None, out_dir="/out")
 
 
-def test_auto_keeps_the_run_config_defaults_and_draws_a_seed():
+def test_auto_takes_the_run_configs_auto_rules_as_numbers_and_draws_a_seed():
     raw, seed = config(records=20)
-    cfg, default = validate(raw), RunConfig()
-    assert cfg.train.epochs == default.train.epochs and cfg.train.lr == default.train.lr
+    cfg = validate(raw)
+    # 20 records at batch 8: 3 steps a pass, so 5 passes (the most); LoRA's rate (no config.json at
+    # /m, so no width scaling), reported as multiplier 1.
+    assert cfg.train.epochs == 5 and cfg.train.lr == 1e-3
+    assert reported_hyperparameters(raw) == {"n_epochs": 5, "batch_size": 8, "learning_rate_multiplier": 1.0}
+    dpo, _ = config(records=400, method={"type": "dpo"})
+    assert validate(dpo).train.lr == pytest.approx(2e-4) and validate(dpo).train.epochs == 2   # 0.2 x LoRA's rate
     assert cfg.train.batch_size == 8 and cfg.train.save_every == 3          # a checkpoint per epoch: ceil(20 / 8)
     assert cfg.train.seed == seed and cfg.data.val_split == 0 and cfg.eval.enabled is False
     assert cfg.objective.name == "sft" and cfg.method.name == "lora"
@@ -30,7 +35,7 @@ def test_numbers_map_onto_the_run_config_and_the_method_section_wins():
                                "supervised": {"hyperparameters": {"n_epochs": 3}}})
     cfg = validate(raw)
     assert (cfg.train.epochs, cfg.train.batch_size, seed, cfg.method.name) == (3, 2, 9, "dora")
-    assert cfg.train.lr == pytest.approx(RunConfig().train.lr * 0.5)
+    assert cfg.train.lr == pytest.approx(1e-3 * 0.5)        # dora's auto rate (LoRA family: 1e-3) x 0.5
     assert reported_hyperparameters(raw) == {"n_epochs": 3, "batch_size": 2, "learning_rate_multiplier": pytest.approx(0.5)}
 
 

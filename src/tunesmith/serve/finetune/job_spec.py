@@ -1,12 +1,13 @@
 """A fine-tuning job request (OpenAI's `POST /v1/fine_tuning/jobs` body) and the run config it becomes.
 
-OpenAI's knobs map onto the run config like this; whatever is "auto" keeps the run config's default:
+OpenAI's knobs map onto the run config like this. The job is created with numbers, as OpenAI reports them:
+"auto" takes what the run config's own "auto" rules give for this base, method and file (train/auto.py):
 
 | request                                   | run config                                  |
 |-------------------------------------------|---------------------------------------------|
-| `n_epochs`                                | `train.epochs`                              |
+| `n_epochs`                                | `train.epochs` (auto: at least 100 steps, at most 5 passes) |
 | `batch_size`                              | `train.batch_size` (auto: 8, at most the examples) |
-| `learning_rate_multiplier`                | `train.lr` = multiplier x the default `train.lr` |
+| `learning_rate_multiplier`                | `train.lr` = multiplier x the method's `auto` rate for this base and objective |
 | `seed` (random when absent)               | `train.seed`                                |
 | `method.type: dpo`, `dpo.hyperparameters.beta` | `objective.name: dpo`, `objective.beta` |
 | `method.name` (our extension)             | `method.name` (lora, qlora, dora, ...)      |
@@ -17,15 +18,18 @@ A checkpoint is kept at the end of every epoch (the last three), as OpenAI does.
 
 from __future__ import annotations
 
+import json
 import math
 import random
 import re
+from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from tunesmith.config import RunConfig, apply_overrides, validate
 from tunesmith.errors import ConfigError
+from tunesmith.train import auto
 
 PREFERENCE_FORMATS = ("preference", "openai_preference")
 SUFFIX_RE = re.compile(r"[A-Za-z0-9._-]{0,64}")
@@ -117,12 +121,12 @@ def build_config(body: JobCreate, *, base_path: str, train_path: str, train_reco
     defaults = RunConfig()
     seed = body.seed if body.seed is not None else random.randrange(2**31)
     batch = hp.batch_size if isinstance(hp.batch_size, int) else max(1, min(defaults.train.batch_size, train_records))
-    epochs = hp.n_epochs if isinstance(hp.n_epochs, int) else defaults.train.epochs
+    epochs = hp.n_epochs if isinstance(hp.n_epochs, int) else auto.auto_epochs(train_records, batch)
     multiplier = hp.learning_rate_multiplier if isinstance(hp.learning_rate_multiplier, (int, float)) else 1.0
     raw: dict = {
         "model": {"base": base_path},
         "data": {"train": train_path, "val": val_path, "val_split": 0.0},
-        "train": {"epochs": epochs, "batch_size": batch, "lr": defaults.train.lr * multiplier, "seed": seed,
+        "train": {"epochs": epochs, "batch_size": batch, "seed": seed,
                   "save_every": math.ceil(train_records / batch), "keep_checkpoints": KEEP_CHECKPOINTS},
         "eval": {"enabled": val_path is not None},
         "output": {"dir": out_dir, "merge": False, "overwrite": True},
@@ -138,11 +142,31 @@ def build_config(body: JobCreate, *, base_path: str, train_path: str, train_reco
     cfg = validate(raw, "metadata")
     from tunesmith.methods.registry import get_method
 
-    if get_method(cfg.method.name).kind != "adapter":
+    method = get_method(cfg.method.name)
+    if method.kind != "adapter":
         # The server serves adapters on its one base; a method that rewrites the model has no `ft:` model here.
         raise ConfigError(f"method.name: '{cfg.method.name}' trains the whole model; a job here must train an adapter",
                           hint="use lora, qlora, dora or another adapter method (`tunesmith methods` lists them)")
+    if cfg.train.lr == "auto":   # a metadata "train.lr" wins over the multiplier
+        raw["train"]["lr"] = float(f"{auto_rate(cfg, base_path) * multiplier:.6g}")
     return raw, seed
+
+
+def auto_rate(cfg: RunConfig, base_path: str) -> float:
+    """What `train.lr: auto` gives this job's method and objective on the server's base (train/auto.py)."""
+    from tunesmith.methods.registry import get_method
+    from tunesmith.train.objectives import get_objective
+
+    return auto.auto_lr(get_method(cfg.method.name).default_lr, base_hidden_size(base_path),
+                        get_objective(cfg.objective.name).lr_factor)
+
+
+def base_hidden_size(base_path: str) -> int | None:
+    config = Path(base_path) / "config.json"
+    try:
+        return json.loads(config.read_text(encoding="utf-8")).get("hidden_size")
+    except (OSError, ValueError):
+        return None
 
 
 def reported_hyperparameters(raw: dict) -> dict:
@@ -150,7 +174,7 @@ def reported_hyperparameters(raw: dict) -> dict:
     train = raw["train"]
     cfg = validate(raw, "job")
     hp = {"n_epochs": train["epochs"], "batch_size": train["batch_size"],
-          "learning_rate_multiplier": train["lr"] / RunConfig().train.lr}
+          "learning_rate_multiplier": float(f"{train['lr'] / auto_rate(cfg, raw['model']['base']):.6g}")}
     if cfg.objective.name == "dpo":
         hp["beta"] = getattr(cfg.objective, "beta", None)
     return hp
