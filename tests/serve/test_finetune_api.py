@@ -198,7 +198,7 @@ def test_jobs_cli_lists_shows_cancels_and_prints_logs(api, capsys, monkeypatch):
     code, text, _ = cli("list")
     assert code == 0 and job.id in text and "queued" in text
     code, text, _ = cli("show", job.id)
-    assert code == 0 and "n_epochs=1 batch_size=4" in text and file.id in text
+    assert code == 0 and "n_epochs=5 batch_size=4" in text and file.id in text   # auto: 1 step a pass, so 5 passes
     code, text, _ = cli("cancel", job.id)
     assert code == 0 and text.strip() == f"{job.id}: cancelled"
     code, text, _ = cli("logs", job.id)
