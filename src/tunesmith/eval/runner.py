@@ -21,6 +21,7 @@ from tunesmith.data.lengths import CODE_NEW_TOKENS, NewTokens, model_context, re
 from tunesmith.data.schema import Sample
 from tunesmith.errors import DataError
 from tunesmith.eval.overfitting import overfitting_check, read_train_log
+from tunesmith.eval.baselines import get_baseline
 from tunesmith.eval.report import write_report
 from tunesmith.eval.sections import EvalContext, SectionResult, registered
 from tunesmith.eval.systems import (
@@ -48,6 +49,8 @@ class EvalResult:
 
 def validate(cfg: EvalConfig) -> None:
     """Every check that needs no model: run it before loading or generating anything."""
+    for name in cfg.baselines:
+        get_baseline(name).validate(cfg)   # unknown names, a missing or unreadable eval.docs
     for cls in registered():
         cls().validate(cfg)
 
