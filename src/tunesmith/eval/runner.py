@@ -20,8 +20,8 @@ from tunesmith.config import EvalConfig
 from tunesmith.data.lengths import CODE_NEW_TOKENS, NewTokens, model_context, resolve_max_new_tokens
 from tunesmith.data.schema import Sample
 from tunesmith.errors import DataError
-from tunesmith.eval.overfitting import overfitting_check, read_train_log
 from tunesmith.eval.baselines import get_baseline
+from tunesmith.eval.overfitting import overfitting_check, read_train_log
 from tunesmith.eval.report import write_report
 from tunesmith.eval.sections import EvalContext, SectionResult, registered
 from tunesmith.eval.systems import (
