@@ -16,7 +16,7 @@ class DecideOptions(Section):
     budget_minutes: float = Field(4.0, gt=0, description=(
         "training time of the quick fine-tune (all learning-curve runs together), from a measured step time"))
     test_fraction: float = Field(0.2, gt=0.0, lt=1.0, description="share of --data held out as test data when --test is not given")
-    metrics: list[str] = Field(default_factory=lambda: ["exact_match"], description=(
+    metrics: list[str] = Field(default_factory=lambda: ["exact_match"], min_length=1, description=(
         "quality metrics (the first decides); `tunesmith eval --help` lists them"))
     few_shot_k: int = Field(3, ge=1, description="demonstrations in few-shot and retrieval-few-shot prompts")
     rag_k: int = Field(3, ge=1, description="document passages in each rag prompt")

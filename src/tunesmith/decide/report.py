@@ -53,6 +53,9 @@ def markdown(r: dict) -> str:
                          f"[{_n(p['quality_ci95'][0])}, {_n(p['quality_ci95'][1])}] |")
         lines += ["", learning_curve_sentence(r)]
     lines += ["", "## Pitfalls", ""] + pitfall_lines(r["pitfalls"])
+    w = r["wall_s"]
+    lines += ["", f"Whole run: {w['total'] / 60:.1f} min wall (" + ", ".join(
+        f"{k.replace('_', ' ')} {v / 60:.1f}" for k, v in w.items() if k != "total") + ")."]
     return "\n".join(lines) + "\n"
 
 

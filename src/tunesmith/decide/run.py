@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import random
 import shutil
+import time
 from pathlib import Path
 
 from tunesmith.config import RunConfig
@@ -91,6 +92,12 @@ def decide(data: str | Path, out_dir: str | Path, opts: DecideOptions | None = N
 
     opts = opts or DecideOptions()
     out = Path(out_dir)
+    started = time.perf_counter()
+    phases: dict[str, float] = {}
+
+    def lap(name: str) -> None:
+        phases[name] = time.perf_counter() - started - sum(phases.values())
+
     listeners = list(events.listeners) if events is not None else []
     say = Events(*listeners)
 
@@ -116,6 +123,7 @@ def decide(data: str | Path, out_dir: str | Path, opts: DecideOptions | None = N
     n_fit = len(train) - round(VAL_SPLIT * len(train))
     plan = plan_steps(opts.budget_minutes * 60, probe_clock.step_seconds(), n_fit, opts.batch_size,
                       opts.max_epochs, opts.learning_curve)
+    lap("checks_and_probe")
     say.message(f"decide: one step takes {plan.step_s:.2f} s; fine-tune steps per data fraction {plan.steps}"
                 + (" (the budget has no room for the learning curve)" if plan.curve_dropped else ""))
 
@@ -125,6 +133,7 @@ def decide(data: str | Path, out_dir: str | Path, opts: DecideOptions | None = N
                                evaluation=eval_settings(opts, test_file, baselines, True)),
                events=Events(clock, *listeners))
     quality = full.eval_report
+    lap("fine_tune_and_scoring")
     training = {"steps": full.train.steps, "cpu_s": clock.cpu_s, "wall_s": clock.wall_s,
                 "tokens": full.train.tokens, "examples": n_fit}
 
@@ -140,10 +149,15 @@ def decide(data: str | Path, out_dir: str | Path, opts: DecideOptions | None = N
         curve.append(curve_point(fraction, len(part), result.train.steps, result.eval_report))
     curve.append(curve_point(1.0, len(train), full.train.steps, quality))
 
+    lap("learning_curve")
+
     # 5. Serving cost: one request at a time per system.
+    say.message(f"decide: timing {min(opts.latency_requests, len(test))} requests per system, one at a time")
     serving = measure_systems(opts, quality, train, test, full.train.output_dir, baselines)
+    lap("serving_cost")
 
     report = assemble(opts, quality, training, serving, curve, plan, train, test)
+    report["wall_s"] = {"total": time.perf_counter() - started, **phases}
     write_decide_report(out, report)
     return report
 
