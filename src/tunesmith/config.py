@@ -285,7 +285,8 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
 
 
 def _resolve_relative(raw: dict, base: Path) -> None:
-    for section, key in (("model", "adapter"), ("data", "train"), ("data", "val"), ("eval", "data"), ("eval", "code_tasks"), ("eval", "judge_prompt")):
+    for section, key in (("model", "adapter"), ("data", "train"), ("data", "val"), ("eval", "data"), ("eval", "code_tasks"), ("eval", "judge_prompt"),
+                       ("eval", "docs")):
         value = (raw.get(section) or {}).get(key)
         if value and not Path(value).is_absolute():
             candidate = base / value

@@ -165,3 +165,27 @@ def test_cli_eval_rag_with_an_empty_docs_folder_fails_in_one_line(tiny_model_dir
     assert exc.value.code == 2
     err = capsys.readouterr().err
     assert f"docs folder {empty} has no .txt, .md or .pdf files" in err.replace("\n", "") and "Traceback" not in err
+
+
+def test_cli_eval_scores_retrieval_few_shot_and_a_config_resolves_docs_beside_it(tiny_model_dir, docs, tmp_path):
+    from tunesmith.config import load_config
+
+    test = tmp_path / "test.jsonl"
+    test.write_text(json.dumps({"id": "t0", "messages": chat("Tell me about the volcano lava flow.", "ANSWER-0").messages}) + "\n")
+    train = tmp_path / "train.jsonl"
+    train.write_text("".join(json.dumps({"messages": s.messages}) + "\n" for s in POOL))
+    out = tmp_path / "out"
+    with pytest.raises(SystemExit) as exc:
+        main(["eval", "--model", str(tiny_model_dir), "--data", str(test), "--train-data", str(train), "-o", str(out),
+              "--baselines", "zero-shot,retrieval-few-shot", "--few-shot-k", "1", "--max-new-tokens", "2",
+              "--no-regression", "--no-perplexity", "--quiet"])
+    assert exc.value.code in (0, None)
+    report = json.loads((out / "report.json").read_text())
+    assert list(report["systems"]) == ["base_zero_shot", "base_retrieval_few_shot"]
+    row = next(json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()
+               if '"base_retrieval_few_shot"' in line)
+    assert [m["content"] for m in row["prompt"]][1] == "ANSWER-0"
+    # eval.docs in a run config is relative to the config file, like eval.data.
+    cfg_file = docs.parent / "run.yaml"
+    cfg_file.write_text("eval:\n  baselines: [rag]\n  docs: docs\n")
+    assert load_config(cfg_file).eval.docs == str(docs)
