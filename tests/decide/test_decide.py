@@ -46,7 +46,8 @@ OPTS = dict(budget_minutes=0.05, max_epochs=0.5, latency_requests=3, max_new_tok
 @pytest.fixture(scope="module")
 def run(files, tiny_model_dir):
     out = files["root"] / "out"
-    opts = DecideOptions(model=str(tiny_model_dir), test=str(files["test"]), docs=str(files["docs"]), **OPTS)
+    opts = DecideOptions(model=str(tiny_model_dir), test=str(files["test"]), docs=str(files["docs"]), **OPTS,
+                         price_per_1k_tokens=[0.5, 1.5], price_per_cpu_hour=3.6, price_per_1k_training_tokens=0.25)
     report = decide(files["train"], out, opts)
     return out, report
 
@@ -75,7 +76,14 @@ def test_figures_match_their_sources(run):
     added = {n: s["prompt_tokens_added"] for n, s in report["systems"].items()}
     assert added["base_zero_shot"] == 0 == added["tuned"]
     assert min(added["base_few_shot"], added["base_retrieval_few_shot"], added["base_rag"]) > 20
+    for s in report["systems"].values():
+        # 1,000 requests: tokens at 0.5 / 1.5 per 1,000 plus CPU time at 3.6 per hour (0.001 per second).
+        expected = (s["prompt_tokens_per_request"] * 0.5 + s["completion_tokens_per_request"] * 1.5
+                    + s["cpu_s_per_1k_requests"] * 0.001)
+        assert s["money_per_1k_requests"] == pytest.approx(expected)
     t = report["training"]
+    assert t["money"] == pytest.approx(t["cpu_s"] * 0.001 + t["tokens"] / 1000 * 0.25)
+    assert report["systems"]["tuned"]["one_time_money"] == t["money"]
     assert t["steps"] == t["plan"]["steps"]["1.0"] and t["cpu_s"] > 0 and t["tokens"] > 0
     assert report["systems"]["tuned"]["one_time_cpu_s"] == t["cpu_s"]
 
@@ -95,6 +103,9 @@ def test_recommendation_and_break_even_follow_from_the_measured_numbers(run):
     per_request = {n: report["systems"][n]["cpu_s_per_1k_requests"] / 1000 for n in (best, "tuned")}
     expected = break_even(report["training"]["cpu_s"], per_request[best], per_request["tuned"])
     assert report["break_even"]["requests_cpu"] == (pytest.approx(expected) if expected is not None else None)
+    money = {n: report["systems"][n]["money_per_1k_requests"] / 1000 for n in (best, "tuned")}
+    expected = break_even(report["training"]["money"], money[best], money["tuned"])
+    assert report["break_even"]["requests_money"] == (pytest.approx(expected) if expected is not None else None)
 
 
 def test_learning_curve_and_pitfalls(run):
