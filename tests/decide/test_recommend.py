@@ -27,7 +27,8 @@ def test_fine_tune_when_the_paired_interval_is_above_zero():
 
 def test_do_not_when_prompting_is_significantly_better():
     rec = recommend(table(0.5, (0.4, 0.6), 0.8), "exact_match", True, comparison(-0.3, -0.45, -0.15))
-    assert rec.decision == DO_NOT and "retrieval-few-shot beats the fine-tune by +0.300" in rec.reason
+    assert rec.decision == DO_NOT
+    assert "retrieval-few-shot beats the fine-tune by +0.300 exact_match (95 % CI +0.150 to +0.450)" in rec.reason
 
 
 def test_do_not_when_prompting_is_within_the_fine_tunes_interval():
@@ -47,6 +48,9 @@ def test_lower_is_better_metrics_read_the_other_way():
                "base_zero_shot": {"perplexity": 5.0, "perplexity_ci95": [4.7, 5.3]}}
     cmp = {"baseline": "base_zero_shot", "difference": -2.0, "difference_ci95": [-2.3, -1.7]}
     assert recommend(systems, "perplexity", False, cmp).decision == FINE_TUNE
+    worse = {"baseline": "base_zero_shot", "difference": 2.0, "difference_ci95": [1.7, 2.3]}
+    rec = recommend(systems, "perplexity", False, worse)
+    assert rec.decision == DO_NOT and "zero-shot beats the fine-tune by +2.000 perplexity (95 % CI +1.700 to +2.300)" in rec.reason
 
 
 def test_break_even_is_the_one_time_cost_over_the_saving_per_request():

@@ -53,7 +53,9 @@ def recommend(systems: dict[str, dict], metric: str, higher_is_better: bool, com
     if gain_lo > 0:
         return rec(FINE_TUNE, f"fine-tune: {diff:+.3f} {metric} over the best prompting system ({name}; {span})")
     if gain_hi < 0:
-        return rec(DO_NOT, f"do not fine-tune: {name} beats the fine-tune by {-diff:+.3f} {metric} ({span})")
+        # Stated from the prompting system's side, so the interval reads the same way as the number.
+        return rec(DO_NOT, f"do not fine-tune: {name} beats the fine-tune by {-sign * diff:+.3f} {metric} "
+                           f"(95 % CI {-gain_hi:+.3f} to {-gain_lo:+.3f})")
     inside = t_lo <= prompting[metric] <= t_hi
     not_worse = prompting[metric] >= tuned[metric] if higher_is_better else prompting[metric] <= tuned[metric]
     if inside or not_worse:
