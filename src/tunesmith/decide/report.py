@@ -121,6 +121,7 @@ def plot(r: dict, out: Path) -> None:
         axes[2].errorbar([p["examples"] for p in pts], [p["quality"] for p in pts],
                          yerr=[[max(0.0, p["quality"] - p["quality_ci95"][0]) for p in pts],
                                [max(0.0, p["quality_ci95"][1] - p["quality"]) for p in pts]], marker="o", capsize=4)
+        axes[2].set_ylim(0, max(1.0, max(p["quality_ci95"][1] for p in pts) * 1.05))
         axes[2].set_xlabel("training examples")
         axes[2].set_ylabel(r["metric"])
         axes[2].set_title("fine-tune learning curve")
