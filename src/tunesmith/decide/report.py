@@ -83,6 +83,8 @@ def pitfall_lines(p: dict) -> list[str]:
         out.append(f"- General-skill regression (forgetting) on the shipped general set: {word}.")
     elif f:
         out.append(f"- General-skill regression: not measured ({f.get('skipped', 'off')}).")
+    else:
+        out.append("- General-skill regression (forgetting): not checked (--no-regression).")
     leak = p["leakage"]
     word = "**flagged**" if leak["flagged"] else "ok"
     out.append(f"- Train/test near-duplicates (MinHash, Jaccard >= {leak['threshold']}): {leak['near_duplicates']} of "
