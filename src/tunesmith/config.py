@@ -148,8 +148,14 @@ class EvalConfig(Section):
     enabled: bool = Field(True, description="evaluate after training")
     data: str | None = Field(None, description="held-out data to score; empty means data.val")
     metrics: list[str] = Field(default_factory=lambda: ["exact_match"], description="metrics to compute; `tunesmith eval --help` lists them")
-    baselines: list[str] = Field(default_factory=lambda: ["zero-shot", "few-shot"], description="base-model baselines to score beside the tuned model")
-    few_shot_k: int = Field(3, ge=1, description="examples from train shown in the few-shot baseline")
+    baselines: list[str] = Field(default_factory=lambda: ["zero-shot", "few-shot"], description=(
+        "base-model baselines to score beside the tuned model: zero-shot, few-shot, retrieval-few-shot (the most "
+        "similar training examples by BM25), rag (passages of eval.docs by BM25); docs/eval.md describes them"))
+    few_shot_k: int = Field(3, ge=1, description="examples from train shown in the few-shot and retrieval-few-shot baselines")
+    docs: str | None = Field(None, description="folder of .txt, .md and .pdf documents the rag baseline retrieves passages from")
+    rag_k: int = Field(3, ge=1, description="passages the rag baseline puts into each prompt")
+    chunk_words: int = Field(120, ge=8, description="rag: words per document passage")
+    chunk_overlap: int = Field(30, ge=0, description="rag: words each passage shares with the one before it (< chunk_words)")
     max_new_tokens: Literal["auto"] | int = Field("auto", description=(
         "generation budget per example; 'auto': the longest reference answer + 25 % (at least + 16), rounded up to "
         "a multiple of 16, at most 2048 (programs of code_tasks get at least 512)"))
@@ -322,7 +328,8 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
 
 
 def _resolve_relative(raw: dict, base: Path) -> None:
-    for section, key in (("model", "adapter"), ("data", "train"), ("data", "val"), ("eval", "data"), ("eval", "code_tasks"), ("eval", "judge_prompt")):
+    for section, key in (("model", "adapter"), ("data", "train"), ("data", "val"), ("eval", "data"), ("eval", "code_tasks"), ("eval", "judge_prompt"),
+                       ("eval", "docs")):
         value = (raw.get(section) or {}).get(key)
         if value and not Path(value).is_absolute():
             candidate = base / value

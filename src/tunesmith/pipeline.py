@@ -220,7 +220,7 @@ def evaluate_run(cfg: RunConfig, model, tokenizer, eval_samples, train_samples, 
     base_model = None
     if cfg.eval.baselines and not has_adapter(model):
         base_model = load_model(resolve_base(cfg.model.base), dtype=cfg.model.dtype)
-    systems = build_systems(model, cfg.eval.baselines, base_model=base_model, few_shot_k=cfg.eval.few_shot_k)
+    systems = build_systems(model, cfg.eval.baselines, base_model=base_model)
     training = {k: getattr(train_result, k) for k in
                 ("steps", "first_loss", "final_loss", "best_val_loss", "best_step", "tokens_per_s", "packing_efficiency")}
     precision = resolve_precision(cfg.train.precision)

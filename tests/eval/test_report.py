@@ -72,7 +72,7 @@ def test_run_eval_report_numbers_match_recomputation(files, tuned, tokenizer, tm
     cfg = EvalConfig(metrics=["exact_match", "bleu", "rougeL"], max_new_tokens=6, few_shot_k=2, batch_size=4,
                      compare_to=str(files["other"]))
     samples = load_samples(files["test"]) + load_samples(files["text"])
-    systems = build_systems(tuned, cfg.baselines, few_shot_k=cfg.few_shot_k)
+    systems = build_systems(tuned, cfg.baselines)
     # A training run's log in the report folder: the last step with a validation loss is step 2.
     write_jsonl(tmp_path / "metrics.jsonl", [{"step": 1, "loss": 1.5}, {"step": 2, "loss": 1.0, "val_loss": 1.8},
                                              {"step": 3, "loss": 0.2}])

@@ -70,7 +70,7 @@ CFG = dict(metrics=["exact_match"], baselines=["zero-shot"], max_new_tokens=2, r
 
 def test_built_in_sections_are_registered_in_report_order():
     names = [cls.name for cls in sections.registered()]
-    assert names[:6] == ["generation", "perplexity", "pass@k", "judge", "forgetting", "lm-eval"]
+    assert names[:7] == ["generation", "prompt_tokens", "perplexity", "pass@k", "judge", "forgetting", "lm-eval"]
 
 
 def test_a_registered_section_runs_and_lands_in_the_report(toy_section, tuned, tokenizer, tmp_path):

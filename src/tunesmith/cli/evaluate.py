@@ -14,6 +14,7 @@ from tunesmith.cli.common import app, out, print_report
 from tunesmith.cli.options import comma_separated, options_from
 from tunesmith.config import EvalConfig
 from tunesmith.errors import UserError
+from tunesmith.eval.baselines import baseline_names, get_baseline
 from tunesmith.eval.metrics import DESCRIPTIONS
 
 # Keys a standalone eval has no use for: it always runs, reads --data, and has no training log.
@@ -21,7 +22,7 @@ _NOT_FLAGS = {"enabled", "data", "overfit_gap"}
 # List keys take one comma-separated value, the form these flags have always had.
 _FLAGS = {
     "metrics": comma_separated(help=f"the first is primary; one of {', '.join(DESCRIPTIONS)} (see docs/eval.md)"),
-    "baselines": comma_separated(help="zero-shot, few-shot, or '' for none"),
+    "baselines": comma_separated(help=f"any of {', '.join(baseline_names())}, or '' for none (see docs/eval.md)"),
     "pass_k": comma_separated(item=int),
     "lm_eval_tasks": comma_separated(),
 }
@@ -45,8 +46,9 @@ def evaluate(model: str = typer.Option("default", "--model", help="base model (s
         cfg = cfg.model_copy(update={"pass_k": [1]})
     if data is None and cfg.code_tasks is None:
         raise UserError("nothing to evaluate", hint="pass --data FILE (held-out examples) and/or --code-tasks FILE")
-    if "few-shot" in cfg.baselines and train_data is None:
-        raise UserError("the few-shot baseline needs --train-data to draw examples from",
+    drawing = [b for b in cfg.baselines if get_baseline(b).needs_pool()]
+    if drawing and train_data is None:
+        raise UserError(f"the {drawing[0]} baseline needs --train-data to draw examples from",
                         hint="pass --train-data FILE or --baselines zero-shot")
     from tunesmith.cli.console import ConsoleDisplay
     from tunesmith.data.load import load_samples
@@ -70,9 +72,9 @@ def evaluate(model: str = typer.Option("default", "--model", help="base model (s
     elif not cfg.baselines:
         tuned = base
     if tuned is None:
-        systems = build_systems(None, cfg.baselines, base_model=base, few_shot_k=cfg.few_shot_k)
+        systems = build_systems(None, cfg.baselines, base_model=base)
     else:
-        systems = build_systems(tuned, cfg.baselines, few_shot_k=cfg.few_shot_k)
+        systems = build_systems(tuned, cfg.baselines)
     lm_args = {"base": str(resolved.path), "adapter": str(adapter) if adapter else None}
     with ConsoleDisplay(out, progress=not quiet) as display:
         result = run_eval(systems, tokenizer, samples, cfg, out_dir, train_pool=pool,

@@ -20,6 +20,7 @@ from tunesmith.config import EvalConfig
 from tunesmith.data.lengths import CODE_NEW_TOKENS, NewTokens, model_context, resolve_max_new_tokens
 from tunesmith.data.schema import Sample
 from tunesmith.errors import DataError
+from tunesmith.eval.baselines import get_baseline
 from tunesmith.eval.overfitting import overfitting_check, read_train_log
 from tunesmith.eval.report import write_report
 from tunesmith.eval.sections import EvalContext, SectionResult, registered
@@ -48,6 +49,8 @@ class EvalResult:
 
 def validate(cfg: EvalConfig) -> None:
     """Every check that needs no model: run it before loading or generating anything."""
+    for name in cfg.baselines:
+        get_baseline(name).validate(cfg)   # unknown names, a missing or unreadable eval.docs
     for cls in registered():
         cls().validate(cfg)
 

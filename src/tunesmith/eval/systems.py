@@ -1,24 +1,27 @@
 """The systems an evaluation scores, side by side on the same examples.
 
-The systems are the base model zero-shot, the base model few-shot (k examples drawn from train,
-seeded per example), the fine-tuned model and, with `compare_to`, one more model or adapter. For an
-adapter the base systems run on the same weights with the adapter switched off, so one copy of the
-model serves them all.
+The systems are the base model under each prompting baseline of `eval.baselines` (eval/baselines.py:
+zero-shot, few-shot, retrieval-few-shot, rag), the fine-tuned model and, with `compare_to`, one more
+model or adapter. For an adapter the base systems run on the same weights with the adapter switched
+off, so one copy of the model serves them all.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
-import random
 from dataclasses import dataclass
 from pathlib import Path
 
+from tunesmith.config import EvalConfig
 from tunesmith.data.schema import Sample
 from tunesmith.errors import ConfigError
+from tunesmith.eval.baselines import Baseline, baseline_names, few_shot_messages, get_baseline
 from tunesmith.models.adapters import adapters_off, has_adapter
 
-SYSTEM_NAMES = {"zero-shot": "base_zero_shot", "few-shot": "base_few_shot", "tuned": "tuned"}
+__all__ = ["SYSTEM_NAMES", "SystemSpec", "build_systems", "conversations", "few_shot_messages"]
+
+SYSTEM_NAMES = {**{name: get_baseline(name).system for name in baseline_names()}, "tuned": "tuned"}
 
 
 @dataclass
@@ -26,43 +29,34 @@ class SystemSpec:
     name: str
     model: object
     adapter_off: bool = False
-    shots: int = 0
+    baseline: Baseline | None = None   # how a base system builds its prompts; None: each example's own
 
     def active(self):
         """Context in which `model` behaves as this system (the adapter off for base systems)."""
         return adapters_off(self.model) if self.adapter_off else contextlib.nullcontext()
 
-
-def few_shot_messages(sample: Sample, pool: list[Sample], k: int, rng: random.Random) -> list[dict]:
-    candidates = [s for s in pool if s.kind == "chat" and s is not sample]
-    shots = rng.sample(candidates, min(k, len(candidates)))
-    prompt = sample.prompt_messages()
-    system = [m for m in prompt if m["role"] == "system"]
-    turns: list[dict] = []
-    for shot in shots:
-        turns += [m for m in shot.messages if m["role"] != "system"]
-    return system + turns + [m for m in prompt if m["role"] != "system"]
+    @property
+    def adds_context(self) -> bool:
+        """Whether the prompts carry more than the example's own turns (demonstrations, passages)."""
+        return self.baseline is not None and self.baseline.name != "zero-shot"
 
 
-def conversations(spec: SystemSpec, chat: list[Sample], pool: list[Sample] | None, seed: int) -> list[list[dict]]:
-    """The prompts `spec` answers: each example's own, or with few-shot turns before it."""
-    if spec.shots:
-        # Seeded per example, so adding or dropping one example leaves every other prompt as it was.
-        return [few_shot_messages(s, pool or [], spec.shots, random.Random(seed * 100003 + i))
-                for i, s in enumerate(chat)]
-    return [s.prompt_messages() for s in chat]
+def conversations(spec: SystemSpec, chat: list[Sample], pool: list[Sample] | None, cfg: EvalConfig) -> list[list[dict]]:
+    """The prompts `spec` answers: each example's own, or as its baseline builds them."""
+    if spec.baseline is None:
+        return [s.prompt_messages() for s in chat]
+    return spec.baseline.conversations(chat, pool or [], cfg)
 
 
-def build_systems(tuned_model, baselines: list[str], base_model=None, few_shot_k: int = 3) -> list[SystemSpec]:
+def build_systems(tuned_model, baselines: list[str], base_model=None) -> list[SystemSpec]:
+    """One system per baseline name (unknown names are a ConfigError), then "tuned"."""
     base = base_model if base_model is not None else tuned_model
     if base_model is None and not has_adapter(tuned_model) and baselines:
         raise ValueError("baselines need the base model when the tuned model is not an adapter")
     out = []
-    for b in baselines:
-        if b not in ("zero-shot", "few-shot"):
-            raise ConfigError(f"eval.baselines: unknown baseline '{b}'", hint="use zero-shot and/or few-shot")
-        out.append(SystemSpec(SYSTEM_NAMES[b], base, adapter_off=base is tuned_model,
-                              shots=few_shot_k if b == "few-shot" else 0))
+    for name in baselines:
+        baseline = get_baseline(name)
+        out.append(SystemSpec(baseline.system, base, adapter_off=base is tuned_model, baseline=baseline))
     if tuned_model is not None:
         out.append(SystemSpec("tuned", tuned_model))
     return out

@@ -24,7 +24,7 @@ from typing import ClassVar
 
 from tunesmith.config import EvalConfig
 from tunesmith.data.schema import Sample
-from tunesmith.eval.systems import SystemSpec
+from tunesmith.eval.systems import SystemSpec, conversations
 from tunesmith.eval.table import Column
 from tunesmith.events import EvalProgress, Events
 
@@ -62,6 +62,14 @@ class EvalContext:
     predictions: dict[str, list[str]] = field(default_factory=dict)   # system -> reply per chat example
     chat_rows: dict[str, list[dict]] = field(default_factory=dict)    # system -> predictions.jsonl row per chat example
     report: dict = field(default_factory=dict)                         # the table part, before "report" sections run
+    _prompts: dict[str, list[list[dict]]] = field(default_factory=dict)
+
+    def conversations(self, spec: SystemSpec) -> list[list[dict]]:
+        """The prompts `spec` answers for the chat examples, built once per evaluation (retrieval
+        indexes them) and shared by every section that reads them."""
+        if spec.name not in self._prompts:
+            self._prompts[spec.name] = conversations(spec, self.chat, self.train_pool, self.cfg)
+        return self._prompts[spec.name]
 
     @property
     def references(self) -> list[str]:

@@ -9,7 +9,6 @@ from __future__ import annotations
 from tunesmith.config import EvalConfig
 from tunesmith.eval.metrics import METRICS, check_metrics
 from tunesmith.eval.sections.base import EvalContext, EvalSection, SectionResult, register
-from tunesmith.eval.systems import conversations
 from tunesmith.eval.table import metric_column
 from tunesmith.generation import generate
 
@@ -42,7 +41,7 @@ class GenerationMetrics(EvalSection):
         metrics, references = ctx.cfg.metrics, ctx.references
         result.columns = [metric_column(m) for m in metrics]
         for spec in ctx.systems:
-            convs = conversations(spec, ctx.chat, ctx.train_pool, ctx.cfg.seed)
+            convs = ctx.conversations(spec)
             looped_before = ctx.loop_guard.stopped if ctx.loop_guard is not None else 0
             with spec.active():
                 preds = generate_for(ctx, spec.model, convs, ctx.progress(spec.name, "generation", len(convs)))

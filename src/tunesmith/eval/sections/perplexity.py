@@ -36,8 +36,8 @@ class Perplexity(EvalSection):
         for spec in ctx.systems:
             rows = result.rows.setdefault(spec.name, {})
             for col, _ in subsets:
-                # The few-shot system is the base model: its perplexity is zero-shot's.
-                if spec.shots and "base_zero_shot" in result.rows:
+                # A prompting system is the base model: its perplexity is zero-shot's.
+                if spec.adds_context and "base_zero_shot" in result.rows:
                     rows[col] = result.rows["base_zero_shot"][col]
                     continue
                 advance = ctx.progress(spec.name, "perplexity", len(items[col]))
