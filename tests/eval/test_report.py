@@ -122,7 +122,8 @@ def test_run_eval_report_numbers_match_recomputation(files, tuned, tokenizer, tm
     assert report["verdict"].startswith("tuned ") and "the best baseline (" in report["verdict"]
     assert "tuned" in report["verdict"] and "compare on exact_match" in report["verdict"]
     assert report["generation"] == {"max_new_tokens": 6, "temperature": 0.0, "top_p": 1.0, "seed": 0, "batch_size": 4,
-                                    "few_shot_k": 2, "decoding": "greedy", "precision": "fp32", "padding": "left"}
+                                    "few_shot_k": 2, "decoding": "greedy", "precision": "fp32", "padding": "left",
+                                    "loop_limit": 4}   # short references: the least limit (eval.stop_loops)
     assert report["overfitting"] == {"step": 2, "train_loss": 1.0, "val_loss": 1.8, "gap": pytest.approx(0.8),
                                      "flagged": True, "threshold": 0.5}
     assert report["baseline_weights"] == {"source": "adapter_off", "quantized_bits": None,

@@ -41,9 +41,12 @@ def test_validation_split_and_early_stopping_only_when_the_data_allows():
     assert auto.auto_val_fraction(199) == 0.0
     assert auto.auto_val_fraction(300) == 0.1
     assert auto.auto_val_fraction(5000) == pytest.approx(200 / 5000)
-    assert auto.auto_eval_every(120, 40, has_val=True) == 12
-    assert auto.auto_eval_every(40, 40, has_val=True) == 0          # one pass: validate at the end only
-    assert auto.auto_eval_every(120, 40, has_val=False) == 0
+    assert auto.auto_eval_every(120, 40, n_val=30, batch_size=8) == 12
+    assert auto.auto_eval_every(40, 40, n_val=30, batch_size=8) == 0          # one pass: validate at the end only
+    assert auto.auto_eval_every(120, 40, n_val=0, batch_size=8) == 0
+    # 15 steps on 24 examples with 8 held out: every 2 steps, not every step (validation ~ a fifth of training).
+    assert auto.auto_eval_every(15, 3, n_val=8, batch_size=8) == 2
+    assert auto.auto_eval_every(300, 100, n_val=200, batch_size=8) == 50
     assert auto.auto_patience(12) == 3 and auto.auto_patience(0) == 0
 
 

@@ -6,7 +6,7 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator
 
-from tunesmith.config import Section, auto_or_int
+from tunesmith.config import Section, auto_or_int, auto_or_number
 
 
 class DecideOptions(Section):
@@ -22,7 +22,8 @@ class DecideOptions(Section):
     rag_k: int = Field(3, ge=1, description="document passages in each rag prompt")
     max_new_tokens: Literal["auto"] | int = Field("auto", description="generation budget per answer ('auto': from the reference answers)")
     lora_r: int = Field(16, ge=1, description="LoRA rank of the quick fine-tune (alpha = 2 r, all linear layers)")
-    lr: float = Field(1e-3, gt=0, description="peak learning rate of the quick fine-tune")
+    lr: Literal["auto"] | float = Field("auto", description=(
+        "peak learning rate of the quick fine-tune ('auto': LoRA's rate for this model, as train.lr: auto)"))
     batch_size: int = Field(8, gt=0, description="examples per optimizer step of the quick fine-tune")
     max_epochs: float = Field(2.0, gt=0, description="at most this many passes over the training data, however large the budget")
     learning_curve: bool = Field(True, description="also fine-tune on 25 % and 50 % of the training data (same epochs)")
@@ -38,6 +39,11 @@ class DecideOptions(Section):
     @classmethod
     def _max_new_tokens(cls, value: Any) -> Any:
         return auto_or_int(value, above=0)
+
+    @field_validator("lr", mode="before")
+    @classmethod
+    def _lr(cls, value: Any) -> Any:
+        return auto_or_number(value)
 
     @field_validator("price_per_1k_tokens")
     @classmethod

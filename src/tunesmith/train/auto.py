@@ -37,7 +37,8 @@ DESCRIPTIONS = {
                   f"{VAL_FRACTION:.0%} (at most {VAL_MAX} examples) when train has at least {VAL_MIN_TRAIN} examples, "
                   "else none"),
     "eval_every": (f"validation loss every N steps; 0 only at the end; 'auto': {EVALS_PER_RUN} validations per run "
-                   "when there is validation data and the run makes more than one pass, else only at the end"),
+                   "(fewer when the validation set is large next to a batch: at most every 2 x val examples / batch "
+                   "size steps) when there is validation data and the run makes more than one pass, else only at the end"),
     "early_stopping_patience": (f"stop after N evaluations without improvement (the best weights are kept); "
                                 f"0 disables; 'auto': {PATIENCE} when validation runs during training, else off"),
 }
@@ -64,10 +65,13 @@ def auto_val_fraction(n_train: int) -> float:
     return min(VAL_FRACTION, VAL_MAX / n_train)
 
 
-def auto_eval_every(total_steps: int, steps_per_epoch: int, has_val: bool) -> int:
-    if not has_val or total_steps <= steps_per_epoch:
+def auto_eval_every(total_steps: int, steps_per_epoch: int, n_val: int, batch_size: int) -> int:
+    """At most EVALS_PER_RUN validations, and none more often than every 2 x n_val / batch_size steps:
+    a forward over one example costs about a third of a training step's, so validation stays near a
+    fifth of the training time even when the validation set is large next to the training set."""
+    if not n_val or total_steps <= steps_per_epoch:
         return 0
-    return max(1, total_steps // EVALS_PER_RUN)
+    return max(1, total_steps // EVALS_PER_RUN, math.ceil(2 * n_val / batch_size))
 
 
 def auto_patience(eval_every: int) -> int:
@@ -134,10 +138,10 @@ def resolve_schedule(train, *, n_train: int, n_val: int, resolved: Resolved | No
     epochs = update.get("epochs", train.epochs)
     total = train.max_steps or max(1, math.ceil(epochs * steps_per_epoch))
     if train.eval_every == "auto":
-        update["eval_every"] = auto_eval_every(total, steps_per_epoch, n_val > 0)
+        update["eval_every"] = auto_eval_every(total, steps_per_epoch, n_val, train.batch_size)
         resolved.add("train.eval_every", update["eval_every"],
                      "no validation data" if not n_val else
-                     f"{EVALS_PER_RUN} validations over {total} steps" if update["eval_every"] else
+                     f"{total // update['eval_every']} validations over {total} steps" if update["eval_every"] else
                      "one pass: validation at the end")
     if train.early_stopping_patience == "auto":
         update["early_stopping_patience"] = auto_patience(update.get("eval_every", train.eval_every))
