@@ -72,7 +72,7 @@ def make_example(rng: random.Random) -> dict:
                          {"role": "assistant", "content": answer}]}
 
 
-def main(n_train: int = 300, n_test: int = 50, seed: int = 19) -> None:
+def main(n_train: int = 300, n_test: int = 50, seed: int = 19, out: Path | None = None) -> None:
     rng = random.Random(seed)
     seen, rows = set(), []
     while len(rows) < n_train + n_test:
@@ -81,7 +81,7 @@ def main(n_train: int = 300, n_test: int = 50, seed: int = 19) -> None:
         if key not in seen:
             seen.add(key)
             rows.append(ex)
-    out = Path(__file__).resolve().parents[1] / "src" / "tunesmith" / "assets" / "schedule"
+    out = out or Path(__file__).resolve().parents[1] / "src" / "tunesmith" / "assets" / "schedule"
     out.mkdir(parents=True, exist_ok=True)
     for name, part in (("train.jsonl", rows[:n_train]), ("test.jsonl", rows[n_train:])):
         with open(out / name, "w", encoding="utf-8") as fh:
