@@ -119,7 +119,7 @@ def test_cli_writes_the_table_and_a_bad_grid_is_one_line(tmp_path, tiny_model_di
     path = tmp_path / "run.yaml"
     path.write_text(yaml.safe_dump(_config(tmp_path, tiny_model_dir, memo_data)))
     r = subprocess.run([sys.executable, "-m", "tunesmith", "sweep", str(path), "--grid", "train.lr=1e-2",
-                        "--max-trials", "1", "--out", str(tmp_path / "sweep")], capture_output=True, text=True)
+                        "--max-trials", "1", "--quiet", "--out", str(tmp_path / "sweep")], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr[-2000:]
     assert "sweep trial 0: the config as given -> val_loss" in r.stdout and "best: trial 0" in r.stdout
     assert "stopped early: max_trials=1 reached" in r.stdout

@@ -218,7 +218,8 @@ class Sweep:
             trial = Trial(len(self.trials), overrides, {k: _lookup(cfg.model_dump(), k) for k in self.columns},
                           str(self.out / "trials" / f"{len(self.trials):02d}"))
             t0 = time.monotonic()
-            result = run_pipeline(self._trial_config(cfg, trial.index), events=Events())
+            self.events.message(f"sweep trial {trial.index}: {describe(overrides)}")
+            result = run_pipeline(self._trial_config(cfg, trial.index), events=self.events)
             trial.seconds = time.monotonic() - t0
             trial.steps = result.train.steps
             trial.val_loss = result.train.best_val_loss
@@ -227,6 +228,8 @@ class Sweep:
             self.trials.append(trial)
             self.events.message(f"sweep trial {trial.index}: {describe(trial.overrides)} -> {self._scores(trial)} "
                                 f"({trial.seconds:.0f} s)")
+            if len(self.trials) == 1 and self.metric is not None and trial.metric is None:
+                self.events.message(f"sweep: the trials report no {self.metric}; ranking by validation loss", "warning")
         ranked = sorted(self.trials, key=Trial.rank_key)
         best_config = self.config_for(ranked[0].overrides)
         result = SweepResult(self.out, self.trials, ranked, self.metric, best_config, stopped,
