@@ -27,7 +27,7 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field
 
 from tunesmith.config import PATH_KEYS, RunConfig, apply_overrides, dump_yaml, validate
-from tunesmith.errors import ConfigError
+from tunesmith.errors import ConfigError, TrainingDiverged
 from tunesmith.events import Events
 from tunesmith.io_utils import atomic_file, write_json
 
@@ -88,6 +88,7 @@ class Trial:
     steps: int = 0
     val_loss: float | None = None
     metric: float | None = None
+    error: str | None = None        # why the trial has no score (training diverged)
 
     def rank_key(self) -> tuple:
         """Sort key, best first: metric descending, then validation loss ascending; unknown values last."""
@@ -219,12 +220,16 @@ class Sweep:
                           str(self.out / "trials" / f"{len(self.trials):02d}"))
             t0 = time.monotonic()
             self.events.message(f"sweep trial {trial.index}: {describe(overrides)}")
-            result = run_pipeline(self._trial_config(cfg, trial.index), events=self.events)
+            try:
+                result = run_pipeline(self._trial_config(cfg, trial.index), events=self.events)
+            except TrainingDiverged as exc:   # a too-high lr is a finding, not the end of the search
+                trial.error = exc.message
+            else:
+                trial.steps = result.train.steps
+                trial.val_loss = result.train.best_val_loss
+                if self.metric is not None and result.eval_report:
+                    trial.metric = result.eval_report["systems"]["tuned"].get(self.metric)
             trial.seconds = time.monotonic() - t0
-            trial.steps = result.train.steps
-            trial.val_loss = result.train.best_val_loss
-            if self.metric is not None and result.eval_report:
-                trial.metric = result.eval_report["systems"]["tuned"].get(self.metric)
             self.trials.append(trial)
             self.events.message(f"sweep trial {trial.index}: {describe(trial.overrides)} -> {self._scores(trial)} "
                                 f"({trial.seconds:.0f} s)")
@@ -238,6 +243,8 @@ class Sweep:
         return result
 
     def _scores(self, trial: Trial) -> str:
+        if trial.error:
+            return f"failed: {trial.error}"
         loss = f"val_loss {trial.val_loss:.4f}" if _finite(trial.val_loss) else "val_loss -"
         return loss + (f", {self.metric} {trial.metric:.3f}" if self.metric and _finite(trial.metric) else "")
 
@@ -283,6 +290,9 @@ def markdown(result: SweepResult, columns: list[str], elapsed: float) -> str:
     lines += ["| " + " | ".join(r) + " |" for r in rows]
     lines += ["", f"Trial 0 is the config as given. Best: trial {result.best.index} ({describe(result.best.overrides)}), "
                   "written to best.yaml."]
+    for t in result.trials:
+        if t.error:
+            lines.append(f"Trial {t.index} ({describe(t.overrides)}) has no score: {t.error}")
     if result.stopped:
         lines.append(f"Stopped early: {result.stopped}; not run: "
                      + "; ".join(describe(n["overrides"]) for n in result.not_run) + ".")
