@@ -49,7 +49,8 @@ def test_the_config_measures_the_defaults():
     cfg = load_config(TASK / "config.yaml")
     raw = yaml.safe_load((TASK / "config.yaml").read_text())
     assert "train" not in raw and "method" not in raw and "max_len" not in raw["data"] and "max_new_tokens" not in raw["eval"]
-    assert cfg.data.max_len == "auto" and cfg.eval.max_new_tokens == "auto"
+    assert "val_split" not in raw["data"]
+    assert cfg.data.max_len == cfg.train.lr == cfg.train.epochs == cfg.data.val_split == cfg.eval.max_new_tokens == "auto"
     assert cfg.eval.metrics[0] == "json_list_f1"
 
 

@@ -105,7 +105,7 @@ def test_max_trials_and_axes_the_method_lacks(tmp_path, tiny_model_dir, memo_dat
 @pytest.mark.parametrize("grid,message", [
     ("train.lr", "--grid 'train.lr': expected KEY=V1,V2"),
     ("train.lrr=1e-3", "unknown key 'train.lrr' (did you mean 'train.lr'?)"),
-    ("train.lr=-1", "train.lr: Input should be greater than 0"),
+    ("train.lr=-1", "train.lr: expected 'auto' or a number above 0"),
 ])
 def test_a_bad_grid_fails_before_training(tmp_path, tiny_model_dir, memo_data, grid, message):
     cfg = validate(_config(tmp_path, tiny_model_dir, memo_data))

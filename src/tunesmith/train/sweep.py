@@ -24,6 +24,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
 from tunesmith.config import PATH_KEYS, RunConfig, apply_overrides, dump_yaml, validate
@@ -46,7 +47,7 @@ class SweepOptions(BaseModel):
         "(the config's own trial always runs)"))
     max_trials: int = Field(12, gt=0, description="at most this many trials, the config's own included")
     val_split: float = Field(0.1, gt=0.0, lt=1.0, description=(
-        "share of train held out to score trials when the config sets neither data.val nor data.val_split "
+        "share of train held out to score trials when the config sets neither data.val nor a data.val_split number "
         "(best.yaml keeps it, so it reproduces the winning trial)"))
     val_examples: int = Field(32, ge=0, description=(
         "validation examples each trial answers to score the config's first eval metric; 0 means all"))
@@ -152,8 +153,9 @@ class Sweep:
                 self.config_for({axis.key: value})
 
     def _with_validation(self, cfg: RunConfig) -> RunConfig:
-        """`cfg` with a validation split to score trials on, when it has none."""
-        if cfg.data.val or cfg.data.val_split > 0:
+        """`cfg` with a validation split to score trials on, when it may have none (`auto` holds none
+        out of small data)."""
+        if cfg.data.val or (cfg.data.val_split != "auto" and cfg.data.val_split > 0):
             return cfg
         return cfg.model_copy(update={"data": cfg.data.model_copy(update={"val_split": self.options.val_split})})
 
@@ -226,6 +228,9 @@ class Sweep:
                 trial.error = exc.message
             else:
                 trial.steps = result.train.steps
+                # The numbers the run used (its saved config has `auto` settings resolved).
+                ran = yaml.safe_load((Path(result.run_dir) / "config.yaml").read_text(encoding="utf-8"))
+                trial.settings = {k: _lookup(ran, k) for k in self.columns}
                 trial.val_loss = result.train.best_val_loss
                 if self.metric is not None and result.eval_report:
                     trial.metric = result.eval_report["systems"]["tuned"].get(self.metric)
