@@ -139,6 +139,7 @@ class Sweep:
         self.cfg, self.options = cfg, options
         self.events = events if events is not None else Events()
         self.out = Path(options.out)
+        self.trials: list[Trial] = []
         self.base = self._with_validation(cfg)
         self.metric = cfg.eval.metrics[0] if cfg.eval.enabled and cfg.eval.metrics else None
         axes = [Axis.parse(text) for text in options.grid]
@@ -194,7 +195,7 @@ class Sweep:
     def run(self) -> SweepResult:
         from tunesmith.pipeline import run as run_pipeline
 
-        self.trials: list[Trial] = []
+        self.trials = []
         seen: set[str] = set()
         not_run: list[dict] = []
         stopped = None
