@@ -55,7 +55,7 @@ def test_the_config_measures_the_defaults():
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(2700)   # ~5 min on an idle 2-core AVX-512 bf16 CPU; far longer on a loaded or fp32-only one
+@pytest.mark.timeout(2700)   # estimated ~5 min at ~400 tokens/s (idle AVX-512 bf16); not yet timed: written on a loaded CPU
 def test_defaults_reach_90_percent_of_the_sweeps_best(tmp_path):
     """A reduced form of the issue-19 check, sized for minutes on an idle 2-core CPU with bf16 (the full one,
     300 examples scored by json_list_f1 on generated answers, takes hours there: docs/training.md). The real
