@@ -327,9 +327,13 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
     return validate(raw, source)
 
 
+# The (section, key) settings that name files: relative to the config file when read from one.
+PATH_KEYS = (("model", "adapter"), ("data", "train"), ("data", "val"), ("eval", "data"), ("eval", "code_tasks"),
+             ("eval", "judge_prompt"), ("eval", "docs"))
+
+
 def _resolve_relative(raw: dict, base: Path) -> None:
-    for section, key in (("model", "adapter"), ("data", "train"), ("data", "val"), ("eval", "data"), ("eval", "code_tasks"), ("eval", "judge_prompt"),
-                       ("eval", "docs")):
+    for section, key in PATH_KEYS:
         value = (raw.get(section) or {}).get(key)
         if value and not Path(value).is_absolute():
             candidate = base / value

@@ -123,6 +123,26 @@ def test_json_field_f1_edge_cases(pred, ref, expected):
     assert METRICS["json_field_f1"].rows([pred], [ref]) == [pytest.approx(expected)]
 
 
+_REF = '[{"s": 1, "w": 3, "t": "lab"}, {"s": 2, "w": 5, "t": "quiz"}]'
+
+
+@pytest.mark.parametrize("pred,ref,expected", [
+    (_REF, _REF, 1.0),
+    ('Schedule: [{"t": "lab", "w": 3, "s": 1}, {"s": 2, "w": 5, "t": "quiz"}] done', _REF, 1.0),  # key order, prose
+    ('[{"s": 1, "w": 3, "t": "lab"}, {"s": 2, "w": 6, "t": "quiz"}]', _REF, 5 / 6),            # one field wrong
+    ('[{"s": 1, "w": 3, "t": "lab"}]', _REF, 2 * 1.0 * 0.5 / 1.5),                             # a record missing
+    # a loop that runs on: precision 6/9, recall 1
+    ('[{"s": 1, "w": 3, "t": "lab"}, {"s": 2, "w": 5, "t": "quiz"}, {"s": 3, "w": 7, "t": "lab"}]', _REF, 0.8),
+    ('[{"s": 2, "w": 5, "t": "quiz"}]', _REF, 0.0),                         # shifted: matched by position
+    ('[{"s": 1, "w": 3, "t": "lab"}, {"s": 2, "w": 5', _REF, 0.0),          # cut off: not parseable
+    ('{"s": 1}', _REF, 0.0),                                                # not a list
+    ("[]", "[]", 1.0),
+    ("[1, 2]", "[1, 3]", 0.5),                                              # plain items count as fields
+])
+def test_json_list_f1(pred, ref, expected):
+    assert METRICS["json_list_f1"].rows([pred], [ref]) == [pytest.approx(expected)]
+
+
 @pytest.mark.parametrize("metric,module", [("bleu", "sacrebleu"), ("rouge1", "rouge_score"), ("rougeL", "rouge_score")])
 def test_missing_metric_library_is_a_config_error_naming_metric_and_extra(metric, module, monkeypatch):
     check_metrics(["exact_match", metric])  # installed here: no error

@@ -164,6 +164,38 @@ def json_field_f1(pred: str, ref: str) -> float:
     return 2 * precision * recall / (precision + recall)
 
 
+def _list_fields(value) -> Counter | None:
+    """(position, key, value) of every field of a JSON list of objects, as a multiset; None when
+    `value` is not a list. A list item that is not an object is one field of its own."""
+    if not isinstance(value, list):
+        return None
+    fields = Counter()
+    for i, item in enumerate(value):
+        if isinstance(item, dict):
+            fields.update((i, k, json.dumps(v, sort_keys=True)) for k, v in item.items())
+        else:
+            fields[(i, None, json.dumps(item, sort_keys=True))] += 1
+    return fields
+
+
+@metric("json_list_f1", "F1 over the (position, key, value) fields of the predicted and reference JSON lists of "
+                        "objects: a record missed or added early shifts the rest and costs their fields")
+def json_list_f1(pred: str, ref: str) -> float:
+    """Records are matched by position, as a schedule or a table is read: the k-th object of the
+    prediction against the k-th of the reference. A prediction that is not a parseable list (cut
+    off, looping to the end of the budget, prose) scores 0; two empty lists agree (1.0)."""
+    p, r = _list_fields(parse_json(pred)), _list_fields(parse_json(ref))
+    if p is None or r is None:
+        return 0.0
+    if not p and not r:
+        return 1.0
+    hit = sum((p & r).values())
+    if hit == 0:
+        return 0.0
+    precision, recall = hit / sum(p.values()), hit / sum(r.values())
+    return 2 * precision * recall / (precision + recall)
+
+
 # --- ROUGE (rouge-score): its own corpus figure is the mean of per-example F-measures -------------
 
 @lru_cache(maxsize=1)
