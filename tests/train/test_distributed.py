@@ -144,3 +144,19 @@ def test_two_processes_match_one_and_resume(tmp_path, tiny_model_dir, tokenizer,
     got = _logits(tiny_model_dir, run_dir / "adapter", ids)
     torch.testing.assert_close(got, _logits(tiny_model_dir, reference / "adapter", ids), atol=1e-4, rtol=0)
     assert (got - _logits(tiny_model_dir, None, ids)).abs().max() > 0.1
+
+
+def test_sharded_backends_refuse_methods_that_save_or_move_parameters_themselves(tiny_model_dir):
+    from tunesmith.errors import UserError
+    from tunesmith.methods.registry import Prepared, TrainingHooks
+    from tunesmith.train.distributed import Fsdp2Layout, Layout
+
+    model = torch.nn.Linear(2, 2)
+    custom_saver = Prepared(model, [], kind="adapter", saver=lambda m, d: None)
+    moves_base = Prepared(model, [], kind="full", hooks=TrainingHooks(after_step=lambda: None))
+    for prepared in (custom_saver, moves_base):
+        Layout(None).check(prepared, "ddp")                      # whole parameters: fine
+        with pytest.raises(UserError, match="fsdp2 shards") as e:
+            Fsdp2Layout(None).check(prepared, "fsdp2")
+        assert "DDP" in e.value.hint
+    Fsdp2Layout(None).check(Prepared(model, [], kind="adapter"), "fsdp2")   # save_pretrained of gathered tensors
