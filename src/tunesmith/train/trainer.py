@@ -368,8 +368,9 @@ class Trainer:
         end = start if stopped_early else self.total_steps
         with contextlib.ExitStack() as stack:
             stack.enter_context(self.objective.context(self._model()))
-            if self.prepared.kind == "adapter" and self.prepared.hooks.after_step is None:
-                # Exact (autocast would round to the same values); skipped for methods that move base weights.
+            if self.prepared.kind == "adapter" and self.prepared.hooks.after_step is None and not self.layout.sharded_params:
+                # Exact (autocast would round to the same values); skipped for methods that move base weights
+                # and for sharded parameters, whose storage FSDP2 / ZeRO-3 own.
                 stack.enter_context(frozen_linears_in(self._model(), self.autocast_dtype))
             for step in range(start, end):
                 out = self.train_step(step)
