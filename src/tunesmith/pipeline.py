@@ -186,6 +186,9 @@ class _Run:
 
         report = None
         model = trainer.model
+        if trainer.layout.sharded_params:
+            # FSDP2 / ZeRO-3 leave each process a shard; evaluate and merge what was saved, on a whole model.
+            model = _load_saved(cfg, result.output_dir, prepared.kind, method.load_options(cfg.method))
         model.eval()
         if cfg.eval.enabled:
             eval_samples = load_samples(cfg.eval.data, cfg.data.format) if cfg.eval.data else val_samples
@@ -200,6 +203,14 @@ class _Run:
             merged_dir = save_merged(model, tokenizer, run_dir.merged)
             events.message(f"merged model: {merged_dir}")
         return RunResult(run_dir.root, result, report, merged_dir)
+
+
+def _load_saved(cfg: RunConfig, output_dir: Path, kind: str, load_options: dict):
+    from tunesmith.methods import load_trained
+
+    if kind == "full":
+        return load_model(str(output_dir), dtype=cfg.model.dtype)
+    return load_trained(load_model(resolve_base(cfg.model.base), dtype=cfg.model.dtype, **load_options), output_dir)
 
 
 def evaluate_run(cfg: RunConfig, model, tokenizer, eval_samples, train_samples, train_result, run_dir: Path,

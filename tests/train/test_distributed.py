@@ -5,6 +5,7 @@ on the same `tunesmith train` config as a one-process reference run, stops it af
 last checkpoint is step 4), resumes it, and checks:
 - the loss curve, killed rows and resumed rows together, is the one-process curve to 1e-4 (the
   processes sum their partial losses and gradients over gloo in another order; seen: < 2e-6);
+- the run evaluates after training (on the main process, from the saved adapter);
 - the final adapter is whole (ZeRO-3 and FSDP shard parameters: each process holds a slice) and
   non-zero, its tensors are the one-process adapter's to 1e-5, and plain PEFT loads it with the
   one-process adapter's logits to 1e-4, far from the base model's.
@@ -109,7 +110,11 @@ def _logits(base_dir: Path, adapter_dir: Path | None, ids: torch.Tensor) -> torc
 def test_two_processes_match_one_and_resume(tmp_path, tiny_model_dir, tokenizer, reference, accelerate_config, backend):
     if backend.startswith("deepspeed"):
         pytest.importorskip("deepspeed")
-    cfg = make_config(tmp_path, tiny_model_dir, _memo(tmp_path), "two", train=TRAIN)
+    data = _memo(tmp_path)
+    # The main process evaluates after training, on a whole model (each process holds only a shard).
+    evaluation = {"enabled": True, "data": str(data), "baselines": [], "max_examples": 4, "max_new_tokens": 8,
+                  "perplexity": False, "regression": False}
+    cfg = make_config(tmp_path, tiny_model_dir, data, "two", train=TRAIN, eval=evaluation)
     run_dir = tmp_path / "two"
     script = tmp_path / "stop_at_row.py"
     script.write_text(_STOP_AT_ROW)
@@ -125,6 +130,8 @@ def test_two_processes_match_one_and_resume(tmp_path, tiny_model_dir, tokenizer,
     assert resumed.returncode == 0, (tmp_path / "resumed.log").read_text()[-3000:]
     summary = json.loads((run_dir / "train_summary.json").read_text())
     assert (summary["backend"], summary["processes"]) == (backend, 2)   # not silently plain DDP
+    report = json.loads((run_dir / "report.json").read_text())
+    assert report["n_examples"] == 4 and list(report["systems"]) == ["tuned"]
 
     a, b = losses(reference), losses(run_dir)
     assert len(a) == len(b) == 6 and a[-1] < a[0] - 1.0
