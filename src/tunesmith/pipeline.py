@@ -24,6 +24,7 @@ from tunesmith.models import has_adapter, load_model, load_tokenizer, resolve_ba
 from tunesmith.models.start_adapter import check_start_adapter, drop_start_adapter, load_start_adapter
 from tunesmith.quiet import foreign_warnings_ignored
 from tunesmith.run_dir import RunDir
+from tunesmith.train.distributed import main_process_alone
 
 
 @dataclass
@@ -184,6 +185,14 @@ class _Run:
         if not trainer.acc.is_main_process:
             return RunResult(run_dir.root, result, None, None)
 
+        with main_process_alone():
+            return self._after_training(cfg, trainer, result, method, prepared, tokenizer, val_samples, train_samples,
+                                        events)
+
+    def _after_training(self, cfg, trainer, result, method, prepared, tokenizer, val_samples, train_samples,
+                        events) -> RunResult:
+        """Evaluation and merging, on the main process alone."""
+        run_dir = trainer.run_dir
         report = None
         model = trainer.model
         if trainer.layout.sharded_params:

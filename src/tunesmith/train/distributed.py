@@ -205,3 +205,24 @@ def layout_for(acc) -> Layout:
                         hint="set fsdp_version: 2, as in examples/distributed/fsdp.yaml")
     layouts = {DistributedType.FSDP: Fsdp2Layout, DistributedType.DEEPSPEED: DeepSpeedLayout}
     return layouts.get(acc.distributed_type, Layout)(acc)
+
+
+@contextlib.contextmanager
+def main_process_alone():
+    """Models loaded and run by this process alone (evaluation after training), also after ZeRO-3.
+
+    accelerate registers a ZeRO-3 config with transformers, whose from_pretrained then builds every
+    model under deepspeed.zero.Init and whose generate() syncs every step over the processes: both
+    collective, so the main process would wait for processes that have finished.
+    """
+    try:
+        from transformers.integrations import deepspeed as hf_deepspeed
+    except ImportError:
+        yield
+        return
+    saved = hf_deepspeed._hf_deepspeed_config_weak_ref
+    hf_deepspeed.unset_hf_deepspeed_config()
+    try:
+        yield
+    finally:
+        hf_deepspeed._hf_deepspeed_config_weak_ref = saved
