@@ -41,14 +41,16 @@ def test_a_run_sends_its_events_in_order_and_metrics_jsonl_is_their_rows(tmp_pat
                                            "log_every": 2, "keep_checkpoints": 5})
     run_dir = tmp_path / "ev"
     kinds = [e.kind for e in seen]
-    assert kinds == ["message"] * 3 + [
+    assert kinds == ["message"] * 4 + [
         "train_started",
         "step", "step", "validation", "step", "checkpoint",
         "step", "step", "validation", "step", "checkpoint",
         "train_finished", "message", "finished"], kinds
     messages = [e.text for e in seen if isinstance(e, Message)]
-    assert messages[0].startswith("base model: ") and messages[2].startswith("method: lora, ")
-    assert messages[3].startswith("trained 6 steps: loss ")
+    assert messages[0].startswith("base model: ") and messages[3].startswith("method: lora, ")
+    # What each "auto" setting became (early stopping: on, because validation runs during training).
+    assert messages[2] == "train.early_stopping_patience: auto = 3 (validation during training)"
+    assert messages[4].startswith("trained 6 steps: loss ")
 
     (started,) = [e for e in seen if isinstance(e, TrainStarted)]
     assert (started.total_steps, started.start_step) == (6, 0)

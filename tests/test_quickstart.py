@@ -37,5 +37,8 @@ def test_quickstart_end_to_end(tmp_path):
     assert tuned >= 0.8, systems
     assert tuned - best_base >= 0.4, systems
     assert report["verdict"].startswith("tuned beats")
+    # eval.stop_loops changes only the replies it stops: none of the tuned model's, so its greedy
+    # answers are exactly what plain decoding gives.
+    assert report["loops_stopped"]["tuned"] == 0 and report["generation"]["loop_limit"] >= 4
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert rows[-1]["loss"] < 0.2 * rows[0]["loss"]

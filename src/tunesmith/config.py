@@ -23,6 +23,7 @@ from tunesmith.data import formats as data_formats
 from tunesmith.errors import ConfigError
 from tunesmith.methods import registry as method_registry
 from tunesmith.methods.options import MethodOptions
+from tunesmith.train import auto
 from tunesmith.train.objective_options import ObjectiveOptions, parse_objective_section
 
 
@@ -44,6 +45,21 @@ def auto_or_int(value: Any, *, above: int) -> Any:
     raise PydanticCustomError("auto_or_int", "expected 'auto' or a whole number above {above}", {"above": above})
 
 
+def auto_or_number(value: Any, *, above: float = 0.0, below: float | None = None) -> Any:
+    """A setting that is "auto" (resolved by the run) or a number above `above` (and below `below`)."""
+    if isinstance(value, str) and value.strip().lower() == "auto":
+        return "auto"
+    if isinstance(value, str):
+        try:
+            value = float(value.strip())
+        except ValueError:
+            pass
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and value > above and (below is None or value < below):
+        return float(value)
+    bounds = f"above {above:g}" + (f" and below {below:g}" if below is not None else "")
+    raise PydanticCustomError("auto_or_number", "expected 'auto' or a number {bounds}", {"bounds": bounds})
+
+
 class ModelConfig(Section):
     base: str = Field("default", description="base model: 'default' (embedded SmolLM2-135M-Instruct), a local HF folder, a cached hub id, or a .gguf file")
     dtype: Literal["auto", "fp32", "bf16", "fp16"] = Field("fp32",
@@ -56,7 +72,7 @@ class ModelConfig(Section):
 class DataConfig(Section):
     train: str | None = Field(None, description="training data file or folder (.jsonl, .json, .parquet, .csv, datasets folder)")
     val: str | None = Field(None, description="validation data; when empty, val_split of train is held out")
-    val_split: float = Field(0.0, ge=0.0, lt=1.0, description="fraction of train held out for validation when data.val is empty")
+    val_split: Literal["auto"] | float = Field("auto", description=auto.DESCRIPTIONS["val_split"])
     format: str = Field("auto", description="input format; 'auto' detects it from the first record that matches a format; "
                         f"or one of {', '.join(data_formats.FORMATS)}")
     max_len: Literal["auto"] | int = Field("auto", description=(
@@ -74,6 +90,16 @@ class DataConfig(Section):
     def _max_len(cls, value: Any) -> Any:
         return auto_or_int(value, above=8)
 
+    @field_validator("val_split", mode="before")
+    @classmethod
+    def _val_split(cls, value: Any) -> Any:
+        try:
+            if float(value) == 0:
+                return 0.0   # none held out: a valid setting the "above 0" rule would refuse
+        except (TypeError, ValueError):
+            pass
+        return auto_or_number(value, above=0.0, below=1.0)
+
     @field_validator("format")
     @classmethod
     def _known_format(cls, value: str) -> str:
@@ -84,9 +110,9 @@ class DataConfig(Section):
 
 
 class TrainConfig(Section):
-    epochs: float = Field(1.0, gt=0, description="passes over the training data (ignored when max_steps > 0)")
+    epochs: Literal["auto"] | float = Field("auto", description=auto.DESCRIPTIONS["epochs"])
     max_steps: int = Field(0, ge=0, description="optimizer steps to run; 0 means use epochs")
-    lr: float = Field(2e-4, gt=0, description="peak learning rate")
+    lr: Literal["auto"] | float = Field("auto", description=auto.DESCRIPTIONS["lr"])
     scheduler: Literal["cosine", "linear", "constant"] = Field("cosine", description="learning-rate schedule after warmup")
     warmup_ratio: float = Field(0.05, ge=0.0, lt=1.0, description="fraction of steps spent warming up linearly from 0")
     weight_decay: float = Field(0.0, ge=0.0, description="AdamW weight decay")
@@ -97,11 +123,25 @@ class TrainConfig(Section):
     gradient_checkpointing: bool = Field(False, description="recompute activations in backward to save memory")
     save_every: int = Field(0, ge=0, description="checkpoint every N optimizer steps; 0 saves only at the end")
     keep_checkpoints: int = Field(2, ge=1, description="how many recent checkpoints to keep")
-    eval_every: int = Field(0, ge=0, description="validation loss every N steps; 0 only at the end")
-    early_stopping_patience: int = Field(0, ge=0, description="stop after N evaluations without improvement; 0 disables")
+    eval_every: Literal["auto"] | int = Field("auto", description=auto.DESCRIPTIONS["eval_every"])
+    early_stopping_patience: Literal["auto"] | int = Field("auto", description=auto.DESCRIPTIONS["early_stopping_patience"])
     early_stopping_min_delta: float = Field(0.0, ge=0.0, description="smallest val-loss drop that counts as improvement")
     seed: int = Field(42, description="random seed for init, shuffling and dropout")
     log_every: int = Field(1, ge=1, description="write a metrics.jsonl row every N steps")
+
+    @field_validator("lr", "epochs", mode="before")
+    @classmethod
+    def _positive(cls, value: Any) -> Any:
+        return auto_or_number(value)
+
+    @field_validator("eval_every", "early_stopping_patience", mode="before")
+    @classmethod
+    def _count(cls, value: Any) -> Any:
+        return auto_or_int(value, above=-1)
+
+    def resolved(self) -> bool:
+        """True when no setting is "auto" (what the trainer needs: the run resolves them first)."""
+        return "auto" not in (self.lr, self.epochs, self.eval_every, self.early_stopping_patience)
 
 
 class EvalConfig(Section):
@@ -115,6 +155,9 @@ class EvalConfig(Section):
         "a multiple of 16, at most 2048 (programs of code_tasks get at least 512)"))
     batch_size: int = Field(16, gt=0, description="prompts generated together (left-padded)")
     temperature: float = Field(0.0, ge=0.0, description="0 means greedy decoding")
+    stop_loops: bool = Field(True, description=(
+        "stop a reply whose end repeats one block more than twice as often as any reference answer does (at least "
+        "4 times; digits ignored, so counting on is a loop); the report counts the replies stopped"))
     top_p: float = Field(1.0, gt=0.0, le=1.0, description="nucleus sampling when temperature > 0")
     max_examples: int = Field(0, ge=0, description="score at most N examples; 0 means all")
     seed: int = Field(0, description="seed for few-shot draws and sampling")

@@ -24,6 +24,7 @@ from tunesmith.models import has_adapter, load_model, load_tokenizer, resolve_ba
 from tunesmith.models.start_adapter import check_start_adapter, drop_start_adapter, load_start_adapter
 from tunesmith.quiet import foreign_warnings_ignored
 from tunesmith.run_dir import RunDir
+from tunesmith.train import auto
 from tunesmith.train.distributed import main_process_alone
 
 
@@ -46,7 +47,8 @@ def load_data(cfg: RunConfig) -> tuple[list[Sample], list[Sample]]:
     train = load_samples(cfg.data.train, cfg.data.format)
     if cfg.data.val:
         return train, load_samples(cfg.data.val, cfg.data.format)
-    return split_samples(train, cfg.data.val_split, cfg.train.seed)
+    fraction = auto.auto_val_fraction(len(train)) if cfg.data.val_split == "auto" else cfg.data.val_split
+    return split_samples(train, fraction, cfg.train.seed)
 
 
 def resolve_data_max_len(cfg: RunConfig, objective_cls, tokenizer, train_samples: list[Sample],
@@ -146,15 +148,11 @@ class _Run:
         events.message(f"base model: {resolved.label} ({resolved.path})")
         tokenizer = load_tokenizer(resolved, cfg.data.template)
         train_samples, val_samples = load_data(cfg)
+        chosen = auto.Resolved()   # what each "auto" setting became, printed and saved with the run
+        cfg = auto.resolve_val_split(cfg, len(train_samples) + len(val_samples), chosen)
         cfg, max_len = resolve_data_max_len(cfg, objective_cls, tokenizer, train_samples, resolved.path)
-        if max_len.auto:
-            self.cfg = cfg
-            with atomic_file(run_dir.config) as fh:   # the saved config re-runs with the number this run used
-                fh.write(dump_yaml(cfg))
         train_set, train_stats = objective_cls.tokenize(tokenizer, train_samples, cfg.data)
         val_set, val_stats = objective_cls.tokenize(tokenizer, val_samples, cfg.data)
-        write_json(run_dir.data_stats, {"train": train_stats.as_dict(), "val": val_stats.as_dict(),
-                                        "max_len": max_len.as_dict()})
         events.message(data_line(train_stats, val_stats, cfg, max_len))
         warning = overlong_warning(train_stats, cfg, max_len)
         if warning:
@@ -164,6 +162,18 @@ class _Run:
         model = load_model(resolved, dtype=cfg.model.dtype, **method.load_options(cfg.method))
         if len(tokenizer) > model.get_input_embeddings().num_embeddings:
             model.resize_token_embeddings(len(tokenizer))
+        cfg = auto.resolve_lr(cfg, method_lr=method.default_lr, method_name=method.name, resolved=chosen,
+                              hidden_size=getattr(model.config, "hidden_size", None), objective_factor=objective_cls.lr_factor)
+        cfg = cfg.model_copy(update={"train": auto.resolve_schedule(cfg.train, n_train=len(train_set),
+                                                                    n_val=len(val_set), resolved=chosen)})
+        if chosen.values:
+            events.message(chosen.line())
+        write_json(run_dir.data_stats, {"train": train_stats.as_dict(), "val": val_stats.as_dict(),
+                                        "max_len": max_len.as_dict(), "auto": chosen.as_dict()})
+        if max_len.auto or chosen.values:
+            self.cfg = cfg
+            with atomic_file(run_dir.config) as fh:   # the saved config re-runs with the numbers this run used
+                fh.write(dump_yaml(cfg))
         with foreign_warnings_ignored():  # peft's wrapping warns about transformers internals (tunesmith.quiet)
             prepared = method.prepare(model, cfg.method, cfg.train.lr)
         events.message(f"method: {cfg.method.name}, {prepared.trainable_parameters():,} trainable parameters")

@@ -204,7 +204,7 @@ def test_a_registered_method_is_listed_and_prepared(toy_method, tiny_model_dir, 
         assert e.value.code == 0
         text = capsys.readouterr().out
         assert "toy" in text and "toy_layers" in text
-    assert "| `toy` | test-only: trains the output head | `toy_layers` | full model |" in options_markdown()
+    assert "| `toy` | test-only: trains the output head | `toy_layers` | 0.001 | full model |" in options_markdown()
     # The docs sync test would now fail: the committed tables lack the new method.
     assert with_tables(DOC.read_text(encoding="utf-8")) != DOC.read_text(encoding="utf-8")
 

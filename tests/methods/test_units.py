@@ -193,7 +193,7 @@ def test_replacement_optimizers_take_train_weight_decay(option, tiny_model_dir, 
     from tunesmith.train.trainer import Trainer
 
     prepared = prepare_method(fresh(tiny_model_dir), method_options(name="lora", r=4, **option), 1e-3)
-    cfg = TrainConfig(max_steps=1, batch_size=8, weight_decay=0.05, precision="fp32")
+    cfg = TrainConfig(max_steps=1, batch_size=8, lr=1e-3, weight_decay=0.05, precision="fp32")
     trainer = Trainer(cfg, DataConfig(max_len=64), prepared, tokenizer, memo_set, [], tmp_path)
     decays = {g.get("weight_decay") for g in trainer.optimizer.param_groups if g["params"]}
     # LoRA+ leaves embedding groups undecayed by design; every LoRA matrix group gets train.weight_decay.
@@ -204,7 +204,7 @@ def test_prompt_tuning_never_packs_rows(tiny_model_dir, tokenizer, memo_set, tmp
     from tunesmith.train.trainer import Trainer
 
     prepared = prepare_method(fresh(tiny_model_dir), method_options(name="prompt", num_virtual_tokens=4), 1e-2)
-    cfg = TrainConfig(max_steps=1, batch_size=8, micro_batch_size=8, precision="fp32")
+    cfg = TrainConfig(max_steps=1, batch_size=8, lr=1e-2, micro_batch_size=8, precision="fp32")
     trainer = Trainer(cfg, DataConfig(max_len=64, packing=True), prepared, tokenizer, memo_set, [], tmp_path)
     (batch,) = list(trainer._micro_batches(0))
     assert batch.input_ids.shape[0] == 8  # one example per row although data.packing is on

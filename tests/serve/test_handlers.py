@@ -41,8 +41,8 @@ def fake_state(tokenizer, script, **options):
     names = ["base", *adapters]
     return SimpleNamespace(options=ServeOptions(model="base", **options), tokenizer=tokenizer, engine=FakeEngine(script),
                            max_context=64, traffic=None, base_name="base", base_path=Path("/models/base"), started=1.0,
-                           adapters=adapters, model_names=lambda: list(names),
-                           lookup=lambda n: None if n == "base" else (n if n in adapters else (_ for _ in ()).throw(KeyError(n))))
+                           adapters=adapters, owners={}, model_names=lambda org=None: list(names),
+                           lookup=lambda n, org=None: None if n == "base" else (n if n in adapters else (_ for _ in ()).throw(KeyError(n))))
 
 
 async def still_there() -> bool:

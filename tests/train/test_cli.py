@@ -17,7 +17,7 @@ def write_config(tmp_path, model_dir, data, **sections):
     cfg = {"model": {"base": str(model_dir)}, "data": {"train": str(data), "val_split": 0.25, "max_len": 64},
            "method": {"name": "lora", "r": 8, "alpha": 16, "dropout": 0.0},
            "train": {"max_steps": 30, "batch_size": 4, "lr": 1e-2, "warmup_ratio": 0.0, "scheduler": "constant",
-                     "precision": "fp32"},
+                     "precision": "fp32", "early_stopping_patience": 0},
            "eval": {"metrics": ["exact_match"], "baselines": ["zero-shot"], "max_new_tokens": 8},
            "output": {"dir": str(tmp_path / "run"), "merge": True}}
     for section, values in sections.items():

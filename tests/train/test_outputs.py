@@ -101,7 +101,8 @@ def test_the_best_checkpoint_is_kept_and_reported_without_early_stopping(tmp_pat
                                                for i in range(16)])
     cfg = load_config(make_config(tmp_path, tiny_model_dir, memo_data, "best", data={"val": str(val)},
                                   train={"max_steps": 16, "batch_size": 4, "eval_every": 2, "lr": 1e-2,
-                                         "scheduler": "constant", "save_every": 8, "keep_checkpoints": 1}))
+                                         "scheduler": "constant", "save_every": 8, "keep_checkpoints": 1,
+                                         "early_stopping_patience": 0}))
     result = run(cfg, events=Events()).train
     run_dir = tmp_path / "best"
     vals = [(r["step"], r["val_loss"]) for r in rows(run_dir) if "val_loss" in r]

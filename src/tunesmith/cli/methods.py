@@ -33,10 +33,12 @@ def methods(model: str = typer.Option("default", "--model", help="base model to 
     footprints = inventory(model)
     for f in footprints:
         rows.append((f.name, _size(f.trainable), f"{f.trainable_percent:.3f}%", f"{f.memory_bytes / 2**30:.2f} GiB",
-                     "yes" if f.mergeable else "no", "yes" if f.gguf_exportable else "no"))
-    print_table(f"methods for {model}", ["method", "trainable", "of base", "memory*", "mergeable", "GGUF"], rows)
+                     f"{METHODS[f.name].default_lr:g}", "yes" if f.mergeable else "no", "yes" if f.gguf_exportable else "no"))
+    print_table(f"methods for {model}", ["method", "trainable", "of base", "memory*", "lr auto**", "mergeable", "GGUF"], rows)
     out.print("* weights + gradients + AdamW state in fp32 (4-bit base: 4.127 bits per quantized weight); "
               "activations excluded. Method keys at their defaults (method.r=16 ...).")
+    out.print("** train.lr: auto uses this rate at hidden size 576, times sqrt(576/hidden) for wider models "
+              "and 0.2 for preference objectives (docs/training.md)")
     for f in footprints:
         out.print(f"[bold]{f.name}[/bold]: {f.summary}", highlight=False)
         options = METHODS[f.name].options

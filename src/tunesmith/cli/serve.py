@@ -30,6 +30,20 @@ def _parse_adapters(values: list[str]) -> dict[str, str]:
     return adapters
 
 
+def _parse_tenants(values: list[str]) -> dict[str, str]:
+    tenants: dict[str, str] = {}
+    for item in values:
+        org, sep, key = item.partition("=")
+        if not sep or not org or not key:
+            raise UserError(f"--tenant {item!r}: expected ORG=KEY", hint="e.g. --tenant acme=sk-acme-...")
+        if org in tenants:
+            raise UserError(f"--tenant: the organization '{org}' is given twice")
+        if key in tenants.values():
+            raise UserError(f"--tenant {org}=...: that key is already another organization's")
+        tenants[org] = key
+    return tenants
+
+
 # Where a flag is not the field's name with dashes (these spellings predate the generated options).
 FLAGS = {
     "model": Flag("--model", "-m"),
@@ -39,6 +53,8 @@ FLAGS = {
     "adapter_dir": Flag("--adapter-dir", metavar="PATH"),
     "request_timeout_s": Flag("--timeout"),
     "traffic_log": Flag("--traffic-log", metavar="PATH"),
+    "data_dir": Flag("--data-dir", metavar="PATH"),
+    "tenants": Flag("--tenant", cli_type=list[str], parse=_parse_tenants, metavar="ORG=KEY"),
 }
 
 
@@ -53,10 +69,17 @@ def check_options(options: ServeOptions, port: int) -> None:
         raise UserError(f"--dtype: unknown dtype '{options.dtype}'", hint="use fp32, bf16 or fp16")
     if options.adapter_dir is not None and not Path(options.adapter_dir).is_dir():
         raise UserError(f"--adapter-dir {options.adapter_dir}: no such folder")
-    for field in ("max_batch", "max_queue", "max_tokens_limit", "default_max_tokens", "max_body_bytes", "max_n"):
+    for field in ("max_batch", "max_queue", "max_tokens_limit", "default_max_tokens", "max_body_bytes", "max_n",
+                  "max_upload_bytes", "max_queued_jobs", "max_data_bytes"):
         value = getattr(options, field)
         if value < 1:
             raise UserError(f"--{field.replace('_', '-')} must be at least 1 (got {value})")
+    if options.job_workers < 0:
+        raise UserError(f"--job-workers must be 0 or more (got {options.job_workers})")
+    if options.data_dir is not None and Path(options.data_dir).exists() and not Path(options.data_dir).is_dir():
+        raise UserError(f"--data-dir {options.data_dir}: exists and is not a folder")
+    if options.api_key and options.api_key in options.tenants.values():
+        raise UserError("--api-key: the same key is also given with --tenant; give each organization its own key")
     if not 1 <= port <= 65535:
         raise UserError(f"--port must be in 1..65535 (got {port})")
     if not options.request_timeout_s > 0:      # also refuses nan

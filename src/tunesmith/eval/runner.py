@@ -78,6 +78,8 @@ def run_eval(systems: list[SystemSpec], tokenizer, samples: list[Sample], cfg: E
     ctx = EvalContext(systems=list(systems), tokenizer=tokenizer, cfg=cfg, chat=chat, texts=texts, pairs=pairs,
                       train_pool=train_pool or [], system_prompt=system_prompt, precision=precision, events=events,
                       lm_eval_args=lm_eval_args, out_dir=Path(out_dir), code_max_new_tokens=code_budget)
+    if cfg.stop_loops and chat:
+        ctx.loop_guard = loop_guard(tokenizer, train_pool or chat)
     sections = [cls() for cls in registered()]
     sections = [s for s in sections if s.enabled(cfg)]
     own_inputs = sum(section.prepare(ctx) or 0 for section in sections)
@@ -103,6 +105,8 @@ def run_eval(systems: list[SystemSpec], tokenizer, samples: list[Sample], cfg: E
     if budget.auto:
         report["generation"].update(max_new_tokens_setting="auto", longest_reference_tokens=budget.longest_reference)
         report["max_new_tokens"] = budget.as_dict()
+    if ctx.loop_guard is not None:
+        report["generation"]["loop_limit"] = ctx.loop_guard.limit
     for result in results:
         report.update(result.report)
     for section in sections:
@@ -114,6 +118,16 @@ def run_eval(systems: list[SystemSpec], tokenizer, samples: list[Sample], cfg: E
     if events is not None:
         events.emit(EvalFinished(report.get("verdict", ""), str(Path(out_dir) / "report.md")))
     return EvalResult(report, ctx.predictions)
+
+
+def loop_guard(tokenizer, samples: list[Sample]):
+    """What counts as a loop, read from reference answers: the training answers when the run has
+    them (a held-out answer should not shape its own generation), else the eval set's."""
+    from tunesmith.generation.loops import LoopGuard
+
+    answers = [s.reference() for s in samples if s.kind in ("chat", "preference")]
+    ids = tokenizer(answers, add_special_tokens=False)["input_ids"] if answers else []
+    return LoopGuard.from_references(tokenizer, ids)
 
 
 def resolve_budget(setting: int | str, tokenizer, chat: list[Sample], systems: list[SystemSpec]) -> NewTokens:

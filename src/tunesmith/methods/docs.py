@@ -51,12 +51,12 @@ def _cell(text: str) -> str:
 
 
 def methods_table() -> str:
-    rows = ["| method | what it trains | options | saves | merge | GGUF |", "|---|---|---|---|---|---|"]
+    rows = ["| method | what it trains | options | `lr: auto` | saves | merge | GGUF |", "|---|---|---|---|---|---|---|"]
     for m in METHODS.values():
         keys = ", ".join(f"`{k}`" for k in option_keys(m.options)) or "-"
         saves = "adapter folder" if m.kind == "adapter" else "full model"
         merge = "not needed" if m.kind == "full" else "yes" if m.mergeable else "no"
-        rows.append(f"| `{m.name}` | {_cell(m.summary)} | {keys} | {saves} | {merge} | "
+        rows.append(f"| `{m.name}` | {_cell(m.summary)} | {keys} | {m.default_lr:g} | {saves} | {merge} | "
                     f"{'yes' if m.gguf_exportable else 'no'} |")
     return "\n".join(rows)
 

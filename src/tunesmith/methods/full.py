@@ -21,6 +21,8 @@ class Full(Method):
     name = "full"
     summary = "train every weight"
     order = 110
+    # scripts/probe_method_lr.py: loss 20.3 -> 5.6 in 40 steps (LoRA at 1e-3: 4.2)
+    default_lr = 1e-4
     kind = "full"
 
     def prepare(self, model, cfg, lr):
@@ -53,6 +55,8 @@ class Freeze(Method):
     summary = "train only the last method.layers_to_train decoder layers (and method.trainable_modules)"
     options = FreezeOptions
     order = 120
+    # full-weight updates like `full`, whose measured rate it shares
+    default_lr = 1e-4
     kind = "full"
 
     def prepare(self, model, cfg, lr):

@@ -21,6 +21,8 @@ class IA3(Method):
     summary = "learned rescaling vectors on linear layers (inputs of feed-forward down-projections) (peft)"
     options = IA3Options
     order = 60
+    # scripts/probe_method_lr.py: loss 20.3 -> 2.5 in 40 steps (1e-2: 6.7; LoRA at 1e-3: 4.2)
+    default_lr = 3e-2
 
     def prepare(self, model, cfg, lr):
         from peft import IA3Config, get_peft_model

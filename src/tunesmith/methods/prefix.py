@@ -21,6 +21,8 @@ class PrefixTuning(Method):
     gguf_exportable = False
     options = VirtualTokens
     order = 70
+    # scripts/probe_method_lr.py: loss 22.2 -> 2.7 in 40 steps (3e-2: 6.4; LoRA at 1e-3: 4.2)
+    default_lr = 1e-1
 
     def prepare(self, model, cfg, lr):
         from peft import PrefixTuningConfig, get_peft_model

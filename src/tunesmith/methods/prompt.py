@@ -26,6 +26,8 @@ class PromptTuning(Method):
     gguf_exportable = False
     options = PromptOptions
     order = 80
+    # scripts/probe_method_lr.py: loss 20.4 -> 4.9 in 40 steps (3e-2: 10.7; LoRA at 1e-3: 4.2)
+    default_lr = 1e-1
 
     def prepare(self, model, cfg, lr):
         from peft import PromptTuningConfig, PromptTuningInit, get_peft_model

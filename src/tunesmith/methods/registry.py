@@ -68,6 +68,9 @@ class Method:
     mergeable: bool = True
     gguf_exportable: bool = True
     base_bits: int = 0                 # 4 for a quantized base (memory estimate); 0 = the load dtype
+    # train.lr "auto": the peak rate at which this method learns on the default model (hidden 576),
+    # measured with scripts/probe_method_lr.py; train/auto.py scales it for wider models.
+    default_lr: float = 1e-3
 
     def load_options(self, cfg) -> dict:
         """Extra arguments for `load_model` (quantization for QLoRA)."""

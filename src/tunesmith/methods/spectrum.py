@@ -54,6 +54,8 @@ class Spectrum(Method):
     summary = "full training of the highest-SNR weight matrices (top spectrum_top_percent per type, Marchenko-Pastur)"
     options = SpectrumOptions
     order = 100
+    # full-weight updates like `full`, whose measured rate it shares
+    default_lr = 1e-4
     kind = "full"
 
     def prepare(self, model, cfg, lr):

@@ -19,6 +19,8 @@ class VeRA(Method):
     summary = "shared frozen random low-rank projections, trained per-layer scaling vectors (peft)"
     options = VeRAOptions
     order = 50
+    # scripts/probe_method_lr.py: loss 20.3 -> 5.3 in 40 steps (1e-2: 16.8; LoRA at 1e-3: 4.2)
+    default_lr = 5e-2
 
     def prepare(self, model, cfg, lr):
         from peft import VeraConfig, get_peft_model

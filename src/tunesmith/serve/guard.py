@@ -22,26 +22,54 @@ async def _send_error(send, status: int, message: str, type: str, code: str, hea
     await send({"type": "http.response.body", "body": payload})
 
 
+# Where the organization of a request is left for the routes (`request.scope[ORG_SCOPE_KEY]`).
+ORG_SCOPE_KEY = "tunesmith.org"
+
+
 class Guard:
-    def __init__(self, app, api_key: str | None, max_body_bytes: int):
+    """`keys`: API key -> organization (a plain string: one key of the organization 'local'; None or
+    empty: no key needed, every request is 'local'). `body_limits`: a larger body limit for a route
+    prefix (uploads), else `max_body_bytes`."""
+
+    def __init__(self, app, keys: dict[str, str] | str | None, max_body_bytes: int,
+                 body_limits: dict[str, int] | None = None):
         self.app = app
-        self.api_key = api_key.encode() if api_key else None
+        if isinstance(keys, str):
+            keys = {keys: "local"}
+        self.keys = [(k.encode(), org) for k, org in (keys or {}).items()]
         self.max_body = max_body_bytes
+        self.body_limits = body_limits or {}
+
+    def _org(self, headers: dict) -> str | None:
+        """The organization whose key the request carries; None when it carries none of them."""
+        scheme, _, token = headers.get("authorization", b"").decode("latin-1").partition(" ")
+        token_bytes = token.strip().encode("latin-1")
+        found = None
+        for key, org in self.keys:    # every key compared, so the time taken does not tell which matched
+            if scheme.lower() == "bearer" and hmac.compare_digest(token_bytes, key):
+                found = org
+        return found
+
+    def _limit(self, path: str) -> int:
+        return next((limit for prefix, limit in self.body_limits.items() if path.startswith(prefix)), self.max_body)
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         headers = {k.decode("latin-1").lower(): v for k, v in scope.get("headers", [])}
-        if self.api_key is not None and scope["path"] not in OPEN_PATHS:
-            scheme, _, token = headers.get("authorization", b"").decode("latin-1").partition(" ")
-            if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode("latin-1"), self.api_key):
+        org = "local"
+        if self.keys and scope["path"] not in OPEN_PATHS:
+            org = self._org(headers)
+            if org is None:
                 return await _send_error(send, 401, "Incorrect or missing API key. Send 'Authorization: Bearer <key>'.",
                                          "invalid_request_error", "invalid_api_key",
                                          [(b"www-authenticate", b"Bearer")])
+        scope = {**scope, ORG_SCOPE_KEY: org}
         if scope["method"] in ("POST", "PUT", "PATCH"):
+            limit = self._limit(scope["path"])
             declared = headers.get("content-length")
-            if declared is not None and declared.isdigit() and int(declared) > self.max_body:
-                return await _send_error(send, 413, f"Request body over the {self.max_body}-byte limit.",
+            if declared is not None and declared.isdigit() and int(declared) > limit:
+                return await _send_error(send, 413, f"Request body over the {limit}-byte limit.",
                                          "invalid_request_error", "body_too_large")
             # Read (at most limit + 1 bytes of) the body here, then replay it to the app.
             chunks, size = [], 0
@@ -51,8 +79,8 @@ class Guard:
                     return
                 chunk = message.get("body", b"")
                 size += len(chunk)
-                if size > self.max_body:
-                    return await _send_error(send, 413, f"Request body over the {self.max_body}-byte limit.",
+                if size > limit:
+                    return await _send_error(send, 413, f"Request body over the {limit}-byte limit.",
                                              "invalid_request_error", "body_too_large")
                 chunks.append(chunk)
                 if not message.get("more_body"):

@@ -28,3 +28,14 @@ class ServeOptions(BaseModel):
     request_timeout_s: float = Field(300.0, description="seconds before a request is abandoned (504)")
     max_n: int = Field(8, description="largest n (choices per request) a request may ask for")
     traffic_log: str | None = Field(None, description="append every chat answer to this JSONL file (messages format)")
+    # The fine-tuning service (/v1/files, /v1/fine_tuning/jobs): off unless data_dir is set.
+    data_dir: str | None = Field(None, description=(
+        "folder of the fine-tuning service: its SQLite store, uploaded files and job runs; "
+        "unset: /v1/files and /v1/fine_tuning are off"))
+    tenants: dict[str, str] = Field(default_factory=dict, description=(
+        "ORG=KEY (repeatable): an API key of its own per organization; each sees only its own files, jobs "
+        "and fine-tuned models (--api-key's organization is 'local')"))
+    job_workers: int = Field(1, description="fine-tuning jobs trained at once, each in its own process; 0 keeps jobs queued")
+    max_upload_bytes: int = Field(256 << 20, description="largest file POST /v1/files accepts (413 above)")
+    max_queued_jobs: int = Field(20, description="queued and running jobs one organization may have (429 above)")
+    max_data_bytes: int = Field(50 << 30, description="disk the fine-tuning service may use under data_dir, all organizations together")

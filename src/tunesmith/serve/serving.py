@@ -90,12 +90,13 @@ class ServingBase:
     def options(self):
         return self.state.options
 
-    def resolve_model(self, name: str) -> str | None:
-        """The adapter the model id names (None for the base); 404 when there is none."""
+    def resolve_model(self, name: str, org: str | None = None) -> str | None:
+        """The adapter the model id names (None for the base); 404 when there is none, or when it is
+        another organization's fine-tuned model."""
         try:
-            return self.state.lookup(name)
+            return self.state.lookup(name, org)
         except KeyError:
-            raise model_not_found(name, self.state.model_names()) from None
+            raise model_not_found(name, self.state.model_names(org)) from None
 
     def max_tokens(self, body, prompt_lengths: list[int], explicit: int | None) -> int:
         """The token budget of every choice; a 400 for what this server will not do or cannot fit."""

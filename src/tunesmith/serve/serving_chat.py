@@ -28,10 +28,11 @@ class ServingChat(ServingBase):
         except Exception as exc:  # jinja errors from the model's own template are the request's fault
             raise bad_request(f"the chat template rejected these messages: {exc}", "messages") from None
 
-    async def create(self, body: ChatCompletionRequest, is_disconnected: Disconnected) -> dict | AsyncIterator[str]:
+    async def create(self, body: ChatCompletionRequest, is_disconnected: Disconnected,
+                     org: str | None = None) -> dict | AsyncIterator[str]:
         """The chat.completion answer, or (body.stream) an async iterator of SSE lines."""
         state = self.state
-        adapter = self.resolve_model(body.model)
+        adapter = self.resolve_model(body.model, org)
         messages = self.messages(body)
         ids = self.prompt_ids(messages)
         max_tokens = self.max_tokens(body, [len(ids)], body.max_completion_tokens or body.max_tokens)

@@ -30,9 +30,10 @@ class ServingCompletions(ServingBase):
             raise bad_request("prompt must not be empty", "prompt")
         return prompts
 
-    async def create(self, body: CompletionRequest, is_disconnected: Disconnected) -> dict | AsyncIterator[str]:
+    async def create(self, body: CompletionRequest, is_disconnected: Disconnected,
+                     org: str | None = None) -> dict | AsyncIterator[str]:
         """The text_completion answer (choices: prompts x n), or (body.stream) an async iterator of SSE lines."""
-        adapter = self.resolve_model(body.model)
+        adapter = self.resolve_model(body.model, org)
         prompts = self.prompts(body)
         max_tokens = self.max_tokens(body, [len(p) for p in prompts], body.max_tokens)
         job = Job(self.state, adapter, prompts, body, max_tokens)

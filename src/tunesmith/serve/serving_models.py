@@ -20,15 +20,19 @@ class ServingModels:
         return {"id": spec.name, "object": "model", "created": created, "owned_by": "tunesmith",
                 "root": str(spec.path), "parent": self.state.base_name, "method": spec.method, "engine": spec.engine}
 
-    def list_models(self) -> dict:
+    def list_models(self, org: str | None = None) -> dict:
+        """The base and the adapters `org` may use: every --adapter one, and its own fine-tuned models."""
         state = self.state
         created = int(state.started)
         data = [{"id": state.base_name, "object": "model", "created": created, "owned_by": "tunesmith",
                  "root": str(state.base_path), "parent": None}]
-        for name in state.model_names()[1:]:
+        for name in state.model_names(org)[1:]:
             spec = state.adapters.get(name)
             if spec is not None:        # unloaded between the two reads
-                data.append(self.adapter_card(spec, created))
+                card = self.adapter_card(spec, created)
+                if name in state.owners:
+                    card["owned_by"] = state.owners[name]
+                data.append(card)
         return {"object": "list", "data": data}
 
     def check_load(self, body: LoadAdapterRequest):
@@ -44,14 +48,14 @@ class ServingModels:
         spec = self.state.load_adapter(body.name, path)
         return self.adapter_card(spec, int(time.time()))
 
-    def check_unload(self, name: str) -> None:
+    def check_unload(self, name: str, org: str | None = None) -> None:
         if name == self.state.base_name:
             raise bad_request("the base model cannot be unloaded", "name")
-        if name not in self.state.adapters:
-            raise model_not_found(name, self.state.model_names())
+        if name not in self.state.model_names(org)[1:]:
+            raise model_not_found(name, self.state.model_names(org))
 
-    def unload_adapter(self, name: str) -> dict:
+    def unload_adapter(self, name: str, org: str | None = None) -> dict:
         """Blocking (waits for the adapter's requests to finish): call from a worker thread."""
-        self.check_unload(name)
+        self.check_unload(name, org)
         self.state.unload_adapter(name)
         return {"id": name, "object": "model", "deleted": True}

@@ -43,6 +43,9 @@ class ServerState:
         self.base_name = options.served_name or options.model
         self.policy = AdapterDirPolicy(options.adapter_dir)
         self.adapters: dict[str, AdapterSpec] = {}
+        # Models that belong to one organization (fine-tuned by its jobs); the rest are everyone's.
+        self.owners: dict[str, str] = {}
+        self.finetune = None     # the fine-tuning service (serve/finetune), when options.data_dir is set
         self._lock = threading.Lock()
         self.bank = LoRABank(model)
         self.fallback = PeftFallback(lambda: _load_base(base_path, options.dtype))
@@ -52,20 +55,21 @@ class ServerState:
         self.traffic = TrafficLog(options.traffic_log) if options.traffic_log else None
 
     # -- adapters ----------------------------------------------------------------------------------
-    def model_names(self) -> list[str]:
+    def model_names(self, org: str | None = None) -> list[str]:
+        """The model ids `org` may use (every one when None)."""
         with self._lock:
-            return [self.base_name, *self.adapters]
+            return [self.base_name, *(n for n in self.adapters if org is None or self.owners.get(n, org) == org)]
 
-    def lookup(self, name: str) -> str | None:
-        """The adapter a model id names (None for the base); KeyError when unknown."""
+    def lookup(self, name: str, org: str | None = None) -> str | None:
+        """The adapter a model id names (None for the base); KeyError when unknown, or another organization's."""
         if name == self.base_name:
             return None
         with self._lock:
-            if name in self.adapters:
+            if name in self.adapters and (org is None or self.owners.get(name, org) == org):
                 return name
         raise KeyError(name)
 
-    def load_adapter(self, name: str, path: str | Path) -> AdapterSpec:
+    def load_adapter(self, name: str, path: str | Path, owner: str | None = None) -> AdapterSpec:
         """Read, check and install an adapter. Blocking; call from a worker thread."""
         if not NAME_RE.fullmatch(name or "") or name == self.base_name:
             raise UserError(f"adapter name '{name}' is not allowed: use 1-128 of A-Z a-z 0-9 . _ - : / "
@@ -88,11 +92,19 @@ class ServerState:
             self.fallback.add(name, model)
         with self._lock:
             self.adapters[name] = spec
+            if owner is not None:
+                self.owners[name] = owner
         return spec
+
+    def unload_models(self, name: str) -> None:
+        """Unload `name` and its checkpoints (`name:ckpt-step-N`), whichever are loaded."""
+        for loaded in [n for n in self.model_names()[1:] if n == name or n.startswith(f"{name}:ckpt-step-")]:
+            self.unload_adapter(loaded)
 
     def unload_adapter(self, name: str) -> None:
         with self._lock:
             spec = self.adapters.pop(name)
+            self.owners.pop(name, None)
         # Waiting and running requests for it finish first: the engine thread frees the slot between steps
         # only once nothing uses it.
         def release():
@@ -108,6 +120,8 @@ class ServerState:
             time.sleep(0.05)
 
     def close(self) -> None:
+        if self.finetune is not None:
+            self.finetune.close()
         self.engine.stop()
         if self.traffic:
             self.traffic.close()
@@ -156,6 +170,11 @@ def build_state(options: ServeOptions) -> ServerState:
             if not Path(path).is_dir():
                 raise UserError(f"--adapter {name}={path}: no such folder")
             state.load_adapter(name, path)
+        if options.data_dir:
+            from tunesmith.serve.finetune.service import FineTuneService
+
+            state.finetune = FineTuneService(state, options)
+            state.finetune.start()     # serves the models of finished jobs, resumes an interrupted one
     except BaseException:
         state.close()
         raise

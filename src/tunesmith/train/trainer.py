@@ -28,6 +28,7 @@ from tunesmith.events import CheckpointSaved, Events, StepMetrics, TrainFinished
 from tunesmith.io_utils import atomic_dir, write_json
 from tunesmith.methods.registry import Prepared
 from tunesmith.run_dir import RunDir
+from tunesmith.train import auto
 from tunesmith.train import checkpoint as ckpt
 from tunesmith.train.distributed import backend_name, gather_to_main, layout_for, make_accelerator
 from tunesmith.train.logbook import Logbook, read_metrics
@@ -119,6 +120,11 @@ class Trainer:
                  final_metadata: dict | None = None):
         if not train_set:
             raise UserError("no training examples left after tokenization", hint="check data.max_len and your data")
+        if train_cfg.lr == "auto":
+            # The method was prepared with a rate (its param groups carry it); "auto" is resolved by the run.
+            raise UserError("train.lr is 'auto': the trainer needs the number the method was prepared with",
+                            hint="run through tunesmith.pipeline.run, or give TrainConfig(lr=...)")
+        train_cfg = auto.resolve_schedule(train_cfg, n_train=len(train_set), n_val=len(val_set))
         self.cfg, self.data_cfg = train_cfg, data_cfg
         self.prepared, self.tokenizer = prepared, tokenizer
         self.train_set, self.val_set = train_set, val_set

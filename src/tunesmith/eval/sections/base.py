@@ -55,6 +55,7 @@ class EvalContext:
     lm_eval_args: dict | None = None    # from the CLI: model paths lm-eval can load itself
     out_dir: Path | None = None
     code_max_new_tokens: int | None = None   # generation budget of pass@k programs (None: cfg.max_new_tokens)
+    loop_guard: object | None = None         # generation/loops.LoopGuard, when eval.stop_loops
     # Shared results, written by the runner and by the generation section.
     rows: dict[str, dict[str, list]] = field(default_factory=dict)
     columns: dict[str, Column] = field(default_factory=dict)

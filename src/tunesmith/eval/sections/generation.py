@@ -21,7 +21,7 @@ def generate_for(ctx: EvalContext, model, convs: list[list[dict]], progress=None
     cfg = ctx.cfg
     return generate(model, ctx.tokenizer, convs, max_new_tokens=max_new_tokens or cfg.max_new_tokens, batch_size=cfg.batch_size,
                     temperature=cfg.temperature, top_p=cfg.top_p, seed=cfg.seed, system_prompt=ctx.system_prompt,
-                    precision=ctx.precision, progress=progress)
+                    precision=ctx.precision, progress=progress, loop_guard=ctx.loop_guard)
 
 
 @register
@@ -43,8 +43,11 @@ class GenerationMetrics(EvalSection):
         result.columns = [metric_column(m) for m in metrics]
         for spec in ctx.systems:
             convs = conversations(spec, ctx.chat, ctx.train_pool, ctx.cfg.seed)
+            looped_before = ctx.loop_guard.stopped if ctx.loop_guard is not None else 0
             with spec.active():
                 preds = generate_for(ctx, spec.model, convs, ctx.progress(spec.name, "generation", len(convs)))
+            if ctx.loop_guard is not None:
+                result.report.setdefault("loops_stopped", {})[spec.name] = ctx.loop_guard.stopped - looped_before
             ctx.predictions[spec.name] = preds
             rows = {m: METRICS[m].rows(preds, references) for m in metrics}
             result.rows[spec.name] = rows
@@ -55,3 +58,12 @@ class GenerationMetrics(EvalSection):
             ctx.chat_rows[spec.name] = chat_rows
             result.predictions += chat_rows
         return result
+
+    def notes(self, report: dict) -> list[str]:
+        looped = report.get("loops_stopped")
+        if not looped:
+            return []
+        limit = report.get("generation", {}).get("loop_limit")
+        counts = ", ".join(f"{name} {n}" for name, n in looped.items())
+        return [f"Replies stopped in a repetition loop (one block repeated more than {limit} times; "
+                f"eval.stop_loops): {counts}.", ""]

@@ -41,6 +41,8 @@ class Objective:
     metric_names: ClassVar[tuple[str, ...]] = ()
     options: ClassVar[type] = ObjectiveOptions   # the `objective:` section this objective takes
     data: ClassVar[str] = ""                      # the data it trains on, for `tunesmith objectives`
+    # train.lr "auto" is the method's rate times this: preference losses move further per step than SFT.
+    lr_factor: ClassVar[float] = 1.0
 
     @classmethod
     def tokenize(cls, tokenizer, samples: list, data_cfg) -> tuple[list, Any]:
