@@ -1,6 +1,6 @@
 """Training throughput: tunesmith vs TRL's SFTTrainer on the same work, in one process tree.
 
-    .venv/bin/python bench/train_throughput.py [--steps 8] [--examples 512]
+    .venv/bin/python bench/train_throughput.py [--steps 8] [--examples 512] [--precision fp32]
 
 Work: SmolLM2-135M-Instruct (the embedded default), LoRA r=16 alpha=32 on all linear layers, an
 instruction set of 512 examples of 50-500 tokens (responses are real English prose: Python
@@ -9,6 +9,9 @@ step (TRL's packing variant: 4 packed rows of 1024 tokens), the same number of s
 learning rate for every system. Loss is on the response tokens only for every system (TRL:
 prompt-completion data, its completion-only loss). tunesmith runs with `train.precision: auto`,
 what a user gets: bf16 autocast on CPUs with native bf16 (AVX-512 bf16 / AMX), fp32 elsewhere.
+`--precision fp32` runs every system in fp32 instead (tunesmith `train.precision: fp32`; TRL with
+bf16=False, whose own default is bf16, with and without packing) and measures the peaks in fp32: what
+a CPU without native bf16 gets, and a like-for-like comparison on one that has it.
 
 Each system runs in its own subprocess so peak RSS is its own. Reported:
   effective tokens/s  non-padding tokens per second of training-loop wall time
@@ -19,7 +22,7 @@ Each system runs in its own subprocess so peak RSS is its own. Reported:
   MFU                 model FLOPs/s over a bf16 matmul peak measured in this run; model FLOPs per
                       token = 4 x (non-embedding matmul params) + attention + lm_head at response tokens
                       (LoRA: forward + input-gradient backward; frozen weights get no weight gradient).
-                      Two peaks: a large square matmul (2048^3, what the matrix units can do at best)
+                      Two peaks, in bf16 (fp32 with --precision fp32): a large square matmul (2048^3, what the matrix units can do at best)
                       and the model's own linear shapes at one micro-batch of tokens, forward and
                       input-gradient (what a perfect implementation of this model could reach here).
 
@@ -126,7 +129,7 @@ def flops_per_token(config, target_fraction: float, avg_len: float) -> float:
     return 4 * (body + attention + head)
 
 
-def run_tunesmith(rows, model_dir, steps, out_dir):
+def run_tunesmith(rows, model_dir, steps, out_dir, precision="auto"):
     from tunesmith.config import DataConfig, TrainConfig
     from tunesmith.data.schema import Sample
     from tunesmith.data.tokenize import tokenize_all
@@ -141,7 +144,7 @@ def run_tunesmith(rows, model_dir, steps, out_dir):
     model = load_model(str(model_dir))
     prepared = prepare_method(model, method_options(name="lora", r=RANK, alpha=ALPHA, dropout=0.0), LR)
     cfg = TrainConfig(max_steps=steps, batch_size=BATCH, micro_batch_size=MICRO, lr=LR, warmup_ratio=0.0,
-                      scheduler="constant", precision="auto", seed=0)
+                      scheduler="constant", precision=precision, seed=0)
     trainer = Trainer(cfg, DataConfig(max_len=1024, packing=True), prepared, tok, data, [], out_dir)
     t0 = time.perf_counter()
     result = trainer.fit()
@@ -163,9 +166,12 @@ def run_trl(rows, model_dir, steps, out_dir, variant):
                   report_to="none", use_cpu=True, seed=0, max_length=1024, dataloader_num_workers=0)
     if variant == "bf16":
         kwargs.update(bf16=True)
-    elif variant == "bf16_packing":
+    elif variant.endswith("packing"):
         # Packed rows are max_length (1024) tokens each: 4 rows a step is the same ~4k tokens per step.
-        kwargs.update(bf16=True, packing=True, per_device_train_batch_size=4, gradient_accumulation_steps=1)
+        kwargs.update(bf16=variant.startswith("bf16"), packing=True, per_device_train_batch_size=4,
+                      gradient_accumulation_steps=1)
+    elif variant == "fp32":
+        kwargs.update(bf16=False)
     args = SFTConfig(**kwargs)
     timing = {}
 
@@ -221,7 +227,7 @@ def child(args) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(0)
     if args.system == "tunesmith":
-        res = run_tunesmith(rows, payload["model_dir"], args.steps, out_dir)
+        res = run_tunesmith(rows, payload["model_dir"], args.steps, out_dir, args.precision)
     else:
         res = run_trl(rows, payload["model_dir"], args.steps, out_dir, args.system.removeprefix("trl_"))
     res["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -242,40 +248,58 @@ def _timed_gflops(pairs: list[tuple[torch.Tensor, torch.Tensor]], reps: int) -> 
     return flops / (time.perf_counter() - t0) / 1e9
 
 
-def matmul_peak_gflops(size: int = 2048, reps: int = 10) -> float:
-    """The machine's bf16 matmul ceiling: one large square product."""
-    a = torch.randn(size, size, dtype=torch.bfloat16)
-    return _timed_gflops([(a, torch.randn(size, size, dtype=torch.bfloat16))], reps)
+def matmul_peak_gflops(size: int = 2048, reps: int = 10, dtype=torch.bfloat16) -> float:
+    """The machine's matmul ceiling in `dtype`: one large square product."""
+    a = torch.randn(size, size, dtype=dtype)
+    return _timed_gflops([(a, torch.randn(size, size, dtype=dtype))], reps)
 
 
-def model_shape_peak_gflops(config, tokens: int = 1024, reps: int = 10) -> float:
-    """bf16 GFLOP/s of the model's own linear layers at `tokens` rows: forward (x @ W^T) and the
+def model_shape_peak_gflops(config, tokens: int = 1024, reps: int = 10, dtype=torch.bfloat16) -> float:
+    """GFLOP/s in `dtype` of the model's own linear layers at `tokens` rows: forward (x @ W^T) and the
     input-gradient backward (dy @ W) of q, k, v, o, gate, up and down."""
     d, f = config.hidden_size, config.intermediate_size
     kv = config.num_key_value_heads * (d // config.num_attention_heads)
     shapes = [(d, d), (d, kv), (d, kv), (d, d), (d, f), (d, f), (f, d)]   # (in, out)
     pairs = []
     for n_in, n_out in shapes:
-        w = torch.randn(n_in, n_out, dtype=torch.bfloat16)
-        pairs.append((torch.randn(tokens, n_in, dtype=torch.bfloat16), w))                  # forward
-        pairs.append((torch.randn(tokens, n_out, dtype=torch.bfloat16), w.t().contiguous()))  # grad input
+        w = torch.randn(n_in, n_out, dtype=dtype)
+        pairs.append((torch.randn(tokens, n_in, dtype=dtype), w))                  # forward
+        pairs.append((torch.randn(tokens, n_out, dtype=dtype), w.t().contiguous()))  # grad input
     return _timed_gflops(pairs, reps)
 
 
-SYSTEMS = ["trl_default", "trl_bf16", "trl_bf16_packing", "tunesmith"]
+# Per --precision: the systems run, and the dtype of the peaks.
+SYSTEMS = {"auto": ["trl_default", "trl_bf16", "trl_bf16_packing", "tunesmith"],
+           "fp32": ["trl_fp32", "trl_fp32_packing", "tunesmith"]}
+PEAK_DTYPE = {"auto": torch.bfloat16, "fp32": torch.float32}
+
+
+def cpu_kind() -> str:
+    """The label speed claims carry: native bf16 or not, and whether the kernels were limited by env."""
+    flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    kind = "AVX-512 bf16" if "avx512_bf16" in flags else "AVX2 only"
+    if os.environ.get("ATEN_CPU_CAPABILITY"):
+        kind += f", kernels limited to {os.environ['ATEN_CPU_CAPABILITY']} (simulated)"
+    return f"{kind}, {os.cpu_count()} cores"
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--steps", type=int, default=8)
     ap.add_argument("--examples", type=int, default=512)
-    ap.add_argument("--systems", default=",".join(SYSTEMS))
+    ap.add_argument("--precision", choices=sorted(SYSTEMS), default="auto",
+                    help="auto: tunesmith's train.precision auto vs TRL's default, bf16 and bf16+packing; "
+                         "fp32: every system in fp32")
+    ap.add_argument("--systems", help="comma-separated subset of the --precision's systems")
     ap.add_argument("--child")
     ap.add_argument("--system")
     ap.add_argument("--result")
     args = ap.parse_args()
     if args.child:
         return child(args)
+    systems = args.systems.split(",") if args.systems else SYSTEMS[args.precision]
+    dtype = PEAK_DTYPE[args.precision]
+    dtype_name = str(dtype).removeprefix("torch.").replace("bfloat16", "bf16").replace("float32", "fp32")
 
     from tunesmith.models import load_tokenizer
     from tunesmith.models.default import ensure_default_model
@@ -293,17 +317,17 @@ def main() -> None:
     config = AutoConfig.from_pretrained(str(model_dir))
     resp = [n_tokens(tok, r["prompt"] + r["completion"]) - n_tokens(tok, r["prompt"], True) for r in train_rows]
     fpt = flops_per_token(config, sum(resp) / sum(lengths), sum(lengths) / len(lengths))
-    peak = matmul_peak_gflops()
-    shape_peak = model_shape_peak_gflops(config)
+    peak = matmul_peak_gflops(dtype=dtype)
+    shape_peak = model_shape_peak_gflops(config, dtype=dtype)
     print(f"data: {len(train_rows)} examples, {min(lengths)}-{max(lengths)} tokens (mean {sum(lengths)/len(lengths):.0f}); "
           f"{BATCH} examples/step (~{BATCH * sum(lengths) / len(lengths):.0f} tokens); {args.steps} steps; "
-          f"bf16 matmul peak {peak:.0f} GFLOP/s (2048^3), {shape_peak:.0f} GFLOP/s (model shapes, 1024 tokens); "
-          f"{fpt / 1e6:.0f} MFLOP per token", flush=True)
+          f"{dtype_name} matmul peak {peak:.0f} GFLOP/s (2048^3), {shape_peak:.0f} GFLOP/s (model shapes, 1024 tokens); "
+          f"{fpt / 1e6:.0f} MFLOP per token; CPU: {cpu_kind()}", flush=True)
     results = {}
-    for system in args.systems.split(","):
+    for system in systems:
         res_path = OUT / f"result-{system}.json"
         cmd = [sys.executable, __file__, "--child", str(payload), "--system", system, "--result", str(res_path),
-               "--steps", str(args.steps)]
+               "--steps", str(args.steps), "--precision", args.precision]
         t0 = time.perf_counter()
         r = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "TOKENIZERS_PARALLELISM": "false"})
         if r.returncode != 0:
@@ -317,21 +341,22 @@ def main() -> None:
     if not results:
         return
     base_loss = heldout_loss(model_dir, None, held)
+    reference = systems[0] if systems[0].startswith("trl") else None   # TRL's default configuration for this precision
     best_trl = max((s for s in results if s.startswith("trl")), key=lambda s: results[s]["tokens"] / results[s]["wall"],
                    default=None)
-    header = ("| system | effective tok/s | vs TRL default | vs best TRL | peak RSS (MB) | final train loss | "
+    header = (f"| system | effective tok/s | vs {reference or 'TRL default'} | vs best TRL | peak RSS (MB) | final train loss | "
               "held-out loss | MFU (2048^3 peak) | MFU (model-shape peak) |")
     lines = [header, "|---|---|---|---|---|---|---|---|---|"]
     for system, res in results.items():
         tps = res["tokens"] / res["wall"]
-        vs_default = tps / (results["trl_default"]["tokens"] / results["trl_default"]["wall"]) if "trl_default" in results else float("nan")
+        vs_default = tps / (results[reference]["tokens"] / results[reference]["wall"]) if reference in results else float("nan")
         vs_best = tps / (results[best_trl]["tokens"] / results[best_trl]["wall"]) if best_trl else float("nan")
         mfu, shape_mfu = tps * fpt / (peak * 1e9), tps * fpt / (shape_peak * 1e9)
         prec = res.get("precision", "bf16" if res.get("bf16") else "fp32")
         lines.append(f"| {system} ({prec}) | {tps:.0f} | {vs_default:.2f}x | {vs_best:.2f}x | {res['peak_rss_mb']:.0f} | "
                      f"{res['final_loss']:.4f} | {res['heldout_loss']:.4f} | {100 * mfu:.0f}% | {100 * shape_mfu:.0f}% |")
-    lines.append(f"\nheld-out loss of the base model (no training): {base_loss:.4f}; peaks: {peak:.0f} GFLOP/s (2048^3), "
-                 f"{shape_peak:.0f} GFLOP/s (model shapes); {fpt / 1e6:.0f} MFLOP per token")
+    lines.append(f"\nheld-out loss of the base model (no training): {base_loss:.4f}; {dtype_name} peaks: {peak:.0f} GFLOP/s "
+                 f"(2048^3), {shape_peak:.0f} GFLOP/s (model shapes); {fpt / 1e6:.0f} MFLOP per token; CPU: {cpu_kind()}")
     table = "\n".join(lines)
     print(table)
     (OUT / "train_throughput.md").write_text(table + "\n")

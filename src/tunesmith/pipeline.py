@@ -25,6 +25,7 @@ from tunesmith.models.start_adapter import check_start_adapter, drop_start_adapt
 from tunesmith.quiet import foreign_warnings_ignored
 from tunesmith.run_dir import RunDir
 from tunesmith.train import auto
+from tunesmith.train.distributed import main_process_alone
 
 
 @dataclass
@@ -194,8 +195,19 @@ class _Run:
         if not trainer.acc.is_main_process:
             return RunResult(run_dir.root, result, None, None)
 
+        with main_process_alone():
+            return self._after_training(cfg, trainer, result, method, prepared, tokenizer, val_samples, train_samples,
+                                        events)
+
+    def _after_training(self, cfg, trainer, result, method, prepared, tokenizer, val_samples, train_samples,
+                        events) -> RunResult:
+        """Evaluation and merging, on the main process alone."""
+        run_dir = trainer.run_dir
         report = None
         model = trainer.model
+        if trainer.layout.sharded_params:
+            # FSDP2 / ZeRO-3 leave each process a shard; evaluate and merge what was saved, on a whole model.
+            model = _load_saved(cfg, result.output_dir, prepared.kind, method.load_options(cfg.method))
         model.eval()
         if cfg.eval.enabled:
             eval_samples = load_samples(cfg.eval.data, cfg.data.format) if cfg.eval.data else val_samples
@@ -210,6 +222,14 @@ class _Run:
             merged_dir = save_merged(model, tokenizer, run_dir.merged)
             events.message(f"merged model: {merged_dir}")
         return RunResult(run_dir.root, result, report, merged_dir)
+
+
+def _load_saved(cfg: RunConfig, output_dir: Path, kind: str, load_options: dict):
+    from tunesmith.methods import load_trained
+
+    if kind == "full":
+        return load_model(str(output_dir), dtype=cfg.model.dtype)
+    return load_trained(load_model(resolve_base(cfg.model.base), dtype=cfg.model.dtype, **load_options), output_dir)
 
 
 def evaluate_run(cfg: RunConfig, model, tokenizer, eval_samples, train_samples, train_result, run_dir: Path,

@@ -47,11 +47,14 @@ class Prepared:
     def trainable_parameters(self) -> int:
         return sum(p.numel() for p in self.model.parameters() if p.requires_grad)
 
-    def save(self, out_dir: Path, tokenizer=None) -> None:
+    def save(self, out_dir: Path, tokenizer=None, state_dict: dict | None = None) -> None:
+        """`state_dict`: whole tensors to save instead of the model's own (gathered from sharded training;
+        methods with their own saver are refused there, see train.distributed.Layout.check)."""
         if self.saver is not None:
             self.saver(self.model, Path(out_dir))
         else:
-            self.model.save_pretrained(out_dir, safe_serialization=True)
+            self.model.save_pretrained(out_dir, safe_serialization=True,
+                                       **({"state_dict": state_dict} if state_dict is not None else {}))
         if tokenizer is not None:
             tokenizer.save_pretrained(out_dir)
 

@@ -19,15 +19,8 @@ from tunesmith.io_utils import atomic_dir
 from tunesmith.run_dir import CHECKPOINT_NAME, checkpoint_name
 
 
-def trainable_state(model) -> dict[str, torch.Tensor]:
-    return {n: p.detach().cpu().contiguous() for n, p in model.named_parameters() if p.requires_grad}
-
-
-def load_trainable_state(model, state: dict[str, torch.Tensor]) -> None:
-    params = dict(model.named_parameters())
-    with torch.no_grad():
-        for name, value in state.items():
-            params[name].copy_(value)
+def trainable_names(model) -> set[str]:
+    return {n for n, p in model.named_parameters() if p.requires_grad}
 
 
 def rng_state() -> dict:
@@ -40,15 +33,19 @@ def restore_rng(state: dict) -> None:
     np.random.set_state(state["numpy"])
 
 
-def save_checkpoint(root: Path, step: int, model, optimizer, scheduler, trainer_state: dict,
-                    extra_tensors: dict[str, torch.Tensor] | None = None) -> Path:
+def save_checkpoint(root: Path, step: int, trainable: dict[str, torch.Tensor], optimizer_state, scheduler,
+                    trainer_state: dict, extra_tensors: dict[str, torch.Tensor] | None = None,
+                    rng_states: list[dict] | None = None) -> Path:
+    """Write one checkpoint (main process). `trainable`: whole tensors by parameter name; `optimizer_state`:
+    what the run's Layout gave; `rng_states`: every process's RNG, in rank order (default: this one's)."""
+    rng_states = rng_states or [rng_state()]
     final = root / checkpoint_name(step)
     with atomic_dir(final) as tmp:
-        save_file(trainable_state(model), tmp / "trainable.safetensors")
+        save_file(trainable, tmp / "trainable.safetensors")
         if extra_tensors:
             save_file({k: v.detach().cpu().contiguous() for k, v in extra_tensors.items()}, tmp / "extra.safetensors")
-        torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": rng_state()},
-                   tmp / "optim.pt")
+        torch.save({"optimizer": optimizer_state, "scheduler": scheduler.state_dict(), "rng": rng_states[0],
+                    "rng_per_rank": rng_states}, tmp / "optim.pt")
         (tmp / "trainer_state.json").write_text(json.dumps({**trainer_state, "step": step}, indent=2))
     return final
 
@@ -60,19 +57,19 @@ def list_checkpoints(root: Path) -> list[Path]:
     return [p for _, p in sorted(found)]
 
 
-def load_weights(path: Path, model) -> dict[str, torch.Tensor]:
-    """Load a checkpoint's trainable weights into `model`; return its extra method state ({} if none)."""
-    load_trainable_state(model, load_file(path / "trainable.safetensors"))
-    return load_file(path / "extra.safetensors") if (path / "extra.safetensors").exists() else {}
+def read_weights(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """A checkpoint's trainable weights and its extra method state ({} if none)."""
+    extra = load_file(path / "extra.safetensors") if (path / "extra.safetensors").exists() else {}
+    return load_file(path / "trainable.safetensors"), extra
 
 
-def load_checkpoint(path: Path, model, optimizer, scheduler) -> tuple[dict, dict[str, torch.Tensor]]:
-    extra = load_weights(path, model)
+def read_checkpoint(path: Path, rank: int = 0) -> tuple[dict, dict]:
+    """(trainer state, the optim.pt blob with `rng` set to process `rank`'s RNG state)."""
     blob = torch.load(path / "optim.pt", weights_only=False)
-    optimizer.load_state_dict(blob["optimizer"])
-    scheduler.load_state_dict(blob["scheduler"])
-    restore_rng(blob["rng"])
-    return json.loads((path / "trainer_state.json").read_text()), extra
+    per_rank = blob.get("rng_per_rank") or [blob["rng"]]
+    # A checkpoint from a run with fewer processes has no RNG for this one: reuse the main one's.
+    blob["rng"] = per_rank[rank] if rank < len(per_rank) else per_rank[0]
+    return json.loads((path / "trainer_state.json").read_text()), blob
 
 
 def prune(root: Path, keep: int, protect: Path | None = None) -> None:

@@ -30,6 +30,7 @@ from tunesmith.methods.registry import Prepared
 from tunesmith.run_dir import RunDir
 from tunesmith.train import auto
 from tunesmith.train import checkpoint as ckpt
+from tunesmith.train.distributed import backend_name, gather_to_main, layout_for, make_accelerator
 from tunesmith.train.logbook import Logbook, read_metrics
 from tunesmith.train.objectives import Objective, ObjectiveModule, get_objective
 from tunesmith.train.precision import frozen_linears_in
@@ -117,8 +118,6 @@ class Trainer:
                  train_set: list[Tokenized], val_set: list[Tokenized], run_dir: str | os.PathLike, *,
                  events: Events | None = None, objective: Objective | str = "sft", accelerator=None,
                  final_metadata: dict | None = None):
-        from accelerate import Accelerator
-
         if not train_set:
             raise UserError("no training examples left after tokenization", hint="check data.max_len and your data")
         if train_cfg.lr == "auto":
@@ -133,7 +132,10 @@ class Trainer:
         self.precision = resolve_precision(train_cfg.precision)
         # Mixed precision is handled here rather than by accelerate: its state is a process-wide
         # singleton that refuses a second, different setting (two runs in one process, tests).
-        self.acc = accelerator or Accelerator(cpu=not torch.cuda.is_available())
+        self.acc = accelerator or make_accelerator()
+        self.backend = backend_name(self.acc)
+        self.layout = layout_for(self.acc)
+        self.layout.check(prepared, self.backend)
         self.autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.precision)
         self.scaler = torch.amp.GradScaler(self.acc.device.type) if self.precision == "fp16" else None
         self.micro = train_cfg.micro_batch_size or train_cfg.batch_size
@@ -168,10 +170,10 @@ class Trainer:
         self.ckpt_root = self.run_dir.checkpoints
 
     def _configure_deepspeed(self) -> bool:
-        """Tell DeepSpeed our micro-batch and accumulation: prepare() gets no dataloader to infer them from.
+        """Tell DeepSpeed our micro-batch, accumulation and clipping: prepare() gets no dataloader to infer them from.
 
-        Unverified here (DeepSpeed is not installed in CI); follows accelerate's `_prepare_deepspeed`,
-        which reads these keys, and transformers' Trainer for the per-micro-batch boundary.
+        The keys are the ones accelerate's `_prepare_deepspeed` reads; the per-micro-batch boundary follows
+        transformers' Trainer. Clipping is train.max_grad_norm, as without DeepSpeed (0 turns it off).
         """
         plugin = self.acc.state.deepspeed_plugin
         if plugin is None:
@@ -180,7 +182,8 @@ class Trainer:
         micro = min(self.micro, per_process)
         accum = math.ceil(per_process / micro)
         plugin.deepspeed_config.update(train_micro_batch_size_per_gpu=micro, gradient_accumulation_steps=accum,
-                                       train_batch_size=micro * accum * self.acc.num_processes)
+                                       train_batch_size=micro * accum * self.acc.num_processes,
+                                       gradient_clipping=self.cfg.max_grad_norm)
         self.acc.gradient_accumulation_steps = accum  # else accelerate warns of a mismatch and takes DeepSpeed's
         return True
 
@@ -247,6 +250,10 @@ class Trainer:
             self.scaler.update()
         else:
             self.optimizer.step()
+        if self.deepspeed and self.cfg.max_grad_norm > 0:
+            # The engine stepped (and clipped) inside the last backward; it keeps the pre-clip norm.
+            norm = self.acc.deepspeed_engine_wrapped.engine.get_global_grad_norm()
+            grad_norm = float(norm) if norm is not None else None
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         if self.prepared.hooks.after_step is not None:
@@ -288,10 +295,16 @@ class Trainer:
 
     def _save(self, step: int, state: dict) -> Path | None:
         path = None
+        # Gathering whole tensors from shards is collective: every process takes part, the main one writes.
+        model = self._model()
+        trainable = self.layout.full_state(model, ckpt.trainable_names(model))
+        optimizer_state = self.layout.optimizer_state(self.loss_module, self._raw_optimizer())
+        rng_states = gather_to_main(self.acc, ckpt.rng_state())
         if self.acc.is_main_process:
             hooks = self.prepared.hooks
             extra = hooks.extra_state() if hooks.extra_state is not None else None
-            path = ckpt.save_checkpoint(self.ckpt_root, step, self._model(), self.optimizer, self.scheduler, state, extra)
+            path = ckpt.save_checkpoint(self.ckpt_root, step, trainable, optimizer_state, self.scheduler, state,
+                                        extra, rng_states)
             best = state.get("best_checkpoint")
             ckpt.prune(self.ckpt_root, self.cfg.keep_checkpoints, protect=Path(best) if best else None)
             self.events.emit(CheckpointSaved(step, str(path)))
@@ -310,14 +323,27 @@ class Trainer:
         found = ckpt.list_checkpoints(self.ckpt_root)
         if not found:
             raise UserError(f"--resume: no checkpoint in {self.ckpt_root}", hint="start without --resume")
-        state, extra = ckpt.load_checkpoint(found[-1], self._model(), self.optimizer, self.scheduler)
+        extra = self._load_weights(found[-1])
+        state, blob = ckpt.read_checkpoint(found[-1], self.acc.process_index)
+        self.layout.load_optimizer_state(self.loss_module, self._raw_optimizer(), blob["optimizer"])
+        self.scheduler.load_state_dict(blob["scheduler"])
+        ckpt.restore_rng(blob["rng"])
         if extra and self.prepared.hooks.load_extra_state is not None:
             self.prepared.hooks.load_extra_state(extra)
         return state
 
+    def _load_weights(self, path: Path) -> dict:
+        trainable, extra = ckpt.read_weights(path)
+        self.layout.load_params(self._model(), trainable)
+        return extra
+
+    def _raw_optimizer(self):
+        """The torch optimizer inside accelerate's wrapper (its state_dict is the one to save)."""
+        return getattr(self.optimizer, "optimizer", self.optimizer)
+
     def _restore_best(self, path: Path) -> None:
         """Finish with the best checkpoint's weights, including method state outside the trainable ones."""
-        extra = ckpt.load_weights(path, self._model())
+        extra = self._load_weights(path)
         if extra and self.prepared.hooks.load_extra_state is not None:
             self.prepared.hooks.load_extra_state(extra)
 
@@ -348,8 +374,9 @@ class Trainer:
         end = start if stopped_early else self.total_steps
         with contextlib.ExitStack() as stack:
             stack.enter_context(self.objective.context(self._model()))
-            if self.prepared.kind == "adapter" and self.prepared.hooks.after_step is None:
-                # Exact (autocast would round to the same values); skipped for methods that move base weights.
+            if self.prepared.kind == "adapter" and self.prepared.hooks.after_step is None and not self.layout.sharded_params:
+                # Exact (autocast would round to the same values); skipped for methods that move base weights
+                # and for sharded parameters, whose storage FSDP2 / ZeRO-3 own.
                 stack.enter_context(frozen_linears_in(self._model(), self.autocast_dtype))
             for step in range(start, end):
                 out = self.train_step(step)
@@ -399,15 +426,18 @@ class Trainer:
         if self.acc.is_main_process:
             summary = {k: (str(v) if isinstance(v, Path) else v) for k, v in result.__dict__.items()}
             summary["precision"] = self.precision
+            summary["backend"], summary["processes"] = self.backend, self.acc.num_processes
             write_json(self.run_dir.train_summary, summary)
             self.events.emit(TrainFinished(result.steps, summary))
         return result
 
     def save_final(self) -> Path:
         final = self.run_dir.final(self.prepared.kind)
+        # Sharded parameters are gathered (by every process) into whole tensors the main one saves.
+        state_dict = self.layout.full_state(self._model()) if self.layout.sharded_params else None
         if self.acc.is_main_process:
             with atomic_dir(final) as tmp:
-                self.prepared.save(tmp, self.tokenizer)
+                self.prepared.save(tmp, self.tokenizer, state_dict=state_dict)
                 if self.final_metadata:
                     # Inside the temporary folder, so a reader never sees an adapter without its base.
                     write_json(tmp / "tunesmith.json", self.final_metadata)
