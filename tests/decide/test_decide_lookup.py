@@ -15,8 +15,8 @@ from tunesmith.decide import DecideOptions, decide
 @pytest.mark.timeout(3600)
 def test_decide_does_not_recommend_fine_tuning_the_lookup_task(tmp_path):
     task = Path(str(resources.files("tunesmith") / "assets" / "lookup"))
-    opts = DecideOptions(test=str(task / "test.jsonl"), metrics=["exact_match"], budget_minutes=2,
-                         regression=False, latency_requests=8)
+    opts = DecideOptions(test=str(task / "test.jsonl"), metrics=["exact_match"], budget_minutes=1,
+                         regression=False, latency_requests=8, learning_curve=False)
     report = decide(task / "train.jsonl", tmp_path / "decide", opts)
     rec, systems = report["recommendation"], report["systems"]
     assert rec["decision"] == "do not fine-tune", rec

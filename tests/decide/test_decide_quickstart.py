@@ -13,13 +13,14 @@ from tunesmith.decide import DecideOptions, decide
 
 
 @pytest.mark.slow
-# ~10 min on a 2-core CPU with native bf16 (4 min of it the training budget); far longer in fp32 on an
-# AVX2-only CPU, where the 4-minute budget also buys fewer steps.
+# Sized for the suite: a 3-minute training budget, no learning-curve runs (tests/decide/test_decide.py covers
+# them on the tiny model) and 8 latency requests; the full default run took ~24 min on a 2-core bf16 CPU
+# shared with other work (docs/decide.md). Far longer in fp32 on an AVX2-only CPU.
 @pytest.mark.timeout(3600)
 def test_decide_recommends_fine_tuning_the_quickstart_task(tmp_path):
     task = Path(str(resources.files("tunesmith") / "assets" / "quickstart"))
     opts = DecideOptions(test=str(task / "test.jsonl"), metrics=["json_exact", "json_valid", "json_field_f1"],
-                         max_new_tokens=64)
+                         max_new_tokens=64, budget_minutes=3, learning_curve=False, latency_requests=8)
     report = decide(task / "train.jsonl", tmp_path / "decide", opts)
     assert json.loads((tmp_path / "decide" / "report.json").read_text())["recommendation"] == report["recommendation"]
     rec, systems = report["recommendation"], report["systems"]
