@@ -93,7 +93,7 @@ def test_recommendation_and_break_even_follow_from_the_measured_numbers(run):
     metric = report["metric"]
     systems = {n: {metric: s["quality"], metric + "_ci95": s["quality_ci95"]} for n, s in report["systems"].items()}
     again = recommend(systems, metric, True, report["comparison"])
-    assert again.as_dict() == {**report["recommendation"], "difference_ci95": again.difference_ci95}
+    assert again.as_dict() == {**report["recommendation"], "difference_ci95": list(again.difference_ci95)}
     lo, hi = report["comparison"]["difference_ci95"]
     if report["recommendation"]["decision"] == "fine-tune":
         assert lo > 0

@@ -27,7 +27,10 @@ class Recommendation:
     difference_ci95: tuple[float, float]
 
     def as_dict(self) -> dict:
-        return asdict(self)
+        """The report's form: what report.json holds, so the returned report equals the file (a list, not a tuple)."""
+        out = asdict(self)
+        out["difference_ci95"] = list(out["difference_ci95"])
+        return out
 
 
 def display_name(system: str) -> str:
