@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 TORCH_SPEC ?= torch==2.13.0
 STAMP := $(VENV)/.tunesmith-installed
 
-.PHONY: demo test test-fast test-slow install lint bench clean
+.PHONY: demo test test-fast test-acceptance install lint bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -26,11 +26,17 @@ demo: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/python -m ruff check src tests bench scripts
 
+# Two pytest-xdist workers, whole files each (module fixtures such as a started server are built once);
+# the acceptance tests (product targets end to end, tens of minutes in fp32) run on their own.
+TEST_WORKERS ?= 2
 test: $(STAMP)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile -m "not acceptance"
 
 test-fast: $(STAMP)
-	$(BIN)/python -m pytest -q -m "not slow"
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile -m "not slow and not acceptance"
+
+test-acceptance: $(STAMP)
+	$(BIN)/python -m pytest -q -m acceptance
 
 bench: $(STAMP)
 	$(BIN)/python bench/train_throughput.py

@@ -7,7 +7,18 @@ import os
 from pathlib import Path
 
 import pytest
-import torch
+
+# `make test` runs the suite in pytest-xdist workers: each gets its share of the cores (set before torch
+# starts its thread pool, and inherited by the CLI subprocesses tests start), so two workers on two cores
+# overlap one test's Python and I/O with another's matmuls instead of fighting over both cores.
+if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):
+    _threads = max(1, (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"]))
+    os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = str(_threads)
+
+import torch  # noqa: E402
+
+if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):
+    torch.set_num_threads(_threads)
 
 # Tests never reach a hub, and their progress bars would only clutter the output.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")

@@ -18,6 +18,7 @@ def test_quickstart_config_is_valid_and_points_at_shipped_data(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.acceptance
 # The whole demo: ~3.5 min on a CPU with native bf16 (AVX-512 bf16 / AMX), ~25 min in fp32 on an
 # AVX2-only 2-core CPU, where the suite-wide 600 s limit would cut it off half-way.
 @pytest.mark.timeout(2700)

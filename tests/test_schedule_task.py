@@ -55,6 +55,7 @@ def test_the_config_measures_the_defaults():
 
 
 @pytest.mark.slow
+@pytest.mark.acceptance
 @pytest.mark.timeout(2700)   # estimated ~5 min at ~400 tokens/s (idle AVX-512 bf16); not yet timed: written on a loaded CPU
 def test_defaults_reach_90_percent_of_the_sweeps_best(tmp_path):
     """A reduced form of the issue-19 check, sized for minutes on an idle 2-core CPU with bf16 (the full one,

@@ -12,6 +12,7 @@ from tunesmith.decide import DecideOptions, decide
 
 
 @pytest.mark.slow
+@pytest.mark.acceptance
 @pytest.mark.timeout(3600)
 def test_decide_does_not_recommend_fine_tuning_the_lookup_task(tmp_path):
     task = Path(str(resources.files("tunesmith") / "assets" / "lookup"))

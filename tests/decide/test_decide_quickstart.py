@@ -13,6 +13,7 @@ from tunesmith.decide import DecideOptions, decide
 
 
 @pytest.mark.slow
+@pytest.mark.acceptance
 # Sized for the suite: a 3-minute training budget, no learning-curve runs (tests/decide/test_decide.py covers
 # them on the tiny model) and 8 latency requests; the full default run took ~24 min on a 2-core bf16 CPU
 # shared with other work (docs/decide.md). Far longer in fp32 on an AVX2-only CPU.
