@@ -41,14 +41,16 @@ def split_samples(samples: list[Sample], fraction: float, seed: int) -> tuple[li
     return split_items(samples, fraction, seed)
 
 
-def load_data(cfg: RunConfig) -> tuple[list[Sample], list[Sample]]:
+def load_data(cfg: RunConfig, resolved: auto.Resolved | None = None) -> tuple[RunConfig, list[Sample], list[Sample]]:
+    """(cfg with data.val_split a number, train, val): the training file split as data.val_split says,
+    or the training file and data.val. An "auto" split is recorded in `resolved` when given."""
     if not cfg.data.train:
         raise UserError("data.train is not set", hint="point data.train at a .jsonl file, e.g. --set data.train=my.jsonl")
     train = load_samples(cfg.data.train, cfg.data.format)
+    cfg = auto.resolve_val_split(cfg, len(train), resolved if resolved is not None else auto.Resolved())
     if cfg.data.val:
-        return train, load_samples(cfg.data.val, cfg.data.format)
-    fraction = auto.auto_val_fraction(len(train)) if cfg.data.val_split == "auto" else cfg.data.val_split
-    return split_samples(train, fraction, cfg.train.seed)
+        return cfg, train, load_samples(cfg.data.val, cfg.data.format)
+    return (cfg, *split_samples(train, cfg.data.val_split, cfg.train.seed))
 
 
 def resolve_data_max_len(cfg: RunConfig, objective_cls, tokenizer, train_samples: list[Sample],
@@ -147,9 +149,8 @@ class _Run:
         resolved = resolve_base(cfg.model.base)
         events.message(f"base model: {resolved.label} ({resolved.path})")
         tokenizer = load_tokenizer(resolved, cfg.data.template)
-        train_samples, val_samples = load_data(cfg)
         chosen = auto.Resolved()   # what each "auto" setting became, printed and saved with the run
-        cfg = auto.resolve_val_split(cfg, len(train_samples) + len(val_samples), chosen)
+        cfg, train_samples, val_samples = load_data(cfg, chosen)
         cfg, max_len = resolve_data_max_len(cfg, objective_cls, tokenizer, train_samples, resolved.path)
         train_set, train_stats = objective_cls.tokenize(tokenizer, train_samples, cfg.data)
         val_set, val_stats = objective_cls.tokenize(tokenizer, val_samples, cfg.data)

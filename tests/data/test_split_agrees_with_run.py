@@ -24,7 +24,7 @@ def test_data_split_and_a_run_pick_the_same_validation_examples(n, fraction, see
     kept = [json.loads(line)["id"] for line in (tmp_path / "out" / "data.train.jsonl").read_text().splitlines()]
 
     cfg = load_config(None, [f"data.train={src}", f"data.val_split={fraction}", f"train.seed={seed}"])
-    train, val = load_data(cfg)
+    _, train, val = load_data(cfg)
     assert [s.id for s in val] == held_out and [s.id for s in train] == kept
     assert held_out  # at least one validation example whenever the fraction is above 0
 

@@ -38,22 +38,7 @@ STOP_AT = 5
 
 # The main process (the only one with a logbook) exits right after writing row STOP_AT, as a
 # crash would; the launcher then stops the other process.
-_STOP_AT_ROW = """
-import os, sys
-from tunesmith.train import logbook
-
-STOP_AT = int(sys.argv.pop(1))
-real_log = logbook.Logbook.log
-
-def log(self, row):
-    real_log(self, row)
-    if row["step"] == STOP_AT:
-        os._exit(17)
-
-logbook.Logbook.log = log
-from tunesmith.cli import main
-main(sys.argv[1:])
-"""
+STOP_AT_SCRIPT = Path(__file__).with_name("stop_at_row.py")
 
 
 @pytest.fixture(scope="module")
@@ -116,10 +101,8 @@ def test_two_processes_match_one_and_resume(tmp_path, tiny_model_dir, tokenizer,
                   "perplexity": False, "regression": False}
     cfg = make_config(tmp_path, tiny_model_dir, data, "two", train=TRAIN, eval=evaluation)
     run_dir = tmp_path / "two"
-    script = tmp_path / "stop_at_row.py"
-    script.write_text(_STOP_AT_ROW)
 
-    killed = _launch(accelerate_config, [str(script), str(STOP_AT), "train", str(cfg), "--quiet"], tmp_path / "killed.log")
+    killed = _launch(accelerate_config, [str(STOP_AT_SCRIPT), str(STOP_AT), "exit", "train", str(cfg), "--quiet"], tmp_path / "killed.log")
     assert killed.returncode != 0, (tmp_path / "killed.log").read_text()[-3000:]
     assert [json.loads(r)["step"] for r in (run_dir / "metrics.jsonl").read_text().splitlines()] == list(range(1, STOP_AT + 1))
     assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["step-000004"]

@@ -88,22 +88,7 @@ def test_loss_is_token_weighted_not_mean_of_means(tmp_path, tiny_model_dir, toke
 # Runs `tunesmith train` as the console script does, but the process stops itself (SIGSTOP) right
 # after writing metrics row STOP_AT: the SIGKILL then lands mid-run at a known step, two steps past
 # the last checkpoint, however fast or slow the machine is.
-_STOP_AT_ROW = """
-import os, signal, sys
-from tunesmith.train import logbook
-
-STOP_AT = int(sys.argv.pop(1))
-real_log = logbook.Logbook.log
-
-def log(self, row):
-    real_log(self, row)
-    if row["step"] == STOP_AT:
-        os.kill(os.getpid(), signal.SIGSTOP)
-
-logbook.Logbook.log = log
-from tunesmith.cli import main
-main(sys.argv[1:])
-"""
+STOP_AT_SCRIPT = Path(__file__).with_name("stop_at_row.py")
 
 
 def test_sigkill_then_resume_reproduces_uninterrupted_losses(tmp_path, tiny_model_dir, memo_data):
@@ -112,11 +97,9 @@ def test_sigkill_then_resume_reproduces_uninterrupted_losses(tmp_path, tiny_mode
     ref = run(load_config(make_config(tmp_path, tiny_model_dir, memo_data, "ref", train=train, method=method)),
               events=Events())
     cfg = make_config(tmp_path, tiny_model_dir, memo_data, "killed", train=train, method=method)
-    script = tmp_path / "stop_at_row.py"
-    script.write_text(_STOP_AT_ROW)
     stderr = tmp_path / "killed.stderr"
     with open(stderr, "w") as err:
-        proc = subprocess.Popen([sys.executable, str(script), "10", "train", str(cfg), "--quiet"],
+        proc = subprocess.Popen([sys.executable, str(STOP_AT_SCRIPT), "10", "stop", "train", str(cfg), "--quiet"],
                                 stdout=subprocess.DEVNULL, stderr=err)
     try:
         _, status = os.waitpid(proc.pid, os.WUNTRACED)
