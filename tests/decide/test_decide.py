@@ -140,3 +140,14 @@ def test_cli_empty_docs_folder_fails_in_one_line_before_anything_runs(files, tin
     err = capsys.readouterr().err
     assert "has no .txt, .md or .pdf files" in err and "Traceback" not in err
     assert not out.exists()
+
+
+def test_cli_unknown_metric_is_named_by_its_flag(files, tiny_model_dir, tmp_path, capsys):
+    out = tmp_path / "out"
+    with pytest.raises(SystemExit) as exc:
+        main(["decide", "--data", str(files["train"]), "--metrics", "exact_match,blue", "--model", str(tiny_model_dir),
+              "-o", str(out), "--quiet"])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert "--metrics: unknown metric(s) blue" in err and "Traceback" not in err
+    assert not out.exists()

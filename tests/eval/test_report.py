@@ -319,7 +319,7 @@ def test_cli_eval_raw_text_gives_perplexity_only(files, tiny_model_dir, tmp_path
 
 @pytest.mark.parametrize("args,message", [
     (["--adapter", "{tmp}"], "no adapter_config.json"),
-    (["--metrics", "blue"], "unknown metric(s) blue"),
+    (["--metrics", "blue"], "--metrics: unknown metric(s) blue"),
     (["--ppl-window", "16", "--ppl-stride", "32"], "eval.ppl_stride (32) is larger than eval.ppl_window (16)"),
     (["--few-shot-k", "0"], "--few-shot-k:"),
     (["--judge", "gpt4"], "is not KIND:MODEL"),

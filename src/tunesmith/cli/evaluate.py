@@ -52,11 +52,13 @@ def evaluate(model: str = typer.Option("default", "--model", help="base model (s
                         hint="pass --train-data FILE or --baselines zero-shot")
     from tunesmith.cli.console import ConsoleDisplay
     from tunesmith.data.load import load_samples
+    from tunesmith.eval.metrics import check_metrics
     from tunesmith.eval.runner import build_systems, run_eval, validate
     from tunesmith.events import Events
     from tunesmith.models import load_model, load_tokenizer, resolve_base
     from tunesmith.train.trainer import resolve_precision
 
+    check_metrics(cfg.metrics, key="--metrics")
     validate(cfg)  # unknown metrics, missing extras, bad judge: before minutes of model loading
     samples = load_samples(data) if data else []
     pool = load_samples(train_data) if train_data else []

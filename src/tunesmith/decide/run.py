@@ -86,6 +86,7 @@ def subset(samples: list[Sample], fraction: float, seed: int) -> list[Sample]:
 def decide(data: str | Path, out_dir: str | Path, opts: DecideOptions | None = None, *,
            events: Events | None = None) -> dict:
     """Compare the systems on `data` and write report.md, report.json and report.png to `out_dir`."""
+    from tunesmith.eval.metrics import check_metrics
     from tunesmith.eval.runner import validate as validate_eval
     from tunesmith.models import resolve_base
     from tunesmith.pipeline import run
@@ -106,6 +107,7 @@ def decide(data: str | Path, out_dir: str | Path, opts: DecideOptions | None = N
     baselines = prompting_baselines(opts)
     from tunesmith.config import EvalConfig
 
+    check_metrics(opts.metrics, key="--metrics")   # named as the user set them, before eval's own check
     validate_eval(EvalConfig(**eval_settings(opts, Path("test.jsonl"), baselines, True)))
     resolve_base(opts.model)
     folder = out / "data"

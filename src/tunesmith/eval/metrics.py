@@ -314,15 +314,16 @@ def importable(module: str) -> bool:
     return True
 
 
-def check_metrics(names: list[str]) -> None:
-    """Unknown names and metrics whose library is missing fail here, before any generation."""
+def check_metrics(names: list[str], key: str = "eval.metrics") -> None:
+    """Unknown names and metrics whose library is missing fail here, before any generation. `key` is how
+    the user set them (a config key, or a command's flag), named in the error."""
     unknown = [n for n in names if n not in METRICS]
     if unknown:
-        raise ConfigError(f"eval.metrics: unknown metric(s) {', '.join(unknown)}", hint=f"available: {', '.join(METRICS)}")
+        raise ConfigError(f"{key}: unknown metric(s) {', '.join(unknown)}", hint=f"available: {', '.join(METRICS)}")
     for name in names:
         module = METRICS[name].requires
         if module and not importable(module):
-            raise ConfigError(f"eval.metrics: {name} needs the {module} package, which is not installed",
+            raise ConfigError(f"{key}: {name} needs the {module} package, which is not installed",
                               hint=f"{EXTRAS[module]}, or drop {name} from --metrics / eval.metrics")
 
 
