@@ -40,6 +40,11 @@ class ModelCall:
         """logits (B, T, V) of every position fed."""
         return self.model(**inputs, **self._cache(cache)).logits
 
+    def tail_logits(self, cache, keep: int, **inputs) -> torch.Tensor:
+        """logits (B, keep, V) of the last `keep` positions (speculative verification)."""
+        extra = {"logits_to_keep": keep} if self.keep_last else {}
+        return self.model(**inputs, **self._cache(cache), **extra).logits[:, -keep:]
+
     def last_logits(self, cache, **inputs) -> torch.Tensor:
         """logits (B, V) of the last position only (the model skips the vocabulary projection of the others)."""
         return self.model(**inputs, **self._cache(cache), **self.keep_last).logits[:, -1]

@@ -50,14 +50,22 @@ def top_p_filter(probs: torch.Tensor, top_p: float) -> torch.Tensor:
     return kept / kept.sum(-1, keepdim=True)
 
 
+def top_k_filter(logits: torch.Tensor, top_k: int | None) -> torch.Tensor:
+    """`logits` (V,) with everything below the k-th largest set to -inf (as transformers' TopKLogitsWarper)."""
+    if not top_k or top_k >= logits.shape[-1]:
+        return logits
+    kth = torch.topk(logits, top_k).values[-1]
+    return logits.masked_fill(logits < kth, float("-inf"))
+
+
 def choose_tokens(logits: torch.Tensor, rows) -> list[int]:
-    """logits (B, V) -> one token id per row, each row sampled with its own temperature, top_p and
-    generator (greedy where temperature is 0)."""
+    """logits (B, V) -> one token id per row, each row sampled with its own temperature, top_k, top_p
+    and generator (greedy where temperature is 0), in `model.generate`'s order: temperature, top-k, top-p."""
     chosen = logits.argmax(-1).tolist()
     for i, row in enumerate(rows):
         if row.temperature > 0:
-            probs = torch.softmax(logits[i].float() / row.temperature, dim=-1)   # (V,)
-            probs = top_p_filter(probs, row.top_p)
+            scaled = top_k_filter(logits[i].float() / row.temperature, row.top_k)    # (V,)
+            probs = top_p_filter(torch.softmax(scaled, dim=-1), row.top_p)
             chosen[i] = int(torch.multinomial(probs.cpu(), 1, generator=row.generator))
     return chosen
 
