@@ -165,6 +165,9 @@ class EvalConfig(Section):
         "stop a reply whose end repeats one block more than twice as often as any reference answer does (at least "
         "4 times; digits ignored, so counting on is a loop); the report counts the replies stopped"))
     top_p: float = Field(1.0, gt=0.0, le=1.0, description="nucleus sampling when temperature > 0")
+    prompt_lookup: int = Field(0, ge=0, description=(
+        "speculative decoding by prompt lookup: draft up to N tokens per step copied from the prompt and verify them in "
+        "one pass (greedy replies are unchanged; used while at most 4 replies decode together); 0 = off"))
     max_examples: int = Field(0, ge=0, description="score at most N examples; 0 means all")
     seed: int = Field(0, description="seed for few-shot draws and sampling")
     perplexity: bool = Field(True, description="also report each system's perplexity on the eval data (response tokens of chats, all tokens of raw text)")

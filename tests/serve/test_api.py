@@ -405,3 +405,28 @@ def test_full_queue_is_429(tiny_model_dir, tokenizer):
         # ... so the engine drops it without computing anything.
         assert state.engine.stats["cancelled"] == 1 and state.engine.stats["generated_tokens"] == 0
     state.close()
+
+
+def test_prompt_lookup_serves_the_same_greedy_answer(tokenizer, tmp_path):
+    """--prompt-lookup: drafts from the prompt verified in one pass; the client sees plain decoding's answer,
+    streamed or not (a small-weight model repeats itself, so its drafts are accepted)."""
+    from tests.conftest import make_tiny_llama
+    from tunesmith.generation import generate
+    from tunesmith.models import load_model
+    from tunesmith.serve.server import BackgroundServer
+    from tunesmith.serve.state import ServeOptions, ServerState
+
+    model_dir = make_tiny_llama(tokenizer, tmp_path / "looping", seed=1, initializer_range=0.05)
+    state = ServerState(ServeOptions(model=str(model_dir), served_name="base", prompt_lookup=6),
+                        load_model(str(model_dir)), tokenizer, model_dir)
+    state.engine.start()
+    expected = generate(load_model(str(model_dir)), tokenizer, [[{"role": "user", "content": p}] for p in PROMPTS],
+                        max_new_tokens=40)
+    with BackgroundServer(state) as url:
+        client = openai.OpenAI(base_url=f"{url}/v1", api_key="none", max_retries=0, timeout=60)
+        with ThreadPoolExecutor(2) as pool:
+            got = list(pool.map(lambda p: chat(client, "base", p, max_tokens=40).choices[0].message.content, PROMPTS))
+        streamed = "".join(c.choices[0].delta.content or "" for c in chat(client, "base", PROMPTS[1], max_tokens=40, stream=True))
+    assert [g.strip() for g in got] == expected and streamed.strip() == expected[1]
+    assert state.engine.stats["accepted_draft_tokens"] >= 10
+    state.close()

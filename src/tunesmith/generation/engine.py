@@ -26,7 +26,7 @@ from typing import Protocol
 import torch
 
 from tunesmith.generation.batching import left_pad, pad_id, pad_left
-from tunesmith.generation.cache import ModelCall
+from tunesmith.generation.cache import ModelCall, SlabLayer, slab_cache
 from tunesmith.generation.detok import advance
 from tunesmith.generation.errors import (
     AdapterUnloaded,
@@ -78,18 +78,22 @@ class Batch:
         return len(self.rows)
 
     def extend(self, rows, cache, mask, last) -> None:
+        """Add prefilled rows: their cache (B', heads, T', head_dim) per layer and mask (B', T')."""
         from transformers import DynamicCache
 
-        if not self.rows:
-            self.rows, self.cache, self.mask, self.last = list(rows), cache, mask, list(last)
-            return
-        width = max(self.mask.shape[1], mask.shape[1])
-        layers = []
-        for old, new in zip(self.cache.layers, cache.layers):
-            layers.append((torch.cat([pad_left(old.keys, width, 2), pad_left(new.keys, width, 2)]),
-                           torch.cat([pad_left(old.values, width, 2), pad_left(new.values, width, 2)])))
-        self.cache = DynamicCache(ddp_cache_data=layers)
-        self.mask = torch.cat([pad_left(self.mask, width, 1), pad_left(mask, width, 1)])
+        old = [self.cache] if self.rows else []
+        width = max(mask.shape[1], self.mask.shape[1] if old else 0)
+        spliced = slab_cache(old + [cache], width)
+        if spliced is None:       # layers a slab cannot hold: concatenate, as transformers' own cache does
+            spliced = cache
+            if old:
+                spliced = DynamicCache(ddp_cache_data=[
+                    (torch.cat([pad_left(o.keys, width, 2), pad_left(n.keys, width, 2)]),
+                     torch.cat([pad_left(o.values, width, 2), pad_left(n.values, width, 2)]))
+                    for o, n in zip(self.cache.layers, cache.layers)])
+        self.cache = spliced
+        masks = ([self.mask] if old else []) + [mask]
+        self.mask = torch.cat([pad_left(m, width, 1) for m in masks])
         self.rows += rows
         self.last += last
 
@@ -107,8 +111,11 @@ class Batch:
         cut = int(self.mask.any(0).nonzero()[0])
         self.mask = self.mask[:, cut:]
         for layer in self.cache.layers:
-            layer.keys = layer.keys[index, :, cut:]
-            layer.values = layer.values[index, :, cut:]
+            if isinstance(layer, SlabLayer):
+                layer.select(index, cut)
+            else:
+                layer.keys = layer.keys[index, :, cut:]
+                layer.values = layer.values[index, :, cut:]
 
 
 class Engine:

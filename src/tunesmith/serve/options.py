@@ -22,6 +22,9 @@ class ServeOptions(BaseModel):
     dtype: str = Field("fp32", description="fp32, bf16 or fp16")
     max_batch: int = Field(16, description="rows decoded together in one forward pass")
     max_queue: int = Field(256, description="waiting requests before 429")
+    prompt_lookup: int = Field(0, ge=0, description=(
+        "speculative decoding by prompt lookup: draft up to N tokens per step from each prompt (greedy requests, "
+        "batches of at most 4 rows; the answer is unchanged); 0 = off"))
     max_tokens_limit: int = Field(1024, description="largest max_tokens a request may ask for")
     default_max_tokens: int = Field(256, description="max_tokens when a chat request sets none")
     max_body_bytes: int = Field(1 << 20, description="largest request body (413 above)")

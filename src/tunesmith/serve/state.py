@@ -32,7 +32,7 @@ def _same_base(adapter_base: str | None, server_path: Path) -> bool:
 
 class ServerState:
     def __init__(self, options: ServeOptions, model, tokenizer, base_path: Path):
-        from tunesmith.generation import Engine, LoRABank, PeftFallback, stop_token_ids
+        from tunesmith.generation import Engine, LoRABank, PeftFallback, PromptLookup, stop_token_ids
         from tunesmith.serve.traffic import TrafficLog
 
         self.options = options
@@ -50,7 +50,8 @@ class ServerState:
         self.bank = LoRABank(model)
         self.fallback = PeftFallback(lambda: _load_base(base_path, options.dtype))
         self.engine = Engine(model, tokenizer, self.bank, stop_token_ids(tokenizer), max_batch=options.max_batch,
-                             max_queue=options.max_queue, fallback=self.fallback)
+                             max_queue=options.max_queue, fallback=self.fallback,
+                             lookup=PromptLookup(max_draft=options.prompt_lookup) if options.prompt_lookup else None)
         self.max_context = int(getattr(model.config, "max_position_embeddings", 2048))
         self.traffic = TrafficLog(options.traffic_log) if options.traffic_log else None
 

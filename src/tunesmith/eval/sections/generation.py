@@ -20,7 +20,8 @@ def generate_for(ctx: EvalContext, model, convs: list[list[dict]], progress=None
     cfg = ctx.cfg
     return generate(model, ctx.tokenizer, convs, max_new_tokens=max_new_tokens or cfg.max_new_tokens, batch_size=cfg.batch_size,
                     temperature=cfg.temperature, top_p=cfg.top_p, seed=cfg.seed, system_prompt=ctx.system_prompt,
-                    precision=ctx.precision, progress=progress, loop_guard=ctx.loop_guard)
+                    precision=ctx.precision, progress=progress, loop_guard=ctx.loop_guard,
+                    prompt_lookup=cfg.prompt_lookup)
 
 
 @register
