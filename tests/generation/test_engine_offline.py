@@ -11,11 +11,12 @@ import pytest
 import torch
 
 from tunesmith.data.tokenize import prompt_ids
+from tunesmith.errors import UserError
 from tunesmith.generation import Engine, GenRequest, VirtualTokenDecoder, generate_tokens, stop_token_ids
 from tunesmith.generation.batching import left_pad, pad_id
 from tunesmith.generation.loops import LoopGuard
 from tunesmith.generation.sampling import generate_kwargs, sampler
-from tunesmith.generation.speculate import JUDGE_AFTER, PromptLookup
+from tunesmith.generation.speculate import JUDGE_AFTER, DraftModel, PromptLookup, check_same_vocabulary
 from tunesmith.generation.stops import cut_at_stop
 from tunesmith.generation.virtual_tokens import virtual_token_kind
 from tunesmith.methods import method_options, prepare_method
@@ -79,11 +80,11 @@ def test_engine_replies_equal_todays_path_token_by_token(name, tiny_model_dir, t
     assert generate_tokens(model, tokenizer, CONVS, max_new_tokens=NEW, batch_size=2, prompt_lookup=4) == expected
 
 
-def run_engine(model, tokenizer, convs, lookup=None, max_batch=2, temperatures=None, new=NEW):
+def run_engine(model, tokenizer, convs, lookup=None, max_batch=2, temperatures=None, new=NEW, draft=None):
     rows = [GenRequest(prompt_ids=prompt_ids(tokenizer, c), sink=None, max_tokens=new, text=False, seed=i,
                        temperature=(temperatures or [0.0] * len(convs))[i], timeout_s=float("inf"))
             for i, c in enumerate(convs)]
-    engine = Engine(model, tokenizer, None, stop_token_ids(tokenizer), max_batch=max_batch, lookup=lookup)
+    engine = Engine(model, tokenizer, None, stop_token_ids(tokenizer), max_batch=max_batch, lookup=lookup, draft=draft)
     engine.run(rows)
     return [r.generated for r in rows], engine, rows
 
@@ -164,3 +165,75 @@ def test_seeded_sampling_does_not_depend_on_the_batch(tiny_model_dir, tokenizer)
     assert runs[0] == runs[1] == runs[2]
     assert generate_tokens(model, tokenizer, CONVS, max_new_tokens=NEW, temperature=1.0, seed=4) != runs[0]
     assert runs[0] != generate_tokens(model, tokenizer, CONVS, max_new_tokens=NEW)
+
+
+def test_a_draft_model_changes_no_greedy_token(tiny_model_dir, looping_dir, tokenizer):
+    """The base drafting for its LoRA fine-tune (most drafts accepted), and an unrelated model (most
+    rejected, so rows switch speculation off): plain decoding's tokens either way, sampled rows beside them too."""
+    from transformers import AutoModelForCausalLM
+
+    tuned = model_with(looping_dir, "lora", std=0.1)
+    base = AutoModelForCausalLM.from_pretrained(str(looping_dir)).eval()
+    temps = [0.0, 0.0, 0.9, 0.0, 0.0]
+    plain, _, _ = run_engine(tuned, tokenizer, CONVS, temperatures=temps, max_batch=3)
+    got, engine, _ = run_engine(tuned, tokenizer, CONVS, temperatures=temps, max_batch=3, draft=DraftModel(base, max_draft=4))
+    assert got == plain
+    assert engine.stats["accepted_draft_tokens"] > 0.5 * engine.stats["drafted_tokens"] > 10
+    unrelated = AutoModelForCausalLM.from_pretrained(str(tiny_model_dir)).eval()
+    got, engine, rows = run_engine(tuned, tokenizer, CONVS, temperatures=temps, max_batch=3,
+                                   draft=DraftModel(unrelated, max_draft=4, min_acceptance=0.9))
+    assert got == plain
+    assert not any(r.speculating for r in rows if r.temperature == 0) and engine.stats["drafted_tokens"] > 0
+    assert generate_tokens(tuned, tokenizer, CONVS, max_new_tokens=NEW, batch_size=2, draft_model=base) == \
+        generate_tokens(tuned, tokenizer, CONVS, max_new_tokens=NEW, batch_size=2)
+
+
+def test_a_draft_model_with_another_vocabulary_is_a_user_error(tokenizer):
+    from transformers import AutoTokenizer
+
+    other = AutoTokenizer.from_pretrained(tokenizer.name_or_path)
+    other.add_tokens(["<extra-token>"])
+    with pytest.raises(UserError, match="'small-draft' has another vocabulary than 'big-target'"):
+        check_same_vocabulary(tokenizer, other, "big-target", "small-draft")
+    check_same_vocabulary(tokenizer, AutoTokenizer.from_pretrained(tokenizer.name_or_path), "a", "b")   # same: fine
+
+
+@torch.no_grad()
+def test_emulated_fine_tuning_follows_the_formula(tiny_model_dir, tokenizer, tmp_path):
+    """Every step's log-probs equal log_softmax(log p_large + beta (log p_tuned - log p_base)) computed
+    from no-cache forwards of the three models (the small base = the tuned model with its adapter off), to 1e-5.
+    In float64, so that what is compared is the formula, the caches and the masks, not fp32 rounding."""
+    from transformers import AutoModelForCausalLM
+
+    from tests.conftest import make_tiny_llama
+    from tunesmith.generation.eft import EmulatedFineTune
+
+    tuned = model_with(tiny_model_dir, "lora").double()
+    large = AutoModelForCausalLM.from_pretrained(str(make_tiny_llama(tokenizer, tmp_path / "large", layers=3, seed=5)))
+    large = large.double().eval()
+    convs, new, beta = CONVS[:3], 6, 0.7
+    eft = EmulatedFineTune(large, beta)
+    eft.trace = []
+    rows = [GenRequest(prompt_ids=prompt_ids(tokenizer, c), sink=None, max_tokens=new, temperature=0.0, text=False,
+                       timeout_s=float("inf"), index=i) for i, c in enumerate(convs)]
+    rows[1].eft_beta = 2.0                                 # a request's own beta
+    Engine(tuned, tokenizer, None, [], max_batch=3, eft=eft).run(rows)   # no stop tokens: every row runs `new` steps
+
+    def logprobs(model, seq):
+        return torch.log_softmax(model(input_ids=torch.tensor([seq]), use_cache=False).logits[0, -1].double(), -1)
+
+    checked = 0
+    for step, combined in enumerate(eft.trace):              # (3, V) per step: prefill, then decode steps
+        for i, row in enumerate(rows):
+            seq = row.prompt_ids + row.generated[:step]
+            with tuned.disable_adapter():
+                base = logprobs(tuned, seq)
+            b = 2.0 if i == 1 else beta
+            expected = torch.log_softmax(logprobs(large, seq) + b * (logprobs(tuned, seq) - base), -1)
+            torch.testing.assert_close(combined[i], expected, atol=1e-5, rtol=0)
+            assert row.generated[step] == int(expected.argmax())
+            checked += 1
+    assert checked == len(rows) * new
+    # beta 0 is the large base; the adapter alone would answer differently.
+    assert generate_tokens(tuned, tokenizer, convs, max_new_tokens=new, eft_large=large, eft_beta=0.0) == \
+        generate_tokens(large, tokenizer, convs, max_new_tokens=new)

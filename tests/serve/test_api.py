@@ -430,3 +430,33 @@ def test_prompt_lookup_serves_the_same_greedy_answer(tokenizer, tmp_path):
     assert [g.strip() for g in got] == expected and streamed.strip() == expected[1]
     assert state.engine.stats["accepted_draft_tokens"] >= 10
     state.close()
+
+
+def test_emulated_fine_tuning_with_a_beta_per_request(tiny_model_dir, tokenizer, tmp_path):
+    """--eft-large: a served adapter up-scaled onto a larger base; eft_beta 0 answers as the large base,
+    and the default beta as offline EFT generation does (the engine's per-row LoRA as the small fine-tune)."""
+    from peft import PeftModel
+
+    from tests.conftest import make_tiny_llama
+    from tunesmith.generation import generate
+    from tunesmith.models import load_model
+    from tunesmith.serve.server import BackgroundServer
+    from tunesmith.serve.state import ServeOptions, ServerState
+
+    large_dir = make_tiny_llama(tokenizer, tmp_path / "large", layers=3, seed=5)
+    adapter = _random_lora(tiny_model_dir, tmp_path / "ad", 1, r=8, lora_alpha=16, target_modules=["q_proj", "v_proj", "up_proj"])
+    state = ServerState(ServeOptions(model=str(tiny_model_dir), served_name="base", eft_large=str(large_dir), eft_beta=0.8),
+                        load_model(str(tiny_model_dir)), tokenizer, tiny_model_dir)
+    state.engine.start()
+    state.load_adapter("ad", adapter)
+    conv = [[{"role": "user", "content": PROMPTS[1]}]]
+    tuned = PeftModel.from_pretrained(load_model(str(tiny_model_dir)), str(adapter)).eval()
+    large = load_model(str(large_dir)).eval()
+    with BackgroundServer(state) as url:
+        client = openai.OpenAI(base_url=f"{url}/v1", api_key="none", max_retries=0, timeout=60)
+        as_large = chat(client, "ad", PROMPTS[1], extra_body={"eft_beta": 0.0}).choices[0].message.content
+        upscaled = chat(client, "ad", PROMPTS[1]).choices[0].message.content
+    assert as_large.strip() == generate(large, tokenizer, conv, max_new_tokens=12)[0]
+    assert upscaled.strip() == generate(tuned, tokenizer, conv, max_new_tokens=12, eft_large=large, eft_beta=0.8)[0]
+    assert upscaled != as_large
+    state.close()

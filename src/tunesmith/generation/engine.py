@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures
+import contextlib
 import logging
 import threading
 import time
@@ -25,9 +26,11 @@ from typing import Protocol
 
 import torch
 
+from tunesmith.errors import UserError
 from tunesmith.generation.batching import left_pad, pad_id, pad_left
-from tunesmith.generation.cache import ModelCall, SlabLayer, slab_cache
+from tunesmith.generation.cache import ModelCall, SlabLayer, new_cache, slab_cache
 from tunesmith.generation.detok import advance
+from tunesmith.generation.eft import EmulatedFineTune
 from tunesmith.generation.errors import (
     AdapterUnloaded,
     EngineFailure,
@@ -38,7 +41,7 @@ from tunesmith.generation.errors import (
 )
 from tunesmith.generation.request import Event, GenRequest
 from tunesmith.generation.sampling import choose_tokens
-from tunesmith.generation.speculate import PromptLookup, accepted_prefix
+from tunesmith.generation.speculate import DraftModel, PromptLookup, accepted_prefix
 from tunesmith.generation.virtual_tokens import prefill_for
 
 log = logging.getLogger("tunesmith.generation")
@@ -65,33 +68,49 @@ class NoAdapters:
         pass
 
 
+def _splice(caches: list, width: int):
+    """The rows of `caches` (each right-aligned to `width` columns) as one cache."""
+    from transformers import DynamicCache
+
+    spliced = slab_cache(caches, width)
+    if spliced is None:       # layers a slab cannot hold: concatenate, as transformers' own cache does
+        spliced = caches[-1] if len(caches) == 1 else DynamicCache(ddp_cache_data=[
+            (torch.cat([pad_left(layer.keys, width, 2) for layer in layers]),
+             torch.cat([pad_left(layer.values, width, 2) for layer in layers]))
+            for layers in zip(*(c.layers for c in caches))])
+    return spliced
+
+
+def _select(cache, index: torch.Tensor, cut: int) -> None:
+    for layer in cache.layers:
+        if isinstance(layer, SlabLayer):
+            layer.select(index, cut)
+        else:
+            layer.keys = layer.keys[index, :, cut:]
+            layer.values = layer.values[index, :, cut:]
+
+
 class Batch:
-    """The running rows, their KV cache (B, heads, T, head_dim) per layer, and mask (B, T)."""
+    """The running rows, their KV cache (B, heads, T, head_dim) per layer, and mask (B, T); with a draft
+    model or EFT, the caches of those passes too, column for column under the same mask."""
 
     def __init__(self):
         self.rows: list[GenRequest] = []
         self.cache = None
+        self.extra: dict[str, object] = {}      # caches of other passes (draft model, EFT), same columns
         self.mask: torch.Tensor | None = None
         self.last: list[int] = []               # each row's newest token, not yet fed to the model
 
     def __len__(self) -> int:
         return len(self.rows)
 
-    def extend(self, rows, cache, mask, last) -> None:
+    def extend(self, rows, cache, mask, last, extra: dict | None = None) -> None:
         """Add prefilled rows: their cache (B', heads, T', head_dim) per layer and mask (B', T')."""
-        from transformers import DynamicCache
-
-        old = [self.cache] if self.rows else []
+        old = bool(self.rows)
         width = max(mask.shape[1], self.mask.shape[1] if old else 0)
-        spliced = slab_cache(old + [cache], width)
-        if spliced is None:       # layers a slab cannot hold: concatenate, as transformers' own cache does
-            spliced = cache
-            if old:
-                spliced = DynamicCache(ddp_cache_data=[
-                    (torch.cat([pad_left(o.keys, width, 2), pad_left(n.keys, width, 2)]),
-                     torch.cat([pad_left(o.values, width, 2), pad_left(n.values, width, 2)]))
-                    for o, n in zip(self.cache.layers, cache.layers)])
-        self.cache = spliced
+        self.cache = _splice(([self.cache] if old else []) + [cache], width)
+        for name, more in (extra or {}).items():
+            self.extra[name] = _splice(([self.extra[name]] if old else []) + [more], width)
         masks = ([self.mask] if old else []) + [mask]
         self.mask = torch.cat([pad_left(m, width, 1) for m in masks])
         self.rows += rows
@@ -110,12 +129,8 @@ class Batch:
         # Columns that are padding for every remaining row are dead weight in every later step.
         cut = int(self.mask.any(0).nonzero()[0])
         self.mask = self.mask[:, cut:]
-        for layer in self.cache.layers:
-            if isinstance(layer, SlabLayer):
-                layer.select(index, cut)
-            else:
-                layer.keys = layer.keys[index, :, cut:]
-                layer.values = layer.values[index, :, cut:]
+        for cache in (self.cache, *self.extra.values()):
+            _select(cache, index, cut)
 
 
 class Engine:
@@ -132,7 +147,8 @@ class Engine:
     """
 
     def __init__(self, model, tokenizer, bank, stop_ids: list[int], *, max_batch: int = 16,
-                 max_queue: int = 256, fallback: FallbackPath | None = None, lookup: PromptLookup | None = None):
+                 max_queue: int = 256, fallback: FallbackPath | None = None, lookup: PromptLookup | None = None,
+                 draft: DraftModel | None = None, eft: EmulatedFineTune | None = None):
         self.model = model
         self.tokenizer = tokenizer
         # None: `model` runs as it is, whatever adapters it holds (a peft model, prompt tuning included).
@@ -142,10 +158,19 @@ class Engine:
         self.max_queue = max_queue
         self.fallback = fallback
         self.lookup = lookup
+        self.draft = draft
+        self.eft = eft
         self.pad_id = pad_id(tokenizer)
         self.device = next(model.parameters()).device
         self.prefill_inputs = prefill_for(model)
         self.forward = ModelCall(self.prefill_inputs.base)
+        if draft is not None and self.prefill_inputs.base is not model:
+            raise UserError("a draft model cannot draft for a prompt or prefix tuning adapter (its virtual tokens "
+                            "are the target's alone)", hint="use prompt lookup, or merge a LoRA adapter instead")
+        if eft is not None and (self.prefill_inputs.base is not model or
+                                (bank is None and not hasattr(model, "disable_adapter"))):
+            raise UserError("emulated fine-tuning needs the small model's adapter switched on and off: a peft "
+                            "adapter other than prompt or prefix tuning, or a LoRA adapter the server batches per row")
         self.waiting: collections.deque[GenRequest] = collections.deque()
         self.commands: collections.deque = collections.deque()
         self.cv = threading.Condition()
@@ -345,23 +370,43 @@ class Engine:
     def _prefill(self, rows: list[GenRequest]) -> None:
         ids, mask = left_pad([r.prompt_ids for r in rows], self.pad_id, self.device)    # (B, T)
         cache, inputs, mask = self.prefill_inputs(ids, mask)                           # mask (B, T') of the cache
+        extra = {}
         self.bank.set_rows(self._slots(rows))
         try:
             logits = self.forward.last_logits(cache, **inputs)                          # (B, V)
+            if self.draft is not None:
+                extra["draft"] = self.draft.prefill(ids, mask)
+            if self.eft is not None:
+                extra["eft_large"], large = self.eft.prefill(**inputs)
+                extra["eft_base"] = new_cache(self.model)
+                logits = self.eft.combine(rows, large, logits, self._base_logits(rows, extra["eft_base"], **inputs))
         finally:
             self.bank.clear_rows()
         self.stats["prefill_tokens"] += sum(len(r.prompt_ids) for r in rows)
         tokens = choose_tokens(logits, rows)
         first_new = len(self.batch)
-        self.batch.extend(rows, cache, mask, tokens)
+        self.batch.extend(rows, cache, mask, tokens, extra)
         # Only the new rows got a token here; the running ones get theirs in the decode step.
         self._after_sampling(first_new, [[t] for t in tokens])
 
+    def _base_logits(self, rows, cache, **inputs) -> torch.Tensor:
+        """(B, V) last logits of the model with every adapter off (EFT's small base), into `cache`."""
+        self.bank.set_rows([0] * len(rows))
+        off = self.model.disable_adapter() if isinstance(self.bank, NoAdapters) else contextlib.nullcontext()
+        try:
+            with off:
+                return self.forward.last_logits(cache, **inputs)
+        finally:
+            self.bank.set_rows(self._slots(rows))
+
     def _drafts(self) -> list[list[int]] | None:
-        """Prompt-lookup drafts per row, or None when this step decodes one token per row."""
+        """Draft tokens per row, or None when this step decodes one token per row."""
         b = self.batch
-        if self.lookup is None or len(b) > self.lookup.max_batch:
+        drafter = self.draft or self.lookup
+        if drafter is None or self.eft is not None or len(b) > drafter.max_batch or not any(drafter.budget(r) for r in b.rows):
             return None
+        if self.draft is not None:
+            return self.draft.drafts(b.extra["draft"], b.mask, b.last, b.rows, self.pad_id)
         drafts = [self.lookup.draft(row) for row in b.rows]
         return drafts if any(drafts) else None
 
@@ -374,7 +419,13 @@ class Engine:
                 ids = torch.tensor(b.last, dtype=torch.long, device=self.device)[:, None]  # (B, 1)
                 position_ids = b.mask.sum(1, keepdim=True)                                 # (B, 1)
                 b.mask = torch.cat([b.mask, b.mask.new_ones(len(b), 1)], dim=1)
-                logits = self.forward.last_logits(b.cache, input_ids=ids, attention_mask=b.mask, position_ids=position_ids)
+                inputs = {"input_ids": ids, "attention_mask": b.mask, "position_ids": position_ids}
+                logits = self.forward.last_logits(b.cache, **inputs)
+                if self.draft is not None:      # the draft cache gets every column the target gets
+                    self.draft.feed(b.extra["draft"], b.mask, ids)
+                if self.eft is not None:
+                    large = self.eft.call.last_logits(b.extra["eft_large"], **inputs)
+                    logits = self.eft.combine(b.rows, large, logits, self._base_logits(b.rows, b.extra["eft_base"], **inputs))
                 new = [[t] for t in choose_tokens(logits, b.rows)]
             else:
                 new = self._verify(drafts)
@@ -406,7 +457,7 @@ class Engine:
                 new.append([first[i]])
                 continue
             n = accepted_prefix(draft, greedy[i])
-            self.lookup.record(row, len(draft), n)
+            (self.draft or self.lookup).record(row, len(draft), n)
             b.mask[i, start + 1 + n:start + 1 + len(draft)] = 0   # the rejected draft tokens' cache columns
             new.append([*draft[:n], greedy[i][n]])
         self.stats["verify_steps"] += 1

@@ -17,11 +17,12 @@ import torch
 from tunesmith.data.tokenize import prompt_ids
 from tunesmith.generation.batching import left_pad, positions
 from tunesmith.generation.cache import ModelCall
+from tunesmith.generation.eft import EmulatedFineTune
 from tunesmith.generation.engine import Engine
 from tunesmith.generation.loops import LoopGuard
 from tunesmith.generation.request import GenRequest
 from tunesmith.generation.sampling import default_top_k
-from tunesmith.generation.speculate import PromptLookup
+from tunesmith.generation.speculate import DraftModel, PromptLookup
 from tunesmith.generation.stops import stop_token_ids
 
 
@@ -45,14 +46,17 @@ def generate(model, tokenizer, conversations: list[list[dict]], *, system_prompt
 def generate_tokens(model, tokenizer, conversations: list[list[dict]], *, max_new_tokens: int = 128,
                     batch_size: int = 16, temperature: float = 0.0, top_p: float = 1.0, seed: int = 0,
                     system_prompt: str | None = None, precision: str = "fp32", progress=None,
-                    loop_guard: LoopGuard | None = None, prompt_lookup: int = 0) -> list[list[int]]:
+                    loop_guard: LoopGuard | None = None, prompt_lookup: int = 0,
+                    draft_model=None, draft_tokens: int = 4, eft_large=None, eft_beta: float = 1.0) -> list[list[int]]:
     """The new token ids of each reply, cut before its first stop token.
 
     `batch_size` rows decode together. `progress(n)`, if given, is called as replies finish.
     Sampling uses the model's default top_k, as `model.generate` does when none is given.
     `loop_guard`, if given, stops a reply that has fallen into a repetition loop where it notices it
     (generation/loops.py) and counts it in `loop_guard.stopped`. `prompt_lookup` > 0 drafts that many
-    tokens per step from the prompt (speculate.py); greedy replies are the same either way.
+    tokens per step from the prompt (speculate.py); `draft_model` (a model sharing the tokenizer) drafts
+    `draft_tokens` instead. Greedy replies are the same either way. `eft_large` (a larger base sharing
+    the tokenizer) decodes by emulated fine-tuning with `model`'s adapter as the small fine-tune (eft.py).
     """
     encoded = [prompt_ids(tokenizer, conv, system_prompt) for conv in conversations]
     if not encoded:
@@ -66,8 +70,10 @@ def generate_tokens(model, tokenizer, conversations: list[list[dict]], *, max_ne
                            top_p=top_p, top_k=top_k, seed=seed + i, index=i, text=False, check=check,
                            timeout_s=float("inf")) for i in order]
     lookup = PromptLookup(max_draft=prompt_lookup) if prompt_lookup else None
+    draft = DraftModel(draft_model, max_draft=draft_tokens) if draft_model is not None else None
     engine = Engine(model, tokenizer, None, stop_token_ids(tokenizer), max_batch=batch_size,
-                    max_queue=len(requests), lookup=lookup)
+                    max_queue=len(requests), lookup=lookup, draft=draft,
+                    eft=EmulatedFineTune(eft_large, eft_beta) if eft_large is not None else None)
     was_training = model.training
     model.eval()
     device = engine.device

@@ -37,6 +37,7 @@ class GenRequest:
     top_p: float = 1.0
     top_k: int | None = None               # None: no top-k (the OpenAI API has none; offline eval uses the model's)
     seed: int | None = None
+    eft_beta: float | None = None          # emulated fine-tuning: this request's beta (None: the engine's)
     stop: tuple[str, ...] = ()
     timeout_s: float = 600.0
     index: int = 0
