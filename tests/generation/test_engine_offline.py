@@ -116,7 +116,7 @@ def test_rejected_drafts_leave_no_trace(looping_dir, tokenizer):
     temps = [0.0, 1.0, 0.0, 0.7, 0.0]
     plain, _, _ = run_engine(model, tokenizer, CONVS, temperatures=temps, max_batch=3)
     got, engine, _ = run_engine(model, tokenizer, CONVS, temperatures=temps, max_batch=3,
-                                lookup=WrongTail(max_draft=4, min_acceptance=0.0))
+                                lookup=WrongTail(max_draft=4, min_gain=0.0))
     assert got == plain
     assert 0 < engine.stats["accepted_draft_tokens"] < engine.stats["drafted_tokens"]
 
@@ -131,7 +131,7 @@ def test_low_acceptance_switches_speculation_off(looping_dir, tokenizer):
     got, engine, rows = run_engine(model, tokenizer, CONVS[:2], lookup=Garbage(max_draft=4))
     assert got == plain
     assert not any(r.speculating for r in rows)
-    assert all(r.drafted == JUDGE_AFTER and r.accepted_drafts == 0 for r in rows)   # off after 4 tries of 4
+    assert all(r.verifications == JUDGE_AFTER and r.drafted == 4 * JUDGE_AFTER and r.accepted_drafts == 0 for r in rows)
 
 
 def test_prompt_lookup_drafts_what_followed_the_latest_match():
@@ -181,7 +181,7 @@ def test_a_draft_model_changes_no_greedy_token(tiny_model_dir, looping_dir, toke
     assert engine.stats["accepted_draft_tokens"] > 0.5 * engine.stats["drafted_tokens"] > 10
     unrelated = AutoModelForCausalLM.from_pretrained(str(tiny_model_dir)).eval()
     got, engine, rows = run_engine(tuned, tokenizer, CONVS, temperatures=temps, max_batch=3,
-                                   draft=DraftModel(unrelated, max_draft=4, min_acceptance=0.9))
+                                   draft=DraftModel(unrelated, max_draft=4, min_gain=4.0))
     assert got == plain
     assert not any(r.speculating for r in rows if r.temperature == 0) and engine.stats["drafted_tokens"] > 0
     assert generate_tokens(tuned, tokenizer, CONVS, max_new_tokens=NEW, batch_size=2, draft_model=base) == \

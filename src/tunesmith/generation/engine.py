@@ -265,6 +265,7 @@ class Engine:
         if row.drafted:
             self.stats["drafted_tokens"] += row.drafted
             self.stats["accepted_draft_tokens"] += row.accepted_drafts
+            self.stats["row_verifications"] += row.verifications
         if row.sink is not None:
             row.sink(Event(row.index, finish_reason=reason, completion_tokens=row.sampled))
 

@@ -55,6 +55,7 @@ class GenRequest:
     speculating: bool = True               # prompt lookup: switched off when its drafts are mostly rejected
     drafted: int = 0
     accepted_drafts: int = 0
+    verifications: int = 0                 # forward passes that verified a draft of this row
 
     def __post_init__(self):
         if self.temperature > 0:
