@@ -407,9 +407,11 @@ def test_full_queue_is_429(tiny_model_dir, tokenizer):
     state.close()
 
 
-def test_prompt_lookup_serves_the_same_greedy_answer(tokenizer, tmp_path):
-    """--prompt-lookup: drafts from the prompt verified in one pass; the client sees plain decoding's answer,
-    streamed or not (a small-weight model repeats itself, so its drafts are accepted)."""
+@pytest.mark.parametrize("speculation", ["prompt_lookup", "draft_model"])
+def test_speculative_decoding_serves_the_same_greedy_answer(speculation, tokenizer, tmp_path):
+    """--prompt-lookup (drafts from the prompt) or --draft-model (here the base itself): drafts verified in
+    one pass; the client sees plain decoding's answer, streamed or not (a small-weight model repeats
+    itself, so prompt-lookup drafts are accepted)."""
     from tests.conftest import make_tiny_llama
     from tunesmith.generation import generate
     from tunesmith.models import load_model
@@ -417,7 +419,8 @@ def test_prompt_lookup_serves_the_same_greedy_answer(tokenizer, tmp_path):
     from tunesmith.serve.state import ServeOptions, ServerState
 
     model_dir = make_tiny_llama(tokenizer, tmp_path / "looping", seed=1, initializer_range=0.05)
-    state = ServerState(ServeOptions(model=str(model_dir), served_name="base", prompt_lookup=6),
+    options = {"prompt_lookup": 6} if speculation == "prompt_lookup" else {"draft_model": str(model_dir)}
+    state = ServerState(ServeOptions(model=str(model_dir), served_name="base", **options),
                         load_model(str(model_dir)), tokenizer, model_dir)
     state.engine.start()
     expected = generate(load_model(str(model_dir)), tokenizer, [[{"role": "user", "content": p}] for p in PROMPTS],
