@@ -55,7 +55,9 @@ class ModelCall:
 
     def __init__(self, model):
         self.model = model
-        params = inspect.signature(model.forward).parameters
+        # A peft model's forward hides the base's arguments behind **kwargs and passes them on.
+        inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+        params = inspect.signature(inner.forward).parameters
         self.cache_arg = "cache" if "cache" in params else "past_key_values"
         self.keep_last = {"logits_to_keep": 1} if "logits_to_keep" in params else {}
 
