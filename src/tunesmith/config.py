@@ -167,7 +167,8 @@ class EvalConfig(Section):
     top_p: float = Field(1.0, gt=0.0, le=1.0, description="nucleus sampling when temperature > 0")
     prompt_lookup: int = Field(0, ge=0, description=(
         "speculative decoding by prompt lookup: draft up to N tokens per step copied from the prompt and verify them in "
-        "one pass (greedy replies are unchanged; used while at most 4 replies decode together); 0 = off"))
+        "one pass (greedy replies are unchanged, sampled ones keep their distribution; used while at most 4 replies "
+        "decode together); 0 = off"))
     draft_model: str | None = Field(None, description=(
         "speculative decoding with a smaller model that shares the tokenizer (anything model.base accepts): it drafts "
         "eval.draft_tokens tokens per step and the evaluated model verifies them (greedy replies are unchanged); empty = off"))

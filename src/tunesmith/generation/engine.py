@@ -40,7 +40,7 @@ from tunesmith.generation.errors import (
     RequestTimedOut,
 )
 from tunesmith.generation.request import Event, GenRequest
-from tunesmith.generation.sampling import choose_tokens
+from tunesmith.generation.sampling import choose_tokens, row_probs, speculative_sample
 from tunesmith.generation.speculate import DraftModel, PromptLookup, accepted_prefix
 from tunesmith.generation.virtual_tokens import prefill_for
 
@@ -451,16 +451,21 @@ class Engine:
         logits = self.forward.tail_logits(b.cache, width, input_ids=ids, attention_mask=b.mask,
                                           position_ids=position_ids)                        # (B, width, V)
         greedy = logits.argmax(-1).tolist()
-        first = choose_tokens(logits[:, 0], b.rows)     # rows without a draft (sampled ones among them)
+        first = choose_tokens(logits[:, 0], b.rows)     # rows without a draft
         new = []
         for i, (row, draft) in enumerate(zip(b.rows, drafts)):
             if not draft:
                 new.append([first[i]])
                 continue
-            n = accepted_prefix(draft, greedy[i])
+            if row.temperature > 0:
+                tokens = speculative_sample(row_probs(logits[i, :len(draft) + 1], row), draft, row.generator)
+            else:
+                tokens = [*draft[:accepted_prefix(draft, greedy[i])], None]
+                tokens[-1] = greedy[i][len(tokens) - 1]
+            n = len(tokens) - 1                                   # draft tokens kept
             (self.draft or self.lookup).record(row, len(draft), n)
             b.mask[i, start + 1 + n:start + 1 + len(draft)] = 0   # the rejected draft tokens' cache columns
-            new.append([*draft[:n], greedy[i][n]])
+            new.append(tokens)
         self.stats["verify_steps"] += 1
         return new
 

@@ -43,8 +43,8 @@ class Speculator:
     max_batch: int = 4
 
     def budget(self, row) -> int:
-        """Draft tokens `row` may get this step: none when sampled or switched off, never past max_tokens."""
-        if not row.speculating or row.temperature > 0:
+        """Draft tokens `row` may get this step: none when switched off, never past max_tokens."""
+        if not row.speculating:
             return 0
         return max(0, min(self.max_draft, row.max_tokens - row.sampled - 1))
 

@@ -23,11 +23,11 @@ class ServeOptions(BaseModel):
     max_batch: int = Field(16, description="rows decoded together in one forward pass")
     max_queue: int = Field(256, description="waiting requests before 429")
     prompt_lookup: int = Field(0, ge=0, description=(
-        "speculative decoding by prompt lookup: draft up to N tokens per step from each prompt (greedy requests, "
-        "batches of at most 4 rows; the answer is unchanged); 0 = off"))
+        "speculative decoding by prompt lookup: draft up to N tokens per step from each prompt (batches of at most "
+        "4 rows; greedy answers are unchanged, sampled ones keep their distribution); 0 = off"))
     draft_model: str | None = Field(None, description=(
         "speculative decoding with a smaller model sharing the tokenizer (like --model): it drafts --draft-tokens "
-        "tokens per step for greedy requests in batches of at most 4 rows (the answer is unchanged)"))
+        "tokens per step in batches of at most 4 rows (greedy answers are unchanged, sampled ones keep their distribution)"))
     draft_tokens: int = Field(4, ge=1, description="--draft-model: tokens drafted per step")
     eft_large: str | None = Field(None, description=(
         "emulated fine-tuning: a larger base sharing the tokenizer (like --model); every answer's next-token log-probs "
