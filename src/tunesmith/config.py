@@ -165,6 +165,18 @@ class EvalConfig(Section):
         "stop a reply whose end repeats one block more than twice as often as any reference answer does (at least "
         "4 times; digits ignored, so counting on is a loop); the report counts the replies stopped"))
     top_p: float = Field(1.0, gt=0.0, le=1.0, description="nucleus sampling when temperature > 0")
+    prompt_lookup: int = Field(0, ge=0, description=(
+        "speculative decoding by prompt lookup: draft up to N tokens per step copied from the prompt and verify them in "
+        "one pass (greedy replies are unchanged, sampled ones keep their distribution; used while at most 4 replies "
+        "decode together); 0 = off"))
+    draft_model: str | None = Field(None, description=(
+        "speculative decoding with a smaller model that shares the tokenizer (anything model.base accepts): it drafts "
+        "eval.draft_tokens tokens per step and the evaluated model verifies them (greedy replies are unchanged); empty = off"))
+    draft_tokens: int = Field(4, ge=1, description="draft_model: tokens drafted per step")
+    eft_large: str | None = Field(None, description=(
+        "emulated fine-tuning: a larger base model sharing the tokenizer (anything model.base accepts) that the tuned "
+        "system's answers are decoded with, up-scaling the fine-tune (docs/generation.md); empty = off"))
+    eft_beta: float = Field(1.0, ge=0.0, description="eft_large: weight of the fine-tune's log-prob delta (0 = the large base alone)")
     max_examples: int = Field(0, ge=0, description="score at most N examples; 0 means all")
     seed: int = Field(0, description="seed for few-shot draws and sampling")
     perplexity: bool = Field(True, description="also report each system's perplexity on the eval data (response tokens of chats, all tokens of raw text)")

@@ -81,7 +81,7 @@ def test_stopping_loops_cuts_only_the_looping_replies(tiny, tokenizer):
 
 
 def test_prompt_tuning_replies_are_stopped_too(looping_model_dir, tokenizer):
-    """The virtual-token decoder (prompt / prefix adapters) takes the same guard through on_step."""
+    """Prompt-learning adapters (the engine's virtual-token prefill) take the same guard."""
     import torch
     from transformers import AutoModelForCausalLM
 

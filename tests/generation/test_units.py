@@ -61,13 +61,14 @@ def test_next_token_logits_match_a_plain_forward_per_prompt(tiny_model_dir):
 
 
 def test_no_future_warning_from_our_decoding(tiny_model_dir, tokenizer):
-    from peft import PrefixTuningConfig, PromptTuningConfig, get_peft_model
+    from peft import LoraConfig, PrefixTuningConfig, PromptTuningConfig, get_peft_model
 
     from tunesmith.models import load_model
 
     convs = [[{"role": "user", "content": "Hi"}], [{"role": "user", "content": "Hello there, how are you?"}]]
     models = [load_model(str(tiny_model_dir))]
-    for config in (PrefixTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=3),
+    for config in (LoraConfig(task_type="CAUSAL_LM", r=2, target_modules=["q_proj"]),
+                   PrefixTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=3),
                    PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=3)):
         models.append(get_peft_model(load_model(str(tiny_model_dir)), config))   # peft's own warnings stay out
     with warnings.catch_warnings():

@@ -405,3 +405,61 @@ def test_full_queue_is_429(tiny_model_dir, tokenizer):
         # ... so the engine drops it without computing anything.
         assert state.engine.stats["cancelled"] == 1 and state.engine.stats["generated_tokens"] == 0
     state.close()
+
+
+@pytest.mark.parametrize("speculation", ["prompt_lookup", "draft_model"])
+def test_speculative_decoding_serves_the_same_greedy_answer(speculation, tokenizer, tmp_path):
+    """--prompt-lookup (drafts from the prompt) or --draft-model (here the base itself): drafts verified in
+    one pass; the client sees plain decoding's answer, streamed or not (a small-weight model repeats
+    itself, so prompt-lookup drafts are accepted)."""
+    from tests.conftest import make_tiny_llama
+    from tunesmith.generation import generate
+    from tunesmith.models import load_model
+    from tunesmith.serve.server import BackgroundServer
+    from tunesmith.serve.state import ServeOptions, ServerState
+
+    model_dir = make_tiny_llama(tokenizer, tmp_path / "looping", seed=1, initializer_range=0.05)
+    options = {"prompt_lookup": 6} if speculation == "prompt_lookup" else {"draft_model": str(model_dir)}
+    state = ServerState(ServeOptions(model=str(model_dir), served_name="base", **options),
+                        load_model(str(model_dir)), tokenizer, model_dir)
+    state.engine.start()
+    expected = generate(load_model(str(model_dir)), tokenizer, [[{"role": "user", "content": p}] for p in PROMPTS],
+                        max_new_tokens=40)
+    with BackgroundServer(state) as url:
+        client = openai.OpenAI(base_url=f"{url}/v1", api_key="none", max_retries=0, timeout=60)
+        with ThreadPoolExecutor(2) as pool:
+            got = list(pool.map(lambda p: chat(client, "base", p, max_tokens=40).choices[0].message.content, PROMPTS))
+        streamed = "".join(c.choices[0].delta.content or "" for c in chat(client, "base", PROMPTS[1], max_tokens=40, stream=True))
+    assert [g.strip() for g in got] == expected and streamed.strip() == expected[1]
+    assert state.engine.stats["accepted_draft_tokens"] >= 10
+    state.close()
+
+
+def test_emulated_fine_tuning_with_a_beta_per_request(tiny_model_dir, tokenizer, tmp_path):
+    """--eft-large: a served adapter up-scaled onto a larger base; eft_beta 0 answers as the large base,
+    and the default beta as offline EFT generation does (the engine's per-row LoRA as the small fine-tune)."""
+    from peft import PeftModel
+
+    from tests.conftest import make_tiny_llama
+    from tunesmith.generation import generate
+    from tunesmith.models import load_model
+    from tunesmith.serve.server import BackgroundServer
+    from tunesmith.serve.state import ServeOptions, ServerState
+
+    large_dir = make_tiny_llama(tokenizer, tmp_path / "large", layers=3, seed=5)
+    adapter = _random_lora(tiny_model_dir, tmp_path / "ad", 1, r=8, lora_alpha=16, target_modules=["q_proj", "v_proj", "up_proj"])
+    state = ServerState(ServeOptions(model=str(tiny_model_dir), served_name="base", eft_large=str(large_dir), eft_beta=0.8),
+                        load_model(str(tiny_model_dir)), tokenizer, tiny_model_dir)
+    state.engine.start()
+    state.load_adapter("ad", adapter)
+    conv = [[{"role": "user", "content": PROMPTS[1]}]]
+    tuned = PeftModel.from_pretrained(load_model(str(tiny_model_dir)), str(adapter)).eval()
+    large = load_model(str(large_dir)).eval()
+    with BackgroundServer(state) as url:
+        client = openai.OpenAI(base_url=f"{url}/v1", api_key="none", max_retries=0, timeout=60)
+        as_large = chat(client, "ad", PROMPTS[1], extra_body={"eft_beta": 0.0}).choices[0].message.content
+        upscaled = chat(client, "ad", PROMPTS[1]).choices[0].message.content
+    assert as_large.strip() == generate(large, tokenizer, conv, max_new_tokens=12)[0]
+    assert upscaled.strip() == generate(tuned, tokenizer, conv, max_new_tokens=12, eft_large=large, eft_beta=0.8)[0]
+    assert upscaled != as_large
+    state.close()

@@ -83,6 +83,14 @@ def run_eval(systems: list[SystemSpec], tokenizer, samples: list[Sample], cfg: E
                       lm_eval_args=lm_eval_args, out_dir=Path(out_dir), code_max_new_tokens=code_budget)
     if cfg.stop_loops and chat:
         ctx.loop_guard = loop_guard(tokenizer, train_pool or chat)
+    if cfg.draft_model and chat:
+        from tunesmith.generation.speculate import load_draft_model
+
+        ctx.draft_model = load_draft_model(cfg.draft_model, tokenizer, "the evaluated model")
+    if cfg.eft_large and chat:
+        from tunesmith.generation.speculate import load_draft_model
+
+        ctx.eft_large = load_draft_model(cfg.eft_large, tokenizer, "the evaluated model")
     sections = [cls() for cls in registered()]
     sections = [s for s in sections if s.enabled(cfg)]
     own_inputs = sum(section.prepare(ctx) or 0 for section in sections)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures
+import contextlib
 import logging
 import threading
 import time
@@ -25,9 +26,11 @@ from typing import Protocol
 
 import torch
 
-from tunesmith.generation.batching import left_pad, pad_id, pad_left, positions
-from tunesmith.generation.cache import ModelCall, new_cache
+from tunesmith.errors import UserError
+from tunesmith.generation.batching import left_pad, pad_id, pad_left
+from tunesmith.generation.cache import ModelCall, SlabLayer, new_cache, slab_cache
 from tunesmith.generation.detok import advance
+from tunesmith.generation.eft import EmulatedFineTune
 from tunesmith.generation.errors import (
     AdapterUnloaded,
     EngineFailure,
@@ -37,7 +40,9 @@ from tunesmith.generation.errors import (
     RequestTimedOut,
 )
 from tunesmith.generation.request import Event, GenRequest
-from tunesmith.generation.sampling import choose_tokens
+from tunesmith.generation.sampling import choose_tokens, row_probs, speculative_sample
+from tunesmith.generation.speculate import DraftModel, PromptLookup, accepted_prefix
+from tunesmith.generation.virtual_tokens import prefill_for
 
 log = logging.getLogger("tunesmith.generation")
 
@@ -52,31 +57,62 @@ class FallbackPath(Protocol):
         """Decode `rows` (one adapter, one sampling setting) to the end, reporting through `engine`'s row API."""
 
 
+class NoAdapters:
+    """The adapter table of an engine that runs one model as it is (offline work: eval, the judge)."""
+    slot_of: dict[str, int] = {}
+
+    def set_rows(self, row_slots: list[int]) -> None:
+        pass
+
+    def clear_rows(self) -> None:
+        pass
+
+
+def _splice(caches: list, width: int):
+    """The rows of `caches` (each right-aligned to `width` columns) as one cache."""
+    from transformers import DynamicCache
+
+    spliced = slab_cache(caches, width)
+    if spliced is None:       # layers a slab cannot hold: concatenate, as transformers' own cache does
+        spliced = caches[-1] if len(caches) == 1 else DynamicCache(ddp_cache_data=[
+            (torch.cat([pad_left(layer.keys, width, 2) for layer in layers]),
+             torch.cat([pad_left(layer.values, width, 2) for layer in layers]))
+            for layers in zip(*(c.layers for c in caches))])
+    return spliced
+
+
+def _select(cache, index: torch.Tensor, cut: int) -> None:
+    for layer in cache.layers:
+        if isinstance(layer, SlabLayer):
+            layer.select(index, cut)
+        else:
+            layer.keys = layer.keys[index, :, cut:]
+            layer.values = layer.values[index, :, cut:]
+
+
 class Batch:
-    """The running rows, their KV cache (B, heads, T, head_dim) per layer, and mask (B, T)."""
+    """The running rows, their KV cache (B, heads, T, head_dim) per layer, and mask (B, T); with a draft
+    model or EFT, the caches of those passes too, column for column under the same mask."""
 
     def __init__(self):
         self.rows: list[GenRequest] = []
         self.cache = None
+        self.extra: dict[str, object] = {}      # caches of other passes (draft model, EFT), same columns
         self.mask: torch.Tensor | None = None
         self.last: list[int] = []               # each row's newest token, not yet fed to the model
 
     def __len__(self) -> int:
         return len(self.rows)
 
-    def extend(self, rows, cache, mask, last) -> None:
-        from transformers import DynamicCache
-
-        if not self.rows:
-            self.rows, self.cache, self.mask, self.last = list(rows), cache, mask, list(last)
-            return
-        width = max(self.mask.shape[1], mask.shape[1])
-        layers = []
-        for old, new in zip(self.cache.layers, cache.layers):
-            layers.append((torch.cat([pad_left(old.keys, width, 2), pad_left(new.keys, width, 2)]),
-                           torch.cat([pad_left(old.values, width, 2), pad_left(new.values, width, 2)])))
-        self.cache = DynamicCache(ddp_cache_data=layers)
-        self.mask = torch.cat([pad_left(self.mask, width, 1), pad_left(mask, width, 1)])
+    def extend(self, rows, cache, mask, last, extra: dict | None = None) -> None:
+        """Add prefilled rows: their cache (B', heads, T', head_dim) per layer and mask (B', T')."""
+        old = bool(self.rows)
+        width = max(mask.shape[1], self.mask.shape[1] if old else 0)
+        self.cache = _splice(([self.cache] if old else []) + [cache], width)
+        for name, more in (extra or {}).items():
+            self.extra[name] = _splice(([self.extra[name]] if old else []) + [more], width)
+        masks = ([self.mask] if old else []) + [mask]
+        self.mask = torch.cat([pad_left(m, width, 1) for m in masks])
         self.rows += rows
         self.last += last
 
@@ -93,9 +129,8 @@ class Batch:
         # Columns that are padding for every remaining row are dead weight in every later step.
         cut = int(self.mask.any(0).nonzero()[0])
         self.mask = self.mask[:, cut:]
-        for layer in self.cache.layers:
-            layer.keys = layer.keys[index, :, cut:]
-            layer.values = layer.values[index, :, cut:]
+        for cache in (self.cache, *self.extra.values()):
+            _select(cache, index, cut)
 
 
 class Engine:
@@ -112,23 +147,37 @@ class Engine:
     """
 
     def __init__(self, model, tokenizer, bank, stop_ids: list[int], *, max_batch: int = 16,
-                 max_queue: int = 256, fallback: FallbackPath | None = None):
+                 max_queue: int = 256, fallback: FallbackPath | None = None, lookup: PromptLookup | None = None,
+                 draft: DraftModel | None = None, eft: EmulatedFineTune | None = None):
         self.model = model
         self.tokenizer = tokenizer
-        self.bank = bank
+        # None: `model` runs as it is, whatever adapters it holds (a peft model, prompt tuning included).
+        self.bank = bank if bank is not None else NoAdapters()
         self.stop_ids = set(stop_ids)
         self.max_batch = max_batch
         self.max_queue = max_queue
         self.fallback = fallback
+        self.lookup = lookup
+        self.draft = draft
+        self.eft = eft
         self.pad_id = pad_id(tokenizer)
         self.device = next(model.parameters()).device
-        self.forward = ModelCall(model)
+        self.prefill_inputs = prefill_for(model)
+        self.forward = ModelCall(self.prefill_inputs.base)
+        if draft is not None and self.prefill_inputs.base is not model:
+            raise UserError("a draft model cannot draft for a prompt or prefix tuning adapter (its virtual tokens "
+                            "are the target's alone)", hint="use prompt lookup, or merge a LoRA adapter instead")
+        if eft is not None and (self.prefill_inputs.base is not model or
+                                (bank is None and not hasattr(model, "disable_adapter"))):
+            raise UserError("emulated fine-tuning needs the small model's adapter switched on and off: a peft "
+                            "adapter other than prompt or prefix tuning, or a LoRA adapter the server batches per row")
         self.waiting: collections.deque[GenRequest] = collections.deque()
         self.commands: collections.deque = collections.deque()
         self.cv = threading.Condition()
         self.batch = Batch()
         self.stats = collections.Counter()
         self._stopping = False
+        self._admitted: list[GenRequest] = []
         self.thread = threading.Thread(target=self._loop, name="tunesmith-engine", daemon=True)
 
     # -- called from any thread ----------------------------------------------------------------------
@@ -163,6 +212,16 @@ class Engine:
             self.cv.notify_all()
         return future
 
+    def run(self, requests: list[GenRequest]) -> None:
+        """Decode `requests` to the end on the calling thread (offline work; the engine thread is not
+        started). Rows join and leave the batch as in serving; a bug raises here instead of failing rows."""
+        if self.thread.is_alive():
+            raise RuntimeError("run() is for an engine whose thread is not started")
+        self.waiting.extend(requests)
+        with torch.no_grad():
+            while self.waiting or self.batch.rows:
+                self._step()
+
     def in_use(self, adapter: str) -> bool:
         """Whether a waiting or running request names `adapter`."""
         with self.cv:
@@ -183,28 +242,38 @@ class Engine:
             return
         row.generated.append(token)
         at_limit = row.sampled >= row.max_tokens
-        delta, stopped = advance(self.tokenizer, row, at_limit)
-        if delta:
-            row.sink(Event(row.index, delta))
+        stopped = False
+        if row.text:
+            delta, stopped = advance(self.tokenizer, row, at_limit)
+            if delta:
+                row.sink(Event(row.index, delta))
         if stopped:
             self.finish(row, "stop", flush=False)
+        elif row.check is not None and row.check(row.generated):
+            self.finish(row, "stop")
         elif at_limit:
             self.finish(row, "length")
 
     def finish(self, row: GenRequest, reason: str, flush: bool = True) -> None:
         """End `row` with `reason` ("stop" or "length"), first sending any text held back for stop strings."""
-        if flush and row.generated:
+        if flush and row.text and row.generated:
             delta, _ = advance(self.tokenizer, row, at_limit=True)
             if delta:
                 row.sink(Event(row.index, delta))
         row.done = True
         self.stats["completed"] += 1
-        row.sink(Event(row.index, finish_reason=reason, completion_tokens=row.sampled))
+        if row.drafted:
+            self.stats["drafted_tokens"] += row.drafted
+            self.stats["accepted_draft_tokens"] += row.accepted_drafts
+            self.stats["row_verifications"] += row.verifications
+        if row.sink is not None:
+            row.sink(Event(row.index, finish_reason=reason, completion_tokens=row.sampled))
 
     def fail(self, row: GenRequest, error: GenerationError) -> None:
         """End `row` with `error` as its final event."""
         row.done = True
-        row.sink(Event(row.index, error=error, completion_tokens=row.sampled))
+        if row.sink is not None:
+            row.sink(Event(row.index, error=error, completion_tokens=row.sampled))
 
     def drop_if_expired(self, row: GenRequest, now: float) -> bool:
         """True when `row` must not get another token: its client cancelled it (no event: nobody listens),
@@ -234,19 +303,12 @@ class Engine:
                     future.set_result(fn())
                 except BaseException as exc:  # handed to the caller, which turns it into an API error
                     future.set_exception(exc)
-            admitted: list[GenRequest] = []
+            self._admitted = []
             try:
-                admitted, fallback_group = self._admit()
-                if fallback_group:
-                    self.fallback.run(admitted, self)
-                    continue
-                if admitted:
-                    self._prefill(admitted)
-                if self.batch.rows:
-                    self._decode()
+                self._step()
             except Exception as exc:  # a bug must not leave clients hanging: fail what was running, keep serving
                 log.exception("engine step failed")
-                for row in self.batch.rows + admitted:
+                for row in self.batch.rows + self._admitted:
                     if not row.done:
                         self.fail(row, EngineFailure(exc))
                 self.batch = Batch()
@@ -257,6 +319,18 @@ class Engine:
             for _, future in self.commands:
                 future.set_exception(EngineStopped())
             self.commands.clear()
+
+    def _step(self) -> None:
+        """Admit what fits, then decode one step (or hand a group to the fallback)."""
+        admitted, fallback_group = self._admit()
+        self._admitted = admitted      # failed by the loop if this step raises before they join the batch
+        if fallback_group:
+            self.fallback.run(admitted, self)
+            return
+        if admitted:
+            self._prefill(admitted)
+        if self.batch.rows:
+            self._decode()
 
     def _servable(self, row: GenRequest, fallback_names: set[str]) -> bool:
         """False (and AdapterUnloaded to the client) when its adapter was unloaded after the request was accepted."""
@@ -296,44 +370,121 @@ class Engine:
 
     def _prefill(self, rows: list[GenRequest]) -> None:
         ids, mask = left_pad([r.prompt_ids for r in rows], self.pad_id, self.device)    # (B, T)
-        cache = new_cache(self.model)
+        cache, inputs, mask = self.prefill_inputs(ids, mask)                           # mask (B, T') of the cache
+        extra = {}
         self.bank.set_rows(self._slots(rows))
         try:
-            logits = self.forward.last_logits(cache, input_ids=ids, attention_mask=mask, position_ids=positions(mask))
+            logits = self.forward.last_logits(cache, **inputs)                          # (B, V)
+            if self.draft is not None:
+                extra["draft"] = self.draft.prefill(ids, mask)
+            if self.eft is not None:
+                extra["eft_large"], large = self.eft.prefill(**inputs)
+                extra["eft_base"] = new_cache(self.model)
+                logits = self.eft.combine(rows, large, logits, self._base_logits(rows, extra["eft_base"], **inputs))
         finally:
             self.bank.clear_rows()
         self.stats["prefill_tokens"] += sum(len(r.prompt_ids) for r in rows)
         tokens = choose_tokens(logits, rows)
         first_new = len(self.batch)
-        self.batch.extend(rows, cache, mask, tokens)
+        self.batch.extend(rows, cache, mask, tokens, extra)
         # Only the new rows got a token here; the running ones get theirs in the decode step.
-        self._after_sampling(first_new)
+        self._after_sampling(first_new, [[t] for t in tokens])
+
+    def _base_logits(self, rows, cache, **inputs) -> torch.Tensor:
+        """(B, V) last logits of the model with every adapter off (EFT's small base), into `cache`."""
+        self.bank.set_rows([0] * len(rows))
+        off = self.model.disable_adapter() if isinstance(self.bank, NoAdapters) else contextlib.nullcontext()
+        try:
+            with off:
+                return self.forward.last_logits(cache, **inputs)
+        finally:
+            self.bank.set_rows(self._slots(rows))
+
+    def _drafts(self) -> list[list[int]] | None:
+        """Draft tokens per row, or None when this step decodes one token per row."""
+        b = self.batch
+        drafter = self.draft or self.lookup
+        if drafter is None or self.eft is not None or len(b) > drafter.max_batch or not any(drafter.budget(r) for r in b.rows):
+            return None
+        if self.draft is not None:
+            return self.draft.drafts(b.extra["draft"], b.mask, b.last, b.rows, self.pad_id)
+        drafts = [self.lookup.draft(row) for row in b.rows]
+        return drafts if any(drafts) else None
 
     def _decode(self) -> None:
         b = self.batch
-        ids = torch.tensor(b.last, dtype=torch.long, device=self.device)[:, None]      # (B, 1)
-        position_ids = b.mask.sum(1, keepdim=True)                                     # (B, 1)
-        b.mask = torch.cat([b.mask, b.mask.new_ones(len(b), 1)], dim=1)
+        drafts = self._drafts()
         self.bank.set_rows(self._slots(b.rows))
         try:
-            logits = self.forward.last_logits(b.cache, input_ids=ids, attention_mask=b.mask, position_ids=position_ids)
+            if drafts is None:
+                ids = torch.tensor(b.last, dtype=torch.long, device=self.device)[:, None]  # (B, 1)
+                position_ids = b.mask.sum(1, keepdim=True)                                 # (B, 1)
+                b.mask = torch.cat([b.mask, b.mask.new_ones(len(b), 1)], dim=1)
+                inputs = {"input_ids": ids, "attention_mask": b.mask, "position_ids": position_ids}
+                logits = self.forward.last_logits(b.cache, **inputs)
+                if self.draft is not None:      # the draft cache gets every column the target gets
+                    self.draft.feed(b.extra["draft"], b.mask, ids)
+                if self.eft is not None:
+                    large = self.eft.call.last_logits(b.extra["eft_large"], **inputs)
+                    logits = self.eft.combine(b.rows, large, logits, self._base_logits(b.rows, b.extra["eft_base"], **inputs))
+                new = [[t] for t in choose_tokens(logits, b.rows)]
+            else:
+                new = self._verify(drafts)
         finally:
             self.bank.clear_rows()
         self.stats["decode_steps"] += 1
         self.stats["decode_rows"] += len(b)
-        b.last = choose_tokens(logits, b.rows)
-        self._after_sampling(0)
+        self._after_sampling(0, new)
 
-    def _after_sampling(self, start: int) -> None:
-        """Account the newest token of rows[start:]; drop every row that is done, cancelled or late."""
+    def _verify(self, drafts: list[list[int]]) -> list[list[int]]:
+        """Feed each row's newest token and its draft in one pass; keep the accepted prefix and the model's
+        next token. Columns of rejected (or no) draft tokens stay in the cache masked out, like padding:
+        positions count the mask's ones, so every later token sees exactly what plain decoding shows it."""
+        b = self.batch
+        width = 1 + max(len(d) for d in drafts)
+        fed = [[last, *d] for last, d in zip(b.last, drafts)]
+        ids, fed_mask = left_pad([f[::-1] for f in fed], self.pad_id, self.device)         # right-padded, reversed
+        ids, fed_mask = ids.flip(1), fed_mask.flip(1)                                       # (B, width)
+        start = b.mask.shape[1]
+        position_ids = b.mask.sum(1, keepdim=True) + torch.arange(width, device=self.device)  # (B, width)
+        b.mask = torch.cat([b.mask, fed_mask], dim=1)
+        logits = self.forward.tail_logits(b.cache, width, input_ids=ids, attention_mask=b.mask,
+                                          position_ids=position_ids)                        # (B, width, V)
+        greedy = logits.argmax(-1).tolist()
+        first = choose_tokens(logits[:, 0], b.rows)     # rows without a draft
+        new = []
+        for i, (row, draft) in enumerate(zip(b.rows, drafts)):
+            if not draft:
+                new.append([first[i]])
+                continue
+            if row.temperature > 0:
+                tokens = speculative_sample(row_probs(logits[i, :len(draft) + 1], row), draft, row.generator)
+            else:
+                tokens = [*draft[:accepted_prefix(draft, greedy[i])], None]
+                tokens[-1] = greedy[i][len(tokens) - 1]
+            n = len(tokens) - 1                                   # draft tokens kept
+            (self.draft or self.lookup).record(row, len(draft), n)
+            b.mask[i, start + 1 + n:start + 1 + len(draft)] = 0   # the rejected draft tokens' cache columns
+            new.append(tokens)
+        self.stats["verify_steps"] += 1
+        return new
+
+    def _after_sampling(self, start: int, new: list[list[int]]) -> None:
+        """Account the new tokens of rows[start:] (one each, or an accepted draft and one); drop every row
+        that is done, cancelled or late."""
         b = self.batch
         now = time.monotonic()
         keep = []
-        for i, (row, token) in enumerate(zip(b.rows, b.last)):
+        for i, row in enumerate(b.rows):
             if row.done or self.drop_if_expired(row, now):
                 continue
             if i >= start:
-                self.accept(row, token)
+                tokens = new[i - start]
+                for token in tokens:
+                    self.accept(row, token)
+                    if row.done:
+                        break
+                b.last[i] = tokens[-1]
             if not row.done:
                 keep.append(i)
         b.keep(keep)

@@ -106,13 +106,21 @@ class LoopGuard:
     def describe(self) -> str:
         return f"replies stopped when one block repeats more than {self.limit} times"
 
+    def stops_reply(self, reply: list[int]) -> bool:
+        """The engine's per-row check, after each token: True (and counted) when `reply` loops now;
+        looked at every EVERY tokens, as `BatchWatch` does."""
+        if len(reply) % EVERY or not self.looping(reply):
+            return False
+        self.stopped += 1
+        return True
+
     def watch(self, rows: int, stops) -> BatchWatch:
         return BatchWatch(self, rows, set(stops))
 
 
 class BatchWatch:
-    """One batch's replies as they grow: `on_step(tokens)` for the virtual-token decoder, or
-    `criterion(prompt_len)` for `model.generate`. `cut[r]` is where row r was stopped (None: it was not)."""
+    """One lockstep batch's replies as they grow (the server's peft fallback): `on_step(tokens)` for the
+    virtual-token decoder, or `criterion(prompt_len)` for `model.generate`. `cut[r]` is where row r was stopped (None: it was not)."""
 
     def __init__(self, guard: LoopGuard, rows: int, stops: set[int]):
         self.guard, self.stops = guard, stops

@@ -1,9 +1,11 @@
 """Offline batch generation: a list of conversations in, one reply each out (evaluation, regression
-checks, anything that has all its prompts up front).
+checks, the judge, anything that has all its prompts up front).
 
-Prompts are sorted longest first and cut into left-padded batches; greedy by default, or seeded
-sampling (one torch seed per batch, so a run is reproducible). Ordinary models and non-prompt
-adapters decode with `model.generate`; peft prompt-learning adapters with `VirtualTokenDecoder`.
+Every prompt goes through the engine (engine.py) on the calling thread, longest first: rows join
+the running batch as others finish, so a batch never waits for its slowest reply. Greedy by default;
+with sampling, reply i draws from its own generator seeded `seed + i`, so a run is reproducible
+whatever the batch size. Plain models, peft models of any kind (prompt and prefix tuning included)
+and tunesmith's own adapters all run as they are: the engine calls the model's forward.
 """
 
 from __future__ import annotations
@@ -11,15 +13,17 @@ from __future__ import annotations
 import contextlib
 
 import torch
-from transformers import StoppingCriteriaList
 
 from tunesmith.data.tokenize import prompt_ids
-from tunesmith.generation.batching import left_pad, pad_id, positions
+from tunesmith.generation.batching import left_pad, positions
 from tunesmith.generation.cache import ModelCall
+from tunesmith.generation.eft import EmulatedFineTune
+from tunesmith.generation.engine import Engine
 from tunesmith.generation.loops import LoopGuard
-from tunesmith.generation.sampling import default_top_k, generate_kwargs, sampler
-from tunesmith.generation.stops import cut_at_stop, stop_token_ids
-from tunesmith.generation.virtual_tokens import VirtualTokenDecoder, virtual_token_kind
+from tunesmith.generation.request import GenRequest
+from tunesmith.generation.sampling import default_top_k
+from tunesmith.generation.speculate import DraftModel, PromptLookup
+from tunesmith.generation.stops import stop_token_ids
 
 
 @torch.no_grad()
@@ -42,47 +46,44 @@ def generate(model, tokenizer, conversations: list[list[dict]], *, system_prompt
 def generate_tokens(model, tokenizer, conversations: list[list[dict]], *, max_new_tokens: int = 128,
                     batch_size: int = 16, temperature: float = 0.0, top_p: float = 1.0, seed: int = 0,
                     system_prompt: str | None = None, precision: str = "fp32", progress=None,
-                    loop_guard: LoopGuard | None = None) -> list[list[int]]:
+                    loop_guard: LoopGuard | None = None, prompt_lookup: int = 0,
+                    draft_model=None, draft_tokens: int = 4, eft_large=None, eft_beta: float = 1.0) -> list[list[int]]:
     """The new token ids of each reply, cut before its first stop token.
 
-    `progress(n)`, if given, is called after each batch with the number of replies it finished.
+    `batch_size` rows decode together. `progress(n)`, if given, is called as replies finish.
     Sampling uses the model's default top_k, as `model.generate` does when none is given.
     `loop_guard`, if given, stops a reply that has fallen into a repetition loop where it notices it
-    (generation/loops.py) and counts it in `loop_guard.stopped`.
+    (generation/loops.py) and counts it in `loop_guard.stopped`. `prompt_lookup` > 0 drafts that many
+    tokens per step from the prompt (speculate.py); `draft_model` (a model sharing the tokenizer) drafts
+    `draft_tokens` instead. Greedy replies are the same either way. `eft_large` (a larger base sharing
+    the tokenizer) decodes by emulated fine-tuning with `model`'s adapter as the small fine-tune (eft.py).
     """
     encoded = [prompt_ids(tokenizer, conv, system_prompt) for conv in conversations]
-    # Longest first, so each batch pads little and memory peaks at the start.
+    if not encoded:
+        return []
+    # Longest first, so the batch pads little and memory peaks at the start.
     order = sorted(range(len(encoded)), key=lambda i: -len(encoded[i]))
-    outputs: list[list[int]] = [[] for _ in encoded]
-    device = next(model.parameters()).device
-    pad = pad_id(tokenizer)
-    stops = stop_token_ids(tokenizer)
-    kind = virtual_token_kind(model)
-    decoder = VirtualTokenDecoder(model, kind) if kind else None
+    sink = (lambda event: progress(1) if event.final else None) if progress is not None else None
+    check = loop_guard.stops_reply if loop_guard is not None else None
     top_k = default_top_k(model)
-    pick = sampler(temperature, top_p, top_k) if decoder else None
+    requests = [GenRequest(prompt_ids=encoded[i], sink=sink, max_tokens=max_new_tokens, temperature=temperature,
+                           top_p=top_p, top_k=top_k, seed=seed + i, index=i, text=False, check=check,
+                           timeout_s=float("inf")) for i in order]
+    lookup = PromptLookup(max_draft=prompt_lookup) if prompt_lookup else None
+    draft = DraftModel(draft_model, max_draft=draft_tokens) if draft_model is not None else None
+    engine = Engine(model, tokenizer, None, stop_token_ids(tokenizer), max_batch=batch_size,
+                    max_queue=len(requests), lookup=lookup, draft=draft,
+                    eft=EmulatedFineTune(eft_large, eft_beta) if eft_large is not None else None)
     was_training = model.training
     model.eval()
+    device = engine.device
     autocast = torch.autocast(device.type, dtype=torch.bfloat16) if precision == "bf16" else contextlib.nullcontext()
-    for start in range(0, len(order), batch_size):
-        chunk = order[start:start + batch_size]
-        ids, mask = left_pad([encoded[i] for i in chunk], pad, device)         # (B, T)
-        if temperature > 0:
-            torch.manual_seed(seed + start)
-        watch = loop_guard.watch(len(chunk), stops) if loop_guard is not None else None
+    try:
         with autocast:
-            if decoder is not None:
-                new_tokens = decoder(ids, mask, max_new_tokens, stops, pad, pick, on_step=watch)
-            else:
-                kwargs = generate_kwargs(max_new_tokens, pad, stops, temperature, top_p, top_k)
-                if watch is not None:
-                    kwargs["stopping_criteria"] = StoppingCriteriaList([watch.criterion(ids.shape[1])])
-                new_tokens = model.generate(input_ids=ids, attention_mask=mask, **kwargs)[:, ids.shape[1]:]
-        for r, i in enumerate(chunk):
-            outputs[i] = cut_at_stop(new_tokens[r].tolist(), stops)
-            if watch is not None and watch.cut[r] is not None:
-                outputs[i] = outputs[i][:watch.cut[r]]
-        if progress is not None:
-            progress(len(chunk))
-    model.train(was_training)
+            engine.run(requests)
+    finally:
+        model.train(was_training)
+    outputs: list[list[int]] = [[] for _ in encoded]
+    for row in requests:
+        outputs[row.index] = list(row.generated)
     return outputs

@@ -35,10 +35,14 @@ class GenRequest:
     max_tokens: int = 16
     temperature: float = 1.0
     top_p: float = 1.0
+    top_k: int | None = None               # None: no top-k (the OpenAI API has none; offline eval uses the model's)
     seed: int | None = None
+    eft_beta: float | None = None          # emulated fine-tuning: this request's beta (None: the engine's)
     stop: tuple[str, ...] = ()
     timeout_s: float = 600.0
     index: int = 0
+    text: bool = True                      # send text deltas (offline work reads `generated` at the end instead)
+    check: Callable[[list[int]], bool] | None = None   # called after each token; True stops the row (loop guard)
     cancelled: threading.Event = field(default_factory=threading.Event)
     # filled in by the engine
     rid: int = field(default_factory=lambda: next(_ids))
@@ -48,6 +52,10 @@ class GenRequest:
     emitted: int = 0                       # characters of decoded text already sent
     done: bool = False
     generator: torch.Generator | None = None
+    speculating: bool = True               # prompt lookup: switched off when its drafts are mostly rejected
+    drafted: int = 0
+    accepted_drafts: int = 0
+    verifications: int = 0                 # forward passes that verified a draft of this row
 
     def __post_init__(self):
         if self.temperature > 0:

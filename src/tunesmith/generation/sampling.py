@@ -50,16 +50,61 @@ def top_p_filter(probs: torch.Tensor, top_p: float) -> torch.Tensor:
     return kept / kept.sum(-1, keepdim=True)
 
 
+def top_k_filter(logits: torch.Tensor, top_k: int | None) -> torch.Tensor:
+    """`logits` (..., V) with everything below the k-th largest set to -inf (as transformers' TopKLogitsWarper)."""
+    if not top_k or top_k >= logits.shape[-1]:
+        return logits
+    kth = torch.topk(logits, top_k, dim=-1).values[..., -1:]                    # (..., 1)
+    return logits.masked_fill(logits < kth, float("-inf"))
+
+
+def row_probs(logits: torch.Tensor, row) -> torch.Tensor:
+    """logits (..., V) -> the distribution `row` samples from (..., V), on the CPU: temperature, then
+    top-k, then top-p, in `model.generate`'s order."""
+    scaled = top_k_filter(logits.float().cpu() / row.temperature, row.top_k)
+    return top_p_filter(torch.softmax(scaled, dim=-1), row.top_p)
+
+
+def draw(probs: torch.Tensor, generator: torch.Generator | None) -> int:
+    """One token id from probs (V,) by inverting its CDF with one uniform draw: ~30x cheaper than
+    `torch.multinomial` over a 49k vocabulary on a CPU (1.6 ms a call there, per row and token)."""
+    cdf = probs.double().cumsum(-1)                                                # (V,)
+    u = torch.rand((), generator=generator, dtype=torch.float64) * cdf[-1]
+    # side="right": the first token whose CDF exceeds u, never one with zero probability.
+    return min(int(torch.searchsorted(cdf, u, right=True)), probs.shape[-1] - 1)
+
+
 def choose_tokens(logits: torch.Tensor, rows) -> list[int]:
-    """logits (B, V) -> one token id per row, each row sampled with its own temperature, top_p and
-    generator (greedy where temperature is 0)."""
+    """logits (B, V) -> one token id per row, each row sampled with its own temperature, top_k, top_p
+    and generator (greedy where temperature is 0)."""
     chosen = logits.argmax(-1).tolist()
     for i, row in enumerate(rows):
         if row.temperature > 0:
-            probs = torch.softmax(logits[i].float() / row.temperature, dim=-1)   # (V,)
-            probs = top_p_filter(probs, row.top_p)
-            chosen[i] = int(torch.multinomial(probs.cpu(), 1, generator=row.generator))
+            chosen[i] = draw(row_probs(logits[i], row), row.generator)
     return chosen
+
+
+def speculative_sample(probs: torch.Tensor, draft: list[int], generator) -> list[int]:
+    """Speculative sampling for a draft that is a function of the context (prompt lookup, a greedy draft
+    model): probs (k+1, V) the row's distributions after each draft prefix. Draft token j is kept with
+    probability probs[j, d_j]; the first one rejected is replaced by a sample of probs[j] without d_j,
+    renormalised; when all are kept, one more token is sampled from probs[k]. Every emitted token is
+    distributed exactly as plain sampling would draw it (Leviathan et al. 2023, with a one-hot draft)."""
+    out = []
+    for j, d in enumerate(draft):
+        p = probs[j]
+        if float(torch.rand((), generator=generator)) < float(p[d]):
+            out.append(d)
+            continue
+        rest = p.clone()
+        rest[d] = 0
+        if float(rest.sum()) <= 0:        # p[d] rounded to 1 yet rejected: keep it, as p says
+            out.append(d)
+            continue
+        out.append(draw(rest, generator))
+        return out
+    out.append(draw(probs[len(draft)], generator))
+    return out
 
 
 def generate_kwargs(max_new_tokens: int, pad: int, stops: list[int], temperature: float, top_p: float = 1.0,

@@ -13,6 +13,7 @@ from __future__ import annotations
 import torch
 
 from tunesmith.errors import UserError
+from tunesmith.generation.batching import positions
 from tunesmith.generation.cache import ModelCall, new_cache
 
 _EMBEDDING_PROMPTS = frozenset({"PROMPT_TUNING", "P_TUNING"})   # virtual input embeddings
@@ -35,24 +36,21 @@ def virtual_token_kind(model) -> str | None:
                     hint="evaluate prompt, p-tuning or prefix tuning adapters, or train this model with another method")
 
 
-class VirtualTokenDecoder:
-    """Greedy or sampled decoding for a peft prompt-learning model, one KV cache per batch.
-
-    `on_step(tokens)`, if given, sees each step's new token per row and may return a bool mask of
-    rows to stop (the server streams and cancels rows through it)."""
+class VirtualPrefill:
+    """The first forward pass of a peft prompt-learning model, run on its base model: virtual tokens at
+    positions 0..n-1 and the i-th real token at n+i in every row, as in training. Later steps need
+    nothing special (positions count the mask's ones, which include the n virtual tokens)."""
 
     def __init__(self, model, kind: str):
         self.model = model
         self.kind = kind
-        self.call = ModelCall(model.get_base_model())
+        self.base = model.get_base_model()
 
-    def __call__(self, ids: torch.Tensor, mask: torch.Tensor, max_new_tokens: int, stops: list[int], pad: int,
-                 pick, on_step=None) -> torch.Tensor:
-        """ids, mask (B, T) left-padded -> new tokens (B, N), N <= max_new_tokens, `pad` after a row stops."""
+    def __call__(self, ids: torch.Tensor, mask: torch.Tensor) -> tuple[object, dict, torch.Tensor]:
+        """ids, mask (B, T) left-padded -> (cache, forward inputs, mask (B, n + T) of the cache)."""
         from transformers import DynamicCache
 
         batch = ids.shape[0]
-        lengths = mask.sum(dim=1, keepdim=True)                                   # (B, 1)
         if self.kind == "kv":
             cache = self.model.get_prompt(batch_size=batch)
             if not isinstance(cache, DynamicCache):
@@ -63,14 +61,33 @@ class VirtualTokenDecoder:
             embeds = self.model.get_input_embeddings()(ids)                        # (B, T, H)
             prompts = self.model.get_prompt(batch_size=batch).to(embeds.dtype)    # (B, n, H)
             n = prompts.shape[1]
-            cache = new_cache(self.call.model)
+            cache = new_cache(self.base)
             inputs = {"inputs_embeds": torch.cat((prompts, embeds), dim=1)}
         # Real tokens count from n in each row whatever its padding; pads get any position, being masked.
         real = (n + mask.cumsum(dim=1) - 1).clamp(min=n)                          # (B, T)
         virtual = torch.arange(n, device=ids.device).expand(batch, n)             # (B, n)
         position_ids = real if self.kind == "kv" else torch.cat((virtual, real), dim=1)
         attn = torch.cat((torch.ones((batch, n), dtype=mask.dtype, device=mask.device), mask), dim=1)
-        logits = self.call.last_logits(cache, attention_mask=attn, position_ids=position_ids, **inputs)
+        return cache, {"attention_mask": attn, "position_ids": position_ids, **inputs}, attn
+
+
+class VirtualTokenDecoder:
+    """Greedy or sampled decoding for a peft prompt-learning model, one KV cache per batch, in lockstep
+    (the server's peft fallback; offline generation runs these models through the engine).
+
+    `on_step(tokens)`, if given, sees each step's new token per row and may return a bool mask of
+    rows to stop (the server streams and cancels rows through it)."""
+
+    def __init__(self, model, kind: str):
+        self.prefill = VirtualPrefill(model, kind)
+        self.call = ModelCall(self.prefill.base)
+
+    def __call__(self, ids: torch.Tensor, mask: torch.Tensor, max_new_tokens: int, stops: list[int], pad: int,
+                 pick, on_step=None) -> torch.Tensor:
+        """ids, mask (B, T) left-padded -> new tokens (B, N), N <= max_new_tokens, `pad` after a row stops."""
+        batch = ids.shape[0]
+        cache, inputs, attn = self.prefill(ids, mask)
+        logits = self.call.last_logits(cache, **inputs)
         stop = torch.tensor(stops, device=ids.device)
         done = torch.zeros(batch, dtype=torch.bool, device=ids.device)
         new = []
@@ -82,7 +99,24 @@ class VirtualTokenDecoder:
                 done |= stopped.to(done.device)
             if bool(done.all()) or step == max_new_tokens - 1:
                 break
+            position_ids = attn.sum(dim=1, keepdim=True)                          # (B, 1): n + real tokens so far
             attn = torch.cat((attn, torch.ones((batch, 1), dtype=attn.dtype, device=attn.device)), dim=1)
-            logits = self.call.last_logits(cache, input_ids=token[:, None], attention_mask=attn,
-                                          position_ids=n + lengths + step)
+            logits = self.call.last_logits(cache, input_ids=token[:, None], attention_mask=attn, position_ids=position_ids)
         return torch.stack(new, dim=1) if new else ids.new_zeros((batch, 0))
+
+
+class PlainPrefill:
+    """The first forward pass of any other model: left-padded ids, positions counting real tokens."""
+
+    def __init__(self, model):
+        self.base = model
+
+    def __call__(self, ids: torch.Tensor, mask: torch.Tensor) -> tuple[object, dict, torch.Tensor]:
+        return new_cache(self.base), {"input_ids": ids, "attention_mask": mask, "position_ids": positions(mask)}, mask
+
+
+def prefill_for(model):
+    """How the engine starts rows of `model`: `(ids, mask) -> (cache, inputs, mask)`, with `.base` the
+    module the forward passes run on."""
+    kind = virtual_token_kind(model)
+    return VirtualPrefill(model, kind) if kind else PlainPrefill(model)

@@ -22,6 +22,17 @@ class ServeOptions(BaseModel):
     dtype: str = Field("fp32", description="fp32, bf16 or fp16")
     max_batch: int = Field(16, description="rows decoded together in one forward pass")
     max_queue: int = Field(256, description="waiting requests before 429")
+    prompt_lookup: int = Field(0, ge=0, description=(
+        "speculative decoding by prompt lookup: draft up to N tokens per step from each prompt (batches of at most "
+        "4 rows; greedy answers are unchanged, sampled ones keep their distribution); 0 = off"))
+    draft_model: str | None = Field(None, description=(
+        "speculative decoding with a smaller model sharing the tokenizer (like --model): it drafts --draft-tokens "
+        "tokens per step in batches of at most 4 rows (greedy answers are unchanged, sampled ones keep their distribution)"))
+    draft_tokens: int = Field(4, ge=1, description="--draft-model: tokens drafted per step")
+    eft_large: str | None = Field(None, description=(
+        "emulated fine-tuning: a larger base sharing the tokenizer (like --model); every answer's next-token log-probs "
+        "become log p_large + beta * (log p_adapter - log p_base), beta from the request's eft_beta or --eft-beta"))
+    eft_beta: float = Field(1.0, ge=0.0, description="--eft-large: beta of requests that set no eft_beta")
     max_tokens_limit: int = Field(1024, description="largest max_tokens a request may ask for")
     default_max_tokens: int = Field(256, description="max_tokens when a chat request sets none")
     max_body_bytes: int = Field(1 << 20, description="largest request body (413 above)")

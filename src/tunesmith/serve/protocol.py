@@ -42,6 +42,8 @@ class _Sampling(BaseModel):
     frequency_penalty: float = 0.0
     logprobs: bool | int | None = None
     user: str | None = None
+    # tunesmith's own: emulated fine-tuning's beta for this request (servers started with --eft-large)
+    eft_beta: float | None = Field(None, ge=0.0)
 
     @field_validator("stop")
     @classmethod

@@ -32,7 +32,9 @@ def _same_base(adapter_base: str | None, server_path: Path) -> bool:
 
 class ServerState:
     def __init__(self, options: ServeOptions, model, tokenizer, base_path: Path):
-        from tunesmith.generation import Engine, LoRABank, PeftFallback, stop_token_ids
+        from tunesmith.generation import Engine, LoRABank, PeftFallback, PromptLookup, stop_token_ids
+        from tunesmith.generation.eft import EmulatedFineTune
+        from tunesmith.generation.speculate import DraftModel, load_draft_model
         from tunesmith.serve.traffic import TrafficLog
 
         self.options = options
@@ -50,7 +52,12 @@ class ServerState:
         self.bank = LoRABank(model)
         self.fallback = PeftFallback(lambda: _load_base(base_path, options.dtype))
         self.engine = Engine(model, tokenizer, self.bank, stop_token_ids(tokenizer), max_batch=options.max_batch,
-                             max_queue=options.max_queue, fallback=self.fallback)
+                             max_queue=options.max_queue, fallback=self.fallback,
+                             lookup=PromptLookup(max_draft=options.prompt_lookup) if options.prompt_lookup else None,
+                             draft=DraftModel(load_draft_model(options.draft_model, tokenizer, options.model, options.dtype),
+                                              max_draft=options.draft_tokens) if options.draft_model else None,
+                             eft=EmulatedFineTune(load_draft_model(options.eft_large, tokenizer, options.model, options.dtype),
+                                                  options.eft_beta) if options.eft_large else None)
         self.max_context = int(getattr(model.config, "max_position_embeddings", 2048))
         self.traffic = TrafficLog(options.traffic_log) if options.traffic_log else None
 

@@ -56,6 +56,8 @@ class EvalContext:
     out_dir: Path | None = None
     code_max_new_tokens: int | None = None   # generation budget of pass@k programs (None: cfg.max_new_tokens)
     loop_guard: object | None = None         # generation/loops.LoopGuard, when eval.stop_loops
+    draft_model: object | None = None        # the loaded eval.draft_model
+    eft_large: object | None = None          # the loaded eval.eft_large
     # Shared results, written by the runner and by the generation section.
     rows: dict[str, dict[str, list]] = field(default_factory=dict)
     columns: dict[str, Column] = field(default_factory=dict)

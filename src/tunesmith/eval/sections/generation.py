@@ -14,13 +14,16 @@ from tunesmith.generation import generate
 
 
 def generate_for(ctx: EvalContext, model, convs: list[list[dict]], progress=None,
-                 max_new_tokens: int | None = None) -> list[str]:
+                 max_new_tokens: int | None = None, eft: bool = False) -> list[str]:
     """Replies with the evaluation's decoding settings (shared by every section that generates);
-    `max_new_tokens` overrides the budget (the runner has already resolved "auto" to a number)."""
+    `max_new_tokens` overrides the budget (the runner has already resolved "auto" to a number);
+    `eft`: decoded by emulated fine-tuning with eval.eft_large, when it is set."""
     cfg = ctx.cfg
     return generate(model, ctx.tokenizer, convs, max_new_tokens=max_new_tokens or cfg.max_new_tokens, batch_size=cfg.batch_size,
                     temperature=cfg.temperature, top_p=cfg.top_p, seed=cfg.seed, system_prompt=ctx.system_prompt,
-                    precision=ctx.precision, progress=progress, loop_guard=ctx.loop_guard)
+                    precision=ctx.precision, progress=progress, loop_guard=ctx.loop_guard,
+                    prompt_lookup=cfg.prompt_lookup, draft_model=ctx.draft_model, draft_tokens=cfg.draft_tokens,
+                    eft_large=ctx.eft_large if eft else None, eft_beta=cfg.eft_beta)
 
 
 @register
@@ -44,7 +47,9 @@ class GenerationMetrics(EvalSection):
             convs = ctx.conversations(spec)
             looped_before = ctx.loop_guard.stopped if ctx.loop_guard is not None else 0
             with spec.active():
-                preds = generate_for(ctx, spec.model, convs, ctx.progress(spec.name, "generation", len(convs)))
+                # EFT up-scales the fine-tune; the baselines stay the small base's.
+                preds = generate_for(ctx, spec.model, convs, ctx.progress(spec.name, "generation", len(convs)),
+                                     eft=spec.name == "tuned")
             if ctx.loop_guard is not None:
                 result.report.setdefault("loops_stopped", {})[spec.name] = ctx.loop_guard.stopped - looped_before
             ctx.predictions[spec.name] = preds
@@ -56,6 +61,8 @@ class GenerationMetrics(EvalSection):
                          for i, s in enumerate(ctx.chat)]
             ctx.chat_rows[spec.name] = chat_rows
             result.predictions += chat_rows
+        if ctx.eft_large is not None:
+            result.report["eft"] = {"large": ctx.cfg.eft_large, "beta": ctx.cfg.eft_beta, "system": "tuned"}
         return result
 
     def notes(self, report: dict) -> list[str]:

@@ -1,0 +1,236 @@
+"""Generation benchmark on SmolLM2-135M (the embedded default): tunesmith's engine against transformers'
+`generate` (what offline evaluation ran before the engine did), and prompt lookup, on the quickstart task.
+
+    nice -n 10 .venv/bin/python bench/generate.py          # prints the tables; writes bench/out/generate.json
+
+Prompts: the quickstart's held-out orders, each with three training examples before it (the few-shot
+baseline every evaluation scores), greedy, `--new` tokens at most. Modes, all in this one process:
+
+  hf-bN      left-padded batches of N through `model.generate` (offline generation before the engine)
+  engine-bN  the engine at max_batch N (rows join as others finish)
+  +lookup    the engine at batch 1 with prompt lookup (`eval.prompt_lookup` / `serve --prompt-lookup`)
+
+On a shared machine timings swing from minute to minute, so the modes are interleaved: at batch 1
+each prompt runs in every mode before the next prompt; at batch 16 the modes alternate over
+`--rounds` rounds and each keeps its fastest. Every mode must give the same tokens (checked).
+
+`--breakdown` adds where one decode step's time goes (model forward, KV-cache writes, sampling, the
+rest of the engine's Python) at batch 1 and 16, with transformers' concatenating cache ("before")
+and the engine's preallocated slabs ("after"), on one torch thread and on one per core, interleaved
+the same way (the process's own thread setting is restored afterwards).
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import functools
+import json
+import os
+import platform
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+OUT = REPO / "bench" / "out"
+TASK = REPO / "src" / "tunesmith" / "assets" / "quickstart"
+
+
+def cpu_kind() -> str:
+    flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    if os.environ.get("ONEDNN_MAX_CPU_ISA", "").upper().startswith("AVX2") or os.environ.get("ATEN_CPU_CAPABILITY") == "avx2":
+        return "AVX2 only (simulated on an AVX-512 bf16 CPU)"
+    return "AVX-512 bf16" if "avx512_bf16" in flags else "AVX2 only"
+
+
+def conversations(n: int, shots: int = 3) -> list[list[dict]]:
+    """Few-shot quickstart prompts: `shots` training pairs as earlier turns, then a held-out order."""
+    def read(name):
+        return [json.loads(line)["messages"] for line in (TASK / name).read_text().splitlines() if line.strip()]
+
+    examples = [m for pair in read("train.jsonl")[:shots] for m in pair]
+    return [examples + test[:1] for test in read("test.jsonl")[:n]]
+
+
+@torch.no_grad()
+def hf_generate(model, tokenizer, convs, batch: int, new: int) -> list[list[int]]:
+    """Offline generation as it was before the engine: longest first, left-padded batches, `model.generate`."""
+    from tunesmith.data.tokenize import prompt_ids
+    from tunesmith.generation import left_pad, pad_id, stop_token_ids
+    from tunesmith.generation.sampling import generate_kwargs
+    from tunesmith.generation.stops import cut_at_stop
+
+    encoded = [prompt_ids(tokenizer, c) for c in convs]
+    order = sorted(range(len(encoded)), key=lambda i: -len(encoded[i]))
+    stops, pad, out = stop_token_ids(tokenizer), pad_id(tokenizer), [None] * len(encoded)
+    for start in range(0, len(order), batch):
+        chunk = order[start:start + batch]
+        ids, mask = left_pad([encoded[i] for i in chunk], pad)
+        gen = model.generate(input_ids=ids, attention_mask=mask, **generate_kwargs(new, pad, stops, 0.0))
+        for r, i in enumerate(chunk):
+            out[i] = cut_at_stop(gen[r, ids.shape[1]:].tolist(), stops)
+    return out
+
+
+def engine_generate(model, tokenizer, convs, batch: int, new: int, lookup: int = 0) -> list[list[int]]:
+    from tunesmith.generation import generate_tokens
+
+    return generate_tokens(model, tokenizer, convs, max_new_tokens=new, batch_size=batch, prompt_lookup=lookup)
+
+
+def timed(fn, *args, **kwargs):
+    t = time.perf_counter()
+    result = fn(*args, **kwargs)
+    return result, time.perf_counter() - t
+
+
+def batch1(model, tokenizer, convs, new: int) -> dict:
+    modes = {"hf-b1": lambda c: hf_generate(model, tokenizer, c, 1, new),
+             "engine-b1": lambda c: engine_generate(model, tokenizer, c, 1, new),
+             "engine-b1+lookup": lambda c: engine_generate(model, tokenizer, c, 1, new, lookup=8)}
+    seconds, replies = collections.defaultdict(list), collections.defaultdict(list)
+    for conv in convs:
+        for name, fn in modes.items():
+            out, dt = timed(fn, [conv])
+            seconds[name].append(dt)
+            replies[name] += out
+    return {name: summary(replies[name], seconds[name]) for name in modes}, replies
+
+
+def batch16(model, tokenizer, convs, new: int, rounds: int) -> dict:
+    modes = {"hf-b16": lambda: hf_generate(model, tokenizer, convs, 16, new),
+             "engine-b16": lambda: engine_generate(model, tokenizer, convs, 16, new)}
+    best, replies = {}, {}
+    for _ in range(rounds):
+        for name, fn in modes.items():
+            out, dt = timed(fn)
+            replies[name] = out
+            best[name] = min(best.get(name, dt), dt)
+    return {name: summary(replies[name], [best[name]]) for name in modes}, replies
+
+
+def summary(replies, seconds: list[float]) -> dict:
+    tokens = sum(len(r) for r in replies)
+    row = {"tokens": tokens, "seconds": round(sum(seconds), 3), "tokens_per_s": round(tokens / sum(seconds), 2)}
+    if len(seconds) > 1:
+        q = statistics.quantiles(seconds, n=20)
+        row.update(p50_s=round(statistics.median(seconds), 3), p95_s=round(q[-1], 3))
+    return row
+
+
+def breakdown(model, tokenizer, convs, steps: int, rounds: int) -> dict:
+    """ms per decode step by part, before (concatenating cache) and after (slabs), at batch 1 and 16."""
+    from transformers.cache_utils import DynamicLayer
+
+    from tunesmith.data.tokenize import prompt_ids
+    from tunesmith.generation import Engine, GenRequest
+    from tunesmith.generation import engine as engine_module
+    from tunesmith.generation.cache import SlabLayer
+
+    spent = collections.Counter()
+    decoding = [False]      # only time spent inside decode steps counts (not the prefill's forward)
+
+    def clock(key, fn, outer=False):
+        @functools.wraps(fn)
+        def wrapper(*a, **k):
+            if outer:
+                decoding[0] = True
+            t = time.perf_counter()
+            try:
+                return fn(*a, **k)
+            finally:
+                if decoding[0]:
+                    spent[key] += time.perf_counter() - t
+                if outer:
+                    decoding[0] = False
+        return wrapper
+
+    DynamicLayer.update = clock("cache", DynamicLayer.update)
+    SlabLayer.update = clock("cache", SlabLayer.update)
+    engine_module.choose_tokens = clock("sampling", engine_module.choose_tokens)
+    slab_cache = engine_module.slab_cache
+    threads_before = torch.get_num_threads()
+    results = {}
+    for _ in range(rounds):
+        for batch in (1, 16):
+            for variant, threads in (("before", 1), ("after", 1), ("after", os.cpu_count())):
+                torch.set_num_threads(threads)
+                engine_module.slab_cache = slab_cache if variant == "after" else (lambda *a, **k: None)
+                # No stop tokens: every row decodes exactly `steps` tokens.
+                rows = [GenRequest(prompt_ids=prompt_ids(tokenizer, convs[i % len(convs)]), sink=None, max_tokens=steps + 1,
+                                   temperature=0.0, text=False, timeout_s=float("inf")) for i in range(batch)]
+                engine = Engine(model, tokenizer, None, [], max_batch=batch)
+                engine.forward.last_logits = clock("forward", engine.forward.last_logits)
+                engine._decode = clock("step", engine._decode, outer=True)
+                spent.clear()
+                engine.run(rows)
+                n = engine.stats["decode_steps"]
+                ms = {k: 1000 * spent[k] / n for k in ("step", "forward", "cache", "sampling")}
+                parts = {"model": ms["forward"] - ms["cache"], "kv_cache_writes": ms["cache"], "sampling": ms["sampling"],
+                         "engine_python": ms["step"] - ms["forward"] - ms["sampling"], "total": ms["step"]}
+                key = f"b{batch}-{variant}-t{threads}"
+                if key not in results or parts["total"] < results[key]["total"]:
+                    results[key] = {k: round(v, 2) for k, v in parts.items()}
+    engine_module.slab_cache = slab_cache
+    torch.set_num_threads(threads_before)
+    return results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--n", type=int, default=16, help="held-out prompts (at most 60)")
+    parser.add_argument("--n1", type=int, default=8, help="of those, prompts run one at a time (batch 1 modes)")
+    parser.add_argument("--new", type=int, default=48, help="max new tokens per reply")
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--breakdown", action="store_true", help="also time the parts of one decode step")
+    parser.add_argument("--steps", type=int, default=32, help="decode steps per breakdown run")
+    args = parser.parse_args()
+
+    from tunesmith.models import load_model, load_tokenizer
+    from tunesmith.models.default import ensure_default_model
+
+    path = ensure_default_model()
+    tokenizer, model = load_tokenizer(str(path)), load_model(str(path)).eval()
+    convs = conversations(args.n)
+    load_before = os.getloadavg()[0]
+    engine_generate(model, tokenizer, convs[:1], 1, 2)          # first-call allocations are no mode's cost
+    one, one_replies = batch1(model, tokenizer, convs[:args.n1], args.new)
+    many, many_replies = batch16(model, tokenizer, convs, args.new, args.rounds)
+    results = {**one, **many}
+    same = {"b1": len({json.dumps(r) for r in one_replies.values()}) == 1,
+            "b16": len({json.dumps(r) for r in many_replies.values()}) == 1}
+    parts = breakdown(model, tokenizer, convs, args.steps, args.rounds) if args.breakdown else None
+    load_after = os.getloadavg()[0]
+    info = {"cpu": cpu_kind(), "processor": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
+            "cores": os.cpu_count(), "loadavg_before": round(load_before, 2), "loadavg_after": round(load_after, 2),
+            "args": vars(args)}
+
+    print(f"CPU: {info['cpu']}, {info['cores']} cores, torch threads {info['threads']}, "
+          f"load average {info['loadavg_before']} -> {info['loadavg_after']}")
+    print(f"SmolLM2-135M fp32, quickstart few-shot prompts, greedy, max {args.new} new tokens; identical replies: "
+          f"batch 1 {same['b1']}, batch 16 {same['b16']}\n")
+    print("| mode | prompts | tokens | seconds | tokens/s | p50 s | p95 s | vs hf, same batch |")
+    print("|---|---|---|---|---|---|---|---|")
+    for name, row in results.items():
+        ref = results["hf-b1" if "b1" in name and "b16" not in name else "hf-b16"]["tokens_per_s"]
+        prompts = args.n1 if "b16" not in name else args.n
+        print(f"| {name} | {prompts} | {row['tokens']} | {row['seconds']} | {row['tokens_per_s']} | {row.get('p50_s', '')} | "
+              f"{row.get('p95_s', '')} | {row['tokens_per_s'] / ref:.2f}x |")
+    if parts:
+        print("\nms per decode step (best of rounds); before = transformers' concatenating cache, after = slabs\n")
+        print("| batch | cache | torch threads | model | KV-cache writes | sampling | engine Python | total |")
+        print("|---|---|---|---|---|---|---|---|")
+        for key, p in sorted(parts.items(), key=lambda kv: (int(kv[0].split("-")[0][1:]), kv[0])):
+            batch, variant, threads = key.split("-")
+            print(f"| {batch[1:]} | {variant} | {threads[1:]} | {p['model']} | {p['kv_cache_writes']} | {p['sampling']} | "
+                  f"{p['engine_python']} | {p['total']} |")
+    OUT.mkdir(parents=True, exist_ok=True)
+    (OUT / "generate.json").write_text(json.dumps({"info": info, "results": results, "identical": same,
+                                                   "breakdown": parts}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
