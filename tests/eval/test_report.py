@@ -249,8 +249,8 @@ def test_lm_eval_not_installed_is_skipped_with_its_reason(monkeypatch):
 
 
 @pytest.mark.parametrize("args,module,message", [
-    (["--metrics", "exact_match,bleu"], "sacrebleu", "eval.metrics: bleu needs the sacrebleu package"),
-    (["--metrics", "rouge2"], "rouge_score", "eval.metrics: rouge2 needs the rouge_score package"),
+    (["--metrics", "exact_match,bleu"], "sacrebleu", "--metrics: bleu needs the sacrebleu package"),
+    (["--metrics", "rouge2"], "rouge_score", "--metrics: rouge2 needs the rouge_score package"),
     (["--judge", "openai:gpt-4o-mini"], "openai", "eval.judge: the openai judge needs the openai package"),
 ])
 def test_cli_missing_extra_fails_before_the_model_is_touched(args, module, message, files, tmp_path, capsys, monkeypatch):

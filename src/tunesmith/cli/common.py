@@ -24,8 +24,11 @@ def _root(debug: bool = typer.Option(False, "--debug", help="show tracebacks for
 
 def print_table(title: str, header: list[str], rows: list[tuple]) -> None:
     table = Table(title=title)
-    for h in header:
-        table.add_column(h)
+    # The first column names the row (a job id, a system): never cut, however narrow the output, since
+    # users copy it into the next command; the other columns wrap instead.
+    first = max([len(header[0])] + [len(str(r[0])) for r in rows])
+    for i, h in enumerate(header):
+        table.add_column(h, no_wrap=i == 0, min_width=first if i == 0 else None, overflow="fold")
     for row in rows:
         table.add_row(*[str(c) for c in row])
     out.print(table)
