@@ -22,9 +22,8 @@ def request_key(payload: dict) -> str:
 
 class RequestCache:
     def __init__(self, folder: str | Path | None):
+        # Created by the first reply stored: a run stopped before asking anything leaves nothing behind.
         self.folder = Path(folder) if folder else None
-        if self.folder is not None:
-            self.folder.mkdir(parents=True, exist_ok=True)
 
     def _path(self, key: str) -> Path:
         return self.folder / key[:2] / f"{key}.json"
@@ -47,4 +46,4 @@ class RequestCache:
             json.dump(value, fh, ensure_ascii=False)
 
     def __len__(self) -> int:
-        return 0 if self.folder is None else sum(1 for _ in self.folder.glob("*/*.json"))
+        return 0 if self.folder is None or not self.folder.is_dir() else sum(1 for _ in self.folder.glob("*/*.json"))

@@ -9,7 +9,6 @@ seen, what was accepted), so a run that synthesizes in rounds curates as if all 
 
 from __future__ import annotations
 
-import os
 import re
 from collections import Counter
 from dataclasses import dataclass, field
@@ -19,7 +18,7 @@ from tunesmith.data.dedup import NearDupIndex, NearDupParams, exact_digest
 from tunesmith.data.formats import FORMATS, FieldProblem
 from tunesmith.synth.checks import Check
 from tunesmith.synth.examples import Candidate
-from tunesmith.synth.novelty import HeldOutIndex, NoveltyPool
+from tunesmith.synth.novelty import HeldOutIndex, NoveltyPool, shared_prefix
 
 JUDGE_PROMPT = Path(__file__).resolve().parents[1] / "assets" / "synth" / "judge_rubric.md"
 
@@ -95,17 +94,6 @@ class DedupStage(Stage):
             kept.append(c)
             self.count.kept += 1
         return kept
-
-
-def shared_prefix(texts: list[str]) -> str:
-    """The opening every text shares, cut back to a whole line or word ("" for fewer than two texts)."""
-    if len(texts) < 2:
-        return ""
-    prefix = os.path.commonprefix(texts)
-    if all(len(t) == len(prefix) for t in texts):
-        return ""
-    cut = max(prefix.rfind("\n"), prefix.rfind(" "))
-    return prefix[:cut + 1] if cut >= 0 else ""
 
 
 class NoveltyStage(Stage):

@@ -8,6 +8,7 @@ once per comparison, which is what makes checking every candidate against every 
 
 from __future__ import annotations
 
+import os
 import re
 
 _NON_ALNUM = re.compile(r"[^a-z0-9]+")
@@ -59,6 +60,17 @@ class NoveltyPool:
         self.tokens.append(rouge_tokens(text))
 
 
+def shared_prefix(texts: list[str]) -> str:
+    """The opening every text shares, cut back to a whole word ("" for fewer than two texts)."""
+    if len(texts) < 2:
+        return ""
+    prefix = os.path.commonprefix(texts)
+    if any(len(t) == len(prefix) for t in texts):
+        return ""
+    cut = max(prefix.rfind("\n"), prefix.rfind(" "))
+    return prefix[:cut + 1] if cut >= 0 else ""
+
+
 def word_ngrams(text: str, n: int) -> set[tuple[str, ...]]:
     """Word n-grams of `text`; a text shorter than n words is one n-gram (it can only match whole)."""
     words = rouge_tokens(text)
@@ -67,28 +79,44 @@ def word_ngrams(text: str, n: int) -> set[tuple[str, ...]]:
     return {tuple(words[i:i + n]) for i in range(len(words) - n + 1)}
 
 
+def _frequent(texts: list[str], n: int, share: float) -> set[tuple]:
+    """n-grams found in more than `share` of `texts`, and in at least 2 of them."""
+    counts: dict[tuple, int] = {}
+    for text in texts:
+        for g in word_ngrams(text, n):
+            counts[g] = counts.get(g, 0) + 1
+    limit = max(2, share * len(texts))
+    return {g for g, c in counts.items() if c >= limit}
+
+
 class HeldOutIndex:
     """The held-out set's word n-grams, minus the task's boilerplate.
 
     An instruction every example repeats ("Extract the order as JSON with keys ...") is the task,
-    not a leak: n-grams found in the training inputs, or in more than `common` of the held-out
-    examples, are ignored. Anything else shared with a held-out example is contamination."""
+    not a leak: n-grams found in more than `common` (and at least 2) of the training inputs, or of
+    the held-out examples, are ignored. Anything else shared with a held-out example, including
+    what a single input shares with it, is contamination."""
 
     def __init__(self, held_out: list[tuple[str, str]], n: int, boilerplate: list[str] = (), common: float = 0.1):
         self.n = n
-        counts: dict[tuple, int] = {}
+        # The opening every input shares is cut first, so n-grams straddling it and the varying part
+        # ("... or normal. Order: The Athens office needs") do not count as a leak.
+        self.prefix = shared_prefix(list(boilerplate))
+        boilerplate = [self._varying(t) for t in boilerplate]
+        held_out = [(ident, self._varying(text)) for ident, text in held_out]
         self.owner: dict[tuple, str] = {}
         for ident, text in held_out:
             for g in word_ngrams(text, n):
-                counts[g] = counts.get(g, 0) + 1
                 self.owner.setdefault(g, ident)
-        shared = {g for text in boilerplate for g in word_ngrams(text, n)}
-        limit = max(2, common * len(held_out))
-        self.grams = {g for g, c in counts.items() if c <= limit and g not in shared}
+        frequent = _frequent([t for _, t in held_out], n, common) | _frequent(list(boilerplate), n, common)
+        self.grams = set(self.owner) - frequent
+
+    def _varying(self, text: str) -> str:
+        return text[len(self.prefix):] if self.prefix and text.startswith(self.prefix) else text
 
     def overlap(self, text: str) -> str | None:
         """The id of a held-out example `text` shares an n-gram with, or None."""
-        for g in word_ngrams(text, self.n):
+        for g in word_ngrams(self._varying(text), self.n):
             if g in self.grams:
                 return self.owner[g]
         return None

@@ -18,7 +18,7 @@ class SynthOptions(Section):
     max_requests: int | None = Field(None, ge=1, description="at most this many synthesis requests (empty: 4 x --n)")
     test: str | None = Field(None, description="held-out test data: never shown to the teacher, and candidates sharing "
                                                "an n-gram with it are dropped (decontamination)")
-    decontam_ngram: int = Field(8, ge=1, description="word n-gram size of the decontamination check")
+    decontam_ngram: int = Field(13, ge=1, description="word n-gram size of the decontamination check (13, as GPT-3's)")
     novelty: float = Field(0.7, gt=0, le=1, description="drop a new prompt whose ROUGE-L with an input or an accepted "
                                                         "prompt reaches this (from-seeds, evolve)")
     near_dup: float = Field(0.8, gt=0, le=1, description="near-duplicate MinHash Jaccard threshold (1: exact duplicates only)")
