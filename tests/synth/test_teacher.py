@@ -100,3 +100,11 @@ def test_local_teacher_generates_through_our_engine(tiny_model_dir, tmp_path):
     again = make_teacher(f"local:{tiny_model_dir}", _settings(max_tokens=6, temperature=0.0), RequestCache(tmp_path / "c"))
     assert [r.text for r in again.chat_many(_convs(3), stage="s")] == [r.text for r in replies]
     assert again.usage["s"].cached == 3 and again._loaded is None   # nothing asked: the model never loaded
+
+
+def test_the_same_request_twice_in_one_call_is_asked_once(teacher, tmp_path):
+    scripted, url = teacher
+    t = make_teacher("openai:scripted", _settings(), RequestCache(tmp_path / "c"), base_url=url)
+    replies = t.chat_many(_convs(2) + _convs(2), stage="s")
+    assert [r.text for r in replies[2:]] == [r.text for r in replies[:2]]
+    assert sum(scripted.served.values()) == 2 and (t.usage["s"].requests, t.usage["s"].cached) == (2, 2)

@@ -9,6 +9,8 @@ from pathlib import Path
 import typer
 
 from tunesmith.cli.common import app, err, out, print_table
+from tunesmith.cli.options import options_from
+from tunesmith.data.from_traffic import TrafficOptions
 
 data_app = typer.Typer(no_args_is_help=True, help="Validate, inspect, clean, convert and split training data.")
 app.add_typer(data_app, name="data")
@@ -242,3 +244,31 @@ def data_pairs(run: Path = typer.Argument(..., help="an eval report folder (or t
                 + (f", judge {summary.judge}" if summary.judge else "") + f") -> {summary.kept} pairs",
                 ["", "count"], rows)
     _plain(f"wrote {summary.kept} pairs to {output}")
+
+
+@data_app.command("from-traffic")
+@options_from(TrafficOptions, into="opts")
+def data_from_traffic(log: Path = typer.Argument(..., help="the server's traffic log (tunesmith serve --traffic-log)"),
+                      output: Path = typer.Option(..., "-o", "--output", help="training data out (.jsonl, .json or .parquet); "
+                                                  "the held-out part goes to STEM.test.jsonl"),
+                      as_json: bool = typer.Option(False, "--json", help="print the report as JSON"),
+                      opts: TrafficOptions | None = None):
+    """Served traffic -> dataset: filter by model / adapter / tag / time, drop cut-off answers, strip a
+    shared system prompt, dedup, hold out a test split, optionally relabel with a teacher."""
+    from tunesmith.data.from_traffic import harvest
+
+    result = harvest(log, output, opts)
+    r = result.report
+    if as_json:
+        out.print_json(json.dumps(r))
+        return
+    rows = [(f"dropped: {why}", n) for why, n in r["dropped"].items()]
+    rows += [("kept", r["kept"]), ("train", r["train"]), ("test", r["test"])]
+    if r["stripped_system_prompt"]:
+        rows.append(("stripped system prompt", r["stripped_system_prompt"][:60]))
+    if "teacher" in r:
+        t = r["teacher"]
+        rows.append(("relabelled by", f"{t['name']}: {t['requests']} asked, {t['cached']} cached, "
+                                      f"{t['prompt_tokens']}+{t['completion_tokens']} tokens"))
+    print_table(f"{log}: {r['records']} records", ["", "count"], rows)
+    _plain(f"wrote {result.train}" + (f" and {result.test}" if result.test else ""))

@@ -134,14 +134,19 @@ class Teacher:
         keys = [self.key(m, v, temperature) for m, v in zip(conversations, variants)]
         replies: list[Reply | None] = []
         todo: list[int] = []
+        copies: dict[str, list[int]] = {}   # the same request twice in one call is asked once
         for i, key in enumerate(keys):
             hit = self.cache.get(key)
             if hit is not None and isinstance(hit.get("text"), str):
                 reply = Reply(hit["text"], hit.get("prompt_tokens", 0), hit.get("completion_tokens", 0), cached=True)
                 self._count(stage, reply)
                 replies.append(reply)
+                continue
+            replies.append(None)
+            if key in copies:
+                copies[key].append(i)
             else:
-                replies.append(None)
+                copies[key] = []
                 todo.append(i)
         if progress is not None and len(todo) < len(keys):
             progress(len(keys) - len(todo))
@@ -152,6 +157,11 @@ class Teacher:
                                          "completion_tokens": reply.completion_tokens})
             self._count(stage, reply, retries)
             replies[i] = reply
+            for j in copies[keys[i]]:
+                replies[j] = Reply(reply.text, reply.prompt_tokens, reply.completion_tokens, cached=reply.text is not None,
+                                   error=reply.error)
+                if reply.text is not None:   # counted as a cache hit: it cost nothing more
+                    self._count(stage, replies[j])
             if progress is not None:
                 progress(1)
 
