@@ -41,10 +41,17 @@ def split_samples(samples: list[Sample], fraction: float, seed: int) -> tuple[li
     return split_items(samples, fraction, seed)
 
 
-def load_data(cfg: RunConfig) -> tuple[list[Sample], list[Sample]]:
+def load_data(cfg: RunConfig, events: Events | None = None) -> tuple[list[Sample], list[Sample]]:
     if not cfg.data.train:
         raise UserError("data.train is not set", hint="point data.train at a .jsonl file, e.g. --set data.train=my.jsonl")
-    train = load_samples(cfg.data.train, cfg.data.format)
+    if isinstance(cfg.data.train, list):
+        from tunesmith.data.mix import load_mix, mix_line
+
+        train, parts = load_mix(cfg.data.train, cfg.data.format, cfg.train.seed)
+        if events is not None:
+            events.message(mix_line(parts))
+    else:
+        train = load_samples(cfg.data.train, cfg.data.format)
     if cfg.data.val:
         return train, load_samples(cfg.data.val, cfg.data.format)
     fraction = auto.auto_val_fraction(len(train)) if cfg.data.val_split == "auto" else cfg.data.val_split
@@ -139,7 +146,9 @@ class _Run:
 
             validate_eval(cfg.eval)  # a missing metric extra or a bad judge fails now, not after training
         run_dir = RunDir(cfg.output.dir)
-        inputs = [cfg.model.base, cfg.data.train, cfg.data.val, cfg.eval.data]
+        from tunesmith.data.mix import source_paths
+
+        inputs = [cfg.model.base, *source_paths(cfg.data.train), cfg.data.val, cfg.eval.data]
         run_dir.prepare(resume=resume, overwrite=cfg.output.overwrite, inputs=[p for p in inputs if p])
         with atomic_file(run_dir.config) as fh:
             fh.write(dump_yaml(cfg))
@@ -147,7 +156,7 @@ class _Run:
         resolved = resolve_base(cfg.model.base)
         events.message(f"base model: {resolved.label} ({resolved.path})")
         tokenizer = load_tokenizer(resolved, cfg.data.template)
-        train_samples, val_samples = load_data(cfg)
+        train_samples, val_samples = load_data(cfg, events)
         chosen = auto.Resolved()   # what each "auto" setting became, printed and saved with the run
         cfg = auto.resolve_val_split(cfg, len(train_samples) + len(val_samples), chosen)
         cfg, max_len = resolve_data_max_len(cfg, objective_cls, tokenizer, train_samples, resolved.path)
