@@ -5,6 +5,7 @@ Every setting is a field of `SynthOptions` (synth/options.py): its flag, default
 
 from __future__ import annotations
 
+import enum
 from pathlib import Path
 
 import typer
@@ -15,6 +16,8 @@ from tunesmith.synth.modes import MODES
 from tunesmith.synth.options import SynthOptions
 
 _MODE_HELP = "; ".join(f"{name}: {cls.help}" for name, cls in MODES.items())
+# An Enum, so --help lists the modes and typer rejects an unknown one with the choices.
+ModeChoice = enum.Enum("ModeChoice", {name: name for name in MODES}, type=str)
 
 
 def _teacher_cell(usage: dict | None) -> str:
@@ -41,7 +44,7 @@ def print_yield(report: dict) -> None:
 
 @app.command("synth")
 @options_from(SynthOptions, into="opts")
-def synth_command(mode: str = typer.Argument(..., help=f"what to synthesize: {_MODE_HELP}"),
+def synth_command(mode: ModeChoice = typer.Argument(..., help=f"what to synthesize: {_MODE_HELP}"),
                   source: Path = typer.Argument(..., help="seeds / prompts (a data file) or documents (from-docs)"),
                   output: Path = typer.Option(..., "-o", "--output", help="training data out (.jsonl, .json or .parquet); "
                                               "its yield report goes next to it as STEM.report.json"),
@@ -53,7 +56,7 @@ def synth_command(mode: str = typer.Argument(..., help=f"what to synthesize: {_M
 
     from tunesmith.synth.run import synthesize
 
-    result = synthesize(mode, source, output, opts)
+    result = synthesize(mode.value, source, output, opts)
     if as_json:
         out.print_json(json.dumps(result.report))
         return
