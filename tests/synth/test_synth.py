@@ -161,3 +161,16 @@ def test_a_killed_run_resumes_without_asking_the_teacher_again(seeds, tmp_path):
     report = _report(out)
     assert report["kept"] == 40 and report["teacher_usage"]["cached"] >= asked_before - 4   # in-flight replies were lost
     assert report["teacher_usage"]["requests"] + report["teacher_usage"]["cached"] == sum(scripted.served.values())
+
+
+def test_a_teacher_that_stops_answering_stops_the_run_without_output(seeds, tmp_path, capsys):
+    from tests.synth.teacher_server import RunningTeacher, ScriptedTeacher
+
+    scripted = ScriptedTeacher()
+    out = tmp_path / "x.jsonl"
+    with RunningTeacher(scripted) as url:
+        scripted.reply = lambda text: (_ for _ in ()).throw(RuntimeError("teacher bug"))   # every request: HTTP 500
+        code, _, err = cli(["synth", "from-seeds", str(seeds), "-o", str(out), "--teacher", "openai:scripted",
+                            "--teacher-url", url, "--max-retries", "1", "--backoff-seconds", "0.01"], capsys)
+    assert code == 2 and "teacher openai:scripted answered none of 8 requests: InternalServerError" in err
+    assert not out.exists()

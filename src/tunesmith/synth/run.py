@@ -154,6 +154,11 @@ def synthesize(mode_name: str, source: str | Path, output: str | Path, opts: Syn
             break
         replies = teacher.chat_many([r.messages for r in requests], stage="synthesize",
                                     variants=[r.variant for r in requests])
+        if all(r.text is None for r in replies):
+            # A teacher that stopped answering: stop rather than write a thin output; what was
+            # answered so far is cached, so the same command resumes.
+            raise UserError(f"teacher {teacher.name} answered none of {len(replies)} requests: {replies[0].error}",
+                            hint="check the teacher, then rerun the same command: answered requests are cached")
         candidates = []
         for r, reply in zip(requests, replies):
             generate["in"] += 1
