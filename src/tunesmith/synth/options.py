@@ -13,9 +13,10 @@ class SynthOptions(Section):
     teacher_url: str | None = Field(None, description="base URL of the teacher's endpoint, e.g. http://127.0.0.1:8000/v1 "
                                                       "(empty: api.openai.com)")
     teacher_key_env: str = Field("OPENAI_API_KEY", description="environment variable holding the endpoint's API key")
-    n: int = Field(100, ge=1, description="examples to keep (from-seeds, evolve: asked until this many pass curation; "
-                                          "other modes stop here too)")
-    max_requests: int | None = Field(None, ge=1, description="at most this many synthesis requests (empty: 4 x --n)")
+    n: int | None = Field(None, ge=1, description="examples to keep: from-seeds and evolve ask until this many pass "
+                                                  "curation (empty: 100); the other modes stop here (empty: every input)")
+    max_requests: int | None = Field(None, ge=1, description="at most this many synthesis requests (empty: 4 x the from-seeds / "
+                                                             "evolve target, no limit for the other modes)")
     test: str | None = Field(None, description="held-out test data: never shown to the teacher, and candidates sharing "
                                                "an n-gram with it are dropped (decontamination)")
     decontam_ngram: int = Field(13, ge=1, description="word n-gram size of the decontamination check (13, as GPT-3's)")

@@ -38,6 +38,8 @@ from tunesmith.synth.novelty import HeldOutIndex
 from tunesmith.synth.options import SynthOptions
 from tunesmith.synth.teacher import Pricing, Teacher, TeacherSettings, make_teacher, usage_dict
 
+OPEN_ENDED_DEFAULT = 100
+
 
 @dataclass
 class SynthResult:
@@ -136,13 +138,15 @@ def synthesize(mode_name: str, source: str | Path, output: str | Path, opts: Syn
         stages.append(JudgeStage(judge, opts.min_score, rubric))
     pipeline = Pipeline(stages)
 
-    limit = opts.max_requests or (4 * opts.n if mode_cls.open_ended else None)
+    # Open-ended modes ask until `n` pass (100 unless given); the others answer every input, or stop at `n`.
+    target = opts.n or (OPEN_ENDED_DEFAULT if mode_cls.open_ended else None)
+    limit = opts.max_requests or (4 * target if mode_cls.open_ended else None)
     batch_size = max(opts.concurrency * 2, 8)
     generate = {"in": 0, "out": 0, "dropped": Counter()}
     kept: list[Candidate] = []
     started = time.monotonic()
     i = 0
-    while len(kept) < opts.n and (limit is None or i < limit):
+    while (target is None or len(kept) < target) and (limit is None or i < limit):
         requests = []
         while len(requests) < batch_size and (limit is None or i < limit):
             r = mode.request(i)
@@ -176,8 +180,8 @@ def synthesize(mode_name: str, source: str | Path, output: str | Path, opts: Syn
             generate["out"] += len(made)
         kept += pipeline.run(candidates)
         if progress is not None:
-            progress(requests=i, kept=min(len(kept), opts.n))
-    kept = kept[:opts.n]
+            progress(requests=i, kept=len(kept) if target is None else min(len(kept), target))
+    kept = kept[:target]
 
     with open_writer(output) as write:
         for c in kept:
@@ -192,7 +196,7 @@ def synthesize(mode_name: str, source: str | Path, output: str | Path, opts: Syn
     total = {k: sum(u[k] for u in usage.values()) for k in ("requests", "cached", "failed", "retries",
                                                               "prompt_tokens", "completion_tokens")}
     total["cost"] = round(sum(u["cost"] for u in usage.values()), 6)
-    report |= {"requests": i, "kept": len(kept), "target": opts.n, "stages": stage_rows, "teacher_usage": total,
+    report |= {"requests": i, "kept": len(kept), "target": target, "stages": stage_rows, "teacher_usage": total,
                "judge": judge.name if judge is not None else None, "seconds": round(time.monotonic() - started, 2)}
     rpath = report_path_for(output)
     write_json(rpath, report)
