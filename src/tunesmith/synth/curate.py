@@ -21,6 +21,8 @@ from tunesmith.synth.examples import Candidate
 from tunesmith.synth.novelty import HeldOutIndex, NoveltyPool, shared_prefix
 
 JUDGE_PROMPT = Path(__file__).resolve().parents[1] / "assets" / "synth" / "judge_rubric.md"
+# The rubric asks for one "Score: N" line; room for a short justification before it, not an essay.
+JUDGE_MAX_TOKENS = 64
 
 
 @dataclass
@@ -206,7 +208,7 @@ class JudgeStage(Stage):
 
     def run(self, candidates: list[Candidate]) -> list[Candidate]:
         prompts = [[{"role": "user", "content": self.rubric.format(question=c.prompt, answer=c.answer)}] for c in candidates]
-        replies = self.judge.chat_many(prompts, stage="judge", temperature=0.0) if prompts else []
+        replies = self.judge.chat_many(prompts, stage="judge", temperature=0.0, max_tokens=JUDGE_MAX_TOKENS) if prompts else []
         kept = []
         for c, reply in zip(candidates, replies):
             self.count.seen += 1

@@ -104,9 +104,9 @@ class Teacher:
     def check(self) -> None:
         """Raise a one-line UserError when the teacher cannot answer (called before any work)."""
 
-    def key(self, messages: list[dict], variant: int, temperature: float) -> str:
+    def key(self, messages: list[dict], variant: int, temperature: float, max_tokens: int) -> str:
         return request_key({"teacher": self.name, "messages": messages, "temperature": temperature,
-                            "max_tokens": self.settings.max_tokens, "variant": variant})
+                            "max_tokens": max_tokens, "variant": variant})
 
     def stage(self, name: str) -> StageUsage:
         with self._lock:
@@ -127,11 +127,14 @@ class Teacher:
             u.cost += self.settings.pricing.cost(reply.prompt_tokens, reply.completion_tokens)
 
     def chat_many(self, conversations: list[list[dict]], *, stage: str, variants: list[int] | None = None,
-                  temperature: float | None = None, progress: Callable[[int], None] | None = None) -> list[Reply]:
-        """One reply per conversation, in order; cached ones are read back, the rest are asked."""
+                  temperature: float | None = None, max_tokens: int | None = None,
+                  progress: Callable[[int], None] | None = None) -> list[Reply]:
+        """One reply per conversation, in order; cached ones are read back, the rest are asked.
+        `temperature` and `max_tokens` override the settings' (a judge needs 0 and a few tokens)."""
         temperature = self.settings.temperature if temperature is None else temperature
+        max_tokens = max_tokens or self.settings.max_tokens
         variants = variants or [0] * len(conversations)
-        keys = [self.key(m, v, temperature) for m, v in zip(conversations, variants)]
+        keys = [self.key(m, v, temperature, max_tokens) for m, v in zip(conversations, variants)]
         replies: list[Reply | None] = []
         todo: list[int] = []
         copies: dict[str, list[int]] = {}   # the same request twice in one call is asked once
@@ -166,11 +169,11 @@ class Teacher:
                 progress(1)
 
         if todo:
-            self._ask_many([(conversations[i], variants[i]) for i in todo], temperature,
+            self._ask_many([(conversations[i], variants[i]) for i in todo], temperature, max_tokens,
                            lambda j, reply, retries=0: done(todo[j], reply, retries))
         return replies  # type: ignore[return-value]
 
-    def _ask_many(self, requests: list[tuple[list[dict], int]], temperature: float,
+    def _ask_many(self, requests: list[tuple[list[dict], int]], temperature: float, max_tokens: int,
                   done: Callable[..., None]) -> None:
         raise NotImplementedError
 
@@ -216,7 +219,7 @@ class EndpointTeacher(Teacher):
         except ValueError:
             return None
 
-    def _ask(self, messages: list[dict], variant: int, temperature: float) -> tuple[Reply, int]:
+    def _ask(self, messages: list[dict], variant: int, temperature: float, max_tokens: int) -> tuple[Reply, int]:
         import openai
 
         s = self.settings
@@ -225,7 +228,7 @@ class EndpointTeacher(Teacher):
             self.limit.wait()
             try:
                 response = self.client.chat.completions.create(
-                    model=self.model, messages=messages, temperature=temperature, max_tokens=s.max_tokens,
+                    model=self.model, messages=messages, temperature=temperature, max_tokens=max_tokens,
                     seed=variant)
                 text = response.choices[0].message.content or ""
                 usage = response.usage
@@ -244,14 +247,20 @@ class EndpointTeacher(Teacher):
             time.sleep(wait if wait is not None else s.backoff_seconds * 2 ** retries * (0.5 + random.random()))
             retries += 1
 
-    def _ask_many(self, requests, temperature, done) -> None:
+    def _ask_many(self, requests, temperature, max_tokens, done) -> None:
         def one(j: int) -> None:
-            reply, retries = self._ask(*requests[j], temperature)
+            reply, retries = self._ask(*requests[j], temperature, max_tokens)
             done(j, reply, retries)
 
-        with ThreadPoolExecutor(max_workers=max(1, self.settings.concurrency)) as pool:
+        pool = ThreadPoolExecutor(max_workers=max(1, self.settings.concurrency))
+        try:
             for future in [pool.submit(one, j) for j in range(len(requests))]:
                 future.result()
+        except BaseException:
+            # Ctrl-C or an error: ask nothing new, but let the requests in flight land in the cache.
+            pool.shutdown(wait=True, cancel_futures=True)
+            raise
+        pool.shutdown()
 
 
 class LocalTeacher(Teacher):
@@ -282,14 +291,14 @@ class LocalTeacher(Teacher):
             self._loaded = (model, tokenizer)
         return self._loaded
 
-    def _ask_many(self, requests, temperature, done) -> None:
+    def _ask_many(self, requests, temperature, max_tokens, done) -> None:
         from tunesmith.data.tokenize import prompt_ids
         from tunesmith.generation import generate_tokens
 
         model, tokenizer = self._load()
         conversations = [m for m, _ in requests]
         seed = requests[0][1] if requests else 0
-        tokens = generate_tokens(model, tokenizer, conversations, max_new_tokens=self.settings.max_tokens,
+        tokens = generate_tokens(model, tokenizer, conversations, max_new_tokens=max_tokens,
                                  temperature=temperature, seed=seed)
         for j, (conv, new) in enumerate(zip(conversations, tokens)):
             text = tokenizer.decode(new, skip_special_tokens=True).strip()
