@@ -117,3 +117,16 @@ def test_decontamination_ignores_task_boilerplate_and_catches_leaks():
     prompt, answer = order(305)
     assert index.overlap("Please do this.\n" + prompt.split("\n")[1] + "\n" + answer) == "t305"   # other instruction
     assert index.overlap(prompt + "\nsomething else entirely") is None                    # 7 varying words only
+
+
+def test_a_local_model_judges_through_the_same_stage(tiny_model_dir, tmp_path):
+    """The judge path with `local:` (our generation engine). A tiny random model gives no usable
+    scores, so this checks the plumbing and the accounting, not the judge's accuracy."""
+    judge = make_teacher(f"local:{tiny_model_dir}", TeacherSettings(), RequestCache(tmp_path / "c"))
+    stage = JudgeStage(judge, 7, load_rubric())
+    candidates = [_candidate(*order(n)) for n in range(4)]
+    kept = stage.run(candidates)
+    assert stage.count.seen == 4 and stage.count.kept == len(kept)
+    assert sum(stage.count.dropped.values()) == 4 - len(kept)
+    usage = judge.usage["judge"]
+    assert usage.requests == 4 and 0 < usage.completion_tokens <= 4 * 64      # the judge's token cap
