@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny, ValidationError, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
 from tunesmith.data import formats as data_formats
@@ -69,8 +69,24 @@ class ModelConfig(Section):
         "the frozen reference. The method's options must match the adapter's (r, target_modules)"))
 
 
+class MixSource(Section):
+    """One source of a `data.train` mix (data/mix.py)."""
+
+    path: str = Field(description="a data file or folder, or 'general' (the shipped general instruction set)")
+    weight: float | None = Field(None, gt=0, description="share of the mix (weights are normalised to sum to 1)")
+    count: int | None = Field(None, ge=1, description="examples to take (repeated when the source has fewer)")
+
+    @model_validator(mode="after")
+    def _one_of(self):
+        if self.weight is not None and self.count is not None:
+            raise ValueError(f"{self.path}: give a weight or a count, not both")
+        return self
+
+
 class DataConfig(Section):
-    train: str | None = Field(None, description="training data file or folder (.jsonl, .json, .parquet, .csv, datasets folder)")
+    train: str | list[MixSource] | None = Field(None, description=(
+        "training data file or folder (.jsonl, .json, .parquet, .csv, datasets folder), or a mix: a list of "
+        "{path, weight} or {path, count} (path 'general': the shipped general instruction set)"))
     val: str | None = Field(None, description="validation data; when empty, val_split of train is held out")
     val_split: Literal["auto"] | float = Field("auto", description=auto.DESCRIPTIONS["val_split"])
     format: str = Field("auto", description="input format; 'auto' detects it from the first record that matches a format; "
@@ -89,6 +105,34 @@ class DataConfig(Section):
     @classmethod
     def _max_len(cls, value: Any) -> Any:
         return auto_or_int(value, above=8)
+
+    @field_validator("train", mode="before")
+    @classmethod
+    def _mix(cls, value: Any) -> Any:
+        if not isinstance(value, list):
+            return value
+        if not value:
+            raise ValueError("an empty list of sources")
+        sources = []
+        for i, v in enumerate(value, start=1):
+            item = {"path": v} if isinstance(v, str) else v
+            if not isinstance(item, dict):
+                raise ValueError(f"source {i}: expected a path or {{path, weight | count}}, got {type(v).__name__}")
+            unknown = sorted(set(item) - set(MixSource.model_fields))
+            if unknown:
+                guess = difflib.get_close_matches(unknown[0], list(MixSource.model_fields), n=1)
+                raise ValueError(f"source {i}: unknown key '{unknown[0]}'" + (f" (did you mean '{guess[0]}'?)" if guess else "")
+                                 + "; a source has path and weight or count")
+            try:
+                sources.append(MixSource.model_validate(item))
+            except ValidationError as exc:
+                first = exc.errors()[0]
+                where = ".".join(str(p) for p in first["loc"])
+                raise ValueError(f"source {i}{' ' + where if where else ''}: {first['msg'].removeprefix('Value error, ')}") from None
+        weighted = [s.weight is not None for s in sources]
+        if any(weighted) and not all(weighted):
+            raise ValueError("give every source a weight, or none (then counts, or whole sources)")
+        return sources
 
     @field_validator("val_split", mode="before")
     @classmethod
@@ -344,13 +388,26 @@ PATH_KEYS = (("model", "adapter"), ("data", "train"), ("data", "val"), ("eval", 
              ("eval", "judge_prompt"), ("eval", "docs"))
 
 
+def _relative(value: str, base: Path, keep: tuple[str, ...] = ()) -> str:
+    if not value or Path(value).is_absolute():
+        return value
+    candidate = base / value
+    if candidate.exists() or (not Path(value).exists() and value not in keep):
+        return str(candidate)
+    return value
+
+
 def _resolve_relative(raw: dict, base: Path) -> None:
     for section, key in PATH_KEYS:
         value = (raw.get(section) or {}).get(key)
-        if value and not Path(value).is_absolute():
-            candidate = base / value
-            if candidate.exists() or not Path(value).exists():
-                raw[section][key] = str(candidate)
+        if isinstance(value, list):  # a data.train mix: each source's path; builtin names stay names
+            from tunesmith.data.mix import BUILTIN
+
+            raw[section][key] = [{**v, "path": _relative(v["path"], base, tuple(BUILTIN))}
+                                 if isinstance(v, dict) and isinstance(v.get("path"), str)
+                                 else _relative(v, base, tuple(BUILTIN)) if isinstance(v, str) else v for v in value]
+        elif isinstance(value, str):
+            raw[section][key] = _relative(value, base)
 
 
 def dump_yaml(cfg: RunConfig) -> str:

@@ -41,12 +41,21 @@ def split_samples(samples: list[Sample], fraction: float, seed: int) -> tuple[li
     return split_items(samples, fraction, seed)
 
 
-def load_data(cfg: RunConfig, resolved: auto.Resolved | None = None) -> tuple[RunConfig, list[Sample], list[Sample]]:
-    """(cfg with data.val_split a number, train, val): the training file split as data.val_split says,
-    or the training file and data.val. An "auto" split is recorded in `resolved` when given."""
+def load_data(cfg: RunConfig, resolved: auto.Resolved | None = None,
+              events: Events | None = None) -> tuple[RunConfig, list[Sample], list[Sample]]:
+    """(cfg with data.val_split a number, train, val): the training data (one file, or a mix of sources
+    whose make-up is told to `events`) split as data.val_split says, or with data.val as validation. An
+    "auto" split is recorded in `resolved` when given."""
     if not cfg.data.train:
         raise UserError("data.train is not set", hint="point data.train at a .jsonl file, e.g. --set data.train=my.jsonl")
-    train = load_samples(cfg.data.train, cfg.data.format)
+    if isinstance(cfg.data.train, list):
+        from tunesmith.data.mix import load_mix, mix_line
+
+        train, parts = load_mix(cfg.data.train, cfg.data.format, cfg.train.seed)
+        if events is not None:
+            events.message(mix_line(parts))
+    else:
+        train = load_samples(cfg.data.train, cfg.data.format)
     cfg = auto.resolve_val_split(cfg, len(train), resolved if resolved is not None else auto.Resolved())
     if cfg.data.val:
         return cfg, train, load_samples(cfg.data.val, cfg.data.format)
@@ -141,7 +150,9 @@ class _Run:
 
             validate_eval(cfg.eval)  # a missing metric extra or a bad judge fails now, not after training
         run_dir = RunDir(cfg.output.dir)
-        inputs = [cfg.model.base, cfg.data.train, cfg.data.val, cfg.eval.data]
+        from tunesmith.data.mix import source_paths
+
+        inputs = [cfg.model.base, *source_paths(cfg.data.train), cfg.data.val, cfg.eval.data]
         run_dir.prepare(resume=resume, overwrite=cfg.output.overwrite, inputs=[p for p in inputs if p])
         with atomic_file(run_dir.config) as fh:
             fh.write(dump_yaml(cfg))
@@ -150,7 +161,7 @@ class _Run:
         events.message(f"base model: {resolved.label} ({resolved.path})")
         tokenizer = load_tokenizer(resolved, cfg.data.template)
         chosen = auto.Resolved()   # what each "auto" setting became, printed and saved with the run
-        cfg, train_samples, val_samples = load_data(cfg, chosen)
+        cfg, train_samples, val_samples = load_data(cfg, chosen, events)
         cfg, max_len = resolve_data_max_len(cfg, objective_cls, tokenizer, train_samples, resolved.path)
         train_set, train_stats = objective_cls.tokenize(tokenizer, train_samples, cfg.data)
         val_set, val_stats = objective_cls.tokenize(tokenizer, val_samples, cfg.data)

@@ -18,7 +18,7 @@ from tunesmith.errors import UserError
 from tunesmith.quiet import quiet_cli
 
 # Verb groups, in the order `tunesmith --help` lists them. A new group is one module and one name here.
-COMMAND_MODULES = ["run", "sweep", "decide", "evaluate", "export", "serve", "jobs", "methods", "objectives", "spectrum", "config", "data"]
+COMMAND_MODULES = ["run", "sweep", "decide", "evaluate", "export", "serve", "jobs", "methods", "objectives", "spectrum", "config", "data", "synth"]
 
 
 def _load_commands() -> None:

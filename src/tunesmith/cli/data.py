@@ -9,6 +9,8 @@ from pathlib import Path
 import typer
 
 from tunesmith.cli.common import app, err, out, print_table
+from tunesmith.cli.options import options_from
+from tunesmith.data.from_traffic import TrafficOptions
 
 data_app = typer.Typer(no_args_is_help=True, help="Validate, inspect, clean, convert and split training data.")
 app.add_typer(data_app, name="data")
@@ -118,8 +120,13 @@ def data_inspect(file: Path = FileArg, model: str = ModelOpt, template: str = Te
                                                   "what a run's data.max_len: auto makes of this file"),
                  as_json: bool = typer.Option(False, "--json", help="machine-readable output"),
                  plot: Path | None = typer.Option(None, "--plot", help="write a token-length histogram to this PNG")):
-    """Counts, token-length percentiles, examples over max_len, duplicates, packing efficiency, format."""
+    """Counts, token-length percentiles, examples over max_len, duplicates, packing efficiency, format.
+    Given a run config (.yaml), the mix its data.train draws: each source's examples and share."""
     from tunesmith.data.inspection import inspect_file, plot_lengths
+
+    if file.suffix.lower() in (".yaml", ".yml"):
+        _inspect_mix(file, as_json)
+        return
 
     limit = _max_len_option(max_len)
     tokenizer = _tokenizer(model, template)
@@ -151,6 +158,23 @@ def data_inspect(file: Path = FileArg, model: str = ModelOpt, template: str = Te
             _plain(f"plot: {plot}")
     if result.errors:
         raise typer.Exit(1)
+
+
+def _inspect_mix(config: Path, as_json: bool) -> None:
+    from tunesmith.config import load_config
+    from tunesmith.data.mix import describe_mix
+
+    cfg = load_config(config)
+    parts = describe_mix(cfg)
+    total = sum(p.taken for p in parts)
+    if as_json:
+        out.print_json(json.dumps({"config": str(config), "examples": total, "mix": [p.as_dict(total) for p in parts]}))
+        return
+    print_table(f"{config}: data.train mix, {total} examples (seed {cfg.train.seed})",
+                ["source", "available", "taken", "share", "asked"],
+                [(p.path, p.available, p.taken, f"{p.taken / total:.1%}" if total else "-",
+                  f"weight {p.weight:g}" if p.weight is not None else f"count {p.count}" if p.count is not None else "all")
+                 for p in parts])
 
 
 @data_app.command("clean")
@@ -242,3 +266,46 @@ def data_pairs(run: Path = typer.Argument(..., help="an eval report folder (or t
                 + (f", judge {summary.judge}" if summary.judge else "") + f") -> {summary.kept} pairs",
                 ["", "count"], rows)
     _plain(f"wrote {summary.kept} pairs to {output}")
+
+
+@data_app.command("from-traffic")
+@options_from(TrafficOptions, into="opts")
+def data_from_traffic(log: Path = typer.Argument(..., help="the server's traffic log (tunesmith serve --traffic-log)"),
+                      output: Path = typer.Option(..., "-o", "--output", help="training data out (.jsonl, .json or .parquet); "
+                                                  "the held-out part goes to STEM.test.jsonl"),
+                      as_json: bool = typer.Option(False, "--json", help="print the report as JSON"),
+                      opts: TrafficOptions | None = None):
+    """Served traffic -> dataset: filter by model / adapter / tag / time, drop cut-off answers, strip a
+    shared system prompt, dedup, hold out a test split, optionally relabel with a teacher."""
+    from tunesmith.data.from_traffic import harvest
+
+    result = harvest(log, output, opts)
+    r = result.report
+    if as_json:
+        out.print_json(json.dumps(r))
+        return
+    rows = [(f"dropped: {why}", n) for why, n in r["dropped"].items()]
+    rows += [("kept", r["kept"]), ("train", r["train"]), ("test", r["test"])]
+    if r["stripped_system_prompt"]:
+        rows.append(("stripped system prompt", r["stripped_system_prompt"][:60]))
+    if "teacher" in r:
+        t = r["teacher"]
+        rows.append(("relabelled by", f"{t['name']}: {t['requests']} asked, {t['cached']} cached, "
+                                      f"{t['prompt_tokens']}+{t['completion_tokens']} tokens"))
+    print_table(f"{log}: {r['records']} records", ["", "count"], rows)
+    _plain(f"wrote {result.train}" + (f" and {result.test}" if result.test else ""))
+
+
+@data_app.command("symbolize")
+def data_symbolize(file: Path = FileArg,
+                   output: Path = typer.Option(..., "-o", "--output", help="symbol-tuning prompts out (.jsonl, .json or .parquet)"),
+                   n: int = typer.Option(1000, "--n", min=1, help="prompts to write"),
+                   k: int = typer.Option(4, "--k", min=2, help="in-context examples per prompt"),
+                   seed: int = typer.Option(0, "--seed", help="seed of the draws and symbols"),
+                   fmt: str = FormatOpt):
+    """Symbol tuning (Wei et al. 2023): classification examples -> few-shot prompts whose labels are
+    replaced by arbitrary symbols, so the model must learn the mapping in context."""
+    from tunesmith.data.symbolize import symbolize_file
+
+    summary = symbolize_file(file, output, n=n, k=k, seed=seed, fmt=fmt)
+    _plain(f"{file}: {summary['examples']} examples, {summary['labels']} labels -> {summary['written']} prompts in {output}")

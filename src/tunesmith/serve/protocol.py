@@ -68,6 +68,16 @@ class ChatCompletionRequest(_Sampling):
     max_completion_tokens: int | None = Field(None, ge=1)
     tools: list | None = None
     response_format: dict | None = None
+    # OpenAI's per-request tags (at most 16 pairs, keys up to 64 and values up to 512 characters):
+    # written to the traffic log, where `tunesmith data from-traffic --tag` filters on them.
+    metadata: dict[str, str] | None = None
+
+    @field_validator("metadata")
+    @classmethod
+    def _metadata(cls, v):
+        if v and (len(v) > 16 or any(len(k) > 64 or len(x) > 512 for k, x in v.items())):
+            raise ValueError("metadata: at most 16 pairs, keys up to 64 and values up to 512 characters")
+        return v
 
     def unsupported(self) -> str | None:
         if self.tools:

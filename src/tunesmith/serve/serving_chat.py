@@ -50,7 +50,7 @@ class ServingChat(ServingBase):
                     continue
                 state.traffic.write(messages=messages, answer=text, model=body.model, adapter=adapter, started=started,
                                     finish_reason=reasons[i], usage=job.usage(tokens[i]) | {"choice": i},
-                                    request_id=rid)
+                                    request_id=rid, metadata=body.metadata)
 
         if body.stream:
             def chunk(index, text, reason, opening=False, usage=None):

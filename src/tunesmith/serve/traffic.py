@@ -2,7 +2,8 @@
 
 Each line is a complete training record (`tunesmith data validate` reads the file as is): the
 request's messages followed by the assistant's answer, plus the model/adapter that answered and
-UTC timestamps, so answers from a large model can become training data for a small one. A choice
+UTC timestamps and the request's `metadata` tags, so answers from a large model can become training
+data for a small one (`tunesmith data from-traffic`). A choice
 that did not finish (client hang-up, timeout, error) is never written: it would teach cut-off answers.
 """
 
@@ -52,10 +53,10 @@ class TrafficLog:
             raise UserError(f"--traffic-log {self.path}: cannot open for appending ({exc.strerror})") from None
 
     def write(self, *, messages: list[dict], answer: str, model: str, adapter: str | None, started: str,
-              finish_reason: str, usage: dict, request_id: str) -> None:
+              finish_reason: str, usage: dict, request_id: str, metadata: dict[str, str] | None = None) -> None:
         record = {"messages": [*messages, {"role": "assistant", "content": answer}], "model": model,
                   "adapter": adapter, "request_id": request_id, "started_at": started, "finished_at": utc_now(),
-                  "finish_reason": finish_reason, "usage": usage}
+                  "finish_reason": finish_reason, "usage": usage, "metadata": metadata or {}}
         line = json.dumps(record, ensure_ascii=False) + "\n"
         with self._lock:
             self._fh.write(line)

@@ -1,0 +1,107 @@
+"""Mixing several training sources: `data.train` as a list of sources with weights or counts.
+
+    data:
+      train:
+        - {path: orders.jsonl, weight: 0.8}
+        - {path: general, weight: 0.2}     # the shipped general instruction set, against forgetting
+
+Weights are shares of the mix. The mix is as large as it can be without repeating an example: the
+source that runs out first at its share sets the size (300 task examples at 0.8 make 375, of which
+75 general ones). Counts take that many examples of a source (repeating it when it has fewer),
+and a source with neither is used whole. Weights and counts do not mix in one list. Examples are
+drawn with the run's seed, so a run is reproducible; the drawn mix is what the validation split
+and training see.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+from tunesmith.config import MixSource
+from tunesmith.errors import ConfigError
+
+ASSETS = Path(__file__).resolve().parents[1] / "assets"
+# Named sources shipped with the package (see assets/general/README.md for origin and licence).
+BUILTIN = {"general": ASSETS / "general" / "instructions.jsonl"}
+
+
+def resolve_path(path: str) -> str:
+    """A builtin name as its file; anything else unchanged (a file of that name wins over a builtin)."""
+    if path in BUILTIN and not Path(path).exists():
+        return str(BUILTIN[path])
+    return path
+
+
+def source_paths(train) -> list[str]:
+    if train is None:
+        return []
+    return [resolve_path(train)] if isinstance(train, str) else [resolve_path(s.path) for s in train]
+
+
+@dataclass
+class MixPart:
+    path: str
+    available: int
+    taken: int
+    weight: float | None = None
+    count: int | None = None
+
+    def as_dict(self, total: int) -> dict:
+        return {"path": self.path, "available": self.available, "taken": self.taken,
+                "share": round(self.taken / total, 4) if total else 0.0, "weight": self.weight, "count": self.count}
+
+
+def plan(sources: list[MixSource], sizes: list[int]) -> list[int]:
+    """How many examples each source gives."""
+    if sources[0].weight is not None:
+        total_w = sum(s.weight for s in sources)
+        shares = [s.weight / total_w for s in sources]
+        size = min(n / w for n, w in zip(sizes, shares))
+        return [min(n, round(w * size)) for n, w in zip(sizes, shares)]
+    return [s.count if s.count is not None else n for s, n in zip(sources, sizes)]
+
+
+def draw(samples: list, k: int, rng: random.Random) -> list:
+    """k of `samples` without repeats while they last, then whole repeats plus a draw for the rest."""
+    if k <= len(samples):
+        return rng.sample(samples, k)
+    whole, rest = divmod(k, len(samples))
+    return samples * whole + rng.sample(samples, rest)
+
+
+def load_mix(sources: list[MixSource], fmt: str, seed: int):
+    """(samples of the mix, shuffled; its parts). Every source is loaded strictly, as data.train is."""
+    from tunesmith.data.load import load_samples
+
+    loaded = []
+    for s in sources:
+        samples = load_samples(resolve_path(s.path), fmt if s.path not in BUILTIN else "auto")
+        if not samples:
+            raise ConfigError(f"data.train: source {s.path} holds no examples")
+        loaded.append(samples)
+    counts = plan(sources, [len(x) for x in loaded])
+    rng = random.Random(seed)
+    mixed, parts = [], []
+    for s, samples, k in zip(sources, loaded, counts):
+        mixed += draw(samples, k, rng)
+        parts.append(MixPart(resolve_path(s.path), len(samples), k, s.weight, s.count))
+    rng.shuffle(mixed)
+    return mixed, parts
+
+
+def mix_line(parts: list[MixPart]) -> str:
+    total = sum(p.taken for p in parts)
+    return "data mix: " + ", ".join(f"{Path(p.path).name} {p.taken}/{p.available} ({p.taken / total:.0%})" for p in parts)
+
+
+def describe_mix(cfg) -> list[MixPart]:
+    """The parts a run config's data.train draws (one part for a single file)."""
+    from tunesmith.errors import UserError
+
+    train = cfg.data.train
+    if not train:
+        raise UserError("data.train is not set in this config")
+    sources = train if isinstance(train, list) else [MixSource(path=train)]
+    return load_mix(sources, cfg.data.format, cfg.train.seed)[1]
