@@ -17,6 +17,7 @@ from tunesmith.decide.options import DecideOptions
 _FLAGS = {
     "metrics": comma_separated(help="e.g. exact_match or json_exact,json_valid"),
     "price_per_1k_tokens": comma_separated(item=float, metavar="PROMPT[,COMPLETION]"),
+    "teacher_price_per_1k_tokens": comma_separated(item=float, metavar="PROMPT[,COMPLETION]"),
 }
 
 

@@ -34,6 +34,13 @@ class DecideOptions(Section):
     price_per_1k_training_tokens: float = Field(0.0, ge=0, description="price per 1,000 tokens trained on (one-time cost)")
     price_per_cpu_hour: float = Field(0.0, ge=0, description="price of one CPU-hour, for training and inference compute")
     seed: int = Field(0, description="seed of the test split, the few-shot draws and the fine-tune")
+    teacher: str | None = Field(None, description=(
+        "a stronger model also scored zero-shot and few-shot: openai:MODEL (an OpenAI-compatible endpoint, see "
+        "teacher_url) or local:MODEL_OR_ADAPTER"))
+    teacher_url: str | None = Field(None, description="base URL of the teacher's endpoint, e.g. http://127.0.0.1:8000/v1")
+    teacher_key_env: str = Field("OPENAI_API_KEY", description="environment variable holding the teacher endpoint's API key")
+    teacher_price_per_1k_tokens: list[float] = Field(default_factory=list, description=(
+        "the teacher's price per 1,000 tokens: PROMPT or PROMPT,COMPLETION (its money per 1,000 requests)"))
 
     @field_validator("max_new_tokens", mode="before")
     @classmethod
@@ -45,7 +52,7 @@ class DecideOptions(Section):
     def _lr(cls, value: Any) -> Any:
         return auto_or_number(value)
 
-    @field_validator("price_per_1k_tokens")
+    @field_validator("price_per_1k_tokens", "teacher_price_per_1k_tokens")
     @classmethod
     def _prices(cls, value: list[float]) -> list[float]:
         if len(value) > 2 or any(v < 0 for v in value):
@@ -59,6 +66,13 @@ class DecideOptions(Section):
             return None
         prompt = self.price_per_1k_tokens[0]
         return prompt, self.price_per_1k_tokens[-1]
+
+    @property
+    def teacher_token_prices(self) -> tuple[float, float] | None:
+        """The teacher's (prompt, completion) price per 1,000 tokens, or None when none was given."""
+        if not self.teacher_price_per_1k_tokens:
+            return None
+        return self.teacher_price_per_1k_tokens[0], self.teacher_price_per_1k_tokens[-1]
 
     @property
     def priced(self) -> bool:

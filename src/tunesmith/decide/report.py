@@ -39,7 +39,10 @@ def markdown(r: dict) -> str:
                      f"{_n(s['cpu_s_per_1k_requests'], 1)} | " + (f"{_n(s['money_per_1k_requests'], 4)} | " if money else "")
                      + f"{one_time} |")
     b, t = r["break_even"], r["training"]
-    lines += ["", f"Paired comparison: {r['comparison']['sentence']}.", "",
+    lines += ["", f"Paired comparison: {r['comparison']['sentence']}."]
+    if "teacher" in r:
+        lines += ["", f"Teacher: {r['teacher']['sentence']}."]
+    lines += ["",
               f"Fine-tune: {t['steps']} LoRA steps ({t['plan']['step_s']:.2f} s each, measured) on {t['examples']} "
               f"examples: {_n(t['cpu_s'], 1)} CPU-s, {_n(t['wall_s'], 1)} s wall, {_n(t['tokens'], 0)} tokens trained on.",
               f"Break-even against {b['against'].removeprefix('base_').replace('_', '-')}: "
@@ -113,7 +116,8 @@ def plot(r: dict, out: Path) -> None:
     axes[0].bar(names, values, yerr=[lo, hi], capsize=5, color=colours)
     axes[0].set_ylabel(r["metric"])
     axes[0].set_title(f"quality, 95 % CI (n={r['n_test']})")
-    axes[1].bar(names, [s["cpu_s_per_1k_requests"] for s in r["systems"].values()], color=colours)
+    # A teacher's compute happens elsewhere: no bar (0) rather than a made-up figure.
+    axes[1].bar(names, [s["cpu_s_per_1k_requests"] or 0.0 for s in r["systems"].values()], color=colours)
     axes[1].set_ylabel("CPU-seconds per 1,000 requests")
     axes[1].set_title("serving cost")
     for ax in axes[:2]:

@@ -86,10 +86,11 @@ def subset(samples: list[Sample], fraction: float, seed: int) -> list[Sample]:
 def decide(data: str | Path, out_dir: str | Path, opts: DecideOptions | None = None, *,
            events: Events | None = None) -> dict:
     """Compare the systems on `data` and write report.md, report.json and report.png to `out_dir`."""
+    from tunesmith.decide.teacher import open_teacher, score_teacher
     from tunesmith.eval.metrics import check_metrics
     from tunesmith.eval.runner import validate as validate_eval
     from tunesmith.models import resolve_base
-    from tunesmith.pipeline import run
+    from tunesmith.pipeline import run, split_samples
 
     opts = opts or DecideOptions()
     out = Path(out_dir)
@@ -110,6 +111,7 @@ def decide(data: str | Path, out_dir: str | Path, opts: DecideOptions | None = N
     check_metrics(opts.metrics, key="--metrics")   # named as the user set them, before eval's own check
     validate_eval(EvalConfig(**eval_settings(opts, Path("test.jsonl"), baselines, True)))
     resolve_base(opts.model)
+    teacher = open_teacher(opts) if opts.teacher else None   # an unreachable teacher stops the run here
     folder = out / "data"
     folder.mkdir(parents=True, exist_ok=True)
     train_file, test_file = folder / "train.jsonl", folder / "test.jsonl"
@@ -158,10 +160,35 @@ def decide(data: str | Path, out_dir: str | Path, opts: DecideOptions | None = N
     serving = measure_systems(opts, quality, train, test, full.train.output_dir, baselines)
     lap("serving_cost")
 
+    # 6. The teacher, when given: the same prompts and metrics, answered by the stronger model.
+    scored = None
+    if teacher is not None:
+        say.message(f"decide: the teacher {teacher.name} answers {len(test)} test requests zero-shot and few-shot")
+        scored = score_teacher(teacher, test, split_samples(train, VAL_SPLIT, opts.seed)[0],
+                               EvalConfig(**eval_settings(opts, test_file, baselines, True)), metrics=opts.metrics,
+                               max_new_tokens=quality["generation"]["max_new_tokens"],
+                               latency_requests=opts.latency_requests, seed=opts.seed,
+                               priced=opts.teacher_token_prices is not None)
+        lap("teacher")
+
     report = assemble(opts, quality, training, serving, curve, plan, train, test)
+    if teacher is not None:
+        add_teacher(report, scored, teacher)
     report["wall_s"] = {"total": time.perf_counter() - started, **phases}
     write_decide_report(out, report)
     return report
+
+
+def add_teacher(report: dict, scored: dict[str, dict], teacher) -> None:
+    """The teacher systems into report["systems"], and report["teacher"]: who it was, what it cost in
+    tokens, and how its best system compares with the fine-tune."""
+    from tunesmith.decide.teacher import report_entries, teacher_verdict
+    from tunesmith.synth.teacher import usage_dict
+
+    report["systems"].update(report_entries(scored, report["metric"], teacher.name))
+    report["teacher"] = {"model": teacher.name, **teacher_verdict(report["systems"], report["metric"], report["higher_is_better"]),
+                         "quality": {name: s["quality"] for name, s in scored.items()},
+                         "usage": {stage: usage_dict(u) for stage, u in teacher.usage.items()}}
 
 
 def curve_point(fraction: float, examples: int, steps: int, report: dict) -> dict:
