@@ -140,7 +140,8 @@ def test_unreachable_teacher_and_bad_check_stop_before_work(seeds, tmp_path, cap
 def test_a_killed_run_resumes_without_asking_the_teacher_again(seeds, tmp_path):
     from tests.synth.teacher_server import RunningTeacher, ScriptedTeacher
 
-    scripted = ScriptedTeacher(delay=0.05)
+    # 0.3 s per reply: the run takes seconds, so a starved test process still kills it mid-way.
+    scripted = ScriptedTeacher(delay=0.3)
     out = tmp_path / "synth.jsonl"
     with RunningTeacher(scripted) as url:
         argv = [sys.executable, "-m", "tunesmith", "synth", "from-seeds", str(seeds), "-o", str(out),
@@ -151,6 +152,7 @@ def test_a_killed_run_resumes_without_asking_the_teacher_again(seeds, tmp_path):
         deadline = time.monotonic() + 60
         while sum(scripted.served.values()) < 15 and time.monotonic() < deadline and proc.poll() is None:
             time.sleep(0.02)
+        assert proc.poll() is None, "the run finished before it could be killed"
         proc.send_signal(signal.SIGKILL)
         proc.wait()
         time.sleep(0.5)                  # requests in flight at the kill finish on the server's side
@@ -186,7 +188,9 @@ def test_a_teacher_that_stops_answering_stops_the_run_without_output(seeds, tmp_
 def test_ctrl_c_stores_the_replies_in_flight(seeds, tmp_path):
     from tests.synth.teacher_server import RunningTeacher, ScriptedTeacher
 
-    scripted = ScriptedTeacher(delay=0.05, fail=False)
+    # Half a second per reply: the 40 requests take ~10 s, so a test process starved of CPU for a while (a busy
+    # CI machine) still interrupts the run mid-way instead of finding it finished.
+    scripted = ScriptedTeacher(delay=0.5, fail=False)
     out = tmp_path / "synth.jsonl"
     with RunningTeacher(scripted) as url:
         argv = [sys.executable, "-m", "tunesmith", "synth", "from-seeds", str(seeds), "-o", str(out),
@@ -196,6 +200,7 @@ def test_ctrl_c_stores_the_replies_in_flight(seeds, tmp_path):
         deadline = time.monotonic() + 60
         while sum(scripted.served.values()) < 10 and time.monotonic() < deadline and proc.poll() is None:
             time.sleep(0.02)
+        assert proc.poll() is None, "the run finished before it could be interrupted"
         proc.send_signal(signal.SIGINT)
         _, err = proc.communicate(timeout=30)
         time.sleep(0.3)
