@@ -196,7 +196,10 @@ def test_ctrl_c_stores_the_replies_in_flight(seeds, tmp_path):
         argv = [sys.executable, "-m", "tunesmith", "synth", "from-seeds", str(seeds), "-o", str(out),
                 "--teacher", "openai:scripted", "--teacher-url", url, "--n", "40", "--concurrency", "2"]
         env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "OMP_NUM_THREADS": "1"}
-        proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        # SIGINT back to its default in the child: a pytest-xdist worker ignores SIGINT, and an ignored signal stays
+        # ignored across exec, so the run would never see the Ctrl-C (as it would from a terminal).
+        proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
         deadline = time.monotonic() + 60
         while sum(scripted.served.values()) < 10 and time.monotonic() < deadline and proc.poll() is None:
             time.sleep(0.02)
