@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Callable
+
 import typer
 from rich.console import Console
 from rich.table import Table
@@ -42,3 +45,17 @@ def print_report(report: dict) -> None:
     print_table(f"{report['title']} (n={report['n_examples']})", ["system", *metrics], rows)
     if report.get("verdict"):
         out.print(f"[bold]{report['verdict']}[/bold]")
+
+
+@contextlib.contextmanager
+def live_line(quiet: bool, start: str, describe: Callable[[int, int], str]):
+    """A transient spinner line on stderr (stdout stays clean for --json): yields `tick(a, b)`, which shows
+    `describe(a, b)`, or None when quiet or stderr is not a terminal."""
+    if quiet or not err.is_terminal:
+        yield None
+        return
+    from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+    with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=err, transient=True) as bar:
+        task = bar.add_task(start)
+        yield lambda a, b: bar.update(task, description=describe(a, b))

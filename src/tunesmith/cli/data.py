@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 from pathlib import Path
 
 import typer
 
-from tunesmith.cli.common import app, err, out, print_table
+from tunesmith.cli.common import app, err, live_line, out, print_table
 from tunesmith.cli.options import options_from
 from tunesmith.data.from_traffic import TrafficOptions
 
@@ -24,18 +23,6 @@ TemplateOpt = typer.Option("auto", "--template", help="chat template: auto (the 
 def _plain(text: str, console=out) -> None:
     console.print(text, markup=False, highlight=False)
 
-
-@contextlib.contextmanager
-def _progress(quiet: bool):
-    """A live 'records read / kept' line on stderr (stdout stays clean for --json)."""
-    if quiet or not err.is_terminal:
-        yield None
-        return
-    from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
-
-    with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=err, transient=True) as bar:
-        task = bar.add_task("reading")
-        yield lambda read, kept: bar.update(task, description=f"{read:,} records read, {kept:,} kept")
 
 
 def _tokenizer(model: str, template: str):
@@ -205,7 +192,7 @@ def data_clean(file: Path = FileArg,
                            near=NearDupParams(ngram=ngram, threshold=threshold, num_perm=num_perm),
                            min_tokens=min_tokens, max_tokens=max_tokens, fmt=fmt)
     tokenizer = _tokenizer(model, template) if options.needs_tokenizer else None
-    with _progress(quiet) as tick:
+    with live_line(quiet, "reading", lambda read, kept: f"{read:,} records read, {kept:,} kept") as tick:
         result = clean_file(file, output, options, tokenizer, on_batch=tick)
     report_path = report or default_report_path(output)
     write_json(report_path, result.as_dict())

@@ -5,13 +5,12 @@ Every setting is a field of `SynthOptions` (synth/options.py): its flag, default
 
 from __future__ import annotations
 
-import contextlib
 import enum
 from pathlib import Path
 
 import typer
 
-from tunesmith.cli.common import app, err, out, print_table
+from tunesmith.cli.common import app, live_line, out, print_table
 from tunesmith.cli.options import options_from
 from tunesmith.synth.modes import MODES
 from tunesmith.synth.options import SynthOptions
@@ -44,18 +43,6 @@ def print_yield(report: dict) -> None:
         out.print(f"skipped document {file}: {why}", markup=False, highlight=False)
 
 
-@contextlib.contextmanager
-def _progress(quiet: bool):
-    """A live 'requests / kept' line on stderr, after each batch (stdout stays clean for --json)."""
-    if quiet or not err.is_terminal:
-        yield None
-        return
-    from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
-
-    with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=err, transient=True) as bar:
-        task = bar.add_task("asking the teacher")
-        yield lambda requests, kept: bar.update(task, description=f"{requests} requests, {kept} examples kept")
-
 
 @app.command("synth")
 @options_from(SynthOptions, into="opts")
@@ -72,7 +59,7 @@ def synth_command(mode: ModeChoice = typer.Argument(..., help=f"what to synthesi
 
     from tunesmith.synth.run import synthesize
 
-    with _progress(quiet) as tick:
+    with live_line(quiet, "asking the teacher", lambda requests, kept: f"{requests} requests, {kept} examples kept") as tick:
         result = synthesize(mode.value, source, output, opts, progress=tick)
     if as_json:
         out.print_json(json.dumps(result.report))
