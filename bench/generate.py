@@ -14,6 +14,14 @@ On a shared machine timings swing from minute to minute, so the modes are interl
 each prompt runs in every mode before the next prompt; at batch 16 the modes alternate over
 `--rounds` rounds and each keeps its fastest. Every mode must give the same tokens (checked).
 
+`--eval` times what a quickstart evaluation generates: the 60 held-out orders answered by the three
+systems it scores (the tuned adapter, base zero-shot, base 3-shot), "before" as offline generation
+ran before the engine (`model.generate`, left-padded batches of 16, each prompt whole) and "now" with
+`tunesmith eval`'s defaults (the engine at eval.batch_size rows, the shared few-shot prefix
+prefilled once). `--adapter DIR` is the tuned adapter (the quickstart's `runs/quickstart/adapter`
+after `make demo`); without it an untrained LoRA (r 16, every linear layer) stands in, which costs
+the same per token and answers as the base does. Both must give the same tokens (checked).
+
 `--breakdown` adds where one decode step's time goes (model forward, KV-cache writes, sampling, the
 rest of the engine's Python) at batch 1 and 16, with transformers' concatenating cache ("before")
 and the engine's preallocated slabs ("after"), on one torch thread and on one per core, interleaved
@@ -24,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import contextlib
 import functools
 import json
 import os
@@ -112,6 +121,34 @@ def batch16(model, tokenizer, convs, new: int, rounds: int) -> dict:
     return {name: summary(replies[name], [best[name]]) for name in modes}, replies
 
 
+def quickstart_eval(model, tokenizer, adapter: str | None, new: int) -> tuple[dict, bool]:
+    """Seconds per system, before (HF generate, batches of 16, whole prompts) and now (eval's defaults)."""
+    from tunesmith.config import EvalConfig
+    from tunesmith.generation import generate_tokens
+
+    if adapter:
+        from peft import PeftModel
+
+        tuned = PeftModel.from_pretrained(model, adapter).eval()
+    else:
+        from peft import LoraConfig, get_peft_model
+
+        tuned = get_peft_model(model, LoraConfig(r=16, lora_alpha=32, target_modules="all-linear")).eval()
+    few = conversations(60)
+    zero = [c[-1:] for c in few]
+    systems = {"tuned": (zero, contextlib.nullcontext), "zero-shot": (zero, tuned.disable_adapter),
+               "few-shot": (few, tuned.disable_adapter)}
+    batch = EvalConfig().batch_size
+    rows, same = {}, True
+    for name, (convs, active) in systems.items():
+        with active():
+            before, t_before = timed(hf_generate, tuned, tokenizer, convs, 16, new)
+            now, t_now = timed(generate_tokens, tuned, tokenizer, convs, max_new_tokens=new, batch_size=batch)
+        same &= before == now
+        rows[name] = {"tokens": sum(map(len, now)), "before_s": round(t_before, 2), "now_s": round(t_now, 2)}
+    return rows, same
+
+
 def summary(replies, seconds: list[float]) -> dict:
     tokens = sum(len(r) for r in replies)
     row = {"tokens": tokens, "seconds": round(sum(seconds), 3), "tokens_per_s": round(tokens / sum(seconds), 2)}
@@ -187,6 +224,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--breakdown", action="store_true", help="also time the parts of one decode step")
     parser.add_argument("--steps", type=int, default=32, help="decode steps per breakdown run")
+    parser.add_argument("--eval", action="store_true", help="only time a quickstart evaluation's generation, before and now")
+    parser.add_argument("--adapter", help="--eval: the tuned adapter (default: an untrained LoRA)")
     args = parser.parse_args()
 
     from tunesmith.models import load_model, load_tokenizer
@@ -196,6 +235,8 @@ def main() -> None:
     tokenizer, model = load_tokenizer(str(path)), load_model(str(path)).eval()
     convs = conversations(args.n)
     load_before = os.getloadavg()[0]
+    if args.eval:
+        return report_eval(model, tokenizer, args, load_before)
     engine_generate(model, tokenizer, convs[:1], 1, 2)          # first-call allocations are no mode's cost
     one, one_replies = batch1(model, tokenizer, convs[:args.n1], args.new)
     many, many_replies = batch16(model, tokenizer, convs, args.new, args.rounds)
@@ -230,6 +271,26 @@ def main() -> None:
     OUT.mkdir(parents=True, exist_ok=True)
     (OUT / "generate.json").write_text(json.dumps({"info": info, "results": results, "identical": same,
                                                    "breakdown": parts}, indent=2))
+
+
+def report_eval(model, tokenizer, args, load_before: float) -> None:
+    engine_generate(model, tokenizer, conversations(1), 1, 2)
+    rows, same = quickstart_eval(model, tokenizer, args.adapter, 64)
+    info = {"cpu": cpu_kind(), "cores": os.cpu_count(), "threads": torch.get_num_threads(),
+            "loadavg_before": round(load_before, 2), "loadavg_after": round(os.getloadavg()[0], 2),
+            "adapter": args.adapter or "untrained LoRA r16"}
+    print(f"CPU: {info['cpu']}, {info['cores']} cores, torch threads {info['threads']}, load average "
+          f"{info['loadavg_before']} -> {info['loadavg_after']}; adapter: {info['adapter']}")
+    print(f"Quickstart evaluation's generation, fp32, greedy, max 64 new tokens, 60 held-out orders per system; "
+          f"identical replies: {same}\n")
+    print("| system | tokens | before s (generate, batch 16) | now s (engine, eval defaults) | speed-up |")
+    print("|---|---|---|---|---|")
+    for name, r in rows.items():
+        print(f"| {name} | {r['tokens']} | {r['before_s']} | {r['now_s']} | {r['before_s'] / r['now_s']:.2f}x |")
+    before, now = sum(r["before_s"] for r in rows.values()), sum(r["now_s"] for r in rows.values())
+    print(f"| all three | {sum(r['tokens'] for r in rows.values())} | {before:.2f} | {now:.2f} | {before / now:.2f}x |")
+    OUT.mkdir(parents=True, exist_ok=True)
+    (OUT / "generate_eval.json").write_text(json.dumps({"info": info, "systems": rows, "identical": same}, indent=2))
 
 
 if __name__ == "__main__":

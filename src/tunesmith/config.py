@@ -203,7 +203,9 @@ class EvalConfig(Section):
     max_new_tokens: Literal["auto"] | int = Field("auto", description=(
         "generation budget per example; 'auto': the longest reference answer + 25 % (at least + 16), rounded up to "
         "a multiple of 16, at most 2048 (programs of code_tasks get at least 512)"))
-    batch_size: int = Field(16, gt=0, description="prompts generated together (left-padded)")
+    batch_size: int = Field(64, gt=0, description="replies decoded together (rows join as others finish); on a CPU "
+                            "each decode step reads every weight once whatever the batch, so more rows are faster "
+                            "until memory runs out (the KV cache grows with rows x tokens)")
     temperature: float = Field(0.0, ge=0.0, description="0 means greedy decoding")
     stop_loops: bool = Field(True, description=(
         "stop a reply whose end repeats one block more than twice as often as any reference answer does (at least "

@@ -283,3 +283,44 @@ def test_speculative_sampling_keeps_the_model_distribution(tiny_model_dir, token
     assert 0 < stats["accepted_draft_tokens"] < stats["drafted_tokens"] == 1000    # kept and rejected drafts both
     assert 1 - stats["accepted_draft_tokens"] / 1000 > 0.1
     assert plain_tv < 0.06 and spec_tv < 0.06, (plain_tv, spec_tv)
+
+
+FEW_SHOT = [{"role": "user", "content": "Order: two red pens for Oslo."},
+            {"role": "assistant", "content": '{"item": "pen", "count": 2, "colour": "red", "city": "Oslo"}'},
+            {"role": "user", "content": "Please send one blue folder to Lima, no rush at all."},
+            {"role": "assistant", "content": '{"item": "folder", "count": 1, "colour": "blue", "city": "Lima"}'}]
+
+
+@pytest.mark.parametrize("name", list(METHODS))
+def test_a_shared_prompt_prefix_is_prefilled_once_and_changes_no_greedy_token(name, tiny_model_dir, tokenizer,
+                                                                             monkeypatch):
+    import tunesmith.generation.engine as engine_module
+    from tunesmith.generation.prefix import common_prefix
+
+    convs = [FEW_SHOT + c for c in CONVS]               # remainders of different lengths after the shared demos
+    model = model_with(tiny_model_dir, name)
+    expected = todays_path(model, tokenizer, convs)
+    assert sum(map(len, expected)) > 2 * NEW
+    prompts = [prompt_ids(tokenizer, c) for c in convs]
+    shared = common_prefix(prompts)
+    assert len(shared) > 60
+    runs = []
+    real_init = engine_module.Engine.__init__
+
+    def spy(self, *args, **kwargs):
+        real_init(self, *args, **kwargs)
+        runs.append(self)
+
+    monkeypatch.setattr(engine_module.Engine, "__init__", spy)
+    assert generate_tokens(model, tokenizer, convs, max_new_tokens=NEW, batch_size=2) == expected
+    assert generate_tokens(model, tokenizer, convs, max_new_tokens=NEW, batch_size=len(convs)) == expected
+    # Prefill groups cut short by the token cap still share the one prefix pass.
+    monkeypatch.setattr(engine_module, "PREFILL_TOKENS", 2 * max(map(len, prompts)))
+    assert generate_tokens(model, tokenizer, convs, max_new_tokens=NEW, batch_size=len(convs)) == expected
+    whole = sum(map(len, prompts))
+    for engine in runs:
+        if name in ("prompt", "prefix"):     # virtual tokens come first: those prompts are prefilled whole
+            assert engine.prefix is None and engine.stats["prefill_tokens"] == whole
+        else:
+            assert engine.prefix.layers is not None
+            assert engine.stats["prefill_tokens"] == whole - len(shared) * len(convs)

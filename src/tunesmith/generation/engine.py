@@ -39,12 +39,15 @@ from tunesmith.generation.errors import (
     QueueFull,
     RequestTimedOut,
 )
+from tunesmith.generation.prefix import SharedPrefix
 from tunesmith.generation.request import Event, GenRequest
 from tunesmith.generation.sampling import choose_tokens, row_probs, speculative_sample
 from tunesmith.generation.speculate import DraftModel, PromptLookup, accepted_prefix
 from tunesmith.generation.virtual_tokens import prefill_for
 
 log = logging.getLogger("tunesmith.generation")
+
+PREFILL_TOKENS = 16384    # padded prompt tokens one prefill pass may take (64 rows of 256)
 
 
 class FallbackPath(Protocol):
@@ -148,7 +151,8 @@ class Engine:
 
     def __init__(self, model, tokenizer, bank, stop_ids: list[int], *, max_batch: int = 16,
                  max_queue: int = 256, fallback: FallbackPath | None = None, lookup: PromptLookup | None = None,
-                 draft: DraftModel | None = None, eft: EmulatedFineTune | None = None):
+                 draft: DraftModel | None = None, eft: EmulatedFineTune | None = None,
+                 shared_prefix: list[int] | None = None):
         self.model = model
         self.tokenizer = tokenizer
         # None: `model` runs as it is, whatever adapters it holds (a peft model, prompt tuning included).
@@ -171,6 +175,10 @@ class Engine:
                                 (bank is None and not hasattr(model, "disable_adapter"))):
             raise UserError("emulated fine-tuning needs the small model's adapter switched on and off: a peft "
                             "adapter other than prompt or prefix tuning, or a LoRA adapter the server batches per row")
+        # Offline runs whose prompts all start alike prefill those tokens once (prefix.py); the draft
+        # and EFT passes keep caches of their own, so they prefill whole prompts.
+        plain = self.prefill_inputs.base is model and draft is None and eft is None
+        self.prefix = SharedPrefix(shared_prefix) if shared_prefix and plain else None
         self.waiting: collections.deque[GenRequest] = collections.deque()
         self.commands: collections.deque = collections.deque()
         self.cv = threading.Condition()
@@ -356,10 +364,15 @@ class Engine:
             else:
                 want = head
             room = self.max_batch - len(self.batch)
-            taken, kept = [], collections.deque()
+            taken, kept, longest = [], collections.deque(), 0
             for r in live:
-                if len(taken) < room and r.group(fallback_names) == want:
+                # A prefill pass is capped at PREFILL_TOKENS padded tokens (its activations' memory); rows
+                # that do not fit join in a later step.
+                width = max(longest, len(r.prompt_ids))
+                fits = not taken or (len(taken) + 1) * width <= PREFILL_TOKENS
+                if len(taken) < room and fits and r.group(fallback_names) == want:
                     taken.append(r)
+                    longest = width
                 else:
                     kept.append(r)
             self.waiting = kept
@@ -369,8 +382,14 @@ class Engine:
         return [0 if r.adapter is None else self.bank.slot_of[r.adapter] for r in rows]
 
     def _prefill(self, rows: list[GenRequest]) -> None:
-        ids, mask = left_pad([r.prompt_ids for r in rows], self.pad_id, self.device)    # (B, T)
-        cache, inputs, mask = self.prefill_inputs(ids, mask)                           # mask (B, T') of the cache
+        prompts = [r.prompt_ids for r in rows]
+        shared = 0
+        if self.prefix is not None and self.prefix.covers(prompts):
+            cache, inputs, mask = self.prefix.inputs(self.forward, self.model, prompts, self.pad_id, self.device)
+            ids, shared = None, len(self.prefix.tokens)
+        else:
+            ids, mask = left_pad(prompts, self.pad_id, self.device)                     # (B, T)
+            cache, inputs, mask = self.prefill_inputs(ids, mask)                       # mask (B, T') of the cache
         extra = {}
         self.bank.set_rows(self._slots(rows))
         try:
@@ -383,7 +402,7 @@ class Engine:
                 logits = self.eft.combine(rows, large, logits, self._base_logits(rows, extra["eft_base"], **inputs))
         finally:
             self.bank.clear_rows()
-        self.stats["prefill_tokens"] += sum(len(r.prompt_ids) for r in rows)
+        self.stats["prefill_tokens"] += sum(len(p) - shared for p in prompts)
         tokens = choose_tokens(logits, rows)
         first_new = len(self.batch)
         self.batch.extend(rows, cache, mask, tokens, extra)

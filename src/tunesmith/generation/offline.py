@@ -20,6 +20,7 @@ from tunesmith.generation.cache import ModelCall
 from tunesmith.generation.eft import EmulatedFineTune
 from tunesmith.generation.engine import Engine
 from tunesmith.generation.loops import LoopGuard
+from tunesmith.generation.prefix import common_prefix
 from tunesmith.generation.request import GenRequest
 from tunesmith.generation.sampling import default_top_k
 from tunesmith.generation.speculate import DraftModel, PromptLookup
@@ -73,7 +74,8 @@ def generate_tokens(model, tokenizer, conversations: list[list[dict]], *, max_ne
     draft = DraftModel(draft_model, max_draft=draft_tokens) if draft_model is not None else None
     engine = Engine(model, tokenizer, None, stop_token_ids(tokenizer), max_batch=batch_size,
                     max_queue=len(requests), lookup=lookup, draft=draft,
-                    eft=EmulatedFineTune(eft_large, eft_beta) if eft_large is not None else None)
+                    eft=EmulatedFineTune(eft_large, eft_beta) if eft_large is not None else None,
+                    shared_prefix=common_prefix(encoded))
     was_training = model.training
     model.eval()
     device = engine.device

@@ -11,6 +11,9 @@ from tunesmith.eval.table import Column
 PPL_COLUMNS = {"perplexity": "all tokens of the raw-text examples",
                "response_perplexity": "assistant tokens of the chat examples"}
 
+# Windows per forward pass; not eval.batch_size: scoring keeps vocabulary-wide logits for every token.
+SCORING_BATCH = 4
+
 
 @register
 class Perplexity(EvalSection):
@@ -43,7 +46,7 @@ class Perplexity(EvalSection):
                 advance = ctx.progress(spec.name, "perplexity", len(items[col]))
                 with spec.active():
                     rows[col] = sequence_nll(spec.model, items[col], window=cfg.ppl_window, stride=cfg.ppl_stride,
-                                             batch_size=max(1, cfg.batch_size // 4), precision=ctx.precision)
+                                             batch_size=SCORING_BATCH, precision=ctx.precision)
                 advance(len(items[col]))
         if subsets:
             result.report["perplexity"] = {"window": cfg.ppl_window, "stride": cfg.ppl_stride,

@@ -10,6 +10,8 @@ from __future__ import annotations
 from tunesmith.eval.sections.base import EvalContext, EvalSection, SectionResult, register
 from tunesmith.eval.systems import base_and_tuned
 
+SCORING_BATCH = 8    # pairs scored per forward pass
+
 
 @register
 class PreferenceAccuracy(EvalSection):
@@ -31,7 +33,8 @@ class PreferenceAccuracy(EvalSection):
             return result
         reference, tuned = pair
         items = pair_items(ctx.tokenizer, ctx.pairs, ctx.system_prompt)
-        batch = max(1, ctx.cfg.batch_size // 2)
+        # Not eval.batch_size: scoring keeps vocabulary-wide logits for every token of every row.
+        batch = SCORING_BATCH
         logps = {}
         for name, spec in (("reference", reference), ("tuned", tuned)):
             advance = ctx.progress(spec.name, "preference", len(items))
