@@ -22,6 +22,10 @@ prefilled once). `--adapter DIR` is the tuned adapter (the quickstart's `runs/qu
 after `make demo`); without it an untrained LoRA (r 16, every linear layer) stands in, which costs
 the same per token and answers as the base does. Both must give the same tokens (checked).
 
+`--llama` times batch-1 decoding of the default model against llama.cpp (llama-cpp-python) on its f16
+GGUF (exported by `tunesmith export gguf`), the same zero-shot prompts one at a time, interleaved,
+greedy, each tool to its own end-of-reply; tokens/s include each request's prefill.
+
 `--breakdown` adds where one decode step's time goes (model forward, KV-cache writes, sampling, the
 rest of the engine's Python) at batch 1 and 16, with transformers' concatenating cache ("before")
 and the engine's preallocated slabs ("after"), on one torch thread and on one per core, interleaved
@@ -149,6 +153,43 @@ def quickstart_eval(model, tokenizer, adapter: str | None, new: int) -> tuple[di
     return rows, same
 
 
+def llama_compare(model, tokenizer, convs, new: int) -> tuple[dict, float]:
+    """Batch-1 tokens/s of the engine (fp32) and of llama.cpp on the f16 GGUF; and the share of prompts
+    whose greedy replies agree token for token (f16 weights round differently from fp32 ones)."""
+    from llama_cpp import Llama
+
+    from tunesmith.data.tokenize import prompt_ids
+    from tunesmith.export.gguf import export_gguf
+    from tunesmith.generation import generate_tokens, stop_token_ids
+
+    folder = OUT / "gguf-default"
+    found = sorted(folder.glob("*-f16.gguf"))
+    gguf = found[0] if found else export_gguf("default", folder, "f16", log=lambda *a: None).files["f16"]
+    llm = Llama(model_path=str(gguf), n_threads=torch.get_num_threads(), n_ctx=2048, verbose=False)
+    stops = set(stop_token_ids(tokenizer))
+
+    def llama_reply(ids):
+        out = []
+        for token in llm.generate(ids, temp=0.0, top_k=1, repeat_penalty=1.0, reset=True):
+            if token in stops:
+                break
+            out.append(token)
+            if len(out) >= new:
+                break
+        return out
+
+    llama_reply(prompt_ids(tokenizer, convs[0])[:8])
+    seconds, replies = collections.defaultdict(list), collections.defaultdict(list)
+    for conv in convs:
+        for name, fn in (("engine-b1 fp32", lambda c: generate_tokens(model, tokenizer, [c], max_new_tokens=new, batch_size=1)[0]),
+                         ("llama.cpp f16", lambda c: llama_reply(prompt_ids(tokenizer, c)))):
+            out, dt = timed(fn, conv)
+            seconds[name].append(dt)
+            replies[name].append(out)
+    agree = sum(a == b for a, b in zip(*replies.values())) / len(convs)
+    return {name: summary(replies[name], seconds[name]) for name in seconds}, agree
+
+
 def summary(replies, seconds: list[float]) -> dict:
     tokens = sum(len(r) for r in replies)
     row = {"tokens": tokens, "seconds": round(sum(seconds), 3), "tokens_per_s": round(tokens / sum(seconds), 2)}
@@ -225,6 +266,7 @@ def main() -> None:
     parser.add_argument("--breakdown", action="store_true", help="also time the parts of one decode step")
     parser.add_argument("--steps", type=int, default=32, help="decode steps per breakdown run")
     parser.add_argument("--eval", action="store_true", help="only time a quickstart evaluation's generation, before and now")
+    parser.add_argument("--llama", action="store_true", help="only time batch-1 decoding against llama.cpp's f16 GGUF")
     parser.add_argument("--adapter", help="--eval: the tuned adapter (default: an untrained LoRA)")
     args = parser.parse_args()
 
@@ -237,6 +279,8 @@ def main() -> None:
     load_before = os.getloadavg()[0]
     if args.eval:
         return report_eval(model, tokenizer, args, load_before)
+    if args.llama:
+        return report_llama(model, tokenizer, args, load_before)
     engine_generate(model, tokenizer, convs[:1], 1, 2)          # first-call allocations are no mode's cost
     one, one_replies = batch1(model, tokenizer, convs[:args.n1], args.new)
     many, many_replies = batch16(model, tokenizer, convs, args.new, args.rounds)
@@ -291,6 +335,24 @@ def report_eval(model, tokenizer, args, load_before: float) -> None:
     print(f"| all three | {sum(r['tokens'] for r in rows.values())} | {before:.2f} | {now:.2f} | {before / now:.2f}x |")
     OUT.mkdir(parents=True, exist_ok=True)
     (OUT / "generate_eval.json").write_text(json.dumps({"info": info, "systems": rows, "identical": same}, indent=2))
+
+
+def report_llama(model, tokenizer, args, load_before: float) -> None:
+    convs = [c[-1:] for c in conversations(args.n1)]
+    engine_generate(model, tokenizer, convs[:1], 1, 2)
+    rows, agree = llama_compare(model, tokenizer, convs, 64)
+    print(f"CPU: {cpu_kind()}, {os.cpu_count()} cores, torch and llama.cpp threads {torch.get_num_threads()}, load "
+          f"average {round(load_before, 2)} -> {round(os.getloadavg()[0], 2)}")
+    print(f"SmolLM2-135M, {len(convs)} zero-shot quickstart prompts one at a time, greedy, at most 64 new tokens; "
+          f"replies identical for {agree:.0%} of prompts\n")
+    print("| mode | tokens | seconds | tokens/s | p50 s | vs llama.cpp |")
+    print("|---|---|---|---|---|---|")
+    ref = rows["llama.cpp f16"]["tokens_per_s"]
+    for name, r in rows.items():
+        print(f"| {name} | {r['tokens']} | {r['seconds']} | {r['tokens_per_s']} | {r.get('p50_s', '')} | "
+              f"{r['tokens_per_s'] / ref:.2f}x |")
+    OUT.mkdir(parents=True, exist_ok=True)
+    (OUT / "generate_llama.json").write_text(json.dumps({"cpu": cpu_kind(), "results": rows, "agree": agree}, indent=2))
 
 
 if __name__ == "__main__":

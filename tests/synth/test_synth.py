@@ -208,4 +208,5 @@ def test_ctrl_c_stores_the_replies_in_flight(seeds, tmp_path):
         _, err = proc.communicate(timeout=30)
         time.sleep(0.3)
     assert proc.returncode == 130 and not out.exists(), err[-500:]
+    assert b"interrupted" in err.splitlines()[-1] and b"Traceback" not in err, err[-500:]
     assert len(list(out.with_name(out.name + ".cache").glob("*/*.json"))) == sum(scripted.served.values())

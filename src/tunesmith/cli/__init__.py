@@ -66,5 +66,14 @@ def main(argv: list[str] | None = None) -> None:
             raise
         _fail(path_error_line(exc), "check the path and its permissions (--debug shows the traceback)", 2)
     except KeyboardInterrupt:
-        err.print("interrupted")
-        sys.exit(130)
+        _interrupted()
+    except SystemExit as exc:
+        # typer turns a Ctrl-C inside a command into a silent exit 130; say what happened.
+        if exc.code == 130:
+            _interrupted()
+        raise
+
+
+def _interrupted() -> None:
+    err.print("interrupted")
+    sys.exit(130)
