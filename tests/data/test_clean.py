@@ -8,6 +8,7 @@ import random
 import numpy as np
 import pytest
 
+from tests.conftest import write_jsonl
 from tunesmith.data.clean import CleanOptions, clean_file
 from tunesmith.data.dedup import MinHasher, NearDupIndex, _Signature, shingles
 from tunesmith.data.load import load_samples
@@ -24,11 +25,6 @@ def _para(n=80):
 
 def _chat(question, answer):
     return {"messages": [{"role": "user", "content": question}, {"role": "assistant", "content": answer}]}
-
-
-def _write(path, rows):
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
-    return path
 
 
 def _read(path):
@@ -56,7 +52,7 @@ def test_near_duplicates_differing_by_a_word_are_removed_distinct_kept(tmp_path)
     # A pair sharing half its words is similar but not a near-duplicate at 0.8: it must stay.
     half = distinct[5]["messages"][0]["content"].split()[:40] + _para(40).split()
     rows = distinct + near + [_chat(" ".join(half), distinct[5]["messages"][1]["content"])]
-    src = _write(tmp_path / "d.jsonl", rows)
+    src = write_jsonl(tmp_path / "d.jsonl", rows)
     report = clean_file(src, tmp_path / "out.jsonl")
     kept = _read(tmp_path / "out.jsonl")
     assert kept == distinct + [rows[-1]]
@@ -72,7 +68,7 @@ def test_exact_duplicates_after_normalisation_and_report_counts(tmp_path):
     shouty = _chat(a["messages"][0]["content"].upper() + "  ", "\u200b" + a["messages"][1]["content"].replace(" ", "\t"))
     rows = [a, b, shouty, c, b, _chat("q", "\u200b \u00a0"), {"messages": [{"role": "user", "content": "   "},
                                                                           {"role": "assistant", "content": "x"}]}]
-    src = _write(tmp_path / "d.jsonl", rows)
+    src = write_jsonl(tmp_path / "d.jsonl", rows)
     report = clean_file(src, tmp_path / "out.json")
     assert json.loads((tmp_path / "out.json").read_text()) == [a, b, c]
     assert {k: v for k, v in report.removed.items() if v} == {"exact_duplicate": 2, "empty_response": 1, "empty_prompt": 1}
@@ -90,7 +86,7 @@ def test_normalisation():
 
 def test_token_length_filters_use_the_chat_template(tmp_path, tokenizer):
     rows = [_chat("hi", "yo"), _chat(_para(10), _para(10)), _chat(_para(200), _para(200))]
-    src = _write(tmp_path / "d.jsonl", rows)
+    src = write_jsonl(tmp_path / "d.jsonl", rows)
     lengths = token_lengths(tokenizer, load_samples(src))
     assert lengths == [len(tokenize_sample(tokenizer, s)[0]) for s in load_samples(src)]
     opts = CleanOptions(min_tokens=lengths[0] + 1, max_tokens=lengths[2] - 1)
@@ -109,7 +105,7 @@ def test_clean_is_deterministic_and_streams_in_batches(tmp_path):
             words = r["messages"][0]["content"].split()
             words[rng.randrange(len(words))] = "X"
             rows.append(_chat(" ".join(words), r["messages"][1]["content"]))
-    src = _write(tmp_path / "d.jsonl", rows)
+    src = write_jsonl(tmp_path / "d.jsonl", rows)
     # A batch of 4 crosses batch boundaries inside duplicate pairs: the result must not change.
     r1 = clean_file(src, tmp_path / "a.jsonl", CleanOptions(batch_size=4))
     r2 = clean_file(src, tmp_path / "b.jsonl", CleanOptions(batch_size=1000))
@@ -171,7 +167,7 @@ def test_cli_switches(tmp_path, capsys, flag, removed):
     row = _chat(_para(), "a")
     words = row["messages"][0]["content"].split()
     words[10] = "Z"
-    src = _write(tmp_path / "d.jsonl", [row, row, _chat(" ".join(words), "a")])
+    src = write_jsonl(tmp_path / "d.jsonl", [row, row, _chat(" ".join(words), "a")])
     with pytest.raises(SystemExit) as exc:
         main(["data", "clean", str(src), "-o", str(tmp_path / "o.jsonl"), flag, "--json"])
         raise SystemExit(0)
@@ -184,11 +180,11 @@ def test_cli_switches(tmp_path, capsys, flag, removed):
 
 def test_cleaned_output_reads_back_for_every_kind(tmp_path):
     rows = [{"prompt": "Pick one", "chosen": " Good. ", "rejected": "Bad."}, {"prompt": "Other", "chosen": "A", "rejected": "B"}]
-    src = _write(tmp_path / "p.jsonl", rows)
+    src = write_jsonl(tmp_path / "p.jsonl", rows)
     clean_file(src, tmp_path / "p_out.jsonl")
     back = load_samples(tmp_path / "p_out.jsonl")
     assert [(s.kind, s.messages[0]["content"], s.chosen) for s in back] == [("preference", "Pick one", "Good."),
                                                                             ("preference", "Other", "A")]
-    src = _write(tmp_path / "t.jsonl", [{"text": "Doc one.\r\n"}, {"text": "Doc two."}])
+    src = write_jsonl(tmp_path / "t.jsonl", [{"text": "Doc one.\r\n"}, {"text": "Doc two."}])
     clean_file(src, tmp_path / "t_out.parquet")
     assert [s.text for s in load_samples(tmp_path / "t_out.parquet")] == ["Doc one.", "Doc two."]

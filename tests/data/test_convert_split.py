@@ -7,6 +7,7 @@ import random
 
 import pytest
 
+from tests.conftest import write_jsonl
 from tunesmith.cli import main
 from tunesmith.data.load import load_samples
 from tunesmith.data.split import split_indices
@@ -26,18 +27,13 @@ def _alpaca_rows(n=20):
     return rows
 
 
-def _write(path, rows):
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
-    return path
-
-
 @pytest.mark.parametrize("middle", ["chatml", "sharegpt", "prompt_completion"])
 @pytest.mark.parametrize("suffix", [".jsonl", ".json", ".parquet"])
 def test_convert_round_trip(tmp_path, capsys, middle, suffix):
     rows = _alpaca_rows()
     if middle == "prompt_completion":
         del rows[3]["system"]  # prompt/completion has no system message
-    src = _write(tmp_path / "a.jsonl", rows)
+    src = write_jsonl(tmp_path / "a.jsonl", rows)
     mid, back = tmp_path / f"mid{suffix}", tmp_path / f"back{suffix}"
     assert run(["data", "convert", str(src), "-o", str(mid), "--to", middle], capsys)[0] == 0
     assert run(["data", "convert", str(mid), "-o", str(back), "--to", "alpaca"], capsys)[0] == 0
@@ -47,7 +43,7 @@ def test_convert_round_trip(tmp_path, capsys, middle, suffix):
 
 
 def test_convert_refuses_what_the_target_cannot_hold(tmp_path, capsys):
-    src = _write(tmp_path / "chat.jsonl", [
+    src = write_jsonl(tmp_path / "chat.jsonl", [
         {"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]},
         {"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"},
                       {"role": "user", "content": "c"}, {"role": "assistant", "content": "d"}]},
@@ -62,7 +58,7 @@ def test_convert_refuses_what_the_target_cannot_hold(tmp_path, capsys):
 
 def test_split_round_trip_and_matches_val_split(tmp_path, capsys):
     rows = [dict(r, id=f"r{i}") for i, r in enumerate(_alpaca_rows(50))]
-    src = _write(tmp_path / "data.jsonl", rows)
+    src = write_jsonl(tmp_path / "data.jsonl", rows)
     code, out, _ = run(["data", "split", str(src), "--val", "0.1", "--seed", "7", "-o", str(tmp_path / "s")], capsys)
     assert code == 0
     train = [json.loads(x) for x in (tmp_path / "s" / "data.train.jsonl").read_text().splitlines()]
@@ -90,7 +86,7 @@ def test_inspect_reports_counts_lengths_duplicates_and_plot(tmp_path, capsys, ti
     near = long_q.split()
     near[40] = "changed"
     rows.append({"messages": [{"role": "user", "content": " ".join(near)}, {"role": "assistant", "content": "ok"}]})
-    src = _write(tmp_path / "d.jsonl", rows)
+    src = write_jsonl(tmp_path / "d.jsonl", rows)
     png = tmp_path / "len.png"
     code, out, _ = run(["data", "inspect", str(src), "--model", str(tiny_model_dir), "--max-len", "100",
                         "--json", "--plot", str(png)], capsys)
@@ -118,7 +114,7 @@ def test_inspect_lengths_count_every_copy_of_a_duplicate(tmp_path, capsys, tiny_
     long = {"messages": [{"role": "user", "content": " ".join(f"word{i}" for i in range(120))},
                          {"role": "assistant", "content": "ok"}]}
     short = [{"messages": [{"role": "user", "content": f"q{i}"}, {"role": "assistant", "content": "a"}]} for i in range(2)]
-    src = _write(tmp_path / "dups.jsonl", [long, short[0], long, short[1], long])
+    src = write_jsonl(tmp_path / "dups.jsonl", [long, short[0], long, short[1], long])
     code, out, _ = run(["data", "inspect", str(src), "--model", str(tiny_model_dir), "--max-len", "100", "--json"], capsys)
     assert code == 0
     report = json.loads(out)
@@ -136,7 +132,7 @@ def test_inspect_max_len_defaults_to_what_a_run_makes_of_auto(tmp_path, capsys, 
 
     rows = [{"messages": [{"role": "user", "content": f"q{i}"}, {"role": "assistant", "content": "yes " * (10 * i + 5)}]}
             for i in range(20)]
-    src = _write(tmp_path / "d.jsonl", rows)
+    src = write_jsonl(tmp_path / "d.jsonl", rows)
     lengths = sorted(len(tokenize_sample(tokenizer, s)[0]) for s in load_samples(src))
     code, out, _ = run(["data", "inspect", str(src), "--model", str(tiny_model_dir), "--json"], capsys)
     assert code == 0
@@ -154,7 +150,7 @@ def test_inspect_max_len_defaults_to_what_a_run_makes_of_auto(tmp_path, capsys, 
     assert code == 0 and "over max_len auto = 128" in " ".join(out.split())
     # validate --max-len auto checks prompts against the context, the most auto can become.
     long_prompt = [{"prompt": "word " * 150, "chosen": "a", "rejected": "b"}]
-    pairs = _write(tmp_path / "p.jsonl", long_prompt)
+    pairs = write_jsonl(tmp_path / "p.jsonl", long_prompt)
     code, out, err = run(["data", "validate", str(pairs), "--model", str(short), "--max-len", "auto"], capsys)
     assert code == 1 and "longer than max_len 128" in err
     code, _, err = run(["data", "validate", str(pairs), "--model", str(short), "--max-len", "lots"], capsys)
@@ -162,7 +158,7 @@ def test_inspect_max_len_defaults_to_what_a_run_makes_of_auto(tmp_path, capsys, 
 
 
 def test_split_writes_both_files_or_neither(tmp_path, capsys):
-    src = _write(tmp_path / "data.jsonl", _alpaca_rows(10))
+    src = write_jsonl(tmp_path / "data.jsonl", _alpaca_rows(10))
     out = tmp_path / "s"
     (out / "data.val.jsonl").mkdir(parents=True)        # the val file cannot be written
     code, _, err = run(["data", "split", str(src), "--val", "0.2", "-o", str(out)], capsys)

@@ -8,6 +8,7 @@ import json
 
 import pytest
 
+from tests.conftest import write_jsonl
 from tunesmith.cli import main
 from tunesmith.config import validate
 from tunesmith.data.formats import FORMATS, Format, detect_format, register, unregister
@@ -35,11 +36,6 @@ def qa_format():
     finally:
         unregister("qa")
     assert "qa" not in FORMATS
-
-
-def _write(path, rows):
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
-    return path
 
 
 def cli(argv, capsys) -> tuple[int, str, str]:
@@ -71,12 +67,12 @@ def test_data_format_is_validated_against_the_registry():
 
 def test_a_registered_format_is_accepted_detected_loaded_and_listed(qa_format, tmp_path, capsys):
     assert validate({"data": {"format": "qa"}}).data.format == "qa"
-    path = _write(tmp_path / "qa.jsonl", [{"question": "2+2?", "answer": "4"}, {"question": "3+3?", "answer": "6"}])
+    path = write_jsonl(tmp_path / "qa.jsonl", [{"question": "2+2?", "answer": "4"}, {"question": "3+3?", "answer": "6"}])
     samples = load_samples(path)
     assert [s.messages[-1]["content"] for s in samples] == ["4", "6"]
     assert read_samples(path).format == "qa" and len(load_samples(path, "qa")) == 2
 
-    odd = _write(tmp_path / "odd.jsonl", [{"query": "q"}])
+    odd = write_jsonl(tmp_path / "odd.jsonl", [{"query": "q"}])
     (problem,) = read_samples(odd).errors
     assert "expected one of: messages, conversations, instruction+output, prompt+completion, prompt+chosen+rejected, " \
            "text, input+preferred_output+non_preferred_output, prompt+completion+label, question+answer " \

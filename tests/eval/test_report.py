@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import json
 import sys
-from pathlib import Path
 
 import pytest
 import sacrebleu
 
+from tests.conftest import write_jsonl
 from tunesmith.cli import main
 from tunesmith.config import EvalConfig
 from tunesmith.data.load import load_samples
@@ -25,11 +25,6 @@ def cli(*args) -> int:
     except SystemExit as exc:
         return int(exc.code or 0)
     return 0
-
-
-def write_jsonl(path: Path, rows: list[dict]) -> Path:
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
-    return path
 
 
 def chat(i: int) -> dict:

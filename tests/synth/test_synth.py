@@ -12,8 +12,8 @@ import sys
 import time
 from pathlib import Path
 
+from tests.conftest import write_jsonl
 from tests.eval.test_baselines import minimal_pdf
-from tests.synth.conftest import write_jsonl
 from tunesmith.cli import main
 from tunesmith.data.load import load_samples
 
