@@ -246,6 +246,7 @@ def _load_saved(cfg: RunConfig, output_dir: Path, kind: str, load_options: dict)
 
 def evaluate_run(cfg: RunConfig, model, tokenizer, eval_samples, train_samples, train_result, run_dir: Path,
                  events: Events | None = None) -> dict:
+    from tunesmith.data.mix import own_examples
     from tunesmith.eval.runner import build_systems, run_eval
     from tunesmith.train.trainer import resolve_precision
 
@@ -256,7 +257,7 @@ def evaluate_run(cfg: RunConfig, model, tokenizer, eval_samples, train_samples, 
     training = {k: getattr(train_result, k) for k in
                 ("steps", "first_loss", "final_loss", "best_val_loss", "best_step", "tokens_per_s", "packing_efficiency")}
     precision = resolve_precision(cfg.train.precision)
-    result = run_eval(systems, tokenizer, eval_samples, cfg.eval, run_dir, train_pool=train_samples,
+    result = run_eval(systems, tokenizer, eval_samples, cfg.eval, run_dir, train_pool=own_examples(train_samples),
                       system_prompt=cfg.data.system_prompt, precision=precision, training=training,
                       events=events, title=f"{cfg.method.name} fine-tune of {cfg.model.base}")
     return result.report

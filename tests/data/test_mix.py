@@ -12,7 +12,7 @@ import pytest
 
 from tunesmith.cli import main
 from tunesmith.config import load_config
-from tunesmith.data.mix import BUILTIN, load_mix
+from tunesmith.data.mix import BUILTIN, load_mix, own_examples
 from tunesmith.errors import ConfigError, DataError
 
 ASSETS = Path(__file__).resolve().parents[2] / "src" / "tunesmith" / "assets"
@@ -52,6 +52,11 @@ def test_weights_size_the_mix_by_the_source_that_runs_out_first(tmp_path):
     events.message = messages.append
     _, train, val = load_data(cfg, events=events)
     assert len(train) + len(val) == 38 and messages == ["data mix: task.jsonl 30/30 (79%), instructions.jsonl 8/102 (21%)"]
+    # The few-shot baselines draw demonstrations from the task's own examples, never from the shipped set.
+    own = own_examples(samples)
+    assert len(own) == 30 and all(Path(s.source.rsplit(":", 1)[0]).name == "task.jsonl" for s in own)
+    general_only, _ = load_mix(load_config(_config(tmp_path, ["general"])).data.train, "auto", 0)
+    assert own_examples(general_only) == general_only                           # nothing else to draw from
 
 
 def test_counts_repeat_a_small_source_and_whole_sources_stay_whole(tmp_path):

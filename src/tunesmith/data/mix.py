@@ -34,6 +34,15 @@ def resolve_path(path: str) -> str:
     return path
 
 
+def own_examples(samples: list) -> list:
+    """The examples of `samples` that come from the user's sources, not from a shipped set such as
+    `general`: the pool the few-shot baselines draw their demonstrations from (a general-instruction
+    demonstration teaches a prompting baseline nothing about the task). All of them when none is."""
+    shipped = tuple(str(path) + ":" for path in BUILTIN.values())
+    own = [s for s in samples if not s.source.startswith(shipped)]
+    return own or samples
+
+
 def source_paths(train) -> list[str]:
     if train is None:
         return []
