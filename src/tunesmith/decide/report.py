@@ -63,13 +63,21 @@ def markdown(r: dict) -> str:
 
 
 def learning_curve_sentence(r: dict) -> str:
+    """What the curve says about more data. A rise counts as one only when the smaller run's score lies
+    outside the larger run's 95 % interval: with 60 test examples a +0.02 step is noise."""
     sign = 1 if r["higher_is_better"] else -1
-    gains = [sign * (b["quality"] - a["quality"]) for a, b in zip(r["learning_curve"], r["learning_curve"][1:])]
-    if all(g > 0 for g in gains):
-        return (f"Quality rises at every step of the curve ({', '.join(f'{g:+.3f}' for g in gains)}): "
-                "more data would likely help.")
-    return (f"Quality does not rise steadily with more data ({', '.join(f'{g:+.3f}' for g in gains)}): more of the "
-            "same data is unlikely to help much.")
+    curve = r["learning_curve"]
+    gains = [sign * (b["quality"] - a["quality"]) for a, b in zip(curve, curve[1:])]
+    steps = ", ".join(f"{g:+.3f}" for g in gains)
+    last, before = curve[-1], curve[-2]
+    lo, hi = last["quality_ci95"]
+    clear = gains[-1] > 0 and not lo <= before["quality"] <= hi
+    if all(g > 0 for g in gains) and clear:
+        return f"Quality rises at every step of the curve ({steps}), the last one beyond its interval: more data would likely help."
+    if gains[-1] > 0:
+        return (f"Quality rises ({steps}), but the last step is inside the full-data interval "
+                f"[{_n(lo)}, {_n(hi)}]: the curve is flattening, and more of the same data would likely help little.")
+    return f"Quality does not rise with the last share of the data ({steps}): more of the same data is unlikely to help much."
 
 
 def pitfall_lines(p: dict) -> list[str]:
