@@ -91,8 +91,11 @@ class ServingJobs:
         self.store.add_event(job_id, "Validating training file: " + train["id"] + (f" and validation file: {val['id']}" if val else ""))
         self.store.update_job(job_id, status="queued")
         self.store.add_event(job_id, "Files validated; the job is queued")
+        # Read before waking the supervisor: the answer is the job as created, not whatever the supervisor
+        # has made of it a moment later (it may already be running).
+        created = job_object(self.store.job(job_id))
         self.state.finetune.supervisor.wake()
-        return job_object(self.store.job(job_id))
+        return created
 
     def retrieve(self, org: str, job_id: str) -> dict:
         return job_object(self._row(org, job_id))
