@@ -1,7 +1,7 @@
 """A prompt prefix shared by every request of an offline run, prefilled once.
 
 A few-shot evaluation sends the same instructions and demonstrations ahead of every held-out
-question: on the quickstart that is about 260 of each prompt's 330 tokens, so prefilling every
+question: on the quickstart that is about 310 of each prompt's 330 tokens, so prefilling every
 prompt whole spends most of the prefill on the same tokens again. The engine instead runs the
 shared tokens once (batch 1), gives each admitted group a copy of their keys and values, and
 prefills only what follows. Rows whose remainders differ in length are left-padded after the
@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import torch
 
-from tunesmith.generation.batching import left_pad
+from tunesmith.generation.batching import left_pad, positions
 
 MIN_SHARED = 16      # below this many tokens the extra pass costs about what it saves
 
@@ -64,5 +64,4 @@ class SharedPrefix:
         cache = DynamicCache(ddp_cache_data=[(k.expand(batch, -1, -1, -1), v.expand(batch, -1, -1, -1))
                                              for k, v in self.layers])
         mask = torch.cat([rest.new_ones(batch, n), rest], dim=1)                               # (B, P + S)
-        position_ids = (n + rest.cumsum(dim=1) - 1).clamp(min=n)                              # (B, S)
-        return cache, {"input_ids": ids, "attention_mask": mask, "position_ids": position_ids}, mask
+        return cache, {"input_ids": ids, "attention_mask": mask, "position_ids": positions(rest, n)}, mask

@@ -64,7 +64,7 @@ class VirtualPrefill:
             cache = new_cache(self.base)
             inputs = {"inputs_embeds": torch.cat((prompts, embeds), dim=1)}
         # Real tokens count from n in each row whatever its padding; pads get any position, being masked.
-        real = (n + mask.cumsum(dim=1) - 1).clamp(min=n)                          # (B, T)
+        real = positions(mask, n)                                                # (B, T)
         virtual = torch.arange(n, device=ids.device).expand(batch, n)             # (B, n)
         position_ids = real if self.kind == "kv" else torch.cat((virtual, real), dim=1)
         attn = torch.cat((torch.ones((batch, n), dtype=mask.dtype, device=mask.device), mask), dim=1)
