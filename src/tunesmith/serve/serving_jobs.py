@@ -89,11 +89,11 @@ class ServingJobs:
         self.store.add_job(id=job_id, org=org, status="validating_files", request=request, overrides=config)
         self.store.add_event(job_id, f"Created fine-tuning job: {job_id}")
         self.store.add_event(job_id, "Validating training file: " + train["id"] + (f" and validation file: {val['id']}" if val else ""))
-        self.store.update_job(job_id, status="queued")
         self.store.add_event(job_id, "Files validated; the job is queued")
-        # Read before waking the supervisor: the answer is the job as created, not whatever the supervisor
-        # has made of it a moment later (it may already be running).
-        created = job_object(self.store.job(job_id))
+        # The answer is the job as it was queued, not whatever the supervisor has made of it a moment later:
+        # its own poll may start the job between the update and any read after it, so read first.
+        created = job_object({**self.store.job(job_id), "status": "queued"})
+        self.store.update_job(job_id, status="queued")
         self.state.finetune.supervisor.wake()
         return created
 
