@@ -73,7 +73,8 @@ class MixSource(Section):
     """One source of a `data.train` mix (data/mix.py)."""
 
     path: str = Field(description="a data file or folder, or 'general' (the shipped general instruction set)")
-    weight: float | None = Field(None, gt=0, description="share of the mix (weights are normalised to sum to 1)")
+    weight: float | None = Field(None, gt=0, description=("share of the mix (weights are normalised to sum to 1); the first "
+                                  "source is used whole and sets the mix's size, later ones repeat when short"))
     count: int | None = Field(None, ge=1, description="examples to take (repeated when the source has fewer)")
 
     @model_validator(mode="after")

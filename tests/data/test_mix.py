@@ -33,7 +33,7 @@ def _config(tmp_path: Path, train: list) -> Path:
     return path
 
 
-def test_weights_size_the_mix_by_the_source_that_runs_out_first(tmp_path):
+def test_weights_size_the_mix_by_the_first_source_used_whole(tmp_path):
     _task(tmp_path / "task.jsonl", 30)
     cfg = load_config(_config(tmp_path, [{"path": "task.jsonl", "weight": 0.8}, {"path": "general", "weight": 0.2}]))
     assert cfg.data.train[0].path == str(tmp_path / "task.jsonl") and cfg.data.train[1].path == "general"
@@ -57,6 +57,17 @@ def test_weights_size_the_mix_by_the_source_that_runs_out_first(tmp_path):
     assert len(own) == 30 and all(Path(s.source.rsplit(":", 1)[0]).name == "task.jsonl" for s in own)
     general_only, _ = load_mix(load_config(_config(tmp_path, ["general"])).data.train, "auto", 0)
     assert own_examples(general_only) == general_only                           # nothing else to draw from
+
+
+def test_a_later_source_smaller_than_its_share_is_repeated_and_no_task_example_is_left_out(tmp_path):
+    _task(tmp_path / "task.jsonl", 480)
+    cfg = load_config(_config(tmp_path, [{"path": "task.jsonl", "weight": 4}, {"path": "general", "weight": 1}]))
+    samples, parts = load_mix(cfg.data.train, "auto", cfg.train.seed)
+    assert [(p.available, p.taken) for p in parts] == [(480, 480), (102, 120)]     # 480 / 0.8 = 600 in all
+    task = Counter(s.source for s in samples if "task.jsonl" in s.source)
+    general = Counter(s.source for s in samples if "instructions.jsonl" in s.source)
+    assert len(task) == 480 and set(task.values()) == {1}
+    assert len(general) == 102 and sorted(Counter(general.values()).items()) == [(1, 84), (2, 18)]
 
 
 def test_counts_repeat_a_small_source_and_whole_sources_stay_whole(tmp_path):

@@ -5,10 +5,12 @@
         - {path: orders.jsonl, weight: 0.8}
         - {path: general, weight: 0.2}     # the shipped general instruction set, against forgetting
 
-Weights are shares of the mix. The mix is as large as it can be without repeating an example: the
-source that runs out first at its share sets the size (300 task examples at 0.8 make 375, of which
-75 general ones). Counts take that many examples of a source (repeating it when it has fewer),
-and a source with neither is used whole. Weights and counts do not mix in one list. Examples are
+Weights are shares of the mix. The first source (your task's data) is used whole and sets the size:
+300 task examples at 0.8 make 375, of which 75 general ones; a later source with fewer examples than
+its share is repeated (1,000 task examples at 0.8 take 250 general ones, the 102 shipped ones about
+2.5 times). Sizing by the smallest source instead would silently leave task examples out. Counts
+take that many examples of a source (repeating it when it has fewer), and a source with neither is
+used whole. Weights and counts do not mix in one list. Examples are
 drawn with the run's seed, so a run is reproducible; the drawn mix is what the validation split
 and training see.
 """
@@ -67,8 +69,8 @@ def plan(sources: list[MixSource], sizes: list[int]) -> list[int]:
     if sources[0].weight is not None:
         total_w = sum(s.weight for s in sources)
         shares = [s.weight / total_w for s in sources]
-        size = min(n / w for n, w in zip(sizes, shares))
-        return [min(n, round(w * size)) for n, w in zip(sizes, shares)]
+        size = sizes[0] / shares[0]
+        return [sizes[0]] + [max(1, round(w * size)) for w in shares[1:]]
     return [s.count if s.count is not None else n for s, n in zip(sources, sizes)]
 
 
