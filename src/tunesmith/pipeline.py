@@ -198,7 +198,14 @@ class _Run:
         reference = getattr(objective, "reference", None)
         if reference is not None:
             events.message(f"objective: {cfg.objective.name}; reference: {reference.describe}")
-        metadata = {"base": cfg.model.base, "method": cfg.method.name} if prepared.kind == "adapter" else None
+        metadata = None
+        if prepared.kind == "adapter":
+            from tunesmith.generation.loops import LoopGuard
+
+            # What counts as a loop for this adapter, read from its training answers: `tunesmith serve`
+            # stops replies past it (--stop-loops), as eval does with the same rule.
+            metadata = {"base": cfg.model.base, "method": cfg.method.name,
+                        "loop_limit": LoopGuard.from_samples(tokenizer, train_samples).limit}
         trainer = self.trainer = Trainer(cfg.train, cfg.data, prepared, tokenizer, train_set, val_set, run_dir,
                                          events=events, objective=objective, final_metadata=metadata)
         result = trainer.fit(resume=resume)

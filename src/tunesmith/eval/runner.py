@@ -136,9 +136,7 @@ def loop_guard(tokenizer, samples: list[Sample]):
     them (a held-out answer should not shape its own generation), else the eval set's."""
     from tunesmith.generation.loops import LoopGuard
 
-    answers = [s.reference() for s in samples if s.kind in ("chat", "preference")]
-    ids = tokenizer(answers, add_special_tokens=False)["input_ids"] if answers else []
-    return LoopGuard.from_references(tokenizer, ids)
+    return LoopGuard.from_samples(tokenizer, samples)
 
 
 def resolve_budget(setting: int | str, tokenizer, chat: list[Sample], systems: list[SystemSpec]) -> NewTokens:

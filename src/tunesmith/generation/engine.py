@@ -258,6 +258,7 @@ class Engine:
         if stopped:
             self.finish(row, "stop", flush=False)
         elif row.check is not None and row.check(row.generated):
+            self.stats["loops_stopped"] += 1
             self.finish(row, "stop")
         elif at_limit:
             self.finish(row, "length")

@@ -19,8 +19,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-import torch
-from transformers import StoppingCriteria
 
 MIN_REPEATS = 4
 MIN_SPAN = 24          # tokens the repeated blocks must cover together
@@ -100,6 +98,13 @@ class LoopGuard:
         seen = max((most_repeats(r, digits) for r in references), default=1)
         return cls(digits, max(MIN_REPEATS, 2 * seen))
 
+    @classmethod
+    def from_samples(cls, tokenizer, samples) -> LoopGuard:
+        """The limit read from the assistant answers of `samples` (chats and preference pairs)."""
+        answers = [s.reference() for s in samples if s.kind in ("chat", "preference")]
+        ids = tokenizer(answers, add_special_tokens=False)["input_ids"] if answers else []
+        return cls.from_references(tokenizer, ids)
+
     def looping(self, tokens) -> bool:
         return len(tokens) >= MIN_SPAN and tail_repeats(tokens, self.digits) > self.limit
 
@@ -108,59 +113,8 @@ class LoopGuard:
 
     def stops_reply(self, reply: list[int]) -> bool:
         """The engine's per-row check, after each token: True (and counted) when `reply` loops now;
-        looked at every EVERY tokens, as `BatchWatch` does."""
+        looked at every EVERY tokens."""
         if len(reply) % EVERY or not self.looping(reply):
             return False
         self.stopped += 1
         return True
-
-    def watch(self, rows: int, stops) -> BatchWatch:
-        return BatchWatch(self, rows, set(stops))
-
-
-class BatchWatch:
-    """One lockstep batch's replies as they grow (the server's peft fallback): `on_step(tokens)` for the
-    virtual-token decoder, or `criterion(prompt_len)` for `model.generate`. `cut[r]` is where row r was stopped (None: it was not)."""
-
-    def __init__(self, guard: LoopGuard, rows: int, stops: set[int]):
-        self.guard, self.stops = guard, stops
-        self.tokens: list[list[int]] = [[] for _ in range(rows)]
-        self.cut: list[int | None] = [None] * rows
-        self.ended = [False] * rows
-
-    def check(self, replies: list[list[int]]) -> torch.Tensor:
-        """(B,) bool: rows that loop now. Every EVERY tokens; each row is reported once, and a row
-        that has reached a stop token never (what follows it is padding)."""
-        stop = torch.zeros(len(replies), dtype=torch.bool)
-        if not replies or len(replies[0]) % EVERY:
-            return stop
-        for r, reply in enumerate(replies):
-            if self.ended[r]:
-                continue
-            if not self.stops.isdisjoint(reply):
-                self.ended[r] = True
-            elif self.guard.looping(reply):
-                self.ended[r] = True
-                self.cut[r] = len(reply)
-                self.guard.stopped += 1
-                stop[r] = True
-        return stop
-
-    def __call__(self, token: torch.Tensor) -> torch.Tensor:
-        for r, t in enumerate(token.tolist()):
-            self.tokens[r].append(t)
-        return self.check(self.tokens)
-
-    def criterion(self, prompt_len: int) -> StoppingCriteria:
-        return _Criterion(self, prompt_len)
-
-
-class _Criterion(StoppingCriteria):
-    def __init__(self, watch: BatchWatch, prompt_len: int):
-        self.watch, self.prompt_len = watch, prompt_len
-
-    def __call__(self, input_ids: torch.Tensor, scores, **kwargs) -> torch.Tensor:
-        new = input_ids.shape[1] - self.prompt_len
-        if new % EVERY:   # skip the copy to Python lists between checks
-            return torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
-        return self.watch.check(input_ids[:, self.prompt_len:].tolist()).to(input_ids.device)   # (B, new)

@@ -29,6 +29,7 @@ class AdapterSpec:
     engine: str                       # "lora" (batched per row) or "peft" (fallback)
     why_fallback: str = ""
     rank: int = 0
+    loop_limit: int | None = None     # recorded by `tunesmith train` from the training answers (loops.py)
     # module name -> (A (in, r), B (r, out) with the scale folded in); only for engine == "lora"
     weights: dict[str, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict, repr=False)
 
@@ -68,13 +69,21 @@ def read_adapter_config(path: Path) -> dict:
                     hint="point at the 'adapter' folder inside a tunesmith run")
 
 
-def adapter_base_name(path: Path, config: dict) -> str | None:
+def tunesmith_metadata(path: Path) -> dict | None:
+    """The adapter folder's tunesmith.json (what `tunesmith train` recorded), None when absent or unreadable."""
     ours = path / "tunesmith.json"
-    if ours.is_file():
-        try:
-            return json.loads(ours.read_text(encoding="utf-8")).get("base")
-        except json.JSONDecodeError:
-            return None
+    if not ours.is_file():
+        return None
+    try:
+        meta = json.loads(ours.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return None
+    return meta if isinstance(meta, dict) else None
+
+
+def adapter_base_name(path: Path, config: dict) -> str | None:
+    if (path / "tunesmith.json").is_file():
+        return (tunesmith_metadata(path) or {}).get("base")
     return config.get("base_model_name_or_path") or config.get("base_model")
 
 
@@ -132,8 +141,10 @@ def inspect_adapter(name: str, path: Path, dtype: torch.dtype = torch.float32) -
     path = Path(path)
     config = read_adapter_config(path)
     reason = fallback_reason(config, path)
+    limit = (tunesmith_metadata(path) or {}).get("loop_limit")
     spec = AdapterSpec(name=name, path=path, config=config, base=adapter_base_name(path, config),
-                       engine="peft" if reason else "lora", why_fallback=reason)
+                       engine="peft" if reason else "lora", why_fallback=reason,
+                       loop_limit=limit if isinstance(limit, int) and limit > 0 else None)
     if not reason:
         spec.weights, spec.rank = load_lora_weights(path, config, dtype)
     return spec

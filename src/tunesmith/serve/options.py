@@ -33,6 +33,13 @@ class ServeOptions(BaseModel):
         "emulated fine-tuning: a larger base sharing the tokenizer (like --model); every answer's next-token log-probs "
         "become log p_large + beta * (log p_adapter - log p_base), beta from the request's eft_beta or --eft-beta"))
     eft_beta: float = Field(1.0, ge=0.0, description="--eft-large: beta of requests that set no eft_beta")
+    stop_loops: bool = Field(True, description=(
+        "stop a reply whose tail repeats one block more often than the adapter's training answers allow (the "
+        "limit `tunesmith train` records in the adapter's tunesmith.json; finish_reason 'stop'); a model with no "
+        "recorded limit is checked against --loop-limit when set"))
+    loop_limit: int | None = Field(None, ge=2, description=(
+        "--stop-loops for the base model and adapters without a recorded limit: stop a reply whose tail repeats "
+        "one block (24+ tokens in all, digits ignored) more than N times; unset: those are not checked"))
     max_tokens_limit: int = Field(1024, description="largest max_tokens a request may ask for")
     default_max_tokens: int = Field(256, description="max_tokens when a chat request sets none")
     max_body_bytes: int = Field(1 << 20, description="largest request body (413 above)")

@@ -35,7 +35,7 @@ class Job:
         self.rows = [GenRequest(prompt_ids=p, sink=sink, adapter=adapter, max_tokens=max_tokens,
                                 temperature=body.temperature, top_p=body.top_p,
                                 seed=None if body.seed is None else body.seed + j, stop=tuple(body.stop or ()),
-                                eft_beta=body.eft_beta,
+                                eft_beta=body.eft_beta, check=state.loop_check(adapter),
                                 timeout_s=state.options.request_timeout_s, index=i * body.n + j)
                      for i, p in enumerate(prompts) for j in range(body.n)]
         # Set when the client hung up before every choice was final: what was generated is cut short.

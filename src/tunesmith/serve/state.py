@@ -59,6 +59,7 @@ class ServerState:
                              eft=EmulatedFineTune(load_draft_model(options.eft_large, tokenizer, options.model, options.dtype),
                                                   options.eft_beta) if options.eft_large else None)
         self.max_context = int(getattr(model.config, "max_position_embeddings", 2048))
+        self._loop_guards: dict[int, object] = {}    # limit -> LoopGuard (engine thread calls its check)
         self.traffic = TrafficLog(options.traffic_log) if options.traffic_log else None
 
     # -- adapters ----------------------------------------------------------------------------------
@@ -75,6 +76,21 @@ class ServerState:
             if name in self.adapters and (org is None or self.owners.get(name, org) == org):
                 return name
         raise KeyError(name)
+
+    def loop_check(self, adapter: str | None):
+        """The per-token loop check for requests to `adapter` (None: the base model), or None when unchecked."""
+        if not self.options.stop_loops:
+            return None
+        with self._lock:
+            spec = self.adapters.get(adapter) if adapter is not None else None
+        limit = (spec.loop_limit if spec is not None else None) or self.options.loop_limit
+        if limit is None:
+            return None
+        if limit not in self._loop_guards:
+            from tunesmith.generation.loops import LoopGuard, digit_token_ids
+
+            self._loop_guards[limit] = LoopGuard(digit_token_ids(self.tokenizer), limit)
+        return self._loop_guards[limit].stops_reply
 
     def load_adapter(self, name: str, path: str | Path, owner: str | None = None) -> AdapterSpec:
         """Read, check and install an adapter. Blocking; call from a worker thread."""
