@@ -206,7 +206,8 @@ class EvalConfig(Section):
         "a multiple of 16, at most 2048 (programs of code_tasks get at least 512)"))
     batch_size: int = Field(64, gt=0, description="replies decoded together (rows join as others finish); on a CPU "
                             "each decode step reads every weight once whatever the batch, so more rows are faster "
-                            "until memory runs out (the KV cache grows with rows x tokens)")
+                            "until memory runs out; fewer run when their KV cache (rows x tokens) would not fit "
+                            "half the free memory")
     temperature: float = Field(0.0, ge=0.0, description="0 means greedy decoding")
     stop_loops: bool = Field(True, description=(
         "stop a reply whose end repeats one block more than twice as often as any reference answer does (at least "

@@ -20,6 +20,7 @@ from tunesmith.generation.cache import ModelCall
 from tunesmith.generation.eft import EmulatedFineTune
 from tunesmith.generation.engine import Engine
 from tunesmith.generation.loops import LoopGuard
+from tunesmith.generation.memory import rows_that_fit
 from tunesmith.generation.prefix import common_prefix
 from tunesmith.generation.request import GenRequest
 from tunesmith.generation.sampling import default_top_k
@@ -51,7 +52,8 @@ def generate_tokens(model, tokenizer, conversations: list[list[dict]], *, max_ne
                     draft_model=None, draft_tokens: int = 4, eft_large=None, eft_beta: float = 1.0) -> list[list[int]]:
     """The new token ids of each reply, cut before its first stop token.
 
-    `batch_size` rows decode together. `progress(n)`, if given, is called as replies finish.
+    `batch_size` rows decode together, fewer when their KV cache would not fit half the free memory
+    (memory.py). `progress(n)`, if given, is called as replies finish.
     Sampling uses the model's default top_k, as `model.generate` does when none is given.
     `loop_guard`, if given, stops a reply that has fallen into a repetition loop where it notices it
     (generation/loops.py) and counts it in `loop_guard.stopped`. `prompt_lookup` > 0 drafts that many
@@ -72,7 +74,9 @@ def generate_tokens(model, tokenizer, conversations: list[list[dict]], *, max_ne
                            timeout_s=float("inf")) for i in order]
     lookup = PromptLookup(max_draft=prompt_lookup) if prompt_lookup else None
     draft = DraftModel(draft_model, max_draft=draft_tokens) if draft_model is not None else None
-    engine = Engine(model, tokenizer, None, stop_token_ids(tokenizer), max_batch=batch_size,
+    # Never more rows than their KV cache has memory for (memory.py); the longest prompt goes first.
+    rows = min(batch_size, rows_that_fit(model, len(encoded[order[0]]) + max_new_tokens))
+    engine = Engine(model, tokenizer, None, stop_token_ids(tokenizer), max_batch=rows,
                     max_queue=len(requests), lookup=lookup, draft=draft,
                     eft=EmulatedFineTune(eft_large, eft_beta) if eft_large is not None else None,
                     shared_prefix=common_prefix(encoded))
