@@ -130,3 +130,21 @@ def test_a_local_model_judges_through_the_same_stage(tiny_model_dir, tmp_path):
     assert sum(stage.count.dropped.values()) == 4 - len(kept)
     usage = judge.usage["judge"]
     assert usage.requests == 4 and 0 < usage.completion_tokens <= 4 * 64      # the judge's token cap
+
+
+def test_a_judge_that_gives_no_scores_for_most_candidates_is_a_warning():
+    from types import SimpleNamespace
+
+    from tunesmith.synth.run import judge_warnings
+
+    judge = SimpleNamespace(name="local:default")
+    stage = JudgeStage(judge, 7, load_rubric())
+    stage.count.seen, stage.count.kept = 13, 1
+    stage.count.dropped["judge reply had no 1-10 score"] = 12
+    assert judge_warnings([NoveltyStage([], 0.7), stage], judge) == [
+        "the judge local:default gave no 1-10 score for 12 of 13 candidates: it does not follow the rubric; use a "
+        "stronger --judge, or --min-score 0 to keep candidates unjudged"]
+    stage.count.dropped["judge reply had no 1-10 score"] = 6                  # half or fewer: the judge works
+    assert judge_warnings([stage], judge) == []
+    stage.count.seen, stage.count.dropped["judge reply had no 1-10 score"] = 4, 4   # too few to tell
+    assert judge_warnings([stage], judge) == [] and judge_warnings([], None) == []

@@ -65,4 +65,6 @@ def synth_command(mode: ModeChoice = typer.Argument(..., help=f"what to synthesi
         out.print_json(json.dumps(result.report))
         return
     print_yield(result.report)
+    for warning in result.report.get("warnings", []):
+        out.print(f"warning: {warning}", style="yellow", markup=False, highlight=False)
     out.print(f"wrote {result.output} and {result.report_path}", markup=False, highlight=False)

@@ -197,7 +197,21 @@ def synthesize(mode_name: str, source: str | Path, output: str | Path, opts: Syn
                                                               "prompt_tokens", "completion_tokens")}
     total["cost"] = round(sum(u["cost"] for u in usage.values()), 6)
     report |= {"requests": i, "kept": len(kept), "target": target, "stages": stage_rows, "teacher_usage": total,
-               "judge": judge.name if judge is not None else None, "seconds": round(time.monotonic() - started, 2)}
+               "judge": judge.name if judge is not None else None, "seconds": round(time.monotonic() - started, 2),
+               "warnings": judge_warnings(stages, judge)}
     rpath = report_path_for(output)
     write_json(rpath, report)
     return SynthResult(output, rpath, kept, report)
+
+
+def judge_warnings(stages, judge) -> list[str]:
+    """A judge that cannot follow the rubric drops good and bad alike (a 135M local model gave no score for
+    12 of 13 candidates): say so, with the fix, instead of leaving a thin output unexplained."""
+    stage = next((st for st in stages if isinstance(st, JudgeStage)), None)
+    if stage is None or stage.count.seen < 8:
+        return []
+    unscored = stage.count.dropped.get("judge reply had no 1-10 score", 0)
+    if unscored * 2 <= stage.count.seen:
+        return []
+    return [f"the judge {judge.name} gave no 1-10 score for {unscored} of {stage.count.seen} candidates: it does "
+            "not follow the rubric; use a stronger --judge, or --min-score 0 to keep candidates unjudged"]
