@@ -42,6 +42,7 @@ def fake_state(tokenizer, script, **options):
     return SimpleNamespace(options=ServeOptions(model="base", **options), tokenizer=tokenizer, engine=FakeEngine(script),
                            max_context=64, traffic=None, base_name="base", base_path=Path("/models/base"), started=1.0,
                            adapters=adapters, owners={}, model_names=lambda org=None: list(names),
+                           loop_check=lambda adapter: None,
                            lookup=lambda n, org=None: None if n == "base" else (n if n in adapters else (_ for _ in ()).throw(KeyError(n))))
 
 
