@@ -133,6 +133,7 @@ class _Run:
     def __init__(self, cfg: RunConfig, events: Events):
         self.cfg, self.events = cfg, events
         self.trainer = None
+        self.loop_guard = None    # read from the training answers for an adapter's record; eval reuses it
 
     def execute(self, resume: bool) -> RunResult:
         from tunesmith.train.objectives import get_objective
@@ -200,12 +201,14 @@ class _Run:
             events.message(f"objective: {cfg.objective.name}; reference: {reference.describe}")
         metadata = None
         if prepared.kind == "adapter":
+            from tunesmith.data.mix import own_examples
             from tunesmith.generation.loops import LoopGuard
 
-            # What counts as a loop for this adapter, read from its training answers: `tunesmith serve`
-            # stops replies past it (--stop-loops), as eval does with the same rule.
-            metadata = {"base": cfg.model.base, "method": cfg.method.name,
-                        "loop_limit": LoopGuard.from_samples(tokenizer, train_samples).limit}
+            # What counts as a loop for this adapter, read once from the answers eval reads it from (the
+            # user's own training examples): eval stops replies past it, and so does `tunesmith serve`
+            # (--stop-loops) from this record.
+            self.loop_guard = LoopGuard.from_samples(tokenizer, own_examples(train_samples))
+            metadata = {"base": cfg.model.base, "method": cfg.method.name, "loop_limit": self.loop_guard.limit}
         trainer = self.trainer = Trainer(cfg.train, cfg.data, prepared, tokenizer, train_set, val_set, run_dir,
                                          events=events, objective=objective, final_metadata=metadata)
         result = trainer.fit(resume=resume)
@@ -231,7 +234,8 @@ class _Run:
         if cfg.eval.enabled:
             eval_samples = load_samples(cfg.eval.data, cfg.data.format) if cfg.eval.data else val_samples
             if eval_samples:
-                report = evaluate_run(cfg, model, tokenizer, eval_samples, train_samples, result, run_dir.root, events)
+                report = evaluate_run(cfg, model, tokenizer, eval_samples, train_samples, result, run_dir.root, events,
+                                      loop_guard=self.loop_guard)
             else:
                 events.message("eval: skipped (no eval.data, data.val or data.val_split)")
         merged_dir = None
@@ -252,7 +256,7 @@ def _load_saved(cfg: RunConfig, output_dir: Path, kind: str, load_options: dict)
 
 
 def evaluate_run(cfg: RunConfig, model, tokenizer, eval_samples, train_samples, train_result, run_dir: Path,
-                 events: Events | None = None) -> dict:
+                 events: Events | None = None, loop_guard=None) -> dict:
     from tunesmith.data.mix import own_examples
     from tunesmith.eval.runner import build_systems, run_eval
     from tunesmith.train.trainer import resolve_precision
@@ -266,6 +270,6 @@ def evaluate_run(cfg: RunConfig, model, tokenizer, eval_samples, train_samples, 
     precision = resolve_precision(cfg.train.precision)
     result = run_eval(systems, tokenizer, eval_samples, cfg.eval, run_dir, train_pool=own_examples(train_samples),
                       system_prompt=cfg.data.system_prompt, precision=precision, training=training,
-                      events=events, title=f"{cfg.method.name} fine-tune of {cfg.model.base}")
+                      events=events, title=f"{cfg.method.name} fine-tune of {cfg.model.base}", loop_guard=loop_guard)
     return result.report
 

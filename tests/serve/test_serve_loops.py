@@ -43,7 +43,8 @@ def looping(tokenizer, tmp_path_factory):
                                                              {"role": "assistant", "content": ANSWER}]} for i in range(4)])
     cfg = load_config(None, [f"model.base={base}", f"data.train={data}", "data.val_split=0", "method.name=lora",
                              "train.max_steps=1", "train.batch_size=4", "train.lr=1e-12", "train.precision=fp32",
-                             "eval.enabled=false", f"output.dir={work / 'run'}"])
+                             f"eval.data={data}", "eval.baselines=[]", "eval.metrics=[exact_match]", "eval.perplexity=false",
+                             "eval.regression=false", "eval.max_new_tokens=48", f"output.dir={work / 'run'}"])
     run(cfg, events=Events())
     recorded = work / "run" / "adapter"
     unrecorded = work / "unrecorded"
@@ -52,13 +53,17 @@ def looping(tokenizer, tmp_path_factory):
     meta.pop("loop_limit")
     (unrecorded / "tunesmith.json").write_text(json.dumps(meta))
     return {"base": base, "recorded": recorded, "unrecorded": unrecorded,
-            "limit": LoopGuard.from_samples(tokenizer, load_samples(data)).limit}
+            "limit": LoopGuard.from_samples(tokenizer, load_samples(data)).limit,
+            "report": json.loads((work / "run" / "report.json").read_text())}
 
 
 def test_training_records_the_loop_limit_of_its_answers(looping):
     meta = json.loads((looping["recorded"] / "tunesmith.json").read_text())
     assert looping["limit"] == 12 > 2 * MIN_REPEATS
     assert meta["loop_limit"] == looping["limit"]
+    # The run's own evaluation stopped its looping replies by the same limit.
+    assert looping["report"]["generation"]["loop_limit"] == looping["limit"]
+    assert looping["report"]["loops_stopped"] == {"tuned": 4}
 
 
 def _serve(looping, **options):

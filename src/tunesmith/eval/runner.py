@@ -58,12 +58,13 @@ def validate(cfg: EvalConfig) -> None:
 def run_eval(systems: list[SystemSpec], tokenizer, samples: list[Sample], cfg: EvalConfig, out_dir: Path, *,
              train_pool: list[Sample] | None = None, system_prompt: str | None = None, precision: str = "fp32",
              training: dict | None = None, events: Events | None = None, title: str = "evaluation",
-             lm_eval_args: dict | None = None, train_log: Path | None = None) -> EvalResult:
+             lm_eval_args: dict | None = None, train_log: Path | None = None, loop_guard=None) -> EvalResult:
     """Score `systems` and write the report to `out_dir`.
 
     Progress goes to `events` as EvalProgress per stage and system, then one EvalFinished; None
     runs silently. With `training`, the overfitting check reads `train_log` (default:
-    out_dir/metrics.jsonl, where a training run writes it).
+    out_dir/metrics.jsonl, where a training run writes it). `loop_guard` (generation/loops.LoopGuard):
+    the repetition rule when the caller has already read it from `train_pool`; else it is read here.
     """
     validate(cfg)
     # A preference pair is also a chat example: its prompt is answered, with the chosen answer as
@@ -82,7 +83,11 @@ def run_eval(systems: list[SystemSpec], tokenizer, samples: list[Sample], cfg: E
                       train_pool=train_pool or [], system_prompt=system_prompt, precision=precision, events=events,
                       lm_eval_args=lm_eval_args, out_dir=Path(out_dir), code_max_new_tokens=code_budget)
     if cfg.stop_loops and chat:
-        ctx.loop_guard = loop_guard(tokenizer, train_pool or chat)
+        from tunesmith.generation.loops import LoopGuard
+
+        # What counts as a loop is read from the training answers when the run has them (a held-out
+        # answer should not shape its own generation), else from the eval set's.
+        ctx.loop_guard = loop_guard or LoopGuard.from_samples(tokenizer, train_pool or chat)
     if cfg.draft_model and chat:
         from tunesmith.generation.speculate import load_draft_model
 
@@ -130,13 +135,6 @@ def run_eval(systems: list[SystemSpec], tokenizer, samples: list[Sample], cfg: E
         events.emit(EvalFinished(report.get("verdict", ""), str(Path(out_dir) / "report.md")))
     return EvalResult(report, ctx.predictions)
 
-
-def loop_guard(tokenizer, samples: list[Sample]):
-    """What counts as a loop, read from reference answers: the training answers when the run has
-    them (a held-out answer should not shape its own generation), else the eval set's."""
-    from tunesmith.generation.loops import LoopGuard
-
-    return LoopGuard.from_samples(tokenizer, samples)
 
 
 def resolve_budget(setting: int | str, tokenizer, chat: list[Sample], systems: list[SystemSpec]) -> NewTokens:

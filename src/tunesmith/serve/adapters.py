@@ -81,9 +81,10 @@ def tunesmith_metadata(path: Path) -> dict | None:
     return meta if isinstance(meta, dict) else None
 
 
-def adapter_base_name(path: Path, config: dict) -> str | None:
+def adapter_base_name(path: Path, config: dict, meta: dict | None) -> str | None:
+    """`meta`: the folder's tunesmith_metadata, whose base wins whenever tunesmith.json exists."""
     if (path / "tunesmith.json").is_file():
-        return (tunesmith_metadata(path) or {}).get("base")
+        return (meta or {}).get("base")
     return config.get("base_model_name_or_path") or config.get("base_model")
 
 
@@ -141,8 +142,9 @@ def inspect_adapter(name: str, path: Path, dtype: torch.dtype = torch.float32) -
     path = Path(path)
     config = read_adapter_config(path)
     reason = fallback_reason(config, path)
-    limit = (tunesmith_metadata(path) or {}).get("loop_limit")
-    spec = AdapterSpec(name=name, path=path, config=config, base=adapter_base_name(path, config),
+    meta = tunesmith_metadata(path)
+    limit = (meta or {}).get("loop_limit")
+    spec = AdapterSpec(name=name, path=path, config=config, base=adapter_base_name(path, config, meta),
                        engine="peft" if reason else "lora", why_fallback=reason,
                        loop_limit=limit if isinstance(limit, int) and limit > 0 else None)
     if not reason:

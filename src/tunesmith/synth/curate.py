@@ -196,6 +196,9 @@ def load_rubric(path: str | Path | None = None) -> str:
     return text
 
 
+NO_SCORE = "judge reply had no 1-10 score"     # a drop reason; run.judge_warnings reads its count
+
+
 class JudgeStage(Stage):
     """A 1-10 rubric score from the judge (any teacher, asked at temperature 0); below the threshold,
     or no score in the reply, drops the candidate."""
@@ -217,7 +220,7 @@ class JudgeStage(Stage):
                 continue
             score = parse_score(reply.text)
             if score is None:
-                self.count.dropped["judge reply had no 1-10 score"] += 1
+                self.count.dropped[NO_SCORE] += 1
                 continue
             c.provenance.setdefault("scores", {})["judge"] = score
             if score < self.threshold:

@@ -22,6 +22,7 @@ from tunesmith.io_utils import write_json
 from tunesmith.synth.cache import RequestCache
 from tunesmith.synth.checks import load_check
 from tunesmith.synth.curate import (
+    NO_SCORE,
     CheckStage,
     DecontaminationStage,
     DedupStage,
@@ -210,7 +211,7 @@ def judge_warnings(stages, judge) -> list[str]:
     stage = next((st for st in stages if isinstance(st, JudgeStage)), None)
     if stage is None or stage.count.seen < 8:
         return []
-    unscored = stage.count.dropped.get("judge reply had no 1-10 score", 0)
+    unscored = stage.count.dropped.get(NO_SCORE, 0)
     if unscored * 2 <= stage.count.seen:
         return []
     return [f"the judge {judge.name} gave no 1-10 score for {unscored} of {stage.count.seen} candidates: it does "
