@@ -324,3 +324,30 @@ def test_a_shared_prompt_prefix_is_prefilled_once_and_changes_no_greedy_token(na
         else:
             assert engine.prefix.layers is not None
             assert engine.stats["prefill_tokens"] == whole - len(shared) * len(convs)
+
+
+@torch.no_grad()
+def test_a_raw_prompt_skips_the_chat_template_and_stop_strings_end_the_reply(tiny_model_dir, tokenizer):
+    """A plain string is a completion prompt (Self-Instruct's list for a writer model): its greedy tokens are
+    HF `generate`'s on the raw ids; a stop string ends the reply where its text first holds it."""
+    model = model_with(tiny_model_dir, "none")
+    prompts = ["Request 1: send two lamps to Oslo\nRequest 2: three red mugs for Lima\nRequest 3:",
+               "Items: apple, pear, plum,"]
+    expected = []
+    for text in prompts:
+        ids = torch.tensor([tokenizer(text, add_special_tokens=False)["input_ids"]])
+        out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids),
+                             **generate_kwargs(NEW, pad_id(tokenizer), stop_token_ids(tokenizer), 0.0))
+        expected.append(cut_at_stop(out[0, ids.shape[1]:].tolist(), stop_token_ids(tokenizer)))
+    assert generate_tokens(model, tokenizer, prompts, max_new_tokens=NEW, batch_size=2) == expected
+    # A stop string taken from the middle of the first reply: that reply ends there, the other runs on.
+    full = tokenizer.decode(expected[0], skip_special_tokens=True)
+    assert len(expected[0]) == NEW and len(full) > 20
+    stop = full[10:14]
+    got = generate_tokens(model, tokenizer, prompts, max_new_tokens=NEW, batch_size=2, stop=(stop,))
+    text = tokenizer.decode(got[0], skip_special_tokens=True)
+    assert stop in text and len(got[0]) < NEW
+    assert text[:text.find(stop)] == full[:full.find(stop)]
+    assert got[0] == expected[0][:len(got[0])]
+    if stop not in tokenizer.decode(expected[1], skip_special_tokens=True):
+        assert got[1] == expected[1]

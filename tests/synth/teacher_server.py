@@ -4,7 +4,8 @@ the client: requests go through the `openai` package, the network, retries and t
 real run.
 
 It writes order-extraction examples (the quickstart's task) for from-seeds and evolve, QA pairs for
-from-docs, marked answers for relabel, and judges with a rubric score that is high exactly when the
+from-docs, marked answers for relabel, new order requests alone (chat, or a raw completion of a
+numbered list on /v1/completions) and their correct JSON when asked an order (an answerer), and judges with a rubric score that is high exactly when the
 answer's quantity matches the number in the request. It injects failures: the first attempt of
 some requests answers 429 (Retry-After: 0) or 500,
 and a request containing ALWAYS-500 always answers 500. Every answered request is counted by its
@@ -54,6 +55,20 @@ def wrong(n: int) -> tuple[str, str]:
     return text, json.dumps(value)
 
 
+ORDER = re.compile(r"The (\w+) team (?:asks for|wants|needs|would like|is requesting|has ordered) (\w+) (\w+) (\w+)s( - urgent)?")
+
+
+def answer_order(text: str) -> str | None:
+    """The correct JSON of an order written as `order` writes them (None: not such an order)."""
+    m = ORDER.search(text)
+    if m is None:
+        return None
+    city, word, color, item, urgent = m.groups()
+    quantity = {v: k for k, v in WORDS.items()}.get(word)
+    return json.dumps({"item": item, "quantity": quantity, "color": color, "city": city,
+                       "priority": "high" if urgent else "normal"})
+
+
 def judge_score(request: str, answer: str) -> int:
     word = re.search(r"\b(" + "|".join(WORDS.values()) + r")\b", request)
     try:
@@ -91,6 +106,11 @@ class ScriptedTeacher:
                 n -= 1
             prompt, answer = wrong(n) if self.wrong_every and n % self.wrong_every == 0 else order(n)
             return "Here you go:\n```json\n" + json.dumps({"prompt": prompt, "response": answer}) + "\n```"
+        m = re.search(r"new request number (\d+)", text)
+        if m:
+            return order(int(m.group(1)))[0].split("Order: ", 1)[1]
+        if text.startswith(INSTRUCTION) and answer_order(text) is not None:
+            return answer_order(text)
         if text.startswith("You rewrite tasks"):
             n = int(hashlib.sha256(text.encode()).hexdigest(), 16) % 1000 + 500
             prompt, answer = order(n)
@@ -142,6 +162,25 @@ class ScriptedTeacher:
                     "choices": [{"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}],
                     "usage": {"prompt_tokens": len(text.split()), "completion_tokens": len(content.split()),
                               "total_tokens": len(text.split()) + len(content.split())}}
+
+        @app.post("/v1/completions")
+        async def completions(request: Request):
+            """A raw completion of a numbered list: the next item, a new order, picked by the prompt and seed."""
+            body = await request.json()
+            key = hashlib.sha256(json.dumps([body["prompt"], body.get("seed")]).encode()).hexdigest()
+            n = int(key, 16) % 1500
+            stop = body.get("stop") or []
+            # A model would go on with the next item; the stop string cuts it as a server does.
+            text = " " + order(n)[0].split("Order: ", 1)[1] + (stop[0] if stop else "\n") + " more"
+            text = text.split(stop[0])[0] if stop else text
+            with self.lock:
+                self.attempts += 1
+                self.served[key] += 1
+                self.prompts.append(body["prompt"])
+            return {"id": "cmpl-x", "object": "text_completion", "created": 0, "model": body["model"],
+                    "choices": [{"index": 0, "text": text, "finish_reason": "stop"}],
+                    "usage": {"prompt_tokens": len(body["prompt"].split()), "completion_tokens": len(text.split()),
+                              "total_tokens": len(body["prompt"].split()) + len(text.split())}}
 
         return app
 

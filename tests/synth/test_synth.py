@@ -12,12 +12,16 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from tests.conftest import write_jsonl
 from tests.eval.test_baselines import minimal_pdf
+from tests.synth.teacher_server import INSTRUCTION, answer_order
 from tunesmith.cli import main
 from tunesmith.data.load import load_samples
 
 REPO = Path(__file__).resolve().parents[2]
+QUICKSTART_SCHEMA = REPO / "src" / "tunesmith" / "assets" / "quickstart" / "order.schema.json"
 
 
 def cli(argv, capsys) -> tuple[int, str, str]:
@@ -120,6 +124,47 @@ def test_relabel_and_evolve(teacher, seeds, tmp_path, capsys):
     records = [json.loads(line) for line in out.read_text().splitlines()]
     assert len(records) == 5 and all(r["messages"][-2]["content"].endswith("Deliver before Friday.") for r in records)
     assert all(r["provenance"]["evolution"] and r["provenance"]["seed_ids"] for r in records)
+
+
+@pytest.mark.parametrize("write_as", ["completion", "chat"])
+def test_from_seeds_with_an_answerer_writes_prompts_then_answers_them(write_as, teacher, seeds, held_out, tmp_path,
+                                                                       capsys):
+    """Self-Instruct's two steps: the teacher writes a new request only (continuing a numbered list of the seeds'
+    requests, or asked by chat), without the instruction every seed shares; the answerer answers it."""
+    scripted, url = teacher
+    out = tmp_path / "two-step.jsonl"
+    code, stdout, err = cli(["synth", "from-seeds", str(seeds), "-o", str(out), "--teacher", "openai:writer",
+                             "--teacher-url", url, "--answerer", "openai:answerer", "--write-as", write_as,
+                             "--n", "20", "--test", str(held_out), "--check", str(QUICKSTART_SCHEMA),
+                             "--min-score", "0", "--backoff-seconds", "0.01"], capsys)
+    assert code == 0, err
+    assert "synth from-seeds: 20 of 20 examples kept" in stdout
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+    opening = INSTRUCTION + "\nOrder: "
+    for r in records:
+        prompt, answer = r["messages"][0]["content"], r["messages"][1]["content"]
+        assert [m["role"] for m in r["messages"]] == ["user", "assistant"]
+        assert prompt.startswith(opening) and "\n" not in prompt[len(opening):]
+        assert answer == answer_order(prompt)
+        assert r["provenance"]["teacher"] == "openai:writer" and r["provenance"]["answerer"] == "openai:answerer"
+    report = _report(out)
+    answer_stage = _stage(report, "answer")
+    assert answer_stage["in"] == _stage(report, "synthesize")["out"] == answer_stage["out"]
+    assert answer_stage["teacher"]["requests"] + answer_stage["teacher"]["cached"] == answer_stage["in"]
+    assert report["answerer"] == "openai:answerer"
+    writes = [p for p in scripted.prompts if not p.startswith(INSTRUCTION)]
+    assert len(writes) == _stage(report, "synthesize")["in"]
+    # The writer never sees the shared instruction, only the varying part of three seed requests.
+    assert all("Extract the order" not in w and w.count("Request ") >= 3 for w in writes)
+    if write_as == "completion":
+        assert all(w.endswith("Request 4:") for w in writes)
+
+
+def test_an_answerer_is_for_from_seeds_only(teacher, seeds, tmp_path, capsys):
+    _, url = teacher
+    code, _, err = cli(["synth", "evolve", str(seeds), "-o", str(tmp_path / "e.jsonl"), "--teacher", "openai:m",
+                        "--teacher-url", url, "--answerer", "openai:m"], capsys)
+    assert code == 2 and "only from-seeds takes an answerer" in err and "Traceback" not in err
 
 
 def test_unreachable_teacher_and_bad_check_stop_before_work(seeds, tmp_path, capsys):

@@ -45,12 +45,24 @@ def generate(model, tokenizer, conversations: list[list[dict]], *, system_prompt
 
 
 @torch.no_grad()
-def generate_tokens(model, tokenizer, conversations: list[list[dict]], *, max_new_tokens: int = 128,
+def encode_prompt(tokenizer, prompt: list[dict] | str, system_prompt: str | None = None) -> list[int]:
+    """A conversation through the chat template, or a plain string as it is (a raw completion prompt)."""
+    if isinstance(prompt, str):
+        return tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    return prompt_ids(tokenizer, prompt, system_prompt)
+
+
+def generate_tokens(model, tokenizer, conversations: list[list[dict] | str], *, max_new_tokens: int = 128,
                     batch_size: int = 16, temperature: float = 0.0, top_p: float = 1.0, seed: int = 0,
                     system_prompt: str | None = None, precision: str = "fp32", progress=None,
                     loop_guard: LoopGuard | None = None, prompt_lookup: int = 0,
-                    draft_model=None, draft_tokens: int = 4, eft_large=None, eft_beta: float = 1.0) -> list[list[int]]:
+                    draft_model=None, draft_tokens: int = 4, eft_large=None, eft_beta: float = 1.0,
+                    stop: tuple[str, ...] = ()) -> list[list[int]]:
     """The new token ids of each reply, cut before its first stop token.
+
+    A conversation given as a plain string is a raw completion prompt (no chat template). `stop`
+    strings end a reply where its text first holds one; the ids then still cover the stop string
+    (decode and cut at it).
 
     `batch_size` rows decode together, fewer when their KV cache would not fit half the free memory
     (memory.py). `progress(n)`, if given, is called as replies finish.
@@ -61,16 +73,17 @@ def generate_tokens(model, tokenizer, conversations: list[list[dict]], *, max_ne
     `draft_tokens` instead. Greedy replies are the same either way. `eft_large` (a larger base sharing
     the tokenizer) decodes by emulated fine-tuning with `model`'s adapter as the small fine-tune (eft.py).
     """
-    encoded = [prompt_ids(tokenizer, conv, system_prompt) for conv in conversations]
+    encoded = [encode_prompt(tokenizer, conv, system_prompt) for conv in conversations]
     if not encoded:
         return []
     # Longest first, so the batch pads little and memory peaks at the start.
     order = sorted(range(len(encoded)), key=lambda i: -len(encoded[i]))
-    sink = (lambda event: progress(1) if event.final else None) if progress is not None else None
+    sink = (lambda event: progress(1) if event.final else None) if progress is not None else (lambda event: None)
     check = loop_guard.stops_reply if loop_guard is not None else None
     top_k = default_top_k(model)
     requests = [GenRequest(prompt_ids=encoded[i], sink=sink, max_tokens=max_new_tokens, temperature=temperature,
-                           top_p=top_p, top_k=top_k, seed=seed + i, index=i, text=False, check=check,
+                           top_p=top_p, top_k=top_k, seed=seed + i, index=i, text=bool(stop), stop=tuple(stop),
+                           check=check,
                            timeout_s=float("inf")) for i in order]
     lookup = PromptLookup(max_draft=prompt_lookup) if prompt_lookup else None
     draft = DraftModel(draft_model, max_draft=draft_tokens) if draft_model is not None else None

@@ -13,17 +13,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from tunesmith.errors import UserError
-from tunesmith.synth.examples import Candidate, parse_pairs
+from tunesmith.synth.examples import Candidate, InvalidReply, parse_pairs, parse_prompt
 from tunesmith.synth.inputs import Input, Passage
+from tunesmith.synth.novelty import shared_prefix
 
 ASSETS = Path(__file__).resolve().parents[1] / "assets" / "synth"
 
 
 @dataclass
 class Request:
-    messages: list[dict]
+    messages: list[dict] | str    # a string: a raw completion prompt
     variant: int
     provenance: dict = field(default_factory=dict)
+    stop: tuple[str, ...] = ()
 
 
 class Mode:
@@ -40,6 +42,11 @@ class Mode:
         system = {i.system for i in inputs} if inputs and isinstance(inputs[0], Input) else {None}
         # A system prompt every input shares is part of the task: synthesized examples keep it.
         self.system = system.pop() if len(system) == 1 else None
+
+    @classmethod
+    def template_file(cls, opts) -> str | None:
+        """The shipped template this run's requests fill (some modes ask differently under some options)."""
+        return cls.prompt_file
 
     def request(self, i: int) -> Request | None:
         raise NotImplementedError
@@ -65,14 +72,15 @@ def mode(cls: type[Mode]) -> type[Mode]:
     return cls
 
 
-def load_template(mode_cls: type[Mode], path: str | Path | None) -> str | None:
-    if mode_cls.prompt_file is None:
+def load_template(mode_cls: type[Mode], path: str | Path | None, opts=None) -> str | None:
+    shipped = mode_cls.template_file(opts)
+    if shipped is None:
         if path:
             raise UserError(f"--prompt: {mode_cls.name} sends the inputs' own prompts; it takes no template")
         return None
-    path = Path(path) if path else ASSETS / mode_cls.prompt_file
+    path = Path(path) if path else ASSETS / shipped
     if not path.is_file():
-        raise UserError(f"--prompt {path}: file not found", hint=f"copy {ASSETS / mode_cls.prompt_file} and edit it")
+        raise UserError(f"--prompt {path}: file not found", hint=f"copy {ASSETS / shipped} and edit it")
     text = path.read_text(encoding="utf-8")
     try:
         text.format(**{f: "" for f in mode_cls.fields})
@@ -89,7 +97,13 @@ def _show(example: Input) -> str:
 
 @mode
 class FromSeeds(Mode):
-    """New tasks in the style of a few seed examples (Self-Instruct), kept only when novel."""
+    """New tasks in the style of a few seed examples (Self-Instruct), kept only when novel.
+
+    With an answerer (`--answerer`), Self-Instruct's two steps: the teacher writes only a new prompt,
+    either asked by chat or, for base and small models, by continuing a numbered list of seed prompts
+    as a raw completion; the answerer then answers it (run.py). The opening every seed prompt shares
+    (a fixed instruction) is not shown to the writer but put back in front of what it writes.
+    """
 
     name = "from-seeds"
     help = "new examples in the style of seed examples (Self-Instruct); INPUT: a data file of seeds"
@@ -97,13 +111,52 @@ class FromSeeds(Mode):
     fields = ("examples", "number")
     open_ended = True
     novelty = True
+    WRITE_FILES = {"chat": "from_seeds_prompt.md", "completion": "from_seeds_list.md"}
+    LABEL = "Request"   # of each item in the completion list
+
+    @classmethod
+    def template_file(cls, opts) -> str | None:
+        if opts is not None and opts.answerer:
+            return cls.WRITE_FILES[opts.write_as]
+        return cls.prompt_file
+
+    def __init__(self, inputs: list, template: str | None, opts):
+        super().__init__(inputs, template, opts)
+        self.writes_prompts = bool(opts.answerer)
+        self.opening = shared_prefix([i.user_text for i in inputs]) if self.writes_prompts else ""
+        # A written prompt is cut where a seed prompt could not go on: as many lines as the longest seed's.
+        self.max_lines = max(self._varying(i).count("\n") + 1 for i in inputs)
+
+    def _varying(self, item: Input) -> str:
+        return item.user_text[len(self.opening):]
 
     def request(self, i: int) -> Request:
         rng = random.Random(self.opts.seed * 1_000_003 + i)
         shown = rng.sample(self.inputs, min(self.opts.examples_per_prompt, len(self.inputs)))
-        body = "\n\n".join(f"Example {k + 1}:\n{_show(s)}" for k, s in enumerate(shown))
-        text = self.template.format(examples=body, number=i + 1)
-        return Request([{"role": "user", "content": text}], i, {"seed_ids": [s.id for s in shown]})
+        provenance = {"seed_ids": [s.id for s in shown]}
+        if not self.writes_prompts:
+            body = "\n\n".join(f"Example {k + 1}:\n{_show(s)}" for k, s in enumerate(shown))
+            return Request([{"role": "user", "content": self.template.format(examples=body, number=i + 1)}], i,
+                           provenance)
+        if self.opts.write_as == "completion":
+            # Self-Instruct's list: the model continues it with one more item, ended by the next label.
+            body = "".join(f"{self.LABEL} {k + 1}: {self._varying(s)}\n" for k, s in enumerate(shown))
+            text = self.template.format(examples=body, number=i + 1) + f"{self.LABEL} {len(shown) + 1}:"
+            return Request(text, i, provenance, stop=(f"\n{self.LABEL} {len(shown) + 2}:",))
+        body = "\n\n".join(f"Request {k + 1}:\n{self._varying(s)}" for k, s in enumerate(shown))
+        return Request([{"role": "user", "content": self.template.format(examples=body, number=i + 1)}], i, provenance)
+
+    def candidates(self, request: Request, reply: str | None) -> list[Candidate]:
+        if not self.writes_prompts:
+            return super().candidates(request, reply)
+        written = parse_prompt(reply)
+        written = "\n".join(written.strip().strip('"').splitlines()[:self.max_lines]).strip()
+        if not written:
+            raise InvalidReply("empty prompt")
+        head = [{"role": "system", "content": self.system}] if self.system else []
+        # No answer yet: the answerer's (run.py).
+        return [Candidate([*head, {"role": "user", "content": self.opening + written}],
+                          {"mode": self.name, **request.provenance})]
 
 
 # Evol-Instruct's in-depth and in-breadth rewrites.

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import Field
 
 from tunesmith.config import Section
@@ -13,6 +15,17 @@ class SynthOptions(Section):
     teacher_url: str | None = Field(None, description="base URL of the teacher's endpoint, e.g. http://127.0.0.1:8000/v1 "
                                                       "(empty: api.openai.com)")
     teacher_key_env: str = Field("OPENAI_API_KEY", description="environment variable holding the endpoint's API key")
+    answerer: str | None = Field(None, description="from-seeds: a second model, as --teacher, that answers the new prompts "
+                                                   "(Self-Instruct's two steps): the teacher then writes only prompts. Empty: "
+                                                   "the teacher writes prompt and answer in one reply")
+    answerer_url: str | None = Field(None, description="base URL of the answerer's endpoint (empty: --teacher-url)")
+    answer_temperature: float = Field(0.0, ge=0, le=2, description="the answerer's sampling temperature (0: its most "
+                                                                   "likely answer)")
+    write_as: Literal["chat", "completion"] = Field(
+        "chat", description="with --answerer, how the teacher is asked for a new prompt: chat (an instruction to "
+                            "write one; instruct models) or completion (a numbered list of seed prompts to continue, "
+                            "as Self-Instruct asked GPT-3; base and small models: /v1/completions, or no chat "
+                            "template for local:)")
     n: int | None = Field(None, ge=1, description="examples to keep: from-seeds and evolve ask until this many pass "
                                                   "curation (empty: 100); the other modes stop here (empty: every input)")
     max_requests: int | None = Field(None, ge=1, description="at most this many synthesis requests (empty: 4 x the from-seeds / "

@@ -89,7 +89,9 @@ def synthesize(mode_name: str, source: str | Path, output: str | Path, opts: Syn
         raise UserError(f"unknown synth mode '{mode_name}'", hint=f"use one of {', '.join(MODES)}")
     mode_cls = MODES[mode_name]
     output = check_output(output)
-    template = load_template(mode_cls, opts.prompt)
+    if opts.answerer and mode_name != "from-seeds":
+        raise UserError(f"--answerer: {mode_name} asks the teacher for whole examples; only from-seeds takes an answerer")
+    template = load_template(mode_cls, opts.prompt, opts)
     check = load_check(opts.check) if opts.check else None
     rubric = load_rubric(opts.judge_prompt) if opts.min_score > 0 else None
     report: dict = {"mode": mode_name, "input": str(source), "output": str(output), "teacher": opts.teacher}
@@ -126,6 +128,11 @@ def synthesize(mode_name: str, source: str | Path, output: str | Path, opts: Syn
                                                   flag="--judge")
         if judge is not teacher:
             judge.check()
+    answerer: Teacher | None = None
+    if opts.answerer:
+        answerer = make_teacher(opts.answerer, _settings(opts), cache, base_url=opts.answerer_url or opts.teacher_url,
+                                api_key=api_key, flag="--answerer")
+        answerer.check()
 
     mode = mode_cls(inputs, template, opts)
     stages = [FormatStage(), DedupStage(NearDupParams(threshold=opts.near_dup) if opts.near_dup < 1 else None)]
@@ -144,6 +151,7 @@ def synthesize(mode_name: str, source: str | Path, output: str | Path, opts: Syn
     limit = opts.max_requests or (4 * target if mode_cls.open_ended else None)
     batch_size = max(opts.concurrency * 2, 8)
     generate = {"in": 0, "out": 0, "dropped": Counter()}
+    answered = {"in": 0, "out": 0, "dropped": Counter()}
     kept: list[Candidate] = []
     started = time.monotonic()
     i = 0
@@ -158,7 +166,7 @@ def synthesize(mode_name: str, source: str | Path, output: str | Path, opts: Syn
         if not requests:
             break
         replies = teacher.chat_many([r.messages for r in requests], stage="synthesize",
-                                    variants=[r.variant for r in requests])
+                                    variants=[r.variant for r in requests], stop=requests[0].stop)
         if all(r.text is None for r in replies):
             # A teacher that stopped answering: stop rather than write a thin output; what was
             # answered so far is cached, so the same command resumes.
@@ -179,6 +187,8 @@ def synthesize(mode_name: str, source: str | Path, output: str | Path, opts: Syn
                 c.provenance["teacher"] = teacher.name
             candidates += made
             generate["out"] += len(made)
+        if answerer is not None:
+            candidates = answer(answerer, candidates, opts.answer_temperature, answered)
         kept += pipeline.run(candidates)
         if progress is not None:
             progress(requests=i, kept=len(kept) if target is None else min(len(kept), target))
@@ -190,19 +200,41 @@ def synthesize(mode_name: str, source: str | Path, output: str | Path, opts: Syn
     usage = {name: usage_dict(u) for name, u in teacher.usage.items()}
     if judge is not None and judge is not teacher:
         usage |= {name: usage_dict(u) for name, u in judge.usage.items()}
+    if answerer is not None:
+        usage |= {name: usage_dict(u) for name, u in answerer.usage.items()}
     stage_rows = [{"stage": "synthesize", "in": generate["in"], "out": generate["out"],
                    "dropped": dict(generate["dropped"].most_common()), "teacher": usage.get("synthesize")}]
+    if answerer is not None:
+        stage_rows.append({"stage": "answer", "in": answered["in"], "out": answered["out"],
+                           "dropped": dict(answered["dropped"].most_common()), "teacher": usage.get("answer")})
     for stage in stages:
         stage_rows.append({"stage": stage.name, **stage.count.as_dict(), "teacher": usage.get(stage.name)})
     total = {k: sum(u[k] for u in usage.values()) for k in ("requests", "cached", "failed", "retries",
                                                               "prompt_tokens", "completion_tokens")}
     total["cost"] = round(sum(u["cost"] for u in usage.values()), 6)
     report |= {"requests": i, "kept": len(kept), "target": target, "stages": stage_rows, "teacher_usage": total,
-               "judge": judge.name if judge is not None else None, "seconds": round(time.monotonic() - started, 2),
+               "judge": judge.name if judge is not None else None,
+               "answerer": answerer.name if answerer is not None else None, "seconds": round(time.monotonic() - started, 2),
                "warnings": judge_warnings(stages, judge)}
     rpath = report_path_for(output)
     write_json(rpath, report)
     return SynthResult(output, rpath, kept, report)
+
+
+def answer(answerer: Teacher, candidates: list[Candidate], temperature: float, count: dict) -> list[Candidate]:
+    """Self-Instruct's second step: the answerer answers each written prompt; a failed or empty answer drops it."""
+    replies = answerer.chat_many([c.messages for c in candidates], stage="answer", temperature=temperature)
+    out = []
+    for c, reply in zip(candidates, replies):
+        count["in"] += 1
+        if reply.text is None or not reply.text.strip():
+            count["dropped"]["request failed" if reply.text is None else "empty answer"] += 1
+            continue
+        c.messages.append({"role": "assistant", "content": reply.text.strip()})
+        c.provenance["answerer"] = answerer.name
+        out.append(c)
+        count["out"] += 1
+    return out
 
 
 def judge_warnings(stages, judge) -> list[str]:

@@ -1,6 +1,8 @@
 """Teachers: the stronger model that writes, answers and judges examples.
 
-A teacher takes many conversations at once and returns one `Reply` each. Two kinds, in a registry
+A teacher takes many conversations at once and returns one `Reply` each; a conversation given as a
+plain string is a raw completion prompt (OpenAI's /v1/completions, or no chat template locally: how
+Self-Instruct asked a base model to continue a list of tasks). Two kinds, in a registry
 keyed by the spec's prefix: `openai:MODEL` (any OpenAI-compatible endpoint: vLLM, Ollama,
 llama.cpp's server, a hosted API, `tunesmith serve` itself) and `local:MODEL_OR_ADAPTER` (our own
 generation engine). Both share the request cache (cache.py) and the usage counters, so a rerun
@@ -104,9 +106,13 @@ class Teacher:
     def check(self) -> None:
         """Raise a one-line UserError when the teacher cannot answer (called before any work)."""
 
-    def key(self, messages: list[dict], variant: int, temperature: float, max_tokens: int) -> str:
-        return request_key({"teacher": self.name, "messages": messages, "temperature": temperature,
-                            "max_tokens": max_tokens, "variant": variant})
+    def key(self, messages: list[dict] | str, variant: int, temperature: float, max_tokens: int,
+            stop: tuple[str, ...] = ()) -> str:
+        payload = {"teacher": self.name, "messages": messages, "temperature": temperature,
+                   "max_tokens": max_tokens, "variant": variant}
+        if stop:   # only when given, so the keys of chat requests cached before stop existed still match
+            payload["stop"] = list(stop)
+        return request_key(payload)
 
     def stage(self, name: str) -> StageUsage:
         with self._lock:
@@ -126,15 +132,16 @@ class Teacher:
             u.completion_tokens += reply.completion_tokens
             u.cost += self.settings.pricing.cost(reply.prompt_tokens, reply.completion_tokens)
 
-    def chat_many(self, conversations: list[list[dict]], *, stage: str, variants: list[int] | None = None,
-                  temperature: float | None = None, max_tokens: int | None = None,
+    def chat_many(self, conversations: list[list[dict] | str], *, stage: str, variants: list[int] | None = None,
+                  temperature: float | None = None, max_tokens: int | None = None, stop: tuple[str, ...] = (),
                   progress: Callable[[int], None] | None = None) -> list[Reply]:
-        """One reply per conversation, in order; cached ones are read back, the rest are asked.
-        `temperature` and `max_tokens` override the settings' (a judge needs 0 and a few tokens)."""
+        """One reply per conversation (or raw completion prompt), in order; cached ones are read back,
+        the rest are asked. `temperature` and `max_tokens` override the settings' (a judge needs 0 and
+        a few tokens); a reply ends before the first of the `stop` strings."""
         temperature = self.settings.temperature if temperature is None else temperature
         max_tokens = max_tokens or self.settings.max_tokens
         variants = variants or [0] * len(conversations)
-        keys = [self.key(m, v, temperature, max_tokens) for m, v in zip(conversations, variants)]
+        keys = [self.key(m, v, temperature, max_tokens, stop) for m, v in zip(conversations, variants)]
         replies: list[Reply | None] = []
         todo: list[int] = []
         copies: dict[str, list[int]] = {}   # the same request twice in one call is asked once
@@ -169,12 +176,12 @@ class Teacher:
                 progress(1)
 
         if todo:
-            self._ask_many([(conversations[i], variants[i]) for i in todo], temperature, max_tokens,
+            self._ask_many([(conversations[i], variants[i]) for i in todo], temperature, max_tokens, stop,
                            lambda j, reply, retries=0: done(todo[j], reply, retries))
         return replies  # type: ignore[return-value]
 
-    def _ask_many(self, requests: list[tuple[list[dict], int]], temperature: float, max_tokens: int,
-                  done: Callable[..., None]) -> None:
+    def _ask_many(self, requests: list[tuple[list[dict] | str, int]], temperature: float, max_tokens: int,
+                  stop: tuple[str, ...], done: Callable[..., None]) -> None:
         raise NotImplementedError
 
 
@@ -219,18 +226,26 @@ class EndpointTeacher(Teacher):
         except ValueError:
             return None
 
-    def _ask(self, messages: list[dict], variant: int, temperature: float, max_tokens: int) -> tuple[Reply, int]:
+    def _ask(self, messages: list[dict] | str, variant: int, temperature: float, max_tokens: int,
+             stop: tuple[str, ...] = ()) -> tuple[Reply, int]:
         import openai
 
         s = self.settings
         retries = 0
+        extra = {"stop": list(stop)} if stop else {}
         while True:
             self.limit.wait()
             try:
-                response = self.client.chat.completions.create(
-                    model=self.model, messages=messages, temperature=temperature, max_tokens=max_tokens,
-                    seed=variant)
-                text = response.choices[0].message.content or ""
+                if isinstance(messages, str):
+                    response = self.client.completions.create(
+                        model=self.model, prompt=messages, temperature=temperature, max_tokens=max_tokens,
+                        seed=variant, **extra)
+                    text = response.choices[0].text or ""
+                else:
+                    response = self.client.chat.completions.create(
+                        model=self.model, messages=messages, temperature=temperature, max_tokens=max_tokens,
+                        seed=variant, **extra)
+                    text = response.choices[0].message.content or ""
                 usage = response.usage
                 return Reply(text, usage.prompt_tokens if usage else 0, usage.completion_tokens if usage else 0), retries
             except (openai.RateLimitError, openai.InternalServerError, openai.APIConnectionError,
@@ -247,9 +262,9 @@ class EndpointTeacher(Teacher):
             time.sleep(wait if wait is not None else s.backoff_seconds * 2 ** retries * (0.5 + random.random()))
             retries += 1
 
-    def _ask_many(self, requests, temperature, max_tokens, done) -> None:
+    def _ask_many(self, requests, temperature, max_tokens, stop, done) -> None:
         def one(j: int) -> None:
-            reply, retries = self._ask(*requests[j], temperature, max_tokens)
+            reply, retries = self._ask(*requests[j], temperature, max_tokens, stop)
             done(j, reply, retries)
 
         pool = ThreadPoolExecutor(max_workers=max(1, self.settings.concurrency))
@@ -291,18 +306,19 @@ class LocalTeacher(Teacher):
             self._loaded = (model, tokenizer)
         return self._loaded
 
-    def _ask_many(self, requests, temperature, max_tokens, done) -> None:
-        from tunesmith.data.tokenize import prompt_ids
+    def _ask_many(self, requests, temperature, max_tokens, stop, done) -> None:
         from tunesmith.generation import generate_tokens
+        from tunesmith.generation.offline import encode_prompt
 
         model, tokenizer = self._load()
         conversations = [m for m, _ in requests]
         seed = requests[0][1] if requests else 0
         tokens = generate_tokens(model, tokenizer, conversations, max_new_tokens=max_tokens,
-                                 temperature=temperature, seed=seed)
+                                 temperature=temperature, seed=seed, stop=stop)
         for j, (conv, new) in enumerate(zip(conversations, tokens)):
-            text = tokenizer.decode(new, skip_special_tokens=True).strip()
-            done(j, Reply(text, len(prompt_ids(tokenizer, conv)), len(new)))
+            text = tokenizer.decode(new, skip_special_tokens=True)
+            cut = min((i for i in (text.find(s) for s in stop) if i >= 0), default=len(text))
+            done(j, Reply(text[:cut].strip(), len(encode_prompt(tokenizer, conv)), len(new)))
 
 
 def _endpoint(model: str, settings: TeacherSettings, cache: RequestCache, base_url: str | None = None,
