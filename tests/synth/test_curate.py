@@ -148,3 +148,26 @@ def test_a_judge_that_gives_no_scores_for_most_candidates_is_a_warning():
     assert judge_warnings([stage], judge) == []
     stage.count.seen, stage.count.dropped["judge reply had no 1-10 score"] = 4, 4   # too few to tell
     assert judge_warnings([stage], judge) == [] and judge_warnings([], None) == []
+
+
+def test_the_example_order_check_keeps_every_gold_order_and_drops_made_up_values():
+    """examples/synth/order_check.py (the end-to-end run's --check): no false drop on the 540 real quickstart
+    examples; an answer naming a city, colour or quantity the request does not is dropped."""
+    import json
+    from pathlib import Path
+
+    from tunesmith.synth.checks import load_check
+
+    root = Path(__file__).resolve().parents[2]
+    check = load_check(str(root / "examples" / "synth" / "order_check.py"))
+    rows = [json.loads(line) for name in ("train.jsonl", "test.jsonl")
+            for line in (root / "src" / "tunesmith" / "assets" / "quickstart" / name).read_text().splitlines()]
+    assert len(rows) == 540 and all(check(r) is None for r in rows)
+    gold = rows[0]
+    answer = json.loads(gold["messages"][-1]["content"])
+    for key, value in (("city", "New York"), ("color", "white"), ("quantity", answer["quantity"] + 5),
+                       ("priority", "soon")):
+        made_up = {**gold, "messages": [gold["messages"][0],
+                                        {"role": "assistant", "content": json.dumps({**answer, key: value})}]}
+        expected = "priority not high or normal" if key == "priority" else f"{key} not in the request"
+        assert check(made_up) == f"check: {expected}"
