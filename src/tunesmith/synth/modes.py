@@ -143,7 +143,7 @@ class FromSeeds(Mode):
             body = "".join(f"{self.LABEL} {k + 1}: {self._varying(s)}\n" for k, s in enumerate(shown))
             text = self.template.format(examples=body, number=i + 1) + f"{self.LABEL} {len(shown) + 1}:"
             return Request(text, i, provenance, stop=(f"{self.LABEL} {len(shown) + 2}:",))
-        body = "\n\n".join(f"Request {k + 1}:\n{self._varying(s)}" for k, s in enumerate(shown))
+        body = "\n\n".join(f"{self.LABEL} {k + 1}:\n{self._varying(s)}" for k, s in enumerate(shown))
         return Request([{"role": "user", "content": self.template.format(examples=body, number=i + 1)}], i, provenance)
 
     def candidates(self, request: Request, reply: str | None) -> list[Candidate]:

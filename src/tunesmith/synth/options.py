@@ -21,6 +21,7 @@ class SynthOptions(Section):
     answerer_url: str | None = Field(None, description="base URL of the answerer's endpoint (empty: --teacher-url)")
     answer_temperature: float = Field(0.0, ge=0, le=2, description="the answerer's sampling temperature (0: its most "
                                                                    "likely answer)")
+    answer_max_tokens: int = Field(512, ge=1, description="the most tokens of one answer (--max-tokens is the writer's)")
     write_as: Literal["chat", "completion"] = Field(
         "chat", description="with --answerer, how the teacher is asked for a new prompt: chat (an instruction to "
                             "write one; instruct models) or completion (a numbered list of seed prompts to continue, "

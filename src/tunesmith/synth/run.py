@@ -188,7 +188,7 @@ def synthesize(mode_name: str, source: str | Path, output: str | Path, opts: Syn
             candidates += made
             generate["out"] += len(made)
         if answerer is not None:
-            candidates = answer(answerer, candidates, opts.answer_temperature, answered)
+            candidates = answer(answerer, candidates, opts.answer_temperature, opts.answer_max_tokens, answered)
         kept += pipeline.run(candidates)
         if progress is not None:
             progress(requests=i, kept=len(kept) if target is None else min(len(kept), target))
@@ -221,9 +221,11 @@ def synthesize(mode_name: str, source: str | Path, output: str | Path, opts: Syn
     return SynthResult(output, rpath, kept, report)
 
 
-def answer(answerer: Teacher, candidates: list[Candidate], temperature: float, count: dict) -> list[Candidate]:
+def answer(answerer: Teacher, candidates: list[Candidate], temperature: float, max_tokens: int,
+           count: dict) -> list[Candidate]:
     """Self-Instruct's second step: the answerer answers each written prompt; a failed or empty answer drops it."""
-    replies = answerer.chat_many([c.messages for c in candidates], stage="answer", temperature=temperature)
+    replies = answerer.chat_many([c.messages for c in candidates], stage="answer", temperature=temperature,
+                                 max_tokens=max_tokens)
     out = []
     for c, reply in zip(candidates, replies):
         count["in"] += 1
