@@ -83,7 +83,9 @@ def load_compare_system(value: str, tuned_model=None) -> SystemSpec:
         from tunesmith.methods import load_trained
 
         recorded = json.loads(peft_cfg.read_text()).get("base_model_name_or_path") if peft_cfg.is_file() else None
-        base = json.loads(meta.read_text()).get("base") if meta.is_file() else None
+        from tunesmith.adapter_record import read_record
+
+        base = (read_record(path) or {}).get("base")
         base = (_base_path_of(tuned_model) if tuned_model is not None else None) or recorded or base
         if not base:
             raise ConfigError(f"eval.compare_to: adapter {path} does not record its base model",

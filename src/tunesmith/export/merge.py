@@ -12,6 +12,7 @@ from pathlib import Path
 
 import torch
 
+from tunesmith.adapter_record import read_record
 from tunesmith.errors import UserError
 from tunesmith.io_utils import atomic_dir, check_not_inside, check_replaceable
 
@@ -34,11 +35,9 @@ def adapter_base(adapter_dir: Path) -> str | None:
     if not cfg.is_file():
         raise UserError(f"{adapter_dir}: not an adapter folder (no adapter_config.json)",
                         hint="pass the 'adapter' folder of a run (it holds adapter_config.json)")
-    ours = Path(adapter_dir) / "tunesmith.json"
-    if ours.is_file():
-        base = json.loads(ours.read_text()).get("base")
-        if base:
-            return base
+    base = (read_record(adapter_dir) or {}).get("base")
+    if base:
+        return base
     return json.loads(cfg.read_text()).get("base_model_name_or_path")
 
 

@@ -290,14 +290,9 @@ def register_loader(marker: str, loader: Callable, method: str | None = None) ->
 
 def folder_method(folder: Path) -> str | None:
     """The method that wrote a run's adapter folder (from tunesmith.json), if recorded."""
-    ours = Path(folder) / "tunesmith.json"
-    if ours.is_file():
-        try:
-            meta = json.loads(ours.read_text(encoding="utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise UserError(f"{ours}: not valid JSON ({exc})", hint="restore it from the run, or delete it") from None
-        return meta.get("method") if isinstance(meta, dict) else None
-    return None
+    from tunesmith.adapter_record import read_record
+
+    return (read_record(folder) or {}).get("method")
 
 
 def load_trained(base_model, folder: str | Path):

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 
+from tunesmith.adapter_record import read_record
 from tunesmith.errors import UserError
 
 PEFT_PREFIX = "base_model.model."
@@ -70,21 +71,14 @@ def read_adapter_config(path: Path) -> dict:
 
 
 def tunesmith_metadata(path: Path) -> dict | None:
-    """The adapter folder's tunesmith.json (what `tunesmith train` recorded), None when absent or unreadable."""
-    ours = path / "tunesmith.json"
-    if not ours.is_file():
-        return None
-    try:
-        meta = json.loads(ours.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        return None
-    return meta if isinstance(meta, dict) else None
+    """The adapter folder's tunesmith.json (what `tunesmith train` recorded), None when absent."""
+    return read_record(path)
 
 
 def adapter_base_name(path: Path, config: dict, meta: dict | None) -> str | None:
     """`meta`: the folder's tunesmith_metadata, whose base wins whenever tunesmith.json exists."""
-    if (path / "tunesmith.json").is_file():
-        return (meta or {}).get("base")
+    if meta is not None:
+        return meta.get("base")
     return config.get("base_model_name_or_path") or config.get("base_model")
 
 
