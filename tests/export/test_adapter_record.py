@@ -11,7 +11,7 @@ from tunesmith.cli import main
 from tunesmith.errors import UserError
 from tunesmith.export.merge import adapter_base
 from tunesmith.methods.registry import folder_method
-from tunesmith.serve.adapters import tunesmith_metadata
+from tunesmith.serve.adapters import inspect_adapter
 
 
 @pytest.fixture
@@ -24,7 +24,7 @@ def test_the_record_and_its_absence(adapter, tiny_model_dir):
     assert adapter_base(adapter) == str(tiny_model_dir) and folder_method(adapter) == "lora"
     (adapter / "tunesmith.json").unlink()
     # A folder plain peft saved: peft's own record of the base, no method.
-    assert read_record(adapter) is None and tunesmith_metadata(adapter) is None and folder_method(adapter) is None
+    assert read_record(adapter) is None and folder_method(adapter) is None
     assert adapter_base(adapter) == str(tiny_model_dir)
 
 
@@ -32,7 +32,7 @@ def test_the_record_and_its_absence(adapter, tiny_model_dir):
 def test_a_broken_record_is_one_error_everywhere(adapter, tmp_path, capsys, content, says):
     record = adapter / "tunesmith.json"
     record.write_text(content)
-    for reader in (read_record, tunesmith_metadata, adapter_base, folder_method):
+    for reader in (read_record, lambda folder: inspect_adapter("a", folder), adapter_base, folder_method):
         with pytest.raises(UserError, match=says) as err:
             reader(adapter)
         assert str(record) in str(err.value)

@@ -21,10 +21,15 @@ def _held_back(text: str, stops) -> int:
     return hold
 
 
+def stop_index(text: str, stops) -> int:
+    """Where the first of `stops` begins in `text` (-1: none does)."""
+    return min((i for i in (text.find(s) for s in stops) if i >= 0), default=-1)
+
+
 def advance(tokenizer, row, at_limit: bool) -> tuple[str, bool]:
     """Decode `row.generated`; return (new text to send, whether a stop string ended the answer)."""
     text = tokenizer.decode(row.generated, skip_special_tokens=True)
-    cut = min((i for i in (text.find(s) for s in row.stop) if i >= 0), default=-1)
+    cut = stop_index(text, row.stop)
     if cut >= 0:
         delta = text[row.emitted:cut] if cut > row.emitted else ""
         row.emitted = max(row.emitted, cut)

@@ -44,7 +44,6 @@ def generate(model, tokenizer, conversations: list[list[dict]], *, system_prompt
     return [tokenizer.decode(new, skip_special_tokens=True).strip() for new in replies]
 
 
-@torch.no_grad()
 def encode_prompt(tokenizer, prompt: list[dict] | str, system_prompt: str | None = None) -> list[int]:
     """A conversation through the chat template, or a plain string as it is (a raw completion prompt)."""
     if isinstance(prompt, str):
@@ -52,6 +51,7 @@ def encode_prompt(tokenizer, prompt: list[dict] | str, system_prompt: str | None
     return prompt_ids(tokenizer, prompt, system_prompt)
 
 
+@torch.no_grad()
 def generate_tokens(model, tokenizer, conversations: list[list[dict] | str], *, max_new_tokens: int = 128,
                     batch_size: int = 16, temperature: float = 0.0, top_p: float = 1.0, seed: int = 0,
                     system_prompt: str | None = None, precision: str = "fp32", progress=None,

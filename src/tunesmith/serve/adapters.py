@@ -70,13 +70,8 @@ def read_adapter_config(path: Path) -> dict:
                     hint="point at the 'adapter' folder inside a tunesmith run")
 
 
-def tunesmith_metadata(path: Path) -> dict | None:
-    """The adapter folder's tunesmith.json (what `tunesmith train` recorded), None when absent."""
-    return read_record(path)
-
-
-def adapter_base_name(path: Path, config: dict, meta: dict | None) -> str | None:
-    """`meta`: the folder's tunesmith_metadata, whose base wins whenever tunesmith.json exists."""
+def adapter_base_name(config: dict, meta: dict | None) -> str | None:
+    """`meta`: the folder's tunesmith.json record (adapter_record.read_record), whose base wins whenever it exists."""
     if meta is not None:
         return meta.get("base")
     return config.get("base_model_name_or_path") or config.get("base_model")
@@ -136,9 +131,9 @@ def inspect_adapter(name: str, path: Path, dtype: torch.dtype = torch.float32) -
     path = Path(path)
     config = read_adapter_config(path)
     reason = fallback_reason(config, path)
-    meta = tunesmith_metadata(path)
+    meta = read_record(path)
     limit = (meta or {}).get("loop_limit")
-    spec = AdapterSpec(name=name, path=path, config=config, base=adapter_base_name(path, config, meta),
+    spec = AdapterSpec(name=name, path=path, config=config, base=adapter_base_name(config, meta),
                        engine="peft" if reason else "lora", why_fallback=reason,
                        loop_limit=limit if isinstance(limit, int) and limit > 0 else None)
     if not reason:

@@ -36,6 +36,7 @@ class Mode:
     open_ended = False                # asked until --n survive, not once per input
     novelty = False                   # candidates must be new against the inputs (ROUGE-L)
     documents = False                 # INPUT is a folder of documents, not a data file
+    answerable = False                # takes --answerer: the teacher writes prompts, the answerer answers
 
     def __init__(self, inputs: list, template: str | None, opts):
         self.inputs, self.template, self.opts = inputs, template, opts
@@ -111,6 +112,7 @@ class FromSeeds(Mode):
     fields = ("examples", "number")
     open_ended = True
     novelty = True
+    answerable = True
     WRITE_FILES = {"chat": "from_seeds_prompt.md", "completion": "from_seeds_list.md"}
     LABEL = "Request"   # of each item in the completion list
 

@@ -89,8 +89,9 @@ def synthesize(mode_name: str, source: str | Path, output: str | Path, opts: Syn
         raise UserError(f"unknown synth mode '{mode_name}'", hint=f"use one of {', '.join(MODES)}")
     mode_cls = MODES[mode_name]
     output = check_output(output)
-    if opts.answerer and mode_name != "from-seeds":
-        raise UserError(f"--answerer: {mode_name} asks the teacher for whole examples; only from-seeds takes an answerer")
+    if opts.answerer and not mode_cls.answerable:
+        takers = ", ".join(name for name, cls in MODES.items() if cls.answerable)
+        raise UserError(f"--answerer: {mode_name} asks the teacher for whole examples; only {takers} takes an answerer")
     template = load_template(mode_cls, opts.prompt, opts)
     check = load_check(opts.check) if opts.check else None
     rubric = load_rubric(opts.judge_prompt) if opts.min_score > 0 else None

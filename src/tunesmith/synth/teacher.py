@@ -308,6 +308,7 @@ class LocalTeacher(Teacher):
 
     def _ask_many(self, requests, temperature, max_tokens, stop, done) -> None:
         from tunesmith.generation import generate_tokens
+        from tunesmith.generation.detok import stop_index
         from tunesmith.generation.offline import encode_prompt
 
         model, tokenizer = self._load()
@@ -317,8 +318,8 @@ class LocalTeacher(Teacher):
                                  temperature=temperature, seed=seed, stop=stop)
         for j, (conv, new) in enumerate(zip(conversations, tokens)):
             text = tokenizer.decode(new, skip_special_tokens=True)
-            cut = min((i for i in (text.find(s) for s in stop) if i >= 0), default=len(text))
-            done(j, Reply(text[:cut].strip(), len(encode_prompt(tokenizer, conv)), len(new)))
+            cut = stop_index(text, stop)
+            done(j, Reply((text[:cut] if cut >= 0 else text).strip(), len(encode_prompt(tokenizer, conv)), len(new)))
 
 
 def _endpoint(model: str, settings: TeacherSettings, cache: RequestCache, base_url: str | None = None,
