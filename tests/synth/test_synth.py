@@ -160,11 +160,20 @@ def test_from_seeds_with_an_answerer_writes_prompts_then_answers_them(write_as, 
         assert all(w.endswith("Request 4:") for w in writes)
 
 
-def test_an_answerer_is_for_from_seeds_only(teacher, seeds, tmp_path, capsys):
+def test_an_answerer_is_for_from_seeds_only_and_must_answer(teacher, seeds, tmp_path, capsys):
     _, url = teacher
     code, _, err = cli(["synth", "evolve", str(seeds), "-o", str(tmp_path / "e.jsonl"), "--teacher", "openai:m",
                         "--teacher-url", url, "--answerer", "openai:m"], capsys)
     assert code == 2 and "only from-seeds takes an answerer" in err and "Traceback" not in err
+    # An unreachable answerer is named as the answerer, with the option that fixes it, before any work.
+    from tunesmith.serve.server import free_port
+
+    dead = f"http://127.0.0.1:{free_port()}/v1"
+    out = tmp_path / "s.jsonl"
+    code, _, err = cli(["synth", "from-seeds", str(seeds), "-o", str(out), "--teacher", "openai:m", "--teacher-url", url,
+                        "--answerer", "openai:a", "--answerer-url", dead, "--min-score", "0"], capsys)
+    assert code == 2 and f"error: answerer {dead} is unreachable" in err and "fix --answerer-url" in err
+    assert "Traceback" not in err and not out.exists()
 
 
 def test_unreachable_teacher_and_bad_check_stop_before_work(seeds, tmp_path, capsys):

@@ -126,13 +126,13 @@ def synthesize(mode_name: str, source: str | Path, output: str | Path, opts: Syn
         same = opts.judge is None or (opts.judge == opts.teacher and (opts.judge_url or opts.teacher_url) == opts.teacher_url)
         judge = teacher if same else make_teacher(opts.judge, _settings(opts), cache,
                                                   base_url=opts.judge_url or opts.teacher_url, api_key=api_key,
-                                                  flag="--judge")
+                                                  flag="--judge", role="judge", url_flag="--judge-url")
         if judge is not teacher:
             judge.check()
     answerer: Teacher | None = None
     if opts.answerer:
         answerer = make_teacher(opts.answerer, _settings(opts), cache, base_url=opts.answerer_url or opts.teacher_url,
-                                api_key=api_key, flag="--answerer")
+                                api_key=api_key, flag="--answerer", role="answerer", url_flag="--answerer-url")
         answerer.check()
 
     mode = mode_cls(inputs, template, opts)

@@ -191,9 +191,12 @@ class EndpointTeacher(Teacher):
     kind = "openai"
 
     def __init__(self, model: str, settings: TeacherSettings, cache: RequestCache, base_url: str | None = None,
-                 api_key: str | None = None):
+                 api_key: str | None = None, role: str = "teacher", url_flag: str = "--teacher-url"):
         super().__init__(model, settings, cache)
         from openai import OpenAI
+
+        # What it is in this run (teacher, judge, answerer) and the option that sets its URL: errors name both.
+        self.role, self.url_flag = role, url_flag
 
         self.base_url = base_url or "https://api.openai.com/v1"
         # Retries are ours (counted, with our backoff and rate limit), so the client's own are off.
@@ -207,15 +210,15 @@ class EndpointTeacher(Teacher):
         try:
             self.client.with_options(timeout=15).models.list()
         except openai.AuthenticationError:
-            raise UserError(f"teacher {self.base_url} rejected the API key",
+            raise UserError(f"{self.role} {self.base_url} rejected the API key",
                             hint="set OPENAI_API_KEY (or --teacher-key-env names the variable holding it)") from None
         except (openai.APIConnectionError, openai.APITimeoutError) as exc:
-            raise UserError(f"teacher {self.base_url} is unreachable ({type(exc).__name__}: {exc})",
-                            hint="start the server (e.g. tunesmith serve) or fix --teacher-url") from None
+            raise UserError(f"{self.role} {self.base_url} is unreachable ({type(exc).__name__}: {exc})",
+                            hint=f"start the server (e.g. tunesmith serve) or fix {self.url_flag}") from None
         except openai.APIStatusError as exc:
             if exc.status_code != 404:  # a server without /models can still chat
-                raise UserError(f"teacher {self.base_url} answered {exc.status_code} to GET /models: {exc.message}",
-                                hint="check --teacher-url (it ends in /v1 for most servers)") from None
+                raise UserError(f"{self.role} {self.base_url} answered {exc.status_code} to GET /models: {exc.message}",
+                                hint=f"check {self.url_flag} (it ends in /v1 for most servers)") from None
 
     @staticmethod
     def _retry_after(exc) -> float | None:
@@ -323,8 +326,8 @@ class LocalTeacher(Teacher):
 
 
 def _endpoint(model: str, settings: TeacherSettings, cache: RequestCache, base_url: str | None = None,
-              api_key: str | None = None) -> Teacher:
-    return EndpointTeacher(model, settings, cache, base_url=base_url, api_key=api_key)
+              api_key: str | None = None, **where) -> Teacher:
+    return EndpointTeacher(model, settings, cache, base_url=base_url, api_key=api_key, **where)
 
 
 def _local(model: str, settings: TeacherSettings, cache: RequestCache, **_) -> Teacher:
@@ -335,13 +338,15 @@ TEACHERS: dict[str, Callable[..., Teacher]] = {"openai": _endpoint, "local": _lo
 
 
 def make_teacher(spec: str, settings: TeacherSettings, cache: RequestCache, *, base_url: str | None = None,
-                 api_key: str | None = None, flag: str = "--teacher") -> Teacher:
-    """`openai:MODEL` (with base_url for a local server) or `local:MODEL_OR_ADAPTER_FOLDER`."""
+                 api_key: str | None = None, flag: str = "--teacher", role: str = "teacher",
+                 url_flag: str = "--teacher-url") -> Teacher:
+    """`openai:MODEL` (with base_url for a local server) or `local:MODEL_OR_ADAPTER_FOLDER`. `flag` named
+    the spec; `role` and `url_flag` are what an endpoint's errors call it and the option that fixes its URL."""
     kind, _, model = spec.partition(":")
     if kind not in TEACHERS or not model:
         raise UserError(f"{flag} '{spec}' is not KIND:MODEL",
                         hint=f"KIND is one of {', '.join(TEACHERS)}, e.g. openai:gpt-4o-mini or local:runs/quickstart/adapter")
-    return TEACHERS[kind](model, settings, cache, base_url=base_url, api_key=api_key)
+    return TEACHERS[kind](model, settings, cache, base_url=base_url, api_key=api_key, role=role, url_flag=url_flag)
 
 
 def usage_dict(usage: StageUsage) -> dict:
