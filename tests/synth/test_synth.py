@@ -165,6 +165,11 @@ def test_an_answerer_is_for_from_seeds_only_and_must_answer(teacher, seeds, tmp_
     code, _, err = cli(["synth", "evolve", str(seeds), "-o", str(tmp_path / "e.jsonl"), "--teacher", "openai:m",
                         "--teacher-url", url, "--answerer", "openai:m"], capsys)
     assert code == 2 and "only from-seeds takes an answerer" in err and "Traceback" not in err
+    # --write-as only shapes the answerer's two steps: without --answerer it would be silently ignored.
+    code, _, err = cli(["synth", "from-seeds", str(seeds), "-o", str(tmp_path / "w.jsonl"), "--teacher", "openai:m",
+                        "--teacher-url", url, "--write-as", "completion"], capsys)
+    assert code == 2 and "--write-as" in err and "add --answerer" in err and "Traceback" not in err
+    assert not (tmp_path / "w.jsonl").exists()
     # An unreachable answerer is named as the answerer, with the option that fixes it, before any work.
     from tunesmith.serve.server import free_port
 

@@ -119,7 +119,7 @@ class FromSeeds(Mode):
     @classmethod
     def template_file(cls, opts) -> str | None:
         if opts is not None and opts.answerer:
-            return cls.WRITE_FILES[opts.write_as]
+            return cls.WRITE_FILES[opts.write_as or "chat"]
         return cls.prompt_file
 
     def __init__(self, inputs: list, template: str | None, opts):

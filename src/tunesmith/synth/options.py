@@ -22,11 +22,11 @@ class SynthOptions(Section):
     answer_temperature: float = Field(0.0, ge=0, le=2, description="the answerer's sampling temperature (0: its most "
                                                                    "likely answer)")
     answer_max_tokens: int = Field(512, ge=1, description="the most tokens of one answer (--max-tokens is the writer's)")
-    write_as: Literal["chat", "completion"] = Field(
-        "chat", description="with --answerer, how the teacher is asked for a new prompt: chat (an instruction to "
-                            "write one; instruct models) or completion (a numbered list of seed prompts to continue, "
-                            "as Self-Instruct asked GPT-3; base and small models: /v1/completions, or no chat "
-                            "template for local:)")
+    write_as: Literal["chat", "completion"] | None = Field(
+        None, description="with --answerer, how the teacher is asked for a new prompt: chat (an instruction to "
+                          "write one; instruct models) or completion (a numbered list of seed prompts to continue, "
+                          "as Self-Instruct asked GPT-3; base and small models: /v1/completions, or no chat "
+                          "template for local:). Empty: chat")
     n: int | None = Field(None, ge=1, description="examples to keep: from-seeds and evolve ask until this many pass "
                                                   "curation (empty: 100); the other modes stop here (empty: every input)")
     max_requests: int | None = Field(None, ge=1, description="at most this many synthesis requests (empty: 4 x the from-seeds / "

@@ -92,6 +92,9 @@ def synthesize(mode_name: str, source: str | Path, output: str | Path, opts: Syn
     if opts.answerer and not mode_cls.answerable:
         takers = ", ".join(name for name, cls in MODES.items() if cls.answerable)
         raise UserError(f"--answerer: {mode_name} asks the teacher for whole examples; only {takers} takes an answerer")
+    if opts.write_as and not opts.answerer:
+        raise UserError("--write-as says how the teacher writes prompts for an --answerer; without --answerer the "
+                        "teacher writes whole examples by chat", hint="add --answerer MODEL, or drop --write-as")
     template = load_template(mode_cls, opts.prompt, opts)
     check = load_check(opts.check) if opts.check else None
     rubric = load_rubric(opts.judge_prompt) if opts.min_score > 0 else None
