@@ -8,7 +8,11 @@ baseline every evaluation scores), greedy, `--new` tokens at most. Modes, all in
 
   hf-bN      left-padded batches of N through `model.generate` (offline generation before the engine)
   engine-bN  the engine at max_batch N (rows join as others finish)
-  +lookup    the engine at batch 1 with prompt lookup (`eval.prompt_lookup` / `serve --prompt-lookup`)
+  +lookup    the engine at batch 1 with prompt lookup (`eval.prompt_lookup` / `serve --prompt-lookup`),
+             drafting at most `--lookup` tokens per step
+  served-b1  one engine kept across the prompts with its prompt cache, as `tunesmith serve` answers
+             requests one at a time: the few-shot demonstrations every prompt starts with are
+             prefilled once (llama.cpp reuses its previous prompt the same way)
 
 On a shared machine timings swing from minute to minute, so the modes are interleaved: at batch 1
 each prompt runs in every mode before the next prompt; at batch 16 the modes alternate over
@@ -94,16 +98,41 @@ def engine_generate(model, tokenizer, convs, batch: int, new: int, lookup: int =
     return generate_tokens(model, tokenizer, convs, max_new_tokens=new, batch_size=batch, prompt_lookup=lookup)
 
 
+class ServingEngine:
+    """One engine kept across requests, with a prompt cache, as `tunesmith serve` runs them: a prompt that
+    starts as an earlier one did prefills only the rest (llama.cpp keeps its last prompt the same way)."""
+
+    def __init__(self, model, tokenizer, lookup: int = 0, max_batch: int = 1):
+        from tunesmith.generation import Engine, PromptLookup, stop_token_ids
+        from tunesmith.generation.prompt_cache import PromptCache
+
+        self.tokenizer = tokenizer
+        self.engine = Engine(model, tokenizer, None, stop_token_ids(tokenizer), max_batch=max_batch,
+                             lookup=PromptLookup(max_draft=lookup) if lookup else None, prompt_cache=PromptCache(256 << 20))
+
+    def __call__(self, convs, new: int) -> list[list[int]]:
+        from tunesmith.data.tokenize import prompt_ids
+        from tunesmith.generation import GenRequest
+
+        rows = [GenRequest(prompt_ids=prompt_ids(self.tokenizer, c), sink=None, max_tokens=new, temperature=0.0,
+                           text=False, timeout_s=float("inf")) for c in convs]
+        self.engine.run(rows)
+        return [r.generated for r in rows]
+
+
 def timed(fn, *args, **kwargs):
     t = time.perf_counter()
     result = fn(*args, **kwargs)
     return result, time.perf_counter() - t
 
 
-def batch1(model, tokenizer, convs, new: int) -> dict:
+def batch1(model, tokenizer, convs, new: int, lookup: int) -> dict:
+    served, served_lookup = ServingEngine(model, tokenizer), ServingEngine(model, tokenizer, lookup)
     modes = {"hf-b1": lambda c: hf_generate(model, tokenizer, c, 1, new),
              "engine-b1": lambda c: engine_generate(model, tokenizer, c, 1, new),
-             "engine-b1+lookup": lambda c: engine_generate(model, tokenizer, c, 1, new, lookup=8)}
+             "engine-b1+lookup": lambda c: engine_generate(model, tokenizer, c, 1, new, lookup=lookup),
+             "served-b1": lambda c: served(c, new),
+             "served-b1+lookup": lambda c: served_lookup(c, new)}
     seconds, replies = collections.defaultdict(list), collections.defaultdict(list)
     for conv in convs:
         for name, fn in modes.items():
@@ -263,6 +292,7 @@ def main() -> None:
     parser.add_argument("--n1", type=int, default=8, help="of those, prompts run one at a time (batch 1 modes)")
     parser.add_argument("--new", type=int, default=48, help="max new tokens per reply")
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--lookup", type=int, default=8, help="prompt lookup: the most tokens drafted per step")
     parser.add_argument("--breakdown", action="store_true", help="also time the parts of one decode step")
     parser.add_argument("--steps", type=int, default=32, help="decode steps per breakdown run")
     parser.add_argument("--eval", action="store_true", help="only time a quickstart evaluation's generation, before and now")
@@ -282,7 +312,7 @@ def main() -> None:
     if args.llama:
         return report_llama(model, tokenizer, args, load_before)
     engine_generate(model, tokenizer, convs[:1], 1, 2)          # first-call allocations are no mode's cost
-    one, one_replies = batch1(model, tokenizer, convs[:args.n1], args.new)
+    one, one_replies = batch1(model, tokenizer, convs[:args.n1], args.new, args.lookup)
     many, many_replies = batch16(model, tokenizer, convs, args.new, args.rounds)
     results = {**one, **many}
     same = {"b1": len({json.dumps(r) for r in one_replies.values()}) == 1,
@@ -304,6 +334,10 @@ def main() -> None:
         prompts = args.n1 if "b16" not in name else args.n
         print(f"| {name} | {prompts} | {row['tokens']} | {row['seconds']} | {row['tokens_per_s']} | {row.get('p50_s', '')} | "
               f"{row.get('p95_s', '')} | {row['tokens_per_s'] / ref:.2f}x |")
+    for kind in ("engine", "served"):
+        gain = results[f"{kind}-b1+lookup"]["tokens_per_s"] / results[f"{kind}-b1"]["tokens_per_s"]
+        print(f"\nprompt lookup {args.lookup} at batch 1, {kind}: {gain:.2f}x the tokens/s of plain decoding", end="")
+    print()
     if parts:
         print("\nms per decode step (best of rounds); before = transformers' concatenating cache, after = slabs\n")
         print("| batch | cache | torch threads | model | KV-cache writes | sampling | engine Python | total |")

@@ -40,6 +40,7 @@ from tunesmith.generation.errors import (
     RequestTimedOut,
 )
 from tunesmith.generation.prefix import SharedPrefix
+from tunesmith.generation.prompt_cache import PromptCache
 from tunesmith.generation.request import Event, GenRequest
 from tunesmith.generation.sampling import choose_tokens, row_probs, speculative_sample
 from tunesmith.generation.speculate import DraftModel, PromptLookup, accepted_prefix
@@ -152,7 +153,7 @@ class Engine:
     def __init__(self, model, tokenizer, bank, stop_ids: list[int], *, max_batch: int = 16,
                  max_queue: int = 256, fallback: FallbackPath | None = None, lookup: PromptLookup | None = None,
                  draft: DraftModel | None = None, eft: EmulatedFineTune | None = None,
-                 shared_prefix: list[int] | None = None):
+                 shared_prefix: list[int] | None = None, prompt_cache: PromptCache | None = None):
         self.model = model
         self.tokenizer = tokenizer
         # None: `model` runs as it is, whatever adapters it holds (a peft model, prompt tuning included).
@@ -179,6 +180,8 @@ class Engine:
         # and EFT passes keep caches of their own, so they prefill whole prompts.
         plain = self.prefill_inputs.base is model and draft is None and eft is None
         self.prefix = SharedPrefix(shared_prefix) if shared_prefix and plain else None
+        # Likewise prompts that start as earlier ones did (prompt_cache.py).
+        self.prompt_cache = prompt_cache if plain else None
         self.waiting: collections.deque[GenRequest] = collections.deque()
         self.commands: collections.deque = collections.deque()
         self.cv = threading.Condition()
@@ -382,12 +385,35 @@ class Engine:
     def _slots(self, rows) -> list[int]:
         return [0 if r.adapter is None else self.bank.slot_of[r.adapter] for r in rows]
 
+    def _reusable_prefix(self, rows: list[GenRequest]) -> SharedPrefix | None:
+        """The prefix whose keys and values the rows' prefill can start from: the run's shared prefix, or
+        a stored prompt they all begin with (rows of one adapter only: adapters change the keys)."""
+        prompts = [r.prompt_ids for r in rows]
+        if self.prefix is not None and self.prefix.covers(prompts):
+            return self.prefix
+        adapters = {r.adapter for r in rows}
+        if self.prompt_cache is None or len(adapters) != 1:
+            return None
+        found = self.prompt_cache.match(adapters.pop(), prompts)
+        if found is not None:
+            self.stats["prompt_cache_hits"] += len(rows)
+        return found
+
+    def _remember_prompts(self, rows: list[GenRequest], cache, mask: torch.Tensor) -> None:
+        """Store each row's prompt keys and values (the cache's columns where `mask` (B, T) is 1)."""
+        for i, row in enumerate(rows):
+            cols = mask[i].nonzero().squeeze(1)
+            self.prompt_cache.store(row.adapter, row.prompt_ids,
+                                    [(layer.keys[i:i + 1].index_select(2, cols), layer.values[i:i + 1].index_select(2, cols))
+                                     for layer in cache.layers])
+
     def _prefill(self, rows: list[GenRequest]) -> None:
         prompts = [r.prompt_ids for r in rows]
         shared = 0
-        if self.prefix is not None and self.prefix.covers(prompts):
-            cache, inputs, mask = self.prefix.inputs(self.forward, self.model, prompts, self.pad_id, self.device)
-            ids, shared = None, len(self.prefix.tokens)
+        prefix = self._reusable_prefix(rows)
+        if prefix is not None:
+            cache, inputs, mask = prefix.inputs(self.forward, self.model, prompts, self.pad_id, self.device)
+            ids, shared = None, len(prefix.tokens)
         else:
             ids, mask = left_pad(prompts, self.pad_id, self.device)                     # (B, T)
             cache, inputs, mask = self.prefill_inputs(ids, mask)                       # mask (B, T') of the cache
@@ -404,6 +430,10 @@ class Engine:
         finally:
             self.bank.clear_rows()
         self.stats["prefill_tokens"] += sum(len(p) - shared for p in prompts)
+        if prefix is not None and prefix is not self.prefix:
+            self.stats["reused_prompt_tokens"] += shared * len(prompts)
+        if self.prompt_cache is not None:
+            self._remember_prompts(rows, cache, mask)
         tokens = choose_tokens(logits, rows)
         first_new = len(self.batch)
         self.batch.extend(rows, cache, mask, tokens, extra)

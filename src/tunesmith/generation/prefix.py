@@ -35,11 +35,12 @@ def common_prefix(prompts: list[list[int]], minimum: int = MIN_SHARED) -> list[i
 
 
 class SharedPrefix:
-    """`tokens` every request starts with, and their keys/values (1, heads, P, head_dim) per layer once computed."""
+    """`tokens` every request starts with, and their keys/values (1, heads, P, head_dim) per layer: given
+    (a stored prompt's, prompt_cache.py) or computed on first use."""
 
-    def __init__(self, tokens: list[int]):
+    def __init__(self, tokens: list[int], layers: list[tuple[torch.Tensor, torch.Tensor]] | None = None):
         self.tokens = tokens
-        self.layers: list[tuple[torch.Tensor, torch.Tensor]] | None = None
+        self.layers = layers
 
     def covers(self, prompts: list[list[int]]) -> bool:
         n = len(self.tokens)

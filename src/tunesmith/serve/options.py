@@ -33,6 +33,10 @@ class ServeOptions(BaseModel):
         "emulated fine-tuning: a larger base sharing the tokenizer (like --model); every answer's next-token log-probs "
         "become log p_large + beta * (log p_adapter - log p_base), beta from the request's eft_beta or --eft-beta"))
     eft_beta: float = Field(1.0, ge=0.0, description="--eft-large: beta of requests that set no eft_beta")
+    prompt_cache_mb: int = Field(256, ge=0, description=(
+        "keep the keys and values of recent prompts, per adapter, up to this many MB: a request that starts as an "
+        "earlier one did (a shared system prompt, few-shot examples, a conversation's earlier turns) prefills only "
+        "the rest; 0 = off (off with --draft-model and --eft-large)"))
     stop_loops: bool = Field(True, description=(
         "stop a reply whose tail repeats one block more often than the adapter's training answers allow (the "
         "limit `tunesmith train` records in the adapter's tunesmith.json; finish_reason 'stop'); a model with no "

@@ -34,6 +34,7 @@ class ServerState:
     def __init__(self, options: ServeOptions, model, tokenizer, base_path: Path):
         from tunesmith.generation import Engine, LoRABank, PeftFallback, PromptLookup, stop_token_ids
         from tunesmith.generation.eft import EmulatedFineTune
+        from tunesmith.generation.prompt_cache import PromptCache
         from tunesmith.generation.speculate import DraftModel, load_draft_model
         from tunesmith.serve.traffic import TrafficLog
 
@@ -57,7 +58,8 @@ class ServerState:
                              draft=DraftModel(load_draft_model(options.draft_model, tokenizer, options.model, options.dtype),
                                               max_draft=options.draft_tokens) if options.draft_model else None,
                              eft=EmulatedFineTune(load_draft_model(options.eft_large, tokenizer, options.model, options.dtype),
-                                                  options.eft_beta) if options.eft_large else None)
+                                                  options.eft_beta) if options.eft_large else None,
+                             prompt_cache=PromptCache(options.prompt_cache_mb << 20) if options.prompt_cache_mb else None)
         self.max_context = int(getattr(model.config, "max_position_embeddings", 2048))
         self._loop_guards: dict[int, object] = {}    # limit -> LoopGuard (engine thread calls its check)
         self.traffic = TrafficLog(options.traffic_log) if options.traffic_log else None
@@ -135,6 +137,8 @@ class ServerState:
                 return False
             if spec.engine == "lora":
                 self.bank.remove(name)
+                if self.engine.prompt_cache is not None:     # a new adapter of this name has other keys
+                    self.engine.prompt_cache.forget(name)
             else:
                 self.fallback.remove(name)
             return True
