@@ -13,9 +13,16 @@ tensor naming each row's adapter; the layer then adds
 so the base weights are read once for the whole batch and each row pays only for its rank-r delta.
 Zero padding is exact: the padded rank columns contribute 0.
 
-The delta is computed per adapter group (the rows sharing a slot, as in Punica's segmented SGMV)
-rather than by gathering A[slots] for every row: no (batch, in, r) copies, rows on the base skip the
-delta entirely, and a batch with k distinct adapters costs 2k small matmuls per layer.
+A batch on one adapter adds `(x @ A[s]) @ B[s]`. A batch mixing k adapters does not gather A[slots]
+per row ((batch, in, r) copies) nor loop over the k groups (4k small ops per layer: on a 2-core CPU,
+with 4 adapters in fp32 that was 15 % of a decode step, in bf16 40 %). Each layer instead keeps the
+active adapters side by side, A_k: (in, k * r_max) and B_k: (k * r_max, out), built once per set of
+active adapters, and computes
+
+    delta = ((x @ A_k) * mask) @ B_k          # mask: (batch, k * r_max), 1 on the row's own adapter block
+
+two matmuls whatever k: a row's other blocks are multiplied by exact zeros, and rows on the base have
+an all-zero mask.
 """
 
 from __future__ import annotations
@@ -36,6 +43,8 @@ class MultiLoRALinear(nn.Module):
         # Buffers, not parameters: nothing here trains, and state_dict stays the base model's.
         self.register_buffer("A", torch.zeros(n_slots, base.in_features, bank.r_max, dtype=dtype, device=device), persistent=False)
         self.register_buffer("B", torch.zeros(n_slots, bank.r_max, base.out_features, dtype=dtype, device=device), persistent=False)
+        self._stacked_key: tuple | None = None
+        self._stacked: tuple[torch.Tensor, torch.Tensor] | None = None
 
     def grow_rank(self, r_max: int) -> None:
         pad = r_max - self.A.shape[-1]
@@ -58,9 +67,21 @@ class MultiLoRALinear(nn.Module):
             # Whole batch on one adapter: plain matmuls, no indexing.
             s = self.bank.uniform_slot
             return y + (x @ self.A[s]) @ self.B[s]
-        for s, rows in self.bank.groups:                            # rows: index tensor into the batch
-            y.index_add_(0, rows, (x.index_select(0, rows) @ self.A[s]) @ self.B[s])
-        return y
+        a, b = self._side_by_side()
+        mask = self.bank.block_mask.to(x.dtype)                       # (batch, k * r_max)
+        return y + ((x @ a) * mask.view(mask.shape[0], *([1] * (x.dim() - 2)), -1)) @ b
+
+    def _side_by_side(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """A_k (in, k * r_max) and B_k (k * r_max, out) of the bank's active slots, rebuilt when they or
+        the adapter table change."""
+        key = (self.bank.active, self.bank.version)
+        if self._stacked_key != key:
+            index = torch.tensor(self.bank.active, device=self.A.device)
+            a = self.A.index_select(0, index)                          # (k, in, r)
+            self._stacked = (a.permute(1, 0, 2).reshape(a.shape[1], -1),
+                             self.B.index_select(0, index).reshape(-1, self.B.shape[-1]))
+            self._stacked_key = key
+        return self._stacked
 
 
 class LoRABank:
@@ -75,7 +96,9 @@ class LoRABank:
         self.slots: torch.Tensor | None = None
         self.all_base = True
         self.uniform_slot: int | None = None
-        self.groups: list[tuple[int, torch.Tensor]] = []
+        self.active: tuple[int, ...] = ()                # adapter slots of a mixed batch, ascending
+        self.block_mask: torch.Tensor | None = None      # (batch, len(active) * r_max): 1 on each row's block
+        self.version = 0                                 # bumped when adapters or their shapes change
 
     # -- per forward pass -------------------------------------------------------------------------
     def set_rows(self, row_slots: list[int]) -> None:
@@ -84,10 +107,18 @@ class LoRABank:
         distinct = set(row_slots)
         self.all_base = distinct == {0}
         self.uniform_slot = row_slots[0] if len(distinct) == 1 else None
-        self.groups = [(s, (self.slots == s).nonzero().flatten()) for s in sorted(distinct - {0})]
+        self.active, self.block_mask = (), None
+        if self.uniform_slot is None:
+            self.active = tuple(sorted(distinct - {0}))
+            block = {s: i for i, s in enumerate(self.active)}
+            mask = torch.zeros(len(row_slots), len(self.active), self.r_max, device=device)
+            for row, s in enumerate(row_slots):
+                if s:
+                    mask[row, block[s]] = 1.0
+            self.block_mask = mask.view(len(row_slots), -1)
 
     def clear_rows(self) -> None:
-        self.slots, self.all_base, self.uniform_slot, self.groups = None, True, None, []
+        self.slots, self.all_base, self.uniform_slot, self.active, self.block_mask = None, True, None, (), None
 
     # -- adapters ---------------------------------------------------------------------------------
     def _wrap(self, module_name: str) -> MultiLoRALinear:
@@ -136,6 +167,7 @@ class LoRABank:
             layer.A[free, :, :rank] = a.to(layer.A.dtype)
             layer.B[free, :rank, :] = b.to(layer.B.dtype)
         self.slot_of[name] = free
+        self.version += 1
         return free
 
     def remove(self, name: str) -> None:
@@ -143,6 +175,7 @@ class LoRABank:
         for layer in self.layers.values():
             layer.A[slot].zero_()
             layer.B[slot].zero_()
+        self.version += 1
 
     def _lookup_linear(self, module_name: str) -> nn.Linear:
         if module_name in self.layers:
