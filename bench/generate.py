@@ -28,7 +28,9 @@ the same per token and answers as the base does. Both must give the same tokens 
 
 `--llama` times batch-1 decoding of the default model against llama.cpp (llama-cpp-python) on its f16
 GGUF (exported by `tunesmith export gguf`), the same zero-shot prompts one at a time, interleaved,
-greedy, each tool to its own end-of-reply; tokens/s include each request's prefill.
+greedy, each tool to its own end-of-reply; tokens/s include each request's prefill. llama.cpp keeps
+the previous prompt's keys and values and prefills only where the next prompt differs; `served-b1`
+does the same through the engine's prompt cache, `engine-b1` (a fresh engine per prompt) does not.
 
 `--breakdown` adds where one decode step's time goes (model forward, KV-cache writes, sampling, the
 rest of the engine's Python) at batch 1 and 16, with transformers' concatenating cache ("before")
@@ -208,14 +210,16 @@ def llama_compare(model, tokenizer, convs, new: int) -> tuple[dict, float]:
         return out
 
     llama_reply(prompt_ids(tokenizer, convs[0])[:8])
+    served = ServingEngine(model, tokenizer)
     seconds, replies = collections.defaultdict(list), collections.defaultdict(list)
     for conv in convs:
         for name, fn in (("engine-b1 fp32", lambda c: generate_tokens(model, tokenizer, [c], max_new_tokens=new, batch_size=1)[0]),
+                         ("served-b1 fp32", lambda c: served([c], new)[0]),
                          ("llama.cpp f16", lambda c: llama_reply(prompt_ids(tokenizer, c)))):
             out, dt = timed(fn, conv)
             seconds[name].append(dt)
             replies[name].append(out)
-    agree = sum(a == b for a, b in zip(*replies.values())) / len(convs)
+    agree = sum(a == b for a, b in zip(replies["served-b1 fp32"], replies["llama.cpp f16"])) / len(convs)
     return {name: summary(replies[name], seconds[name]) for name in seconds}, agree
 
 
@@ -292,7 +296,7 @@ def main() -> None:
     parser.add_argument("--n1", type=int, default=8, help="of those, prompts run one at a time (batch 1 modes)")
     parser.add_argument("--new", type=int, default=48, help="max new tokens per reply")
     parser.add_argument("--rounds", type=int, default=2)
-    parser.add_argument("--lookup", type=int, default=8, help="prompt lookup: the most tokens drafted per step")
+    parser.add_argument("--lookup", type=int, default=2, help="prompt lookup: the most tokens drafted per step")
     parser.add_argument("--breakdown", action="store_true", help="also time the parts of one decode step")
     parser.add_argument("--steps", type=int, default=32, help="decode steps per breakdown run")
     parser.add_argument("--eval", action="store_true", help="only time a quickstart evaluation's generation, before and now")

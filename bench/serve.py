@@ -14,6 +14,11 @@ max_tokens:
       K-quant: quantized GGUFs crash llama.cpp 0.3.36 on AMX CPUs (see export/llama_runtime.py).
 
 tokens/s counts completion tokens reported in `usage`, over the wall time of the whole run.
+
+`--rev REV` adds mode (a) as a git revision of tunesmith ran it (its `src/` exported with `git archive`
+and put first on the server's PYTHONPATH), so a speed-up is measured in one run on one machine:
+
+    nice -n 10 .venv/bin/python bench/serve.py --rev c7793fa^     # the engine before issue 18's work
 """
 
 from __future__ import annotations
@@ -80,6 +85,18 @@ def merged_gguf(adapter: Path) -> Path:
     return export_gguf(None, target, "f16", adapter=adapter, log=lambda *a: None).files["f16"]
 
 
+def source_at(rev: str) -> Path:
+    """tunesmith's src/ as it was at `rev`, exported once into bench/out/serve/rev-SHA."""
+    sha = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", rev], check=True, capture_output=True,
+                         text=True).stdout.strip()
+    folder = OUT / f"rev-{sha}"
+    if not (folder / "src" / "tunesmith").is_dir():
+        folder.mkdir(parents=True, exist_ok=True)
+        archive = subprocess.run(["git", "-C", str(REPO), "archive", sha, "src"], check=True, capture_output=True).stdout
+        subprocess.run(["tar", "-x", "-C", str(folder)], input=archive, check=True)
+    return folder / "src"
+
+
 def start(cmd: list[str], port: int, log: Path, env=None) -> subprocess.Popen:
     proc = subprocess.Popen(cmd, stdout=open(log, "w"), stderr=subprocess.STDOUT, env=env)
     deadline = time.monotonic() + 300
@@ -131,6 +148,8 @@ def main() -> None:
     ap.add_argument("--max-tokens", type=int, default=32)
     ap.add_argument("--threads", type=int, default=1, help="CPU threads per server (more than the free cores makes OpenMP spin: measured 10x slower)")
     ap.add_argument("--skip-llama", action="store_true")
+    ap.add_argument("--rev", help="also run mode (a) with tunesmith as it was at this git revision")
+    ap.add_argument("--dtype", help="also run mode (a) with `serve --dtype DTYPE` (e.g. bf16)")
     args = ap.parse_args()
     OUT.mkdir(parents=True, exist_ok=True)
     env = os.environ | {"OMP_NUM_THREADS": str(args.threads), "TOKENIZERS_PARALLELISM": "false"}
@@ -141,13 +160,22 @@ def main() -> None:
         "(a) tunesmith, mixed-adapter batching": (["--max-batch", str(args.clients)], names),
         "(b) tunesmith, one request at a time": (["--max-batch", "1"], names),
     }
+    envs = {label: env for label in modes}
+    if args.rev:
+        label = f"(a) at {args.rev}"
+        modes[label] = modes["(a) tunesmith, mixed-adapter batching"]
+        envs[label] = env | {"PYTHONPATH": str(source_at(args.rev))}
+    if args.dtype:
+        flags, models = modes["(a) tunesmith, mixed-adapter batching"]
+        modes[f"(a) --dtype {args.dtype}"] = ([*flags, "--dtype", args.dtype], models)
+        envs[f"(a) --dtype {args.dtype}"] = env
     results: dict[str, dict] = {}
     port = 18300
     for label, (flags, models) in modes.items():
         port += 1
         cmd = [sys.executable, "-m", "tunesmith", "serve", "--port", str(port), *adapter_flags, *flags,
                "--max-queue", "1024"]
-        proc = start(cmd, port, OUT / f"server-{port}.log", env)
+        proc = start(cmd, port, OUT / f"server-{port}.log", envs[label])
         try:
             results[label] = drive(port, models, args.clients, args.per_client, args.max_tokens)
         finally:

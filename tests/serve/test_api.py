@@ -184,6 +184,29 @@ def test_stream_joins_to_the_same_answer(env):
     assert chunks[-1].usage.completion_tokens == whole.usage.completion_tokens
 
 
+def test_a_conversations_next_turn_reuses_the_keys_of_its_earlier_turns(env, tokenizer):
+    from peft import PeftModel
+
+    from tunesmith.generation import generate
+    from tunesmith.models import load_model
+
+    client = env["client"]
+    first = [{"role": "user", "content": PROMPTS[1]}]
+    reply = client.chat.completions.create(model="a1", messages=first, temperature=0, max_tokens=12)
+    turn = [*first, {"role": "assistant", "content": reply.choices[0].message.content},
+            {"role": "user", "content": "Now say it again in other words."}]
+    before = httpx.get(f"{env['url']}/health").json()["engine"]
+    again = client.chat.completions.create(model="a1", messages=turn, temperature=0, max_tokens=12)
+    after = httpx.get(f"{env['url']}/health").json()["engine"]
+    # The whole first request's prompt is stored; the next turn prefills only what follows it.
+    assert after["prompt_cache_hits"] == before.get("prompt_cache_hits", 0) + 1
+    reused = after["reused_prompt_tokens"] - before.get("reused_prompt_tokens", 0)
+    assert reply.usage.prompt_tokens <= reused < again.usage.prompt_tokens
+    assert after["prefill_tokens"] - before["prefill_tokens"] == again.usage.prompt_tokens - reused
+    peft = PeftModel.from_pretrained(load_model(str(env["base"])), str(env["paths"]["a1"]))
+    assert again.choices[0].message.content.strip() == generate(peft, tokenizer, [turn], max_new_tokens=12)[0]
+
+
 def test_fifty_concurrent_requests_over_four_adapters(env, offline):
     client, engine = env["client"], env["state"].engine
     models = ["trained", "a1", "a2", "a3"]
