@@ -201,13 +201,13 @@ class _Run:
             events.message(f"objective: {cfg.objective.name}; reference: {reference.describe}")
         metadata = None
         if prepared.kind == "adapter":
-            from tunesmith.data.mix import own_examples
+            from tunesmith.data.mix import task_examples
             from tunesmith.generation.loops import LoopGuard
 
             # What counts as a loop for this adapter, read once from the answers eval reads it from (the
             # user's own training examples): eval stops replies past it, and so does `tunesmith serve`
             # (--stop-loops) from this record.
-            self.loop_guard = LoopGuard.from_samples(tokenizer, own_examples(train_samples))
+            self.loop_guard = LoopGuard.from_samples(tokenizer, task_examples(train_samples, cfg.data.train))
             metadata = {"base": cfg.model.base, "method": cfg.method.name, "loop_limit": self.loop_guard.limit}
         trainer = self.trainer = Trainer(cfg.train, cfg.data, prepared, tokenizer, train_set, val_set, run_dir,
                                          events=events, objective=objective, final_metadata=metadata)
@@ -257,7 +257,7 @@ def _load_saved(cfg: RunConfig, output_dir: Path, kind: str, load_options: dict)
 
 def evaluate_run(cfg: RunConfig, model, tokenizer, eval_samples, train_samples, train_result, run_dir: Path,
                  events: Events | None = None, loop_guard=None) -> dict:
-    from tunesmith.data.mix import own_examples
+    from tunesmith.data.mix import task_examples
     from tunesmith.eval.runner import build_systems, run_eval
     from tunesmith.train.trainer import resolve_precision
 
@@ -268,7 +268,8 @@ def evaluate_run(cfg: RunConfig, model, tokenizer, eval_samples, train_samples, 
     training = {k: getattr(train_result, k) for k in
                 ("steps", "first_loss", "final_loss", "best_val_loss", "best_step", "tokens_per_s", "packing_efficiency")}
     precision = resolve_precision(cfg.train.precision)
-    result = run_eval(systems, tokenizer, eval_samples, cfg.eval, run_dir, train_pool=own_examples(train_samples),
+    result = run_eval(systems, tokenizer, eval_samples, cfg.eval, run_dir,
+                      train_pool=task_examples(train_samples, cfg.data.train),
                       system_prompt=cfg.data.system_prompt, precision=precision, training=training,
                       events=events, title=f"{cfg.method.name} fine-tune of {cfg.model.base}", loop_guard=loop_guard)
     return result.report

@@ -12,7 +12,7 @@ import pytest
 
 from tunesmith.cli import main
 from tunesmith.config import load_config
-from tunesmith.data.mix import BUILTIN, load_mix, own_examples
+from tunesmith.data.mix import BUILTIN, load_mix, task_examples
 from tunesmith.errors import ConfigError, DataError
 
 ASSETS = Path(__file__).resolve().parents[2] / "src" / "tunesmith" / "assets"
@@ -53,10 +53,18 @@ def test_weights_size_the_mix_by_the_first_source_used_whole(tmp_path):
     _, train, val = load_data(cfg, events=events)
     assert len(train) + len(val) == 38 and messages == ["data mix: task.jsonl 30/30 (79%), instructions.jsonl 8/102 (21%)"]
     # The few-shot baselines draw demonstrations from the task's own examples, never from the shipped set.
-    own = own_examples(samples)
+    own = task_examples(samples, cfg.data.train)
     assert len(own) == 30 and all(Path(s.source.rsplit(":", 1)[0]).name == "task.jsonl" for s in own)
     general_only, _ = load_mix(load_config(_config(tmp_path, ["general"])).data.train, "auto", 0)
-    assert own_examples(general_only) == general_only                           # nothing else to draw from
+    assert task_examples(general_only, ["general"]) == general_only             # nothing else to draw from
+    # A mix-in of your own (here a general set you answered yourself) is no task demonstration either.
+    mine = tmp_path / "mine.jsonl"
+    mine.write_text((ASSETS / "general" / "instructions.jsonl").read_text())
+    cfg = load_config(_config(tmp_path, [{"path": "task.jsonl", "weight": 0.8}, {"path": "mine.jsonl", "weight": 0.2}]))
+    samples, _ = load_mix(cfg.data.train, "auto", cfg.train.seed)
+    own = task_examples(samples, cfg.data.train)
+    assert len(samples) == 38 and len(own) == 30
+    assert all(Path(s.source.rsplit(":", 1)[0]).name == "task.jsonl" for s in own)
 
 
 def test_a_later_source_smaller_than_its_share_is_repeated_and_no_task_example_is_left_out(tmp_path):

@@ -36,12 +36,19 @@ def resolve_path(path: str) -> str:
     return path
 
 
-def own_examples(samples: list) -> list:
-    """The examples of `samples` that come from the user's sources, not from a shipped set such as
-    `general`: the pool the few-shot baselines draw their demonstrations from (a general-instruction
-    demonstration teaches a prompting baseline nothing about the task). All of them when none is."""
-    shipped = tuple(str(path) + ":" for path in BUILTIN.values())
-    own = [s for s in samples if not s.source.startswith(shipped)]
+def task_examples(samples: list, train=None) -> list:
+    """The examples of `samples` that come from the task's own data: the pool the few-shot baselines
+    draw their demonstrations from and the loop guard reads its limit from (a general-instruction
+    demonstration teaches a prompting baseline nothing about the task). With a mix (`train`, the
+    run's data.train, a list of sources), the first source: by the mix's convention the task, the
+    later ones mix-ins against forgetting, shipped or your own. Otherwise every example not from a
+    shipped set. All of them when that leaves none."""
+    if isinstance(train, list) and len(train) > 1:
+        first = resolve_path(train[0].path) + ":"
+        own = [s for s in samples if s.source.startswith(first)]
+    else:
+        shipped = tuple(str(path) + ":" for path in BUILTIN.values())
+        own = [s for s in samples if not s.source.startswith(shipped)]
     return own or samples
 
 
