@@ -154,7 +154,11 @@ class ScriptedTeacher:
                 return JSONResponse({"error": {"message": "overloaded", "type": "server_error"}}, status_code=500)
             if self.delay:
                 await asyncio.sleep(self.delay)
-            content = self.reply(text)
+            try:
+                content = self.reply(text)
+            except Exception as exc:       # a broken model: the 500 with an error body a real server sends
+                # (an exception left to uvicorn may close a pooled connection: a connection error, not a 500)
+                return JSONResponse({"error": {"message": str(exc), "type": "server_error"}}, status_code=500)
             with self.lock:
                 self.served[key] += 1
                 self.prompts.append(text)
