@@ -20,7 +20,8 @@ from transformers.cache_utils import DynamicLayer
 GROW_MIN = 64     # spare columns a slab gets at least when it is (re)allocated
 
 
-def _plain_layer(layer) -> bool:
+def plain_layer(layer) -> bool:
+    """Whether a cache layer keeps every column it was given (not a sliding window)."""
     return type(layer) in (DynamicLayer, SlabLayer)
 
 
@@ -31,7 +32,7 @@ def slab_cache(parts: list, width: int, extra: int = 0):
     concatenates those instead."""
     from transformers import DynamicCache
 
-    if not all(_plain_layer(layer) for cache in parts for layer in cache.layers):
+    if not all(plain_layer(layer) for cache in parts for layer in cache.layers):
         return None
     cache = DynamicCache()
     cache.layers = [SlabLayer.stack([c.layers[i] for c in parts], width, extra) for i in range(len(parts[0].layers))]

@@ -28,7 +28,7 @@ import torch
 
 from tunesmith.errors import UserError
 from tunesmith.generation.batching import left_pad, pad_id, pad_left
-from tunesmith.generation.cache import ModelCall, SlabLayer, new_cache, slab_cache
+from tunesmith.generation.cache import ModelCall, SlabLayer, new_cache, plain_layer, slab_cache
 from tunesmith.generation.detok import advance
 from tunesmith.generation.eft import EmulatedFineTune
 from tunesmith.generation.errors import (
@@ -400,7 +400,10 @@ class Engine:
         return found
 
     def _remember_prompts(self, rows: list[GenRequest], cache, mask: torch.Tensor) -> None:
-        """Store each row's prompt keys and values (the cache's columns where `mask` (B, T) is 1)."""
+        """Store each row's prompt keys and values (the cache's columns where `mask` (B, T) is 1). Not for
+        caches whose layers drop columns (sliding windows): their columns are not the prompt's."""
+        if not all(plain_layer(layer) for layer in cache.layers):
+            return
         for i, row in enumerate(rows):
             cols = mask[i].nonzero().squeeze(1)
             self.prompt_cache.store(row.adapter, row.prompt_ids,
