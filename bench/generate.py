@@ -104,12 +104,12 @@ class ServingEngine:
     """One engine kept across requests, with a prompt cache, as `tunesmith serve` runs them: a prompt that
     starts as an earlier one did prefills only the rest (llama.cpp keeps its last prompt the same way)."""
 
-    def __init__(self, model, tokenizer, lookup: int = 0, max_batch: int = 1):
+    def __init__(self, model, tokenizer, lookup: int = 0):
         from tunesmith.generation import Engine, PromptLookup, stop_token_ids
         from tunesmith.generation.prompt_cache import PromptCache
 
         self.tokenizer = tokenizer
-        self.engine = Engine(model, tokenizer, None, stop_token_ids(tokenizer), max_batch=max_batch,
+        self.engine = Engine(model, tokenizer, None, stop_token_ids(tokenizer), max_batch=1,
                              lookup=PromptLookup(max_draft=lookup) if lookup else None, prompt_cache=PromptCache(256 << 20))
 
     def __call__(self, convs, new: int) -> list[list[int]]:

@@ -157,25 +157,21 @@ def main() -> None:
     names = [f"ad{i}" for i in range(4)]
     adapter_flags = [x for i, p in enumerate(adapters) for x in ("--adapter", f"ad{i}={p}")]
     modes = {
-        "(a) tunesmith, mixed-adapter batching": (["--max-batch", str(args.clients)], names),
-        "(b) tunesmith, one request at a time": (["--max-batch", "1"], names),
+        "(a) tunesmith, mixed-adapter batching": (["--max-batch", str(args.clients)], names, env),
+        "(b) tunesmith, one request at a time": (["--max-batch", "1"], names, env),
     }
-    envs = {label: env for label in modes}
+    batched = modes["(a) tunesmith, mixed-adapter batching"][0]
     if args.rev:
-        label = f"(a) at {args.rev}"
-        modes[label] = modes["(a) tunesmith, mixed-adapter batching"]
-        envs[label] = env | {"PYTHONPATH": str(source_at(args.rev))}
+        modes[f"(a) at {args.rev}"] = (batched, names, env | {"PYTHONPATH": str(source_at(args.rev))})
     if args.dtype:
-        flags, models = modes["(a) tunesmith, mixed-adapter batching"]
-        modes[f"(a) --dtype {args.dtype}"] = ([*flags, "--dtype", args.dtype], models)
-        envs[f"(a) --dtype {args.dtype}"] = env
+        modes[f"(a) --dtype {args.dtype}"] = ([*batched, "--dtype", args.dtype], names, env)
     results: dict[str, dict] = {}
     port = 18300
-    for label, (flags, models) in modes.items():
+    for label, (flags, models, mode_env) in modes.items():
         port += 1
         cmd = [sys.executable, "-m", "tunesmith", "serve", "--port", str(port), *adapter_flags, *flags,
                "--max-queue", "1024"]
-        proc = start(cmd, port, OUT / f"server-{port}.log", envs[label])
+        proc = start(cmd, port, OUT / f"server-{port}.log", mode_env)
         try:
             results[label] = drive(port, models, args.clients, args.per_client, args.max_tokens)
         finally:

@@ -8,7 +8,8 @@ import torch
 
 from tunesmith.data.tokenize import prompt_ids
 from tunesmith.generation import Engine, GenRequest, LoRABank, stop_token_ids
-from tunesmith.generation.prompt_cache import PromptCache, common_length
+from tunesmith.generation.prefix import common_length
+from tunesmith.generation.prompt_cache import PromptCache
 
 NEW = 16
 DEMOS = [{"role": "system", "content": "Extract the order as JSON with the keys item, count, colour and city."},

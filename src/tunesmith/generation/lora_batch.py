@@ -68,7 +68,7 @@ class MultiLoRALinear(nn.Module):
             s = self.bank.uniform_slot
             return y + (x @ self.A[s]) @ self.B[s]
         a, b = self._side_by_side()
-        mask = self.bank.block_mask.to(x.dtype)                       # (batch, k * r_max)
+        mask = self.bank.block_mask                                   # (batch, k * r_max)
         return y + ((x @ a) * mask.view(mask.shape[0], *([1] * (x.dim() - 2)), -1)) @ b
 
     def _side_by_side(self) -> tuple[torch.Tensor, torch.Tensor]:
@@ -102,8 +102,8 @@ class LoRABank:
 
     # -- per forward pass -------------------------------------------------------------------------
     def set_rows(self, row_slots: list[int]) -> None:
-        device = next(self.model.parameters()).device
-        self.slots = torch.tensor(row_slots, dtype=torch.long, device=device)
+        param = next(self.model.parameters())
+        self.slots = torch.tensor(row_slots, dtype=torch.long, device=param.device)
         distinct = set(row_slots)
         self.all_base = distinct == {0}
         self.uniform_slot = row_slots[0] if len(distinct) == 1 else None
@@ -111,7 +111,8 @@ class LoRABank:
         if self.uniform_slot is None:
             self.active = tuple(sorted(distinct - {0}))
             block = {s: i for i, s in enumerate(self.active)}
-            mask = torch.zeros(len(row_slots), len(self.active), self.r_max, device=device)
+            # In the layers' dtype, built once per pass: every adapted layer multiplies by it.
+            mask = torch.zeros(len(row_slots), len(self.active), self.r_max, device=param.device, dtype=param.dtype)
             for row, s in enumerate(row_slots):
                 if s:
                     mask[row, block[s]] = 1.0

@@ -25,13 +25,19 @@ def common_prefix(prompts: list[list[int]], minimum: int = MIN_SHARED) -> list[i
         return []
     first, n = prompts[0], min(len(p) for p in prompts) - 1
     for p in prompts[1:]:
-        i = 0
-        while i < n and p[i] == first[i]:
-            i += 1
-        n = i
+        n = common_length(first, p, n)
         if n < minimum:
             return []
     return list(first[:n])
+
+
+def common_length(a, b, limit: int) -> int:
+    """How many leading tokens `a` and `b` share, at most `limit`."""
+    n = min(len(a), len(b), limit)
+    i = 0
+    while i < n and a[i] == b[i]:
+        i += 1
+    return i
 
 
 class SharedPrefix:

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import torch
 
-from tunesmith.generation.prefix import MIN_SHARED, SharedPrefix
+from tunesmith.generation.prefix import MIN_SHARED, SharedPrefix, common_length
 
 Layers = list[tuple[torch.Tensor, torch.Tensor]]
 
@@ -31,15 +31,6 @@ class _Entry:
     tokens: list[int]
     layers: Layers           # per layer, keys and values (1, heads, len(tokens), head_dim)
     nbytes: int
-
-
-def common_length(a: list[int], b: list[int], limit: int) -> int:
-    """How many leading tokens `a` and `b` share, at most `limit`."""
-    n = min(len(a), len(b), limit)
-    i = 0
-    while i < n and a[i] == b[i]:
-        i += 1
-    return i
 
 
 class PromptCache:
@@ -80,7 +71,7 @@ class PromptCache:
         nbytes = sum(k.numel() * k.element_size() + v.numel() * v.element_size() for k, v in layers)
         if nbytes > self.max_bytes:
             return
-        covered = [k for k in self.entries if k[0] == adapter and len(k[1]) <= len(prompt) and prompt[:len(k[1])] == list(k[1])]
+        covered = [k for k in self.entries if k[0] == adapter and common_length(k[1], prompt, len(k[1])) == len(k[1])]
         for k in covered:
             self._drop(k)
         while self.entries and self.nbytes + nbytes > self.max_bytes:
