@@ -15,7 +15,7 @@ Zero padding is exact: the padded rank columns contribute 0.
 
 A batch on one adapter adds `(x @ A[s]) @ B[s]`. A batch mixing k adapters does not gather A[slots]
 per row ((batch, in, r) copies) nor loop over the k groups (4k small ops per layer: on a 2-core CPU,
-with 4 adapters in fp32 that was 15 % of a decode step, in bf16 40 %). Each layer instead keeps the
+with 4 adapters in fp32 that was 15 % of a decode step, in bf16 42 %). Each layer instead keeps the
 active adapters side by side, A_k: (in, k * r_max) and B_k: (k * r_max, out), built once per set of
 active adapters, and computes
 

@@ -3,7 +3,7 @@
 Served traffic repeats itself at the front: the system prompt every request carries, the same
 few-shot demonstrations, the earlier turns of a conversation sent again with one more message.
 Prefilling those tokens again is most of a short request's cost on a CPU (a 330-token few-shot
-prompt of the default model takes about as long as 15 decode steps). The engine keeps the keys and
+prompt of the default model takes about as long as 14 decode steps). The engine keeps the keys and
 values of the prompts it prefilled, per adapter (an adapter changes them), and a later group of
 requests whose prompts all start with one of them gets a copy of that prefix and prefills only
 the rest, exactly as an offline run's shared prefix does (prefix.py). vLLM calls this automatic
