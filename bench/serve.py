@@ -34,6 +34,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
+from revisions import source_at
 
 REPO = Path(__file__).resolve().parents[1]
 OUT = REPO / "bench" / "out" / "serve"
@@ -83,18 +84,6 @@ def merged_gguf(adapter: Path) -> Path:
     if found:
         return found[0]
     return export_gguf(None, target, "f16", adapter=adapter, log=lambda *a: None).files["f16"]
-
-
-def source_at(rev: str) -> Path:
-    """tunesmith's src/ as it was at `rev`, exported once into bench/out/serve/rev-SHA."""
-    sha = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", rev], check=True, capture_output=True,
-                         text=True).stdout.strip()
-    folder = OUT / f"rev-{sha}"
-    if not (folder / "src" / "tunesmith").is_dir():
-        folder.mkdir(parents=True, exist_ok=True)
-        archive = subprocess.run(["git", "-C", str(REPO), "archive", sha, "src"], check=True, capture_output=True).stdout
-        subprocess.run(["tar", "-x", "-C", str(folder)], input=archive, check=True)
-    return folder / "src"
 
 
 def start(cmd: list[str], port: int, log: Path, env=None) -> subprocess.Popen:
@@ -162,7 +151,7 @@ def main() -> None:
     }
     batched = modes["(a) tunesmith, mixed-adapter batching"][0]
     if args.rev:
-        modes[f"(a) at {args.rev}"] = (batched, names, env | {"PYTHONPATH": str(source_at(args.rev))})
+        modes[f"(a) at {args.rev}"] = (batched, names, env | {"PYTHONPATH": str(source_at(args.rev, OUT))})
     if args.dtype:
         modes[f"(a) --dtype {args.dtype}"] = ([*batched, "--dtype", args.dtype], names, env)
     results: dict[str, dict] = {}

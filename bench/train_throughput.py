@@ -1,6 +1,6 @@
 """Training throughput: tunesmith vs TRL's SFTTrainer on the same work, in one process tree.
 
-    .venv/bin/python bench/train_throughput.py [--steps 8] [--examples 512] [--precision fp32]
+    .venv/bin/python bench/train_throughput.py [--steps 8] [--examples 512] [--precision fp32] [--rev REV]
 
 Work: SmolLM2-135M-Instruct (the embedded default), LoRA r=16 alpha=32 on all linear layers, an
 instruction set of 512 examples of 50-500 tokens (responses are real English prose: Python
@@ -12,6 +12,9 @@ what a user gets: bf16 autocast on CPUs with native bf16 (AVX-512 bf16 / AMX), f
 `--precision fp32` runs every system in fp32 instead (tunesmith `train.precision: fp32`; TRL with
 bf16=False, whose own default is bf16, with and without packing) and measures the peaks in fp32: what
 a CPU without native bf16 gets, and a like-for-like comparison on one that has it.
+
+`--rev REV` adds tunesmith as it was at a git revision (its `src/` exported with `git archive` and put
+first on the child's PYTHONPATH), so a speed-up over an earlier version is measured in the same run.
 
 Each system runs in its own subprocess so peak RSS is its own. Reported:
   effective tokens/s  non-padding tokens per second of training-loop wall time
@@ -46,6 +49,7 @@ import time
 from pathlib import Path
 
 import torch
+from revisions import source_at
 
 HERE = Path(__file__).resolve().parent
 OUT = HERE / "out"
@@ -223,10 +227,10 @@ def heldout_loss(model_dir, adapter, rows) -> float:
 def child(args) -> None:
     payload = json.loads(Path(args.child).read_text())
     rows, held = payload["rows"], payload["heldout"]
-    out_dir = OUT / f"run-{args.system}"
+    out_dir = OUT / f"run-{args.system.replace('/', '_')}"
     out_dir.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(0)
-    if args.system == "tunesmith":
+    if args.system.startswith("tunesmith"):
         res = run_tunesmith(rows, payload["model_dir"], args.steps, out_dir, args.precision)
     else:
         res = run_trl(rows, payload["model_dir"], args.steps, out_dir, args.system.removeprefix("trl_"))
@@ -291,6 +295,8 @@ def main() -> None:
                     help="auto: tunesmith's train.precision auto vs TRL's default, bf16 and bf16+packing; "
                          "fp32: every system in fp32")
     ap.add_argument("--systems", help="comma-separated subset of the --precision's systems")
+    ap.add_argument("--rev", action="append", default=[],
+                    help="also run tunesmith as it was at this git revision (its src/ from git archive); repeatable")
     ap.add_argument("--child")
     ap.add_argument("--system")
     ap.add_argument("--result")
@@ -298,6 +304,10 @@ def main() -> None:
     if args.child:
         return child(args)
     systems = args.systems.split(",") if args.systems else SYSTEMS[args.precision]
+    envs = {system: {} for system in systems}
+    for rev in args.rev:
+        systems.append(f"tunesmith@{rev}")
+        envs[systems[-1]] = {"PYTHONPATH": str(source_at(rev, OUT))}
     dtype = PEAK_DTYPE[args.precision]
     dtype_name = str(dtype).removeprefix("torch.").replace("bfloat16", "bf16").replace("float32", "fp32")
 
@@ -325,11 +335,11 @@ def main() -> None:
           f"{fpt / 1e6:.0f} MFLOP per token; CPU: {cpu_kind()}", flush=True)
     results = {}
     for system in systems:
-        res_path = OUT / f"result-{system}.json"
+        res_path = OUT / f"result-{system.replace('/', '_')}.json"
         cmd = [sys.executable, __file__, "--child", str(payload), "--system", system, "--result", str(res_path),
                "--steps", str(args.steps), "--precision", args.precision]
         t0 = time.perf_counter()
-        r = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "TOKENIZERS_PARALLELISM": "false"})
+        r = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "TOKENIZERS_PARALLELISM": "false", **envs[system]})
         if r.returncode != 0:
             print(f"{system}: FAILED\n{r.stderr[-3000:]}", flush=True)
             continue

@@ -13,14 +13,20 @@ import contextlib
 
 import torch
 
+_CAST_COPIES: dict[int, torch.Tensor] = {}   # id(frozen embedding / head weight) -> its autocast-dtype copy
 
-def _tied_ids(model) -> set[int]:
-    ids = set()
+
+def _tied_params(model) -> list[torch.nn.Parameter]:
+    params = {}
     for getter in ("get_input_embeddings", "get_output_embeddings"):
         module = getattr(model, getter, lambda: None)()
         if module is not None and getattr(module, "weight", None) is not None:
-            ids.add(id(module.weight))
-    return ids
+            params[id(module.weight)] = module.weight
+    return list(params.values())
+
+
+def _tied_ids(model) -> set[int]:
+    return {id(p) for p in _tied_params(model)}
 
 
 @contextlib.contextmanager
@@ -40,8 +46,23 @@ def frozen_linears_in(model: torch.nn.Module, dtype: torch.dtype | None):
                 continue
             originals.append((param, param.data))
             param.data = param.data.to(dtype)
+    # A tied output head (SmolLM2's lm_head is the embedding matrix) keeps its fp32 weight for the
+    # lookup; its cast for the loss's head matmul is made once here instead of once per micro-batch.
+    heads = [p for p in _tied_params(model) if not p.requires_grad and p.dtype == torch.float32]
+    for param in heads:
+        _CAST_COPIES[id(param)] = param.detach().to(dtype)
     try:
         yield
     finally:
         for param, data in originals:
             param.data = data
+        for param in heads:
+            _CAST_COPIES.pop(id(param), None)
+
+
+def weight_in(weight: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """`weight` detached and in `dtype`: the copy `frozen_linears_in` holds for a tied head, else a fresh cast."""
+    cached = _CAST_COPIES.get(id(weight))
+    if cached is not None and cached.dtype == dtype:
+        return cached
+    return weight.detach().to(dtype)

@@ -31,6 +31,7 @@ from tunesmith.run_dir import RunDir
 from tunesmith.train import auto
 from tunesmith.train import checkpoint as ckpt
 from tunesmith.train.distributed import backend_name, gather_to_main, layout_for, make_accelerator
+from tunesmith.train.fused_lora import fused_lora
 from tunesmith.train.logbook import Logbook, read_metrics
 from tunesmith.train.objectives import Objective, ObjectiveModule, get_objective
 from tunesmith.train.precision import frozen_linears_in
@@ -378,6 +379,7 @@ class Trainer:
                 # Exact (autocast would round to the same values); skipped for methods that move base weights
                 # and for sharded parameters, whose storage FSDP2 / ZeRO-3 own.
                 stack.enter_context(frozen_linears_in(self._model(), self.autocast_dtype))
+                stack.enter_context(fused_lora(self._model()))
             for step in range(start, end):
                 out = self.train_step(step)
                 done = self.steps_done = step + 1

@@ -1,0 +1,111 @@
+"""Plain LoRA linear layers trained through one autograd function instead of peft's op chain.
+
+peft computes an adapted layer as `base(x) + lora_B(lora_A(dropout(x))) * scaling`, plus, under
+autocast, a cast of x to the adapter weights' fp32 and back. On a CPU each of those is a pass over
+a (tokens x features) tensor: the scaling multiply and the add in forward, their gradients, and two
+activation-sized dtype copies per layer in each direction. On the default model they cost more
+than the rank-16 matrix products themselves (bf16 step: dtype copies alone were 20 % of it).
+
+`LoRALinearFunction` does the same maths with matrix products only,
+
+    forward    h = x A^T                       (n, r)
+               y = x W^T + h (sB)^T            one addmm into the base output
+    backward   gh = g (sB)                     (n, r)
+               dA = gh^T x     d(B) = s g^T h
+               dx = g W + gh A                 one addmm
+
+where s = alpha / r. It computes in autocast's dtype when autocast is on (as peft's layers do,
+whose matmuls autocast casts to bf16 anyway), else in x's dtype; A and B keep fp32 gradients.
+`fused_lora(model)` routes each eligible peft layer through it for the length of a block; a layer
+in any other state (adapters disabled or merged, several adapters active, DoRA or another variant,
+dropout on, a mixed-adapter batch, a base that is not a plain nn.Linear) keeps peft's forward.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import types
+
+import torch
+from torch import nn
+
+
+class LoRALinearFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, weight, bias, lora_a, lora_b, scaling: float, dtype: torch.dtype):
+        shape = x.shape
+        x2 = x.reshape(-1, shape[-1]).to(dtype)                # (n, in)
+        w = weight.to(dtype)                                   # (out, in); a no-op once frozen_linears_in cast it
+        a = lora_a.to(dtype)                                   # (r, in)
+        sb = (lora_b * scaling).to(dtype)                      # (out, r)
+        h = x2 @ a.t()                                         # (n, r)
+        y = x2 @ w.t() if bias is None else torch.addmm(bias.to(dtype), x2, w.t())   # (n, out)
+        y.addmm_(h, sb.t())
+        ctx.save_for_backward(x2, h, w, a, sb)
+        ctx.scaling, ctx.x_dtype = scaling, x.dtype
+        ctx.lora_dtypes = (lora_a.dtype, lora_b.dtype)
+        return y.view(*shape[:-1], y.shape[-1])
+
+    @staticmethod
+    def backward(ctx, grad):
+        x2, h, w, a, sb = ctx.saved_tensors
+        g = grad.reshape(-1, grad.shape[-1]).to(x2.dtype)     # (n, out)
+        gh = g @ sb                                            # (n, r)
+        grad_x = grad_a = grad_b = None
+        if ctx.needs_input_grad[0]:
+            gx = torch.addmm(g @ w, gh, a)                     # (n, in)
+            grad_x = gx.view(*grad.shape[:-1], gx.shape[-1]).to(ctx.x_dtype)
+        if ctx.needs_input_grad[3]:
+            grad_a = (gh.t() @ x2).to(ctx.lora_dtypes[0])     # (r, in)
+        if ctx.needs_input_grad[4]:
+            grad_b = (g.t() @ h).to(torch.float32).mul_(ctx.scaling).to(ctx.lora_dtypes[1])   # (out, r)
+        return grad_x, None, None, grad_a, grad_b, None, None
+
+
+def _fusable(layer, x, kwargs) -> str | None:
+    """The active adapter's name when `layer` is in the plain state the function computes, else None."""
+    if kwargs or layer.disable_adapters or layer.merged or len(layer.active_adapters) != 1:
+        return None
+    name = layer.active_adapters[0]
+    if name not in layer.lora_A or name in getattr(layer, "lora_variant", {}):
+        return None
+    if not isinstance(layer.lora_dropout[name], nn.Identity) or not x.is_floating_point():
+        return None
+    return name
+
+
+def _forward(self, x, *args, **kwargs):
+    name = _fusable(self, x, kwargs) if not args else None
+    if name is None:
+        return self._peft_forward(x, *args, **kwargs)
+    base = self.base_layer
+    device = x.device.type
+    dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else x.dtype
+    with torch.autocast(device, enabled=False):
+        return LoRALinearFunction.apply(x, base.weight, base.bias, self.lora_A[name].weight,
+                                        self.lora_B[name].weight, float(self.scaling[name]), dtype)
+
+
+def _eligible(module) -> bool:
+    from peft.tuners.lora import Linear as LoraLinear
+    return (type(module) is LoraLinear and type(module.base_layer) is nn.Linear
+            and not module.base_layer.weight.requires_grad
+            and (module.base_layer.bias is None or not module.base_layer.bias.requires_grad))
+
+
+@contextlib.contextmanager
+def fused_lora(model: nn.Module):
+    """Inside the block, plain LoRA linear layers of `model` compute through `LoRALinearFunction`."""
+    patched = [(m, m.__dict__.get("forward")) for m in model.modules() if _eligible(m)]
+    for m, _ in patched:
+        m._peft_forward = m.forward
+        m.forward = types.MethodType(_forward, m)
+    try:
+        yield len(patched)
+    finally:
+        for m, previous in patched:
+            del m._peft_forward
+            if previous is None:
+                del m.forward
+            else:
+                m.forward = previous
