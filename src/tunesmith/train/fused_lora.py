@@ -74,6 +74,9 @@ def _fusable(layer, x, kwargs) -> str | None:
     return name
 
 
+# Eager even inside torch.compile: traced by dynamo, this function corrupted memory in fp32 (torch 2.13,
+# dynamic shapes; docs/training.md, "Compiling the decoder layers").
+@torch.compiler.disable
 def _forward(self, x, *args, **kwargs):
     name = _fusable(self, x, kwargs) if not args else None
     if name is None:
