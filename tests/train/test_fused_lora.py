@@ -88,10 +88,14 @@ def test_the_function_with_a_bias_and_without_an_input_gradient():
     assert ga.dtype == gb.dtype == torch.float32
 
 
-@pytest.mark.parametrize("state", ["disabled", "dropout", "dora", "two adapters"])
+@pytest.mark.parametrize("state", ["disabled", "dropout", "dora", "lora bias", "two adapters"])
 def test_layers_in_other_states_keep_peft_forward(tiny_model_dir, state):
-    lora = {"dropout": {"lora_dropout": 0.3}, "dora": {"use_dora": True}}.get(state, {})
+    lora = {"dropout": {"lora_dropout": 0.3}, "dora": {"use_dora": True}, "lora bias": {"lora_bias": True}}.get(state, {})
     model = _lora_model(tiny_model_dir, **lora)
+    if state == "lora bias":
+        for name, p in model.named_parameters():
+            if "lora_B" in name and name.endswith("bias"):
+                torch.nn.init.normal_(p, std=0.1)
     if state == "two adapters":
         model.add_adapter("second", LoraConfig(r=2, target_modules="all-linear"))
         model.base_model.set_adapter(["default", "second"])

@@ -18,7 +18,8 @@ where s = alpha / r. It computes in autocast's dtype when autocast is on (as pef
 whose matmuls autocast casts to bf16 anyway), else in x's dtype; A and B keep fp32 gradients.
 `fused_lora(model)` routes each eligible peft layer through it for the length of a block; a layer
 in any other state (adapters disabled or merged, several adapters active, DoRA or another variant,
-dropout on, a mixed-adapter batch, a base that is not a plain nn.Linear) keeps peft's forward.
+dropout on, a bias on lora_B, a mixed-adapter batch, a base that is not a plain nn.Linear) keeps peft's
+forward.
 """
 
 from __future__ import annotations
@@ -53,7 +54,7 @@ class LoRALinearFunction(torch.autograd.Function):
         gh = g @ sb                                            # (n, r)
         grad_x = grad_a = grad_b = None
         if ctx.needs_input_grad[0]:
-            gx = torch.addmm(g @ w, gh, a)                     # (n, in)
+            gx = (g @ w).addmm_(gh, a)                         # (n, in)
             grad_x = gx.view(*grad.shape[:-1], gx.shape[-1]).to(ctx.x_dtype)
         if ctx.needs_input_grad[3]:
             grad_a = (gh.t() @ x2).to(ctx.lora_dtypes[0])     # (r, in)
@@ -67,7 +68,7 @@ def _fusable(layer, x, kwargs) -> str | None:
     if kwargs or layer.disable_adapters or layer.merged or len(layer.active_adapters) != 1:
         return None
     name = layer.active_adapters[0]
-    if name not in layer.lora_A or name in getattr(layer, "lora_variant", {}):
+    if name not in layer.lora_A or name in getattr(layer, "lora_variant", {}) or layer.lora_B[name].bias is not None:
         return None
     if not isinstance(layer.lora_dropout[name], nn.Identity) or not x.is_floating_point():
         return None
