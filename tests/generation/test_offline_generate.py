@@ -89,3 +89,21 @@ def test_unsupported_prompt_learning_adapter_is_a_user_error(tiny_model_dir, tok
                            MultitaskPromptTuningConfig(num_virtual_tokens=4, num_tasks=2, task_type="CAUSAL_LM"))
     with pytest.raises(UserError, match="MULTITASK_PROMPT_TUNING"):
         generate(model, tokenizer, CONVS[:1], max_new_tokens=2)
+
+
+def test_bf16_generation_casts_frozen_weights_once_with_autocast_s_numbers(tiny_model_dir, tokenizer, monkeypatch):
+    """bf16 generation holds the frozen weights (and a tied head) in bf16 for the call: the same tokens as
+    autocast casting them in every step, and the fp32, tied model back afterwards."""
+    import contextlib
+
+    from tunesmith.generation import offline
+
+    model = adapted(tiny_model_dir, "lora")
+    for p in model.parameters():
+        p.requires_grad_(False)   # as in evaluation after loading an adapter
+    once = generate_tokens(model, tokenizer, CONVS, max_new_tokens=NEW, batch_size=len(CONVS), precision="bf16")
+    assert model.get_output_embeddings().weight is model.get_input_embeddings().weight
+    assert all(p.dtype == torch.float32 for p in model.parameters())
+    monkeypatch.setattr(offline, "frozen_linears_in", lambda model, dtype: contextlib.nullcontext())
+    every_step = generate_tokens(model, tokenizer, CONVS, max_new_tokens=NEW, batch_size=len(CONVS), precision="bf16")
+    assert once == every_step and sum(map(len, once)) > 0

@@ -124,14 +124,19 @@ def test_forward_is_peft_again_after_the_block(tiny_model_dir):
     assert not any("forward" in m.__dict__ or "_peft_forward" in m.__dict__ for m in layers)
 
 
-def test_a_tied_head_is_cast_once_inside_frozen_linears_in(tiny_model_dir):
-    from tunesmith.train import precision
-
+def test_a_tied_head_is_untied_into_a_cast_copy_inside_frozen_linears_in(tiny_model_dir):
     model = _lora_model(tiny_model_dir)
-    head = model.get_output_embeddings().weight
+    embedding = model.get_input_embeddings().weight
+    head = model.get_output_embeddings()
+    assert head.weight is embedding
+    ids, pos, targets = _batch()
+    with torch.autocast("cpu", dtype=torch.bfloat16), torch.no_grad():
+        ref = model(input_ids=ids).logits
     with frozen_linears_in(model, torch.bfloat16):
-        first = precision.weight_in(head, torch.bfloat16)
-        assert first is precision.weight_in(head, torch.bfloat16)
-        assert first.dtype == torch.bfloat16 and torch.equal(first, head.detach().to(torch.bfloat16))
-        assert head.dtype == torch.float32  # the embedding lookup keeps its fp32 weight
-    assert precision.weight_in(head, torch.bfloat16) is not first   # forgotten after the block
+        assert head.weight is not embedding and head.weight.dtype == torch.bfloat16
+        assert torch.equal(head.weight, embedding.detach().to(torch.bfloat16))
+        assert model.get_input_embeddings().weight is embedding and embedding.dtype == torch.float32
+        with torch.autocast("cpu", dtype=torch.bfloat16), torch.no_grad():
+            got = model(input_ids=ids).logits
+    assert torch.equal(got, ref)   # autocast rounds the weights to the same values
+    assert head.weight is embedding   # tied again after the block

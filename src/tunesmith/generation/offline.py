@@ -26,6 +26,7 @@ from tunesmith.generation.request import GenRequest
 from tunesmith.generation.sampling import default_top_k
 from tunesmith.generation.speculate import DraftModel, PromptLookup
 from tunesmith.generation.stops import stop_token_ids
+from tunesmith.train.precision import frozen_linears_in
 
 
 @torch.no_grad()
@@ -98,7 +99,8 @@ def generate_tokens(model, tokenizer, conversations: list[list[dict] | str], *, 
     device = engine.device
     autocast = torch.autocast(device.type, dtype=torch.bfloat16) if precision == "bf16" else contextlib.nullcontext()
     try:
-        with autocast:
+        # Frozen weights cast to bf16 once, not by autocast in every decode step (the same rounding).
+        with frozen_linears_in(model, torch.bfloat16 if precision == "bf16" else None), autocast:
             engine.run(requests)
     finally:
         model.train(was_training)

@@ -17,7 +17,6 @@ import torch.nn.functional as F
 
 from tunesmith.data.tokenize import IGNORE
 from tunesmith.models.adapters import unwrap
-from tunesmith.train.precision import weight_in
 
 CHUNK = 1024  # (1024 x 49k vocab) fp32 logits = 200 MB live at a time
 
@@ -29,7 +28,7 @@ class LinearCrossEntropy(torch.autograd.Function):
     def forward(ctx, hidden, weight, targets, compute_dtype, chunk):
         needs_h, needs_w = hidden.requires_grad, weight.requires_grad
         h = hidden.detach().to(compute_dtype)
-        w = weight.detach().to(compute_dtype) if needs_w else weight_in(weight, compute_dtype)
+        w = weight.detach().to(compute_dtype)
         grad_h = torch.empty_like(hidden) if needs_h else None
         grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if needs_w else None
         total = torch.zeros((), dtype=torch.float32, device=hidden.device)
@@ -120,7 +119,7 @@ class LinearTokenLogp(torch.autograd.Function):
     def forward(ctx, hidden, weight, targets, compute_dtype, chunk):
         needs_h = hidden.requires_grad
         h = hidden.detach().to(compute_dtype)
-        w = weight_in(weight, compute_dtype)
+        w = weight.detach().to(compute_dtype)
         out = torch.empty(h.shape[0], dtype=torch.float32, device=hidden.device)
         grad_h = torch.empty_like(hidden) if needs_h else None
         for start in range(0, h.shape[0], chunk):

@@ -13,20 +13,10 @@ import contextlib
 
 import torch
 
-_CAST_COPIES: dict[int, torch.Tensor] = {}   # id(frozen embedding / head weight) -> its autocast-dtype copy
 
-
-def _tied_params(model) -> list[torch.nn.Parameter]:
-    params = {}
-    for getter in ("get_input_embeddings", "get_output_embeddings"):
-        module = getattr(model, getter, lambda: None)()
-        if module is not None and getattr(module, "weight", None) is not None:
-            params[id(module.weight)] = module.weight
-    return list(params.values())
-
-
-def _tied_ids(model) -> set[int]:
-    return {id(p) for p in _tied_params(model)}
+def _embedding_weight(model):
+    module = getattr(model, "get_input_embeddings", lambda: None)()
+    return getattr(module, "weight", None) if module is not None else None
 
 
 @contextlib.contextmanager
@@ -35,34 +25,30 @@ def frozen_linears_in(model: torch.nn.Module, dtype: torch.dtype | None):
     if dtype is None:
         yield
         return
-    # Embedding weights are left alone: the lookup is not autocast, so a cast would change the math.
-    skip = _tied_ids(model)
+    # The embedding weight is left alone: the lookup is not autocast, so a cast would change the math.
+    embedding = _embedding_weight(model)
     originals: list[tuple[torch.nn.Parameter, torch.Tensor]] = []
     for module in model.modules():
         if type(module) is not torch.nn.Linear:  # exactly Linear: not bnb 4-bit, not peft layers
             continue
         for param in (module.weight, module.bias):
-            if param is None or param.requires_grad or param.dtype != torch.float32 or id(param) in skip:
+            if param is None or param.requires_grad or param.dtype != torch.float32 or param is embedding:
                 continue
             originals.append((param, param.data))
             param.data = param.data.to(dtype)
-    # A tied output head (SmolLM2's lm_head is the embedding matrix) keeps its fp32 weight for the
-    # lookup; its cast for the loss's head matmul is made once here instead of once per micro-batch.
-    heads = [p for p in _tied_params(model) if not p.requires_grad and p.dtype == torch.float32]
-    for param in heads:
-        _CAST_COPIES[id(param)] = param.detach().to(dtype)
+    # A head tied to the embedding (SmolLM2's) is untied for the block: it gets its own cast copy, the
+    # lookup keeps the fp32 matrix. Otherwise autocast casts the 49k x 576 matrix in every forward
+    # (every micro-batch in training, every decode step in generation).
+    head = getattr(model, "get_output_embeddings", lambda: None)()
+    tied = None
+    if (type(head) is torch.nn.Linear and embedding is not None and head.weight is embedding
+            and not embedding.requires_grad and embedding.dtype == torch.float32):
+        tied = head.weight
+        head.weight = torch.nn.Parameter(tied.detach().to(dtype), requires_grad=False)
     try:
         yield
     finally:
         for param, data in originals:
             param.data = data
-        for param in heads:
-            _CAST_COPIES.pop(id(param), None)
-
-
-def weight_in(weight: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """`weight` detached and in `dtype`: the copy `frozen_linears_in` holds for a tied head, else a fresh cast."""
-    cached = _CAST_COPIES.get(id(weight))
-    if cached is not None and cached.dtype == dtype:
-        return cached
-    return weight.detach().to(dtype)
+        if tied is not None:
+            head.weight = tied
