@@ -1,10 +1,11 @@
-"""Frozen base weights held in the autocast dtype for the length of a training run.
+"""Frozen base weights held in the autocast dtype for the length of a training run or a generation call.
 
 Under autocast every linear layer casts its fp32 weight to bf16/fp16 on every forward; autocast's
 cast cache only covers weights that require grad, so a frozen base (LoRA and friends) is re-cast
 on every micro-batch. Casting once up front gives the same bf16 values (the same rounding), so the
 math is unchanged, and it removes the copies (about 10 % of a LoRA step on CPU). The fp32 tensors
 are kept and put back on exit: evaluation, merging and saving after training see the fp32 base.
+Offline generation in bf16 uses the same block, where autocast would cast every weight per decode step.
 """
 
 from __future__ import annotations
