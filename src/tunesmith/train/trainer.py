@@ -379,6 +379,8 @@ class Trainer:
                 # Exact (autocast would round to the same values); skipped for methods that move base weights
                 # and for sharded parameters, whose storage FSDP2 / ZeRO-3 own.
                 stack.enter_context(frozen_linears_in(self._model(), self.autocast_dtype))
+                # Plain LoRA layers as one autograd function: peft's maths (fp32 equal to 1e-5; bf16 rounds
+                # differently, as close to fp32 as peft's), without its elementwise passes and dtype copies.
                 stack.enter_context(fused_lora(self._model()))
             for step in range(start, end):
                 out = self.train_step(step)
