@@ -17,6 +17,8 @@ import inspect
 import torch
 from transformers.cache_utils import DynamicLayer
 
+from tunesmith.generation.attention import grouped_sdpa, sdpa_configs
+
 GROW_MIN = 64     # spare columns a slab gets at least when it is (re)allocated
 
 
@@ -25,18 +27,33 @@ def plain_layer(layer) -> bool:
     return type(layer) in (DynamicLayer, SlabLayer)
 
 
-def slab_cache(parts: list, width: int, extra: int = 0):
+def slab_cache(parts: list, width: int, extra: int = 0, row_room: int = 0):
     """One cache for the rows of several caches stacked on the batch axis, each right-aligned to
-    `width` columns (zeros on the left: masked padding), in slabs with spare columns for later steps.
-    None when a cache has layers that are not plain growing ones (sliding windows ...): the caller
-    concatenates those instead."""
+    `width` columns (zeros on the left: masked padding), in slabs with spare columns for later steps
+    and room for `row_room` rows. None when a cache has layers that are not plain growing ones
+    (sliding windows ...): the caller concatenates those instead."""
     from transformers import DynamicCache
 
     if not all(plain_layer(layer) for cache in parts for layer in cache.layers):
         return None
     cache = DynamicCache()
-    cache.layers = [SlabLayer.stack([c.layers[i] for c in parts], width, extra) for i in range(len(parts[0].layers))]
+    cache.layers = [SlabLayer.stack([c.layers[i] for c in parts], width, extra, row_room)
+                    for i in range(len(parts[0].layers))]
     return cache
+
+
+def append_in_place(cache, more, width: int, extra: int) -> bool:
+    """Add the rows of cache `more` (right-aligned to `width` columns) to slab cache `cache` in place,
+    leaving `extra` spare columns; False (nothing changed) when `cache` has no room or is not all slabs."""
+    layers = cache.layers
+    rows = more.layers[0].keys.shape[0] if more.layers else 0
+    if not (layers and all(type(layer) is SlabLayer for layer in layers)
+            and all(plain_layer(layer) for layer in more.layers)
+            and all(layer.room_for(rows, width, extra) for layer in layers)):
+        return False
+    for layer, new in zip(layers, more.layers):
+        layer.append([new], width)
+    return True
 
 
 def new_cache(model):
@@ -61,56 +78,92 @@ class ModelCall:
         params = inspect.signature(inner.forward).parameters
         self.cache_arg = "cache" if "cache" in params else "past_key_values"
         self.keep_last = {"logits_to_keep": 1} if "logits_to_keep" in params else {}
+        self.configs = sdpa_configs(model)     # run with generation's grouped SDPA (attention.py)
 
-    def _cache(self, cache) -> dict:
-        return {self.cache_arg: cache, "use_cache": True} if cache is not None else {"use_cache": False}
+    def _run(self, cache, inputs: dict, extra: dict) -> torch.Tensor:
+        use = {self.cache_arg: cache, "use_cache": True} if cache is not None else {"use_cache": False}
+        with grouped_sdpa(self.configs):
+            return self.model(**inputs, **use, **extra).logits
 
     def __call__(self, cache, **inputs) -> torch.Tensor:
         """logits (B, T, V) of every position fed."""
-        return self.model(**inputs, **self._cache(cache)).logits
+        return self._run(cache, inputs, {})
 
     def tail_logits(self, cache, keep: int, **inputs) -> torch.Tensor:
         """logits (B, keep, V) of the last `keep` positions (speculative verification)."""
         extra = {"logits_to_keep": keep} if self.keep_last else {}
-        return self.model(**inputs, **self._cache(cache), **extra).logits[:, -keep:]
+        return self._run(cache, inputs, extra)[:, -keep:]
 
     def last_logits(self, cache, **inputs) -> torch.Tensor:
         """logits (B, V) of the last position only (the model skips the vocabulary projection of the others)."""
-        return self.model(**inputs, **self._cache(cache), **self.keep_last).logits[:, -1]
+        return self._run(cache, inputs, self.keep_last)[:, -1]
 
 
 class SlabLayer(DynamicLayer):
-    """One layer's keys and values, (B, heads, capacity, head_dim) buffers of which columns
-    [start, end) are live; `keys` / `values` are views of those, as transformers reads them. A step
-    writes its columns in place; the buffers grow by half when full (amortised O(1) per token)."""
+    """One layer's keys and values: (R, heads, capacity, head_dim) buffers of which the first `rows` rows
+    and columns [start, end) are live; `keys` / `values` are views of those, as transformers reads them.
+    A step writes its columns in place; the buffers grow by half when full (amortised O(1) per token).
+    Rows join in place while there is room (`room_for`, `append`) and leave by moving the last rows into
+    the holes (`keep`), so a running batch reallocates its cache rarely: fresh buffers are not free on
+    CPU (every page is faulted in when first written, which measured 0.5-1.7 GB/s on a 2-core VM).
 
-    def __init__(self, k: torch.Tensor, v: torch.Tensor, start: int, end: int):
+    The buffers are allocated empty. What is read is always written first: live columns of live rows
+    are keys and values, or zeros where a row is padded on the left (masked, but they must be finite
+    for the masked softmax). Spare rows and columns are never read, and their pages stay untouched."""
+
+    def __init__(self, k: torch.Tensor, v: torch.Tensor, rows: int, start: int, end: int):
         super().__init__()
-        self.k, self.v, self.start, self.end = k, v, start, end
+        self.k, self.v, self.rows, self.start, self.end = k, v, rows, start, end
         self.device = k.device
         self.is_initialized = True
         self._view()
 
     @classmethod
-    def stack(cls, layers: list, width: int, extra: int = 0) -> SlabLayer:
-        """Rows of `layers` (each with keys (b_i, H, t_i, D)) right-aligned into one zeroed slab of `width` live columns."""
+    def stack(cls, layers: list, width: int, extra: int = 0, row_room: int = 0) -> SlabLayer:
+        """Rows of `layers` (each with keys (b_i, H, t_i, D)) right-aligned into one slab of `width` live
+        columns, with room for `extra` more columns (at least GROW_MIN or half the width) and `row_room` rows."""
         keys = [layer.keys for layer in layers]
         rows = sum(k.shape[0] for k in keys)
         _, heads, _, dim = keys[0].shape
         capacity = width + max(GROW_MIN, width // 2, extra)
-        k = keys[0].new_zeros(rows, heads, capacity, dim)
-        v = keys[0].new_zeros(rows, heads, capacity, dim)
-        r = 0
+        # Under autocast, rotary embedding leaves keys in fp32 (values stay bf16) and SDPA casts the whole
+        # cache to bf16 again in every decode step; holding it in the autocast dtype rounds each key once,
+        # to the same value.
+        device = keys[0].device.type
+        dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else keys[0].dtype
+        k = keys[0].new_empty(max(rows, row_room), heads, capacity, dim, dtype=dtype)
+        slab = cls(k, torch.empty_like(k), 0, 0, width)
+        slab._put(layers)
+        return slab
+
+    def room_for(self, rows: int, width: int, extra: int) -> bool:
+        """Whether `rows` rows right-aligned to `width` columns can join in place, leaving `extra` spare columns."""
+        return (self.rows + rows <= self.k.shape[0] and self.end - max(width, self.end - self.start) >= 0
+                and self.k.shape[2] - self.end >= extra)
+
+    def append(self, layers: list, width: int) -> None:
+        """Add the rows of `layers` (each right-aligned to `width` columns); `room_for` said yes."""
+        if width > self.end - self.start:      # the running rows get more left padding
+            start = self.end - width
+            self.k[:self.rows, :, start:self.start] = 0
+            self.v[:self.rows, :, start:self.start] = 0
+            self.start = start
+        self._put(layers)
+
+    def _put(self, layers: list) -> None:
+        """Write each layer's rows after the live ones, right-aligned to `end`, zeros on their left."""
         for layer in layers:
-            b, t = layer.keys.shape[0], layer.keys.shape[2]
-            k[r:r + b, :, width - t:width] = layer.keys
-            v[r:r + b, :, width - t:width] = layer.values
-            r += b
-        return cls(k, v, 0, width)
+            r, b, t = self.rows, layer.keys.shape[0], layer.keys.shape[2]
+            split = self.end - t
+            for buf, part in ((self.k, layer.keys), (self.v, layer.values)):
+                buf[r:r + b, :, self.start:split] = 0
+                buf[r:r + b, :, split:self.end] = part
+            self.rows += b
+        self._view()
 
     def _view(self) -> None:
-        self.keys = self.k[:, :, self.start:self.end]
-        self.values = self.v[:, :, self.start:self.end]
+        self.keys = self.k[:self.rows, :, self.start:self.end]
+        self.values = self.v[:self.rows, :, self.start:self.end]
 
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
         t = key_states.shape[-2]
@@ -119,18 +172,21 @@ class SlabLayer(DynamicLayer):
             capacity = live + t + max(GROW_MIN, live // 2)
             k = self.k.new_empty(self.k.shape[0], self.k.shape[1], capacity, self.k.shape[3])
             v = self.v.new_empty(k.shape)
-            k[:, :, :live] = self.keys
-            v[:, :, :live] = self.values
+            k[:self.rows, :, :live] = self.keys
+            v[:self.rows, :, :live] = self.values
             self.k, self.v, self.start, self.end = k, v, 0, live
-        self.k[:, :, self.end:self.end + t] = key_states
-        self.v[:, :, self.end:self.end + t] = value_states
+        self.k[:self.rows, :, self.end:self.end + t] = key_states
+        self.v[:self.rows, :, self.end:self.end + t] = value_states
         self.end += t
         self._view()
         return self.keys, self.values
 
-    def select(self, index: torch.Tensor | None, cut: int) -> None:
-        """Keep rows `index` (None: all) and drop the `cut` leftmost live columns (padding for every row left)."""
-        if index is not None:
-            self.k, self.v = self.k.index_select(0, index), self.v.index_select(0, index)
+    def keep(self, moves: list[tuple[int, int]], rows: int, cut: int) -> None:
+        """Copy row src to row dst for each (src, dst) of `moves`, keep the first `rows` rows, and drop the
+        `cut` leftmost live columns (padding for every row left)."""
+        for src, dst in moves:
+            self.k[dst, :, self.start:self.end] = self.k[src, :, self.start:self.end]
+            self.v[dst, :, self.start:self.end] = self.v[src, :, self.start:self.end]
+        self.rows = rows
         self.start += cut
         self._view()

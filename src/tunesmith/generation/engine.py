@@ -28,7 +28,15 @@ import torch
 
 from tunesmith.errors import UserError
 from tunesmith.generation.batching import left_pad, pad_id, pad_left
-from tunesmith.generation.cache import ModelCall, SlabLayer, new_cache, plain_layer, slab_cache
+from tunesmith.generation.cache import (
+    GROW_MIN,
+    ModelCall,
+    SlabLayer,
+    append_in_place,
+    new_cache,
+    plain_layer,
+    slab_cache,
+)
 from tunesmith.generation.detok import advance
 from tunesmith.generation.eft import EmulatedFineTune
 from tunesmith.generation.errors import (
@@ -72,11 +80,16 @@ class NoAdapters:
         pass
 
 
-def _splice(caches: list, width: int):
-    """The rows of `caches` (each right-aligned to `width` columns) as one cache."""
+def _splice(old, new, width: int, spare: int, row_room: int):
+    """The rows of cache `old` (None: no running rows) and then of `new`, each right-aligned to `width`
+    columns, as one cache: `old` itself when the rows fit in place with `spare` columns left (at most
+    GROW_MIN asked for: a slab grows when it must), else a new slab with room for `row_room` rows."""
     from transformers import DynamicCache
 
-    spliced = slab_cache(caches, width)
+    if old is not None and append_in_place(old, new, width, min(GROW_MIN, spare)):
+        return old
+    caches = ([old] if old is not None else []) + [new]
+    spliced = slab_cache(caches, width, row_room=row_room)
     if spliced is None:       # layers a slab cannot hold: concatenate, as transformers' own cache does
         spliced = caches[-1] if len(caches) == 1 else DynamicCache(ddp_cache_data=[
             (torch.cat([pad_left(layer.keys, width, 2) for layer in layers]),
@@ -85,20 +98,38 @@ def _splice(caches: list, width: int):
     return spliced
 
 
-def _select(cache, index: torch.Tensor, cut: int) -> None:
+def _select(cache, order: list[int], moves: list[tuple[int, int]], cut: int) -> None:
+    index = None
     for layer in cache.layers:
         if isinstance(layer, SlabLayer):
-            layer.select(index, cut)
+            layer.keep(moves, len(order), cut)
         else:
+            if index is None:
+                index = torch.tensor(order, device=layer.keys.device)
             layer.keys = layer.keys[index, :, cut:]
             layer.values = layer.values[index, :, cut:]
 
 
+def fill_holes(keep: list[int]) -> tuple[list[int], list[tuple[int, int]]]:
+    """For kept row indices `keep` (ascending): the new row order, each hole among the first len(keep)
+    rows taken by a kept row from past them, and those (from, to) moves. Fewer copies than compacting
+    in order, which moves every row behind the first hole."""
+    n, kept = len(keep), set(keep)
+    holes = [i for i in range(n) if i not in kept]
+    movers = [i for i in keep if i >= n]
+    order = list(range(n))
+    for src, dst in zip(movers, holes):
+        order[dst] = src
+    return order, list(zip(movers, holes))
+
+
 class Batch:
     """The running rows, their KV cache (B, heads, T, head_dim) per layer, and mask (B, T); with a draft
-    model or EFT, the caches of those passes too, column for column under the same mask."""
+    model or EFT, the caches of those passes too, column for column under the same mask. Row order
+    means nothing: rows that leave are replaced by the last ones (`keep`)."""
 
-    def __init__(self):
+    def __init__(self, max_rows: int = 16):
+        self.max_rows = max_rows
         self.rows: list[GenRequest] = []
         self.cache = None
         self.extra: dict[str, object] = {}      # caches of other passes (draft model, EFT), same columns
@@ -112,9 +143,13 @@ class Batch:
         """Add prefilled rows: their cache (B', heads, T', head_dim) per layer and mask (B', T')."""
         old = bool(self.rows)
         width = max(mask.shape[1], self.mask.shape[1] if old else 0)
-        self.cache = _splice(([self.cache] if old else []) + [cache], width)
+        count = len(self.rows) + len(rows)
+        # Columns the rows may still write (a verification pass feeds a few more than it keeps).
+        spare = max(r.max_tokens - r.sampled for r in self.rows + rows) + 8
+        room = min(self.max_rows, 2 * count)
+        self.cache = _splice(self.cache if old else None, cache, width, spare, room)
         for name, more in (extra or {}).items():
-            self.extra[name] = _splice(([self.extra[name]] if old else []) + [more], width)
+            self.extra[name] = _splice(self.extra[name] if old else None, more, width, spare, room)
         masks = ([self.mask] if old else []) + [mask]
         self.mask = torch.cat([pad_left(m, width, 1) for m in masks])
         self.rows += rows
@@ -124,17 +159,17 @@ class Batch:
         if len(keep) == len(self.rows):
             return
         if not keep:
-            self.__init__()
+            self.__init__(self.max_rows)
             return
-        index = torch.tensor(keep, device=self.mask.device)
-        self.rows = [self.rows[i] for i in keep]
-        self.last = [self.last[i] for i in keep]
-        self.mask = self.mask[index]
+        order, moves = fill_holes(keep)
+        self.rows = [self.rows[i] for i in order]
+        self.last = [self.last[i] for i in order]
+        self.mask = self.mask[torch.tensor(order, device=self.mask.device)]
         # Columns that are padding for every remaining row are dead weight in every later step.
         cut = int(self.mask.any(0).nonzero()[0])
         self.mask = self.mask[:, cut:]
         for cache in (self.cache, *self.extra.values()):
-            _select(cache, index, cut)
+            _select(cache, order, moves, cut)
 
 
 class Engine:
@@ -185,7 +220,7 @@ class Engine:
         self.waiting: collections.deque[GenRequest] = collections.deque()
         self.commands: collections.deque = collections.deque()
         self.cv = threading.Condition()
-        self.batch = Batch()
+        self.batch = Batch(max_batch)
         self.stats = collections.Counter()
         self._stopping = False
         self._admitted: list[GenRequest] = []
@@ -323,7 +358,7 @@ class Engine:
                 for row in self.batch.rows + self._admitted:
                     if not row.done:
                         self.fail(row, EngineFailure(exc))
-                self.batch = Batch()
+                self.batch = Batch(self.max_batch)
                 self.bank.clear_rows()
         for row in list(self.waiting) + self.batch.rows:
             self.fail(row, EngineStopped())
