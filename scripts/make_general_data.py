@@ -1,6 +1,7 @@
 """Generate the shipped general instruction set (src/tunesmith/assets/general/instructions.jsonl).
 
-A small, varied set of everyday instructions with short correct answers, mixed into task data
+A small, varied set of everyday instructions with short correct answers, and short factual questions
+answered in a sentence that restates the question, mixed into task data
 (`data.train: [{path: task.jsonl, weight: 0.8}, {path: general, weight: 0.2}]`) so a fine-tune keeps
 following ordinary requests. Every example is written here, for this package (no third-party text),
 and is licensed like tunesmith itself (Apache-2.0). None of it repeats the forgetting probe
@@ -84,6 +85,56 @@ WRITTEN = [
     ("Translate 'good morning' into French.", "Bonjour."),
 ]
 
+# Short factual questions answered in a whole sentence that restates the question: the style the base
+# model answers in (a small model recalls a fact better when it restates the question first), so a
+# task fine-tune mixed with this set keeps answering that way. None of these facts is asked by the
+# forgetting probe.
+FACTS = [
+    ("What is the capital of Australia?", "The capital of Australia is Canberra."),
+    ("What is the capital of Russia?", "The capital of Russia is Moscow."),
+    ("What is the capital of China?", "The capital of China is Beijing."),
+    ("What is the capital of the United Kingdom?", "The capital of the United Kingdom is London."),
+    ("What is the capital of Greece?", "The capital of Greece is Athens."),
+    ("What is the capital of Portugal?", "The capital of Portugal is Lisbon."),
+    ("What is the capital of Kenya?", "The capital of Kenya is Nairobi."),
+    ("What is the capital of Argentina?", "The capital of Argentina is Buenos Aires."),
+    ("What is the capital of Norway?", "The capital of Norway is Oslo."),
+    ("What is the capital of Ireland?", "The capital of Ireland is Dublin."),
+    ("What is the capital of South Korea?", "The capital of South Korea is Seoul."),
+    ("Which planet is closest to the Sun?", "The planet closest to the Sun is Mercury."),
+    ("Which planet is famous for its large rings?", "Saturn is the planet famous for its large rings."),
+    ("Which element has the chemical symbol Fe?", "The element with the chemical symbol Fe is iron."),
+    ("Which element has the chemical symbol Ag?", "The element with the chemical symbol Ag is silver."),
+    ("Which element has the chemical symbol Na?", "The element with the chemical symbol Na is sodium."),
+    ("How many sides does a hexagon have?", "A hexagon has six sides."),
+    ("How many months are there in a year?", "There are twelve months in a year."),
+    ("How many minutes are there in an hour?", "There are sixty minutes in an hour."),
+    ("What is the largest hot desert in the world?", "The largest hot desert in the world is the Sahara."),
+    ("Who wrote the novel Pride and Prejudice?", "Pride and Prejudice was written by Jane Austen."),
+    ("Who painted The Starry Night?", "The Starry Night was painted by Vincent van Gogh."),
+    ("Who was the first person to walk on the Moon?", "The first person to walk on the Moon was Neil Armstrong."),
+    ("What is the fastest land animal?", "The fastest land animal is the cheetah."),
+    ("What is the tallest animal in the world?", "The tallest animal in the world is the giraffe."),
+    ("What sweet food do bees make?", "Bees make honey."),
+    ("What is the largest organ of the human body?", "The largest organ of the human body is the skin."),
+    ("Which language do most people in Argentina speak?", "Most people in Argentina speak Spanish."),
+    ("Which ocean lies between Europe and North America?", "The Atlantic Ocean lies between Europe and North America."),
+    ("Which great river flows through Brazil into the Atlantic?", "The Amazon flows through Brazil into the Atlantic."),
+    ("What is 9 plus 6?", "9 plus 6 is 15."),
+    ("What is 6 times 4?", "6 times 4 is 24."),
+    ("Which number multiplied by itself gives 49?", "7 multiplied by itself gives 49."),
+    ("Which colour results from mixing red and white paint?", "Mixing red and white paint gives pink."),
+    ("What is the opposite of up?", "The opposite of up is down."),
+    ("Which gas do humans need to breathe in to live?", "Humans need to breathe in oxygen to live."),
+    ("What is frozen water called?", "Frozen water is called ice."),
+    ("Which instrument has 88 keys?", "The piano has 88 keys."),
+    ("How many players does a soccer team have on the field?", "A soccer team has eleven players on the field."),
+    ("Which country is home to the kangaroo?", "The kangaroo is native to Australia."),
+    ("What is the currency of Japan?", "The currency of Japan is the yen."),
+    ("What do caterpillars turn into?", "Caterpillars turn into butterflies or moths."),
+]
+
+
 NUMBER_WORDS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten", "eleven", "twelve"]
 WORDS = ["planet", "garden", "window", "silver", "rocket", "pencil", "summer", "bridge", "coffee", "forest", "market",
          "island", "button", "candle", "jacket", "ladder"]
@@ -122,7 +173,7 @@ def computed(rng: random.Random) -> list[tuple[str, str]]:
 
 def main() -> None:
     rng = random.Random(7)
-    pairs = WRITTEN + computed(rng)
+    pairs = WRITTEN + [(f"{q} Answer briefly.", a) for q, a in FACTS] + computed(rng)
     seen, rows = set(), []
     for prompt, answer in pairs:
         if prompt in seen:

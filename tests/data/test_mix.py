@@ -38,7 +38,7 @@ def test_weights_size_the_mix_by_the_first_source_used_whole(tmp_path):
     cfg = load_config(_config(tmp_path, [{"path": "task.jsonl", "weight": 0.8}, {"path": "general", "weight": 0.2}]))
     assert cfg.data.train[0].path == str(tmp_path / "task.jsonl") and cfg.data.train[1].path == "general"
     samples, parts = load_mix(cfg.data.train, "auto", cfg.train.seed)
-    assert [(p.available, p.taken) for p in parts] == [(30, 30), (102, 8)]     # 30 / 0.8 = 37.5 in all
+    assert [(p.available, p.taken) for p in parts] == [(30, 30), (144, 8)]     # 30 / 0.8 = 37.5 in all
     sources = Counter(Path(s.source.rsplit(":", 1)[0]).name for s in samples)
     assert sources == {"task.jsonl": 30, "instructions.jsonl": 8}
     again, _ = load_mix(cfg.data.train, "auto", cfg.train.seed)
@@ -51,7 +51,7 @@ def test_weights_size_the_mix_by_the_first_source_used_whole(tmp_path):
     events = Events()
     events.message = messages.append
     _, train, val = load_data(cfg, events=events)
-    assert len(train) + len(val) == 38 and messages == ["data mix: task.jsonl 30/30 (79%), instructions.jsonl 8/102 (21%)"]
+    assert len(train) + len(val) == 38 and messages == ["data mix: task.jsonl 30/30 (79%), instructions.jsonl 8/144 (21%)"]
     # The few-shot baselines draw demonstrations from the task's own examples, never from the shipped set.
     own = task_examples(samples, cfg.data.train)
     assert len(own) == 30 and all(Path(s.source.rsplit(":", 1)[0]).name == "task.jsonl" for s in own)
@@ -69,20 +69,20 @@ def test_weights_size_the_mix_by_the_first_source_used_whole(tmp_path):
 
 def test_a_later_source_smaller_than_its_share_is_repeated_and_no_task_example_is_left_out(tmp_path):
     _task(tmp_path / "task.jsonl", 480)
-    cfg = load_config(_config(tmp_path, [{"path": "task.jsonl", "weight": 4}, {"path": "general", "weight": 1}]))
+    cfg = load_config(_config(tmp_path, [{"path": "task.jsonl", "weight": 3}, {"path": "general", "weight": 1}]))
     samples, parts = load_mix(cfg.data.train, "auto", cfg.train.seed)
-    assert [(p.available, p.taken) for p in parts] == [(480, 480), (102, 120)]     # 480 / 0.8 = 600 in all
+    assert [(p.available, p.taken) for p in parts] == [(480, 480), (144, 160)]     # 480 / 0.75 = 640 in all
     task = Counter(s.source for s in samples if "task.jsonl" in s.source)
     general = Counter(s.source for s in samples if "instructions.jsonl" in s.source)
     assert len(task) == 480 and set(task.values()) == {1}
-    assert len(general) == 102 and sorted(Counter(general.values()).items()) == [(1, 84), (2, 18)]
+    assert len(general) == 144 and sorted(Counter(general.values()).items()) == [(1, 128), (2, 16)]
 
 
 def test_counts_repeat_a_small_source_and_whole_sources_stay_whole(tmp_path):
     _task(tmp_path / "task.jsonl", 5)
     cfg = load_config(_config(tmp_path, [{"path": "task.jsonl", "count": 12}, "general"]))
     samples, parts = load_mix(cfg.data.train, "auto", 0)
-    assert [(p.available, p.taken) for p in parts] == [(5, 12), (102, 102)]
+    assert [(p.available, p.taken) for p in parts] == [(5, 12), (144, 144)]
     assert max(Counter(s.source for s in samples if "task" in s.source).values()) == 3   # 12 = 2 x 5 + 2
 
 
@@ -104,7 +104,7 @@ def test_the_general_set_shares_no_question_with_the_forgetting_probe():
 
     general = load_samples(BUILTIN["general"])
     probe = load_samples(ASSETS / "regression" / "qa.jsonl")
-    assert len(general) == 102 and len({s.messages[0]["content"] for s in general}) == 102
+    assert len(general) == 144 and len({s.messages[0]["content"] for s in general}) == 144
     index = HeldOutIndex([(s.id, s.messages[0]["content"]) for s in probe], 6)
     assert [s.id for s in general if index.overlap(s.messages[0]["content"])] == []
     assert "Apache-2.0" in (ASSETS / "general" / "README.md").read_text()

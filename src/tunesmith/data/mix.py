@@ -7,8 +7,8 @@
 
 Weights are shares of the mix. The first source (your task's data) is used whole and sets the size:
 300 task examples at 0.8 make 375, of which 75 general ones; a later source with fewer examples than
-its share is repeated (1,000 task examples at 0.8 take 250 general ones, the 102 shipped ones about
-2.5 times). Sizing by the smallest source instead would silently leave task examples out. Counts
+its share is repeated (1,000 task examples at 0.8 take 250 general ones, the 144 shipped ones about
+1.7 times). Sizing by the smallest source instead would silently leave task examples out. Counts
 take that many examples of a source (repeating it when it has fewer), and a source with neither is
 used whole. Weights and counts do not mix in one list. Examples are
 drawn with the run's seed, so a run is reproducible; the drawn mix is what the validation split
