@@ -125,3 +125,20 @@ def test_grouped_sdpa_equals_transformers_sdpa_under_a_padding_mask(tiny_model_d
     assert model.config._attn_implementation == "sdpa"
     keep = pad_mask.bool()
     torch.testing.assert_close(got[keep], expected[keep], rtol=0, atol=1e-5)
+
+
+def test_a_full_slab_grows_keeping_its_live_rows_and_spare_row_room():
+    a = part(2, 5, 7)
+    slab = SlabLayer.stack([a], 5, row_room=4)             # capacity 5 + GROW_MIN columns, 4 rows
+    poison(slab)
+    expected = a.keys
+    for i in range(slab.k.shape[2] - 5 + 3):               # 3 steps past the capacity
+        step = part(2, 1, 100 + i)
+        keys, _ = slab.update(step.keys, step.values)
+        expected = torch.cat([expected, step.keys], dim=2)
+    assert slab.k.shape[0] == 4 and slab.k.shape[2] >= expected.shape[2]
+    assert torch.equal(keys, expected) and torch.equal(slab.keys, expected)
+    assert slab.room_for(2, 3, 1)                         # the spare rows survived the growth
+    b = part(2, 3, 8)
+    slab.append([b], 3)
+    assert torch.equal(slab.keys, torch.cat([expected, padded(b.keys, expected.shape[2])]))
