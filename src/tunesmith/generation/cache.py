@@ -7,7 +7,8 @@ passes the cache under the name it takes, so users never see a library warning f
 
 transformers' `DynamicCache` concatenates each step's keys and values onto the whole cache, copying
 every layer's cache once per token (quadratic in the reply's length). The engine's running batch
-keeps its cache in `SlabLayer`s instead: a buffer with spare columns that a step writes into.
+keeps its cache in `SlabLayer`s instead: buffers with spare columns that a step writes into, and spare
+rows that joining requests take in place.
 """
 
 from __future__ import annotations
