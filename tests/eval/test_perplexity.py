@@ -155,3 +155,36 @@ def test_virtual_token_adapters_response_perplexity_equals_hand_computation(tiny
     with model.disable_adapter():
         base = perplexity(model, tokenizer, CHATS, window=512, stride=256, batch_size=2).perplexity
     assert abs(result.perplexity - base) > 1e-3 * base  # the adapter is really on in the scored run
+
+
+def test_bf16_scoring_holds_frozen_weights_in_bf16_and_gives_what_autocast_alone_gives(tiny, tokenizer, monkeypatch):
+    """perplexity.sequence_nll and preference.sequence_logps cast the frozen weights (and the tied head)
+    once per call instead of letting autocast cast them per batch: the same rounding, the same numbers."""
+    import contextlib
+
+    from tunesmith.eval import perplexity as ppl_module
+    from tunesmith.eval import preference as pref_module
+    from tunesmith.train.precision import frozen_linears_in
+
+    items = [tokenize_sample(tokenizer, Sample(text=t)) for t in TEXTS]
+    items = [(ids, [lab != IGNORE for lab in labels]) for ids, labels in items]
+    embedding = tiny.get_input_embeddings().weight
+    seen = []
+
+    def spy(model, dtype):
+        seen.append(dtype)
+        return frozen_linears_in(model, dtype)
+
+    monkeypatch.setattr(ppl_module, "frozen_linears_in", spy)
+    monkeypatch.setattr(pref_module, "frozen_linears_in", spy)
+    held = (ppl_module.sequence_nll(tiny, items, window=64, stride=32, batch_size=2, precision="bf16"),
+            pref_module.sequence_logps(tiny, items, batch_size=2, precision="bf16"))
+    assert seen == [torch.bfloat16, torch.bfloat16]
+    assert tiny.lm_head.weight is embedding and embedding.dtype == torch.float32     # restored, tied again
+    monkeypatch.setattr(ppl_module, "frozen_linears_in", lambda model, dtype: contextlib.nullcontext())
+    monkeypatch.setattr(pref_module, "frozen_linears_in", lambda model, dtype: contextlib.nullcontext())
+    autocast_only = (ppl_module.sequence_nll(tiny, items, window=64, stride=32, batch_size=2, precision="bf16"),
+                     pref_module.sequence_logps(tiny, items, batch_size=2, precision="bf16"))
+    assert held == autocast_only
+    fp32 = pref_module.sequence_logps(tiny, items, batch_size=2, precision="fp32")
+    assert held[1] != fp32                   # bf16 really ran: the numbers differ from fp32's

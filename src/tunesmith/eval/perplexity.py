@@ -21,6 +21,7 @@ import torch
 from tunesmith.data.schema import Sample
 from tunesmith.data.tokenize import IGNORE, tokenize_sample
 from tunesmith.errors import ConfigError
+from tunesmith.train.precision import frozen_linears_in
 
 
 @dataclass
@@ -89,27 +90,31 @@ def sequence_nll(model, items: list[tuple[list[int], list[bool]]], *, window: in
     was_training = model.training
     model.eval()
     autocast = torch.autocast(device.type, dtype=torch.bfloat16) if precision == "bf16" else contextlib.nullcontext()
-    for start in range(0, len(work), batch_size):
-        chunk = work[start:start + batch_size]
-        width = max(len(w[1]) for w in chunk)
-        ids = torch.zeros((len(chunk), width), dtype=torch.long)
-        attn = torch.zeros((len(chunk), width), dtype=torch.long)
-        for r, (_, seq, _) in enumerate(chunk):
-            ids[r, :len(seq)] = torch.tensor(seq)
-            attn[r, :len(seq)] = 1
-        with autocast:
-            logits = model(input_ids=ids.to(device), attention_mask=attn.to(device)).logits
-        # Prompt tuning prepends its virtual tokens' logits; the last `width` positions are the input's.
-        logits = logits[:, -width:]
-        for r, (k, seq, mask) in enumerate(chunk):
-            # Row by row: a (width, vocab) log-softmax at a time instead of the whole batch's.
-            pos = torch.tensor([t for t in range(1, len(seq)) if mask[t]], device=device)
-            logp = torch.log_softmax(logits[r, pos - 1].float(), dim=-1)
-            nll = -logp.gather(1, ids[r, pos].to(device).unsqueeze(1)).sum().item()
-            totals[k][0] += nll
-            totals[k][1] += len(pos)
-        del logits
-    model.train(was_training)
+    # Frozen weights held in bf16 for the call, not cast by autocast in every batch (the same rounding).
+    try:
+        with frozen_linears_in(model, torch.bfloat16 if precision == "bf16" else None):
+            for start in range(0, len(work), batch_size):
+                chunk = work[start:start + batch_size]
+                width = max(len(w[1]) for w in chunk)
+                ids = torch.zeros((len(chunk), width), dtype=torch.long)
+                attn = torch.zeros((len(chunk), width), dtype=torch.long)
+                for r, (_, seq, _) in enumerate(chunk):
+                    ids[r, :len(seq)] = torch.tensor(seq)
+                    attn[r, :len(seq)] = 1
+                with autocast:
+                    logits = model(input_ids=ids.to(device), attention_mask=attn.to(device)).logits
+                # Prompt tuning prepends its virtual tokens' logits; the last `width` positions are the input's.
+                logits = logits[:, -width:]
+                for r, (k, seq, mask) in enumerate(chunk):
+                    # Row by row: a (width, vocab) log-softmax at a time instead of the whole batch's.
+                    pos = torch.tensor([t for t in range(1, len(seq)) if mask[t]], device=device)
+                    logp = torch.log_softmax(logits[r, pos - 1].float(), dim=-1)
+                    nll = -logp.gather(1, ids[r, pos].to(device).unsqueeze(1)).sum().item()
+                    totals[k][0] += nll
+                    totals[k][1] += len(pos)
+                del logits
+    finally:
+        model.train(was_training)
     return [(s, c) for s, c in totals]
 
 

@@ -24,6 +24,7 @@ import torch
 from tunesmith.data.schema import Sample
 from tunesmith.data.tokenize import tokenize_answer
 from tunesmith.eval import stats
+from tunesmith.train.precision import frozen_linears_in
 
 Item = tuple[list[int], list[bool]]   # token ids, and which positions are scored targets
 
@@ -59,29 +60,31 @@ def sequence_logps(model, items: list[Item], *, batch_size: int = 8, precision: 
     model.eval()
     autocast = torch.autocast(device.type, dtype=torch.bfloat16) if precision == "bf16" else contextlib.nullcontext()
     try:
-        for start in range(0, len(order), batch_size):
-            chunk = order[start:start + batch_size]
-            width = max(len(items[k][0]) for k in chunk)
-            ids = torch.zeros((len(chunk), width), dtype=torch.long)
-            attn = torch.zeros((len(chunk), width), dtype=torch.long)
-            for r, k in enumerate(chunk):
-                seq = items[k][0]
-                ids[r, :len(seq)] = torch.tensor(seq)
-                attn[r, :len(seq)] = 1
-            with autocast:
-                logits = model(input_ids=ids.to(device), attention_mask=attn.to(device)).logits
-            # Prompt tuning prepends its virtual tokens' logits; the last `width` positions are the input's.
-            logits = logits[:, -width:]
-            for r, k in enumerate(chunk):
-                seq, scored = items[k]
-                # Position t's token is predicted by the logits at t - 1 (position 0 is never a target).
-                pos = torch.tensor([t for t in range(1, len(seq)) if scored[t]], dtype=torch.long, device=device)
-                if len(pos) == 0:
-                    continue
-                rows = logits[r, pos - 1].float()                      # (scored, vocab)
-                target = ids[r, pos].to(device).unsqueeze(1)           # (scored, 1)
-                out[k] = (rows.gather(1, target).squeeze(1) - torch.logsumexp(rows, dim=-1)).sum().item()
-            del logits
+        # Frozen weights held in bf16 for the call, not cast by autocast in every batch (the same rounding).
+        with frozen_linears_in(model, torch.bfloat16 if precision == "bf16" else None):
+            for start in range(0, len(order), batch_size):
+                chunk = order[start:start + batch_size]
+                width = max(len(items[k][0]) for k in chunk)
+                ids = torch.zeros((len(chunk), width), dtype=torch.long)
+                attn = torch.zeros((len(chunk), width), dtype=torch.long)
+                for r, k in enumerate(chunk):
+                    seq = items[k][0]
+                    ids[r, :len(seq)] = torch.tensor(seq)
+                    attn[r, :len(seq)] = 1
+                with autocast:
+                    logits = model(input_ids=ids.to(device), attention_mask=attn.to(device)).logits
+                # Prompt tuning prepends its virtual tokens' logits; the last `width` positions are the input's.
+                logits = logits[:, -width:]
+                for r, k in enumerate(chunk):
+                    seq, scored = items[k]
+                    # Position t's token is predicted by the logits at t - 1 (position 0 is never a target).
+                    pos = torch.tensor([t for t in range(1, len(seq)) if scored[t]], dtype=torch.long, device=device)
+                    if len(pos) == 0:
+                        continue
+                    rows = logits[r, pos - 1].float()                      # (scored, vocab)
+                    target = ids[r, pos].to(device).unsqueeze(1)           # (scored, 1)
+                    out[k] = (rows.gather(1, target).squeeze(1) - torch.logsumexp(rows, dim=-1)).sum().item()
+                del logits
     finally:
         model.train(was_training)
     return out
