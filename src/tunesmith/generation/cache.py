@@ -28,7 +28,7 @@ def plain_layer(layer) -> bool:
     return type(layer) in (DynamicLayer, SlabLayer)
 
 
-def slab_cache(parts: list, width: int, extra: int = 0, row_room: int = 0):
+def slab_cache(parts: list, width: int, row_room: int = 0):
     """One cache for the rows of several caches stacked on the batch axis, each right-aligned to
     `width` columns (zeros on the left: masked padding), in slabs with spare columns for later steps
     and room for `row_room` rows. None when a cache has layers that are not plain growing ones
@@ -38,7 +38,7 @@ def slab_cache(parts: list, width: int, extra: int = 0, row_room: int = 0):
     if not all(plain_layer(layer) for cache in parts for layer in cache.layers):
         return None
     cache = DynamicCache()
-    cache.layers = [SlabLayer.stack([c.layers[i] for c in parts], width, extra, row_room)
+    cache.layers = [SlabLayer.stack([c.layers[i] for c in parts], width, row_room)
                     for i in range(len(parts[0].layers))]
     return cache
 
@@ -120,13 +120,13 @@ class SlabLayer(DynamicLayer):
         self._view()
 
     @classmethod
-    def stack(cls, layers: list, width: int, extra: int = 0, row_room: int = 0) -> SlabLayer:
+    def stack(cls, layers: list, width: int, row_room: int = 0) -> SlabLayer:
         """Rows of `layers` (each with keys (b_i, H, t_i, D)) right-aligned into one slab of `width` live
-        columns, with room for `extra` more columns (at least GROW_MIN or half the width) and `row_room` rows."""
+        columns, with room for GROW_MIN or half the width more columns, whichever is more, and `row_room` rows."""
         keys = [layer.keys for layer in layers]
         rows = sum(k.shape[0] for k in keys)
         _, heads, _, dim = keys[0].shape
-        capacity = width + max(GROW_MIN, width // 2, extra)
+        capacity = width + max(GROW_MIN, width // 2)
         # Under autocast, rotary embedding leaves keys in fp32 (values stay bf16) and SDPA casts the whole
         # cache to bf16 again in every decode step; holding it in the autocast dtype rounds each key once,
         # to the same value.
