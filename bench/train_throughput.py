@@ -1,6 +1,7 @@
 """Training throughput: tunesmith vs TRL's SFTTrainer on the same work, in one process tree.
 
     .venv/bin/python bench/train_throughput.py [--steps 8] [--examples 512] [--precision fp32] [--rev REV]
+                                               [--model DIR] [--micro 6]
 
 Work: SmolLM2-135M-Instruct (the embedded default), LoRA r=16 alpha=32 on all linear layers, an
 instruction set of 512 examples of 50-500 tokens (responses are real English prose: Python
@@ -12,6 +13,12 @@ what a user gets: bf16 autocast on CPUs with native bf16 (AVX-512 bf16 / AMX), f
 `--precision fp32` runs every system in fp32 instead (tunesmith `train.precision: fp32`; TRL with
 bf16=False, whose own default is bf16, with and without packing) and measures the peaks in fp32: what
 a CPU without native bf16 gets, and a like-for-like comparison on one that has it.
+
+On a machine with a CUDA GPU every system trains on the GPU (TRL without `use_cpu`) and the peaks are
+measured there. `--model DIR` trains another HF folder instead of the embedded default (on the GPU
+machine: a randomly initialised model of the same architecture, made by bench/random_model.py, since
+the weights cannot travel there; speed does not depend on weight values). `--micro` sets tunesmith's
+examples per forward pass (default 6, ~1k tokens: what bounds activation memory on a laptop).
 
 `--rev REV` adds tunesmith as it was at a git revision (its `src/` exported with `git archive` and put
 first on the child's PYTHONPATH), so a speed-up over an earlier version is measured in the same run.
@@ -55,6 +62,9 @@ HERE = Path(__file__).resolve().parent
 OUT = HERE / "out"
 LR, RANK, ALPHA, BATCH = 1e-3, 16, 32, 24
 MICRO = 6  # tunesmith examples per forward pass (~1k tokens): bounds activation memory
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+# The memory a run is bounded by: host RSS on a CPU, allocated GPU memory on a GPU.
+MEMORY_KEY, MEMORY_LABEL = ("peak_gpu_mb", "peak GPU memory (MB)") if DEVICE == "cuda" else ("peak_rss_mb", "peak RSS (MB)")
 
 
 # --- data --------------------------------------------------------------------------------------
@@ -133,7 +143,7 @@ def flops_per_token(config, target_fraction: float, avg_len: float) -> float:
     return 4 * (body + attention + head)
 
 
-def run_tunesmith(rows, model_dir, steps, out_dir, precision="auto"):
+def run_tunesmith(rows, model_dir, steps, out_dir, precision="auto", micro=MICRO):
     from tunesmith.config import DataConfig, TrainConfig
     from tunesmith.data.schema import Sample
     from tunesmith.data.tokenize import tokenize_all
@@ -147,7 +157,7 @@ def run_tunesmith(rows, model_dir, steps, out_dir, precision="auto"):
     torch.manual_seed(0)
     model = load_model(str(model_dir))
     prepared = prepare_method(model, method_options(name="lora", r=RANK, alpha=ALPHA, dropout=0.0), LR)
-    cfg = TrainConfig(max_steps=steps, batch_size=BATCH, micro_batch_size=MICRO, lr=LR, warmup_ratio=0.0,
+    cfg = TrainConfig(max_steps=steps, batch_size=BATCH, micro_batch_size=micro, lr=LR, warmup_ratio=0.0,
                       scheduler="constant", precision=precision, seed=0)
     trainer = Trainer(cfg, DataConfig(max_len=1024, packing=True), prepared, tok, data, [], out_dir)
     t0 = time.perf_counter()
@@ -167,7 +177,7 @@ def run_trl(rows, model_dir, steps, out_dir, variant):
     model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32)
     kwargs = dict(output_dir=str(out_dir), max_steps=steps, per_device_train_batch_size=8, gradient_accumulation_steps=3,
                   learning_rate=LR, lr_scheduler_type="constant", logging_steps=1, save_strategy="no",
-                  report_to="none", use_cpu=True, seed=0, max_length=1024, dataloader_num_workers=0)
+                  report_to="none", use_cpu=DEVICE == "cpu", seed=0, max_length=1024, dataloader_num_workers=0)
     if variant == "bf16":
         kwargs.update(bf16=True)
     elif variant.endswith("packing"):
@@ -212,14 +222,14 @@ def heldout_loss(model_dir, adapter, rows) -> float:
 
     tok = load_tokenizer(str(model_dir))
     model = load_model(str(model_dir))
-    model = (PeftModel.from_pretrained(model, adapter) if adapter else model).eval()
+    model = (PeftModel.from_pretrained(model, adapter) if adapter else model).eval().to(DEVICE)
     data, _ = tokenize_all(tok, [Sample(messages=r["prompt"] + r["completion"]) for r in rows], max_len=1024)
     loss = CausalLMLoss(model)
     total = count = 0.0
     with torch.no_grad():
         for i in range(0, len(data), 8):
             b = collate(data[i:i + 8], pack=False, max_len=1024, pad_id=tok.pad_token_id)
-            nll, n = loss(b.input_ids, b.position_ids, b.targets)
+            nll, n = loss(b.input_ids.to(DEVICE), b.position_ids.to(DEVICE), b.targets.to(DEVICE))
             total, count = total + float(nll), count + float(n)
     return total / count
 
@@ -231,31 +241,42 @@ def child(args) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(0)
     if args.system.startswith("tunesmith"):
-        res = run_tunesmith(rows, payload["model_dir"], args.steps, out_dir, args.precision)
+        res = run_tunesmith(rows, payload["model_dir"], args.steps, out_dir, args.precision, args.micro)
     else:
         res = run_trl(rows, payload["model_dir"], args.steps, out_dir, args.system.removeprefix("trl_"))
     res["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    if DEVICE == "cuda":
+        res["peak_gpu_mb"] = torch.cuda.max_memory_allocated() / 2**20
     res["heldout_loss"] = heldout_loss(payload["model_dir"], res["adapter"], held)
     Path(args.result).write_text(json.dumps(res))
 
 
 # --- driver ------------------------------------------------------------------------------------
 
+def _sync() -> None:
+    if DEVICE == "cuda":
+        torch.cuda.synchronize()
+
+
 def _timed_gflops(pairs: list[tuple[torch.Tensor, torch.Tensor]], reps: int) -> float:
     for a, b in pairs:
         a @ b
     flops = sum(2 * a.shape[0] * a.shape[1] * b.shape[1] for a, b in pairs) * reps
+    _sync()
     t0 = time.perf_counter()
     for _ in range(reps):
         for a, b in pairs:
             a @ b
+    _sync()
     return flops / (time.perf_counter() - t0) / 1e9
 
 
 def matmul_peak_gflops(size: int = 2048, reps: int = 10, dtype=torch.bfloat16) -> float:
     """The machine's matmul ceiling in `dtype`: one large square product."""
-    a = torch.randn(size, size, dtype=dtype)
-    return _timed_gflops([(a, torch.randn(size, size, dtype=dtype))], reps)
+    if DEVICE == "cuda":
+        size, reps = 8192, 20   # 2048^3 is over in microseconds on a GPU: launch cost, not the ceiling
+    a = torch.randn(size, size, dtype=dtype, device=DEVICE)
+    return _timed_gflops([(a, torch.randn(size, size, dtype=dtype, device=DEVICE))], reps)
 
 
 def model_shape_peak_gflops(config, tokens: int = 1024, reps: int = 10, dtype=torch.bfloat16) -> float:
@@ -266,9 +287,9 @@ def model_shape_peak_gflops(config, tokens: int = 1024, reps: int = 10, dtype=to
     shapes = [(d, d), (d, kv), (d, kv), (d, d), (d, f), (d, f), (f, d)]   # (in, out)
     pairs = []
     for n_in, n_out in shapes:
-        w = torch.randn(n_in, n_out, dtype=dtype)
-        pairs.append((torch.randn(tokens, n_in, dtype=dtype), w))                  # forward
-        pairs.append((torch.randn(tokens, n_out, dtype=dtype), w.t().contiguous()))  # grad input
+        w = torch.randn(n_in, n_out, dtype=dtype, device=DEVICE)
+        pairs.append((torch.randn(tokens, n_in, dtype=dtype, device=DEVICE), w))                  # forward
+        pairs.append((torch.randn(tokens, n_out, dtype=dtype, device=DEVICE), w.t().contiguous()))  # grad input
     return _timed_gflops(pairs, reps)
 
 
@@ -280,6 +301,8 @@ PEAK_DTYPE = {"auto": torch.bfloat16, "fp32": torch.float32}
 
 def cpu_kind() -> str:
     """The label speed claims carry: native bf16 or not, and whether the kernels were limited by env."""
+    if DEVICE == "cuda":
+        return f"GPU {torch.cuda.get_device_name()} (torch {torch.__version__}, CUDA {torch.version.cuda})"
     flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
     kind = "AVX-512 bf16" if "avx512_bf16" in flags else "AVX2 only"
     if os.environ.get("ATEN_CPU_CAPABILITY"):
@@ -297,6 +320,8 @@ def main() -> None:
     ap.add_argument("--systems", help="comma-separated subset of the --precision's systems")
     ap.add_argument("--rev", action="append", default=[],
                     help="also run tunesmith as it was at this git revision (its src/ from git archive); repeatable")
+    ap.add_argument("--model", help="HF model folder to train (default: the embedded default model)")
+    ap.add_argument("--micro", type=int, default=MICRO, help="tunesmith's examples per forward pass")
     ap.add_argument("--child")
     ap.add_argument("--system")
     ap.add_argument("--result")
@@ -314,7 +339,7 @@ def main() -> None:
     from tunesmith.models import load_tokenizer
     from tunesmith.models.default import ensure_default_model
 
-    model_dir = ensure_default_model()
+    model_dir = Path(args.model).resolve() if args.model else ensure_default_model()
     tok = load_tokenizer(str(model_dir))
     rows = build_dataset(tok, args.examples + 32)
     train_rows, held = rows[:args.examples], rows[args.examples:]
@@ -337,7 +362,7 @@ def main() -> None:
     for system in systems:
         res_path = OUT / f"result-{system.replace('/', '_')}.json"
         cmd = [sys.executable, __file__, "--child", str(payload), "--system", system, "--result", str(res_path),
-               "--steps", str(args.steps), "--precision", args.precision]
+               "--steps", str(args.steps), "--precision", args.precision, "--micro", str(args.micro)]
         t0 = time.perf_counter()
         r = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "TOKENIZERS_PARALLELISM": "false", **envs[system]})
         if r.returncode != 0:
@@ -345,7 +370,7 @@ def main() -> None:
             continue
         results[system] = json.loads(res_path.read_text())
         res = results[system]
-        print(f"{system}: {res['tokens'] / res['wall']:.0f} tok/s, {res['peak_rss_mb']:.0f} MB, "
+        print(f"{system}: {res['tokens'] / res['wall']:.0f} tok/s, {res[MEMORY_KEY]:.0f} MB, "
               f"precision {res.get('precision', 'bf16' if res.get('bf16') else 'fp32')}, held-out loss "
               f"{res['heldout_loss']:.4f} ({time.perf_counter() - t0:.0f}s)", flush=True)
     if not results:
@@ -354,7 +379,7 @@ def main() -> None:
     reference = systems[0] if systems[0].startswith("trl") else None   # TRL's default configuration for this precision
     best_trl = max((s for s in results if s.startswith("trl")), key=lambda s: results[s]["tokens"] / results[s]["wall"],
                    default=None)
-    header = (f"| system | effective tok/s | vs {reference or 'TRL default'} | vs best TRL | peak RSS (MB) | final train loss | "
+    header = (f"| system | effective tok/s | vs {reference or 'TRL default'} | vs best TRL | {MEMORY_LABEL} | final train loss | "
               "held-out loss | MFU (2048^3 peak) | MFU (model-shape peak) |")
     lines = [header, "|---|---|---|---|---|---|---|---|---|"]
     for system, res in results.items():
@@ -363,7 +388,7 @@ def main() -> None:
         vs_best = tps / (results[best_trl]["tokens"] / results[best_trl]["wall"]) if best_trl else float("nan")
         mfu, shape_mfu = tps * fpt / (peak * 1e9), tps * fpt / (shape_peak * 1e9)
         prec = res.get("precision", "bf16" if res.get("bf16") else "fp32")
-        lines.append(f"| {system} ({prec}) | {tps:.0f} | {vs_default:.2f}x | {vs_best:.2f}x | {res['peak_rss_mb']:.0f} | "
+        lines.append(f"| {system} ({prec}) | {tps:.0f} | {vs_default:.2f}x | {vs_best:.2f}x | {res[MEMORY_KEY]:.0f} | "
                      f"{res['final_loss']:.4f} | {res['heldout_loss']:.4f} | {100 * mfu:.0f}% | {100 * shape_mfu:.0f}% |")
     lines.append(f"\nheld-out loss of the base model (no training): {base_loss:.4f}; {dtype_name} peaks: {peak:.0f} GFLOP/s "
                  f"(2048^3), {shape_peak:.0f} GFLOP/s (model shapes); {fpt / 1e6:.0f} MFLOP per token; CPU: {cpu_kind()}")
