@@ -103,7 +103,8 @@ def env(tiny_model_dir, tmp_path_factory):
 
     options = ServeOptions(model=str(tiny_model_dir), served_name="base", adapters={k: str(v) for k, v in paths.items()},
                            adapter_dir=str(root), api_key=KEY, max_batch=8, max_tokens_limit=900, default_max_tokens=12,
-                           max_body_bytes=64 * 1024, traffic_log=str(work / "traffic.jsonl"))
+                           max_body_bytes=64 * 1024, traffic_log=str(work / "traffic.jsonl"),
+                           dtype="fp32")   # answers are checked token for token against fp32 `generate`
     state = build_state(options)
     with BackgroundServer(state) as url:
         client = openai.OpenAI(base_url=f"{url}/v1", api_key=KEY, max_retries=0, timeout=60)
@@ -268,7 +269,7 @@ def test_tunesmith_serve_command_serves(tiny_model_dir, env, tmp_path):
     port = free_port()
     proc = subprocess.Popen([sys.executable, "-m", "tunesmith", "serve", "--model", str(tiny_model_dir),
                              "--adapter", f"a1={env['paths']['a1']}", "--port", str(port), "--api-key", KEY,
-                             "--served-model-name", "base"],
+                             "--served-model-name", "base", "--dtype", "fp32"],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             env=os.environ | {"OMP_NUM_THREADS": "1"})
     try:
@@ -443,7 +444,7 @@ def test_speculative_decoding_serves_the_same_greedy_answer(speculation, tokeniz
 
     model_dir = make_tiny_llama(tokenizer, tmp_path / "looping", seed=1, initializer_range=0.05)
     options = {"prompt_lookup": 6} if speculation == "prompt_lookup" else {"draft_model": str(model_dir)}
-    state = ServerState(ServeOptions(model=str(model_dir), served_name="base", **options),
+    state = ServerState(ServeOptions(model=str(model_dir), served_name="base", dtype="fp32", **options),
                         load_model(str(model_dir)), tokenizer, model_dir)
     state.engine.start()
     expected = generate(load_model(str(model_dir)), tokenizer, [[{"role": "user", "content": p}] for p in PROMPTS],
@@ -471,7 +472,8 @@ def test_emulated_fine_tuning_with_a_beta_per_request(tiny_model_dir, tokenizer,
 
     large_dir = make_tiny_llama(tokenizer, tmp_path / "large", layers=3, seed=5)
     adapter = _random_lora(tiny_model_dir, tmp_path / "ad", 1, r=8, lora_alpha=16, target_modules=["q_proj", "v_proj", "up_proj"])
-    state = ServerState(ServeOptions(model=str(tiny_model_dir), served_name="base", eft_large=str(large_dir), eft_beta=0.8),
+    state = ServerState(ServeOptions(model=str(tiny_model_dir), served_name="base", eft_large=str(large_dir), eft_beta=0.8,
+                                     dtype="fp32"),
                         load_model(str(tiny_model_dir)), tokenizer, tiny_model_dir)
     state.engine.start()
     state.load_adapter("ad", adapter)
@@ -486,3 +488,44 @@ def test_emulated_fine_tuning_with_a_beta_per_request(tiny_model_dir, tokenizer,
     assert upscaled.strip() == generate(tuned, tokenizer, conv, max_new_tokens=12, eft_large=large, eft_beta=0.8)[0]
     assert upscaled != as_large
     state.close()
+
+
+def test_dtype_auto_serves_what_eval_generates_in_bf16(tiny_model_dir, tokenizer, tmp_path, monkeypatch):
+    """--dtype auto on a CPU with native bf16 (forced here, so both CPU kinds run it): bf16 autocast with the
+    frozen weights held in bf16 on the engine thread, the LoRA stacks in bf16; the base and a LoRA adapter
+    answer token for token as offline generation with precision bf16 (what `eval` runs there), which
+    differs from fp32; the weights are fp32 again once the server stops."""
+    from peft import PeftModel
+
+    import tunesmith.train.trainer as trainer
+    from tunesmith.generation import generate
+    from tunesmith.models import load_model
+    from tunesmith.serve.server import BackgroundServer
+    from tunesmith.serve.state import ServeOptions, ServerState, _load_base, serving_precision
+
+    monkeypatch.setattr(trainer, "cpu_has_bf16", lambda: True)
+    assert serving_precision("auto") == ("fp32", torch.bfloat16) and serving_precision("bf16") == ("bf16", None)
+    # alpha = r: peft scales the LoRA output by 1, the server's stacks hold B unscaled, so the roundings agree.
+    adapter = _random_lora(tiny_model_dir, tmp_path / "ad", 3, r=4, lora_alpha=4, target_modules=["q_proj", "v_proj", "up_proj"])
+    model = _load_base(tiny_model_dir, "fp32")     # as build_state loads it: frozen, which frozen_linears_in casts
+    state = ServerState(ServeOptions(model=str(tiny_model_dir), served_name="base"), model, tokenizer, tiny_model_dir)
+    state.engine.start()
+    state.load_adapter("ad", adapter)
+    convs = [[{"role": "user", "content": p}] for p in PROMPTS]
+    offline = {"base": generate(load_model(str(tiny_model_dir)), tokenizer, convs, max_new_tokens=16, precision="bf16"),
+               "ad": generate(PeftModel.from_pretrained(load_model(str(tiny_model_dir)), str(adapter)).eval(), tokenizer,
+                              convs, max_new_tokens=16, precision="bf16")}
+    fp32 = generate(load_model(str(tiny_model_dir)), tokenizer, convs, max_new_tokens=16)
+    assert offline["base"] != fp32      # bf16 really changes this model's greedy answers
+    with BackgroundServer(state) as url:
+        client = openai.OpenAI(base_url=f"{url}/v1", api_key="none", max_retries=0, timeout=60)
+        with ThreadPoolExecutor(4) as pool:   # base and adapter rows share steps
+            got = dict(zip(["base", "ad"], pool.map(
+                lambda m: [chat(client, m, p, max_tokens=16).choices[0].message.content.strip() for p in PROMPTS],
+                ["base", "ad"])))
+        held = state.engine.call(lambda: model.model.layers[0].self_attn.q_proj.base.weight.dtype).result()
+    assert got == offline and held == torch.bfloat16
+    layer = state.bank.layers["model.layers.0.self_attn.q_proj"]
+    assert layer.A.dtype == torch.bfloat16
+    state.close()
+    assert model.model.layers[0].self_attn.q_proj.base.weight.dtype == torch.float32

@@ -98,7 +98,8 @@ def srv(tiny_model_dir, tokenizer, tmp_path_factory):
 
     options = ServeOptions(model=str(tiny_model_dir), served_name="base", adapters={k: str(v) for k, v in paths.items()},
                            adapter_dir=str(root), max_batch=8, max_tokens_limit=900, default_max_tokens=12,
-                           traffic_log=str(work / "traffic.jsonl"))
+                           traffic_log=str(work / "traffic.jsonl"),
+                           dtype="fp32")   # answers are checked token for token against fp32 `generate`
     state = build_state(options)
     bg = BackgroundServer(state)
 

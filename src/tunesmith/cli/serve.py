@@ -65,8 +65,8 @@ def check_options(options: ServeOptions, port: int) -> None:
     for name, path in options.adapters.items():
         if not Path(path).is_dir():
             raise UserError(f"--adapter {name}={path}: no such folder")
-    if options.dtype not in DTYPES or options.dtype == "auto":
-        raise UserError(f"--dtype: unknown dtype '{options.dtype}'", hint="use fp32, bf16 or fp16")
+    if options.dtype not in DTYPES:
+        raise UserError(f"--dtype: unknown dtype '{options.dtype}'", hint="use auto, fp32, bf16 or fp16")
     if options.adapter_dir is not None and not Path(options.adapter_dir).is_dir():
         raise UserError(f"--adapter-dir {options.adapter_dir}: no such folder")
     for field in ("max_batch", "max_queue", "max_tokens_limit", "default_max_tokens", "max_body_bytes", "max_n",

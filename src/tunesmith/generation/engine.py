@@ -53,6 +53,7 @@ from tunesmith.generation.request import Event, GenRequest
 from tunesmith.generation.sampling import choose_tokens, row_probs, speculative_sample
 from tunesmith.generation.speculate import DraftModel, PromptLookup, accepted_prefix
 from tunesmith.generation.virtual_tokens import prefill_for
+from tunesmith.train.precision import frozen_linears_in
 
 log = logging.getLogger("tunesmith.generation")
 
@@ -188,7 +189,8 @@ class Engine:
     def __init__(self, model, tokenizer, bank, stop_ids: list[int], *, max_batch: int = 16,
                  max_queue: int = 256, fallback: FallbackPath | None = None, lookup: PromptLookup | None = None,
                  draft: DraftModel | None = None, eft: EmulatedFineTune | None = None,
-                 shared_prefix: list[int] | None = None, prompt_cache: PromptCache | None = None):
+                 shared_prefix: list[int] | None = None, prompt_cache: PromptCache | None = None,
+                 autocast: torch.dtype | None = None):
         self.model = model
         self.tokenizer = tokenizer
         # None: `model` runs as it is, whatever adapters it holds (a peft model, prompt tuning included).
@@ -222,6 +224,9 @@ class Engine:
         self.cv = threading.Condition()
         self.batch = Batch(max_batch)
         self.stats = collections.Counter()
+        # The engine thread's precision (serving; offline callers set their own around `run`): autocast to
+        # this dtype, the frozen linear weights held in it while the thread runs, as offline eval does.
+        self.autocast = autocast
         self._stopping = False
         self._admitted: list[GenRequest] = []
         self.thread = threading.Thread(target=self._loop, name="tunesmith-engine", daemon=True)
@@ -337,6 +342,12 @@ class Engine:
     # -- the engine thread -----------------------------------------------------------------------------
     def _loop(self) -> None:
         torch.set_grad_enabled(False)
+        # Autocast is per thread: it has to be entered here, not where the engine was built.
+        with frozen_linears_in(self.model, self.autocast), torch.autocast(
+                self.device.type, dtype=self.autocast or torch.bfloat16, enabled=self.autocast is not None):
+            self._serve()
+
+    def _serve(self) -> None:
         while True:
             with self.cv:
                 while not (self._stopping or self.commands or self.waiting or self.batch.rows):

@@ -39,7 +39,7 @@ class MultiLoRALinear(nn.Module):
         self.base = base
         self.bank = bank
         n_slots = bank.capacity
-        dtype, device = base.weight.dtype, base.weight.device
+        dtype, device = bank.dtype or base.weight.dtype, base.weight.device
         # Buffers, not parameters: nothing here trains, and state_dict stays the base model's.
         self.register_buffer("A", torch.zeros(n_slots, base.in_features, bank.r_max, dtype=dtype, device=device), persistent=False)
         self.register_buffer("B", torch.zeros(n_slots, bank.r_max, base.out_features, dtype=dtype, device=device), persistent=False)
@@ -87,8 +87,10 @@ class MultiLoRALinear(nn.Module):
 class LoRABank:
     """Owns the slot table and the wrapped layers of one base model."""
 
-    def __init__(self, model: nn.Module, capacity: int = 8, r_max: int = 8):
+    def __init__(self, model: nn.Module, capacity: int = 8, r_max: int = 8, dtype: torch.dtype | None = None):
         self.model = model
+        # The stacks' dtype: the base layers' by default; a server running under bf16 autocast holds them in bf16.
+        self.dtype = dtype
         self.capacity = capacity + 1            # + slot 0, the base model
         self.r_max = r_max
         self.layers: dict[str, MultiLoRALinear] = {}
@@ -111,8 +113,9 @@ class LoRABank:
         if self.uniform_slot is None:
             self.active = tuple(sorted(distinct - {0}))
             block = {s: i for i, s in enumerate(self.active)}
-            # In the layers' dtype, built once per pass: every adapted layer multiplies by it.
-            mask = torch.zeros(len(row_slots), len(self.active), self.r_max, device=param.device, dtype=param.dtype)
+            # In the stacks' dtype, built once per pass: every adapted layer multiplies by it.
+            mask = torch.zeros(len(row_slots), len(self.active), self.r_max, device=param.device,
+                               dtype=self.dtype or param.dtype)
             for row, s in enumerate(row_slots):
                 if s:
                     mask[row, block[s]] = 1.0

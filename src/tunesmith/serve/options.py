@@ -19,7 +19,10 @@ class ServeOptions(BaseModel):
                                      description="NAME=PATH of an adapter folder (repeatable); NAME is the API model id")
     adapter_dir: str | None = Field(None, description="POST /v1/adapters may load adapters from this folder (and below) only")
     api_key: str | None = Field(None, description="require 'Authorization: Bearer KEY' on every route but /health")
-    dtype: str = Field("fp32", description="fp32, bf16 or fp16")
+    dtype: str = Field("auto", description=(
+        "auto: bf16 autocast over fp32 weights (the frozen linear weights held in bf16) where the CPU has native "
+        "bf16 (AVX-512 bf16 / AMX), fp32 elsewhere: how `tunesmith eval` generates with precision: auto; "
+        "fp32, bf16 or fp16: every weight in that dtype, no autocast"))
     max_batch: int = Field(16, description="rows decoded together in one forward pass")
     max_queue: int = Field(256, description="waiting requests before 429")
     prompt_lookup: int = Field(0, ge=0, description=(

@@ -9,6 +9,8 @@ import threading
 import time
 from pathlib import Path
 
+import torch
+
 from tunesmith.errors import ModelNotFound, UserError
 from tunesmith.serve.adapters import AdapterSpec, inspect_adapter
 from tunesmith.serve.options import ServeOptions
@@ -50,16 +52,18 @@ class ServerState:
         self.owners: dict[str, str] = {}
         self.finetune = None     # the fine-tuning service (serve/finetune), when options.data_dir is set
         self._lock = threading.Lock()
-        self.bank = LoRABank(model)
-        self.fallback = PeftFallback(lambda: _load_base(base_path, options.dtype))
+        weights, autocast = serving_precision(options.dtype)
+        self.bank = LoRABank(model, dtype=autocast)
+        self.fallback = PeftFallback(lambda: _load_base(base_path, weights))
         self.engine = Engine(model, tokenizer, self.bank, stop_token_ids(tokenizer), max_batch=options.max_batch,
                              max_queue=options.max_queue, fallback=self.fallback,
                              lookup=PromptLookup(max_draft=options.prompt_lookup) if options.prompt_lookup else None,
-                             draft=DraftModel(load_draft_model(options.draft_model, tokenizer, options.model, options.dtype),
+                             draft=DraftModel(load_draft_model(options.draft_model, tokenizer, options.model, weights),
                                               max_draft=options.draft_tokens) if options.draft_model else None,
-                             eft=EmulatedFineTune(load_draft_model(options.eft_large, tokenizer, options.model, options.dtype),
+                             eft=EmulatedFineTune(load_draft_model(options.eft_large, tokenizer, options.model, weights),
                                                   options.eft_beta) if options.eft_large else None,
-                             prompt_cache=PromptCache(options.prompt_cache_mb << 20) if options.prompt_cache_mb else None)
+                             prompt_cache=PromptCache(options.prompt_cache_mb << 20) if options.prompt_cache_mb else None,
+                             autocast=autocast)
         self.max_context = int(getattr(model.config, "max_position_embeddings", 2048))
         self._loop_guards: dict[int, object] = {}    # limit -> LoopGuard (engine thread calls its check)
         self.traffic = TrafficLog(options.traffic_log) if options.traffic_log else None
@@ -173,6 +177,17 @@ def _load_errors(name: str, path: Path):
                         hint="check that the folder is a complete adapter trained on this server's base model") from exc
 
 
+def serving_precision(dtype: str) -> tuple[str, torch.dtype | None]:
+    """(weights dtype, autocast dtype) of --dtype. "auto" is what `eval` does with precision: auto on the CPU
+    the server runs on: bf16 autocast over fp32 weights where the CPU has native bf16, plain fp32 elsewhere
+    (where bf16 is emulated and slower than fp32)."""
+    if dtype != "auto":
+        return dtype, None
+    from tunesmith.train.trainer import cpu_has_bf16
+
+    return "fp32", torch.bfloat16 if cpu_has_bf16() else None
+
+
 def _load_base(path: Path, dtype: str):
     from tunesmith.models import load_model
 
@@ -189,7 +204,7 @@ def build_state(options: ServeOptions) -> ServerState:
 
     resolved = resolve_base(options.model)
     tokenizer = load_tokenizer(resolved)
-    model = _load_base(resolved.path, options.dtype)
+    model = _load_base(resolved.path, serving_precision(options.dtype)[0])
     state = ServerState(options, model, tokenizer, resolved.path)
     state.engine.start()
     try:
