@@ -164,6 +164,7 @@ def test_bf16_scoring_holds_frozen_weights_in_bf16_and_gives_what_autocast_alone
 
     from tunesmith.eval import perplexity as ppl_module
     from tunesmith.eval import preference as pref_module
+    from tunesmith.train import precision
     from tunesmith.train.precision import frozen_linears_in
 
     items = [tokenize_sample(tokenizer, Sample(text=t)) for t in TEXTS]
@@ -175,14 +176,12 @@ def test_bf16_scoring_holds_frozen_weights_in_bf16_and_gives_what_autocast_alone
         seen.append(dtype)
         return frozen_linears_in(model, dtype)
 
-    monkeypatch.setattr(ppl_module, "frozen_linears_in", spy)
-    monkeypatch.setattr(pref_module, "frozen_linears_in", spy)
+    monkeypatch.setattr(precision, "frozen_linears_in", spy)      # inference_precision's
     held = (ppl_module.sequence_nll(tiny, items, window=64, stride=32, batch_size=2, precision="bf16"),
             pref_module.sequence_logps(tiny, items, batch_size=2, precision="bf16"))
     assert seen == [torch.bfloat16, torch.bfloat16]
     assert tiny.lm_head.weight is embedding and embedding.dtype == torch.float32     # restored, tied again
-    monkeypatch.setattr(ppl_module, "frozen_linears_in", lambda model, dtype: contextlib.nullcontext())
-    monkeypatch.setattr(pref_module, "frozen_linears_in", lambda model, dtype: contextlib.nullcontext())
+    monkeypatch.setattr(precision, "frozen_linears_in", lambda model, dtype: contextlib.nullcontext())
     autocast_only = (ppl_module.sequence_nll(tiny, items, window=64, stride=32, batch_size=2, precision="bf16"),
                      pref_module.sequence_logps(tiny, items, batch_size=2, precision="bf16"))
     assert held == autocast_only

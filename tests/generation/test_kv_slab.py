@@ -5,10 +5,11 @@ from __future__ import annotations
 import torch
 from transformers.cache_utils import DynamicLayer
 
-from tunesmith.generation.attention import gqa_sdpa, grouped_sdpa, sdpa_configs
+from tunesmith.generation.attention import gqa_sdpa, grouped_sdpa
 from tunesmith.generation.batching import left_pad, positions
 from tunesmith.generation.cache import SlabLayer
 from tunesmith.generation.engine import fill_holes
+from tunesmith.models.attention_switch import attention_configs
 
 
 def part(rows: int, cols: int, seed: int, heads: int = 2, dim: int = 4) -> DynamicLayer:
@@ -118,7 +119,7 @@ def test_grouped_sdpa_equals_transformers_sdpa_under_a_padding_mask(tiny_model_d
     inputs = {"input_ids": ids, "attention_mask": pad_mask, "position_ids": positions(pad_mask)}
     with torch.no_grad():
         expected = model(**inputs).logits
-        configs = sdpa_configs(model)
+        configs = attention_configs(model)
         with grouped_sdpa(configs):
             assert model.config._attn_implementation == "tunesmith_gqa_sdpa"
             got = model(**inputs).logits

@@ -504,7 +504,7 @@ def test_dtype_auto_serves_what_eval_generates_in_bf16(tiny_model_dir, tokenizer
     from tunesmith.serve.state import ServeOptions, ServerState, _load_base, serving_precision
 
     monkeypatch.setattr(trainer, "cpu_has_bf16", lambda: True)
-    assert serving_precision("auto") == ("fp32", torch.bfloat16) and serving_precision("bf16") == ("bf16", None)
+    assert serving_precision("auto") == ("fp32", "bf16") and serving_precision("bf16") == ("bf16", "fp32")
     # alpha = r: peft scales the LoRA output by 1, the server's stacks hold B unscaled, so the roundings agree.
     adapter = _random_lora(tiny_model_dir, tmp_path / "ad", 3, r=4, lora_alpha=4, target_modules=["q_proj", "v_proj", "up_proj"])
     model = _load_base(tiny_model_dir, "fp32")     # as build_state loads it: frozen, which frozen_linears_in casts

@@ -12,7 +12,6 @@ directly comparable to the training loss.
 
 from __future__ import annotations
 
-import contextlib
 import math
 from dataclasses import dataclass
 
@@ -21,7 +20,7 @@ import torch
 from tunesmith.data.schema import Sample
 from tunesmith.data.tokenize import IGNORE, tokenize_sample
 from tunesmith.errors import ConfigError
-from tunesmith.train.precision import frozen_linears_in
+from tunesmith.train.precision import inference_precision
 
 
 @dataclass
@@ -89,10 +88,8 @@ def sequence_nll(model, items: list[tuple[list[int], list[bool]]], *, window: in
     totals = [[0.0, 0] for _ in items]
     was_training = model.training
     model.eval()
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16) if precision == "bf16" else contextlib.nullcontext()
-    # Frozen weights held in bf16 for the call, not cast by autocast in every batch (the same rounding).
     try:
-        with frozen_linears_in(model, torch.bfloat16 if precision == "bf16" else None):
+        with inference_precision(model, precision):
             for start in range(0, len(work), batch_size):
                 chunk = work[start:start + batch_size]
                 width = max(len(w[1]) for w in chunk)
@@ -101,8 +98,7 @@ def sequence_nll(model, items: list[tuple[list[int], list[bool]]], *, window: in
                 for r, (_, seq, _) in enumerate(chunk):
                     ids[r, :len(seq)] = torch.tensor(seq)
                     attn[r, :len(seq)] = 1
-                with autocast:
-                    logits = model(input_ids=ids.to(device), attention_mask=attn.to(device)).logits
+                logits = model(input_ids=ids.to(device), attention_mask=attn.to(device)).logits
                 # Prompt tuning prepends its virtual tokens' logits; the last `width` positions are the input's.
                 logits = logits[:, -width:]
                 for r, (k, seq, mask) in enumerate(chunk):

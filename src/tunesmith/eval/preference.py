@@ -16,7 +16,6 @@ scored, the prompt tokens not. Length is not normalised (DPO's reward is not).
 
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass
 
 import torch
@@ -24,7 +23,7 @@ import torch
 from tunesmith.data.schema import Sample
 from tunesmith.data.tokenize import tokenize_answer
 from tunesmith.eval import stats
-from tunesmith.train.precision import frozen_linears_in
+from tunesmith.train.precision import inference_precision
 
 Item = tuple[list[int], list[bool]]   # token ids, and which positions are scored targets
 
@@ -58,10 +57,8 @@ def sequence_logps(model, items: list[Item], *, batch_size: int = 8, precision: 
     out = [0.0] * len(items)
     was_training = model.training
     model.eval()
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16) if precision == "bf16" else contextlib.nullcontext()
     try:
-        # Frozen weights held in bf16 for the call, not cast by autocast in every batch (the same rounding).
-        with frozen_linears_in(model, torch.bfloat16 if precision == "bf16" else None):
+        with inference_precision(model, precision):
             for start in range(0, len(order), batch_size):
                 chunk = order[start:start + batch_size]
                 width = max(len(items[k][0]) for k in chunk)
@@ -71,8 +68,7 @@ def sequence_logps(model, items: list[Item], *, batch_size: int = 8, precision: 
                     seq = items[k][0]
                     ids[r, :len(seq)] = torch.tensor(seq)
                     attn[r, :len(seq)] = 1
-                with autocast:
-                    logits = model(input_ids=ids.to(device), attention_mask=attn.to(device)).logits
+                logits = model(input_ids=ids.to(device), attention_mask=attn.to(device)).logits
                 # Prompt tuning prepends its virtual tokens' logits; the last `width` positions are the input's.
                 logits = logits[:, -width:]
                 for r, k in enumerate(chunk):

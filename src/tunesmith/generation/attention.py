@@ -15,6 +15,8 @@ import contextlib
 
 import torch.nn.functional as F
 
+from tunesmith.models.attention_switch import attention_switched
+
 NAME = "tunesmith_gqa_sdpa"
 
 
@@ -42,23 +44,11 @@ def _register() -> None:
         AttentionMaskInterface.register(NAME, sdpa_mask)
 
 
-def sdpa_configs(model) -> list:
-    """The distinct configs inside `model` (a peft wrapper or not) that name an attention implementation."""
-    found = {id(m.config): m.config for m in model.modules() if hasattr(getattr(m, "config", None), "_attn_implementation")}
-    return list(found.values())
-
-
 @contextlib.contextmanager
 def grouped_sdpa(configs: list):
-    """Inside the block, the configs of `configs` (from `sdpa_configs`) that use SDPA use `gqa_sdpa`.
+    """Inside the block, the configs of `configs` (from `attention_configs`) that use SDPA use `gqa_sdpa`.
     It computes what SDPA computes, so a thread that sees the switch half-way gets the same numbers."""
-    switched = [c for c in configs if c._attn_implementation == "sdpa"]
-    if switched:
+    if any(c._attn_implementation == "sdpa" for c in configs):
         _register()
-    for c in switched:
-        c._attn_implementation = NAME
-    try:
+    with attention_switched(configs, NAME, ("sdpa",)):
         yield
-    finally:
-        for c in switched:
-            c._attn_implementation = "sdpa"

@@ -18,7 +18,8 @@ import inspect
 import torch
 from transformers.cache_utils import DynamicLayer
 
-from tunesmith.generation.attention import grouped_sdpa, sdpa_configs
+from tunesmith.generation.attention import grouped_sdpa
+from tunesmith.models.attention_switch import attention_configs
 
 GROW_MIN = 64     # spare columns a slab gets at least when it is (re)allocated
 
@@ -79,7 +80,7 @@ class ModelCall:
         params = inspect.signature(inner.forward).parameters
         self.cache_arg = "cache" if "cache" in params else "past_key_values"
         self.keep_last = {"logits_to_keep": 1} if "logits_to_keep" in params else {}
-        self.configs = sdpa_configs(model)     # run with generation's grouped SDPA (attention.py)
+        self.configs = attention_configs(model)     # run with generation's grouped SDPA (attention.py)
 
     def _run(self, cache, inputs: dict, extra: dict) -> torch.Tensor:
         use = {self.cache_arg: cache, "use_cache": True} if cache is not None else {"use_cache": False}

@@ -53,7 +53,7 @@ from tunesmith.generation.request import Event, GenRequest
 from tunesmith.generation.sampling import choose_tokens, row_probs, speculative_sample
 from tunesmith.generation.speculate import DraftModel, PromptLookup, accepted_prefix
 from tunesmith.generation.virtual_tokens import prefill_for
-from tunesmith.train.precision import frozen_linears_in
+from tunesmith.train.precision import inference_precision
 
 log = logging.getLogger("tunesmith.generation")
 
@@ -190,7 +190,7 @@ class Engine:
                  max_queue: int = 256, fallback: FallbackPath | None = None, lookup: PromptLookup | None = None,
                  draft: DraftModel | None = None, eft: EmulatedFineTune | None = None,
                  shared_prefix: list[int] | None = None, prompt_cache: PromptCache | None = None,
-                 autocast: torch.dtype | None = None):
+                 precision: str = "fp32"):
         self.model = model
         self.tokenizer = tokenizer
         # None: `model` runs as it is, whatever adapters it holds (a peft model, prompt tuning included).
@@ -224,9 +224,8 @@ class Engine:
         self.cv = threading.Condition()
         self.batch = Batch(max_batch)
         self.stats = collections.Counter()
-        # The engine thread's precision (serving; offline callers set their own around `run`): autocast to
-        # this dtype, the frozen linear weights held in it while the thread runs, as offline eval does.
-        self.autocast = autocast
+        # "bf16": autocast, with the frozen linear weights held in bf16 while the engine runs (train/precision.py).
+        self.precision = precision
         self._stopping = False
         self._admitted: list[GenRequest] = []
         self.thread = threading.Thread(target=self._loop, name="tunesmith-engine", daemon=True)
@@ -269,7 +268,7 @@ class Engine:
         if self.thread.is_alive():
             raise RuntimeError("run() is for an engine whose thread is not started")
         self.waiting.extend(requests)
-        with torch.no_grad():
+        with torch.no_grad(), inference_precision(self.model, self.precision):
             while self.waiting or self.batch.rows:
                 self._step()
 
@@ -343,8 +342,7 @@ class Engine:
     def _loop(self) -> None:
         torch.set_grad_enabled(False)
         # Autocast is per thread: it has to be entered here, not where the engine was built.
-        with frozen_linears_in(self.model, self.autocast), torch.autocast(
-                self.device.type, dtype=self.autocast or torch.bfloat16, enabled=self.autocast is not None):
+        with inference_precision(self.model, self.precision):
             self._serve()
 
     def _serve(self) -> None:

@@ -10,8 +10,6 @@ and tunesmith's own adapters all run as they are: the engine calls the model's f
 
 from __future__ import annotations
 
-import contextlib
-
 import torch
 
 from tunesmith.data.tokenize import prompt_ids
@@ -26,7 +24,6 @@ from tunesmith.generation.request import GenRequest
 from tunesmith.generation.sampling import default_top_k
 from tunesmith.generation.speculate import DraftModel, PromptLookup
 from tunesmith.generation.stops import stop_token_ids
-from tunesmith.train.precision import frozen_linears_in
 
 
 @torch.no_grad()
@@ -93,15 +90,11 @@ def generate_tokens(model, tokenizer, conversations: list[list[dict] | str], *, 
     engine = Engine(model, tokenizer, None, stop_token_ids(tokenizer), max_batch=rows,
                     max_queue=len(requests), lookup=lookup, draft=draft,
                     eft=EmulatedFineTune(eft_large, eft_beta) if eft_large is not None else None,
-                    shared_prefix=common_prefix(encoded))
+                    shared_prefix=common_prefix(encoded), precision=precision)
     was_training = model.training
     model.eval()
-    device = engine.device
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16) if precision == "bf16" else contextlib.nullcontext()
     try:
-        # Frozen weights cast to bf16 once, not by autocast in every decode step (the same rounding).
-        with frozen_linears_in(model, torch.bfloat16 if precision == "bf16" else None), autocast:
-            engine.run(requests)
+        engine.run(requests)
     finally:
         model.train(was_training)
     outputs: list[list[int]] = [[] for _ in encoded]

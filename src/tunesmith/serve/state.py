@@ -52,8 +52,8 @@ class ServerState:
         self.owners: dict[str, str] = {}
         self.finetune = None     # the fine-tuning service (serve/finetune), when options.data_dir is set
         self._lock = threading.Lock()
-        weights, autocast = serving_precision(options.dtype)
-        self.bank = LoRABank(model, dtype=autocast)
+        weights, precision = serving_precision(options.dtype)
+        self.bank = LoRABank(model, dtype=torch.bfloat16 if precision == "bf16" else None)
         self.fallback = PeftFallback(lambda: _load_base(base_path, weights))
         self.engine = Engine(model, tokenizer, self.bank, stop_token_ids(tokenizer), max_batch=options.max_batch,
                              max_queue=options.max_queue, fallback=self.fallback,
@@ -63,7 +63,7 @@ class ServerState:
                              eft=EmulatedFineTune(load_draft_model(options.eft_large, tokenizer, options.model, weights),
                                                   options.eft_beta) if options.eft_large else None,
                              prompt_cache=PromptCache(options.prompt_cache_mb << 20) if options.prompt_cache_mb else None,
-                             autocast=autocast)
+                             precision=precision)
         self.max_context = int(getattr(model.config, "max_position_embeddings", 2048))
         self._loop_guards: dict[int, object] = {}    # limit -> LoopGuard (engine thread calls its check)
         self.traffic = TrafficLog(options.traffic_log) if options.traffic_log else None
@@ -177,15 +177,15 @@ def _load_errors(name: str, path: Path):
                         hint="check that the folder is a complete adapter trained on this server's base model") from exc
 
 
-def serving_precision(dtype: str) -> tuple[str, torch.dtype | None]:
-    """(weights dtype, autocast dtype) of --dtype. "auto" is what `eval` does with precision: auto on the CPU
+def serving_precision(dtype: str) -> tuple[str, str]:
+    """(weights dtype, engine precision) of --dtype. "auto" is what `eval` does with precision: auto on the CPU
     the server runs on: bf16 autocast over fp32 weights where the CPU has native bf16, plain fp32 elsewhere
     (where bf16 is emulated and slower than fp32)."""
     if dtype != "auto":
-        return dtype, None
+        return dtype, "fp32"
     from tunesmith.train.trainer import cpu_has_bf16
 
-    return "fp32", torch.bfloat16 if cpu_has_bf16() else None
+    return "fp32", "bf16" if cpu_has_bf16() else "fp32"
 
 
 def _load_base(path: Path, dtype: str):

@@ -24,8 +24,10 @@ import torch
 import torch.nn.functional as F
 
 from tunesmith.models.adapters import unwrap
+from tunesmith.models.attention_switch import attention_configs, attention_switched
 
 NAME = "tunesmith_packed"
+SWITCHABLE = ("sdpa", "eager", NAME)   # what packed attention may stand in for: it computes what they compute
 
 
 # One SDPA call has a fixed cost (dispatch, layout, the backward's bookkeeping) that on this CPU equals
@@ -136,7 +138,7 @@ def supports(model) -> bool:
     """Whether `packed_attention_for` can switch this model (peft wrapper or not) to packed attention."""
     model = unwrap(model)
     config = getattr(model, "config", None)
-    return config is not None and getattr(config, "_attn_implementation", None) in ("sdpa", "eager", NAME)
+    return config is not None and getattr(config, "_attn_implementation", None) in SWITCHABLE
 
 
 @contextlib.contextmanager
@@ -147,12 +149,5 @@ def packed_attention_for(model):
         yield
         return
     register()
-    configs = [m.config for m in inner.modules() if hasattr(m, "config") and hasattr(m.config, "_attn_implementation")]
-    before = [c._attn_implementation for c in configs]
-    for c in configs:
-        c._attn_implementation = NAME
-    try:
+    with attention_switched(attention_configs(inner), NAME, SWITCHABLE):
         yield
-    finally:
-        for c, old in zip(configs, before):
-            c._attn_implementation = old

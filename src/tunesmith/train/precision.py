@@ -5,7 +5,8 @@ cast cache only covers weights that require grad, so a frozen base (LoRA and fri
 on every micro-batch. Casting once up front gives the same bf16 values (the same rounding), so the
 math is unchanged, and it removes the copies (about 10 % of a LoRA step on CPU). The fp32 tensors
 are kept and put back on exit: evaluation, merging and saving after training see the fp32 base.
-Offline generation in bf16 uses the same block, where autocast would cast every weight per decode step.
+Generation, serving and scoring in bf16 use the same block through `inference_precision`, where autocast
+would cast every weight per decode step or batch.
 """
 
 from __future__ import annotations
@@ -53,3 +54,16 @@ def frozen_linears_in(model: torch.nn.Module, dtype: torch.dtype | None):
             param.data = data
         if tied is not None:
             head.weight = tied
+
+
+@contextlib.contextmanager
+def inference_precision(model: torch.nn.Module, precision: str):
+    """No-grad passes of `model` inside the block at `precision`: "bf16" autocasts to bf16 with the frozen
+    linear weights held in bf16 for the block (the rounding autocast applies per pass, done once); any other
+    precision runs as the weights are, under whatever autocast the caller set."""
+    if precision != "bf16":
+        yield
+        return
+    device = next(model.parameters()).device.type
+    with frozen_linears_in(model, torch.bfloat16), torch.autocast(device, dtype=torch.bfloat16):
+        yield
