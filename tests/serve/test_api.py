@@ -492,8 +492,9 @@ def test_emulated_fine_tuning_with_a_beta_per_request(tiny_model_dir, tokenizer,
 
 def test_dtype_auto_serves_what_eval_generates_in_bf16(tiny_model_dir, tokenizer, tmp_path, monkeypatch):
     """--dtype auto on a CPU with native bf16 (forced here, so both CPU kinds run it): bf16 autocast with the
-    frozen weights held in bf16 on the engine thread, the LoRA stacks in bf16; the base and a LoRA adapter
-    answer token for token as offline generation with precision bf16 (what `eval` runs there), which
+    frozen weights held in bf16 on the engine thread, the LoRA stacks in bf16; the base, a LoRA adapter and
+    an IA3 adapter (the peft fallback) answer token for token as offline generation with precision bf16 (what
+    `eval` runs there), which
     differs from fp32; the weights are fp32 again once the server stops."""
     from peft import PeftModel
 
@@ -511,18 +512,22 @@ def test_dtype_auto_serves_what_eval_generates_in_bf16(tiny_model_dir, tokenizer
     state = ServerState(ServeOptions(model=str(tiny_model_dir), served_name="base"), model, tokenizer, tiny_model_dir)
     state.engine.start()
     state.load_adapter("ad", adapter)
+    ia3 = _random_ia3(tiny_model_dir, tmp_path / "ia3", 7)
+    state.load_adapter("ia3", ia3)
     convs = [[{"role": "user", "content": p}] for p in PROMPTS]
     offline = {"base": generate(load_model(str(tiny_model_dir)), tokenizer, convs, max_new_tokens=16, precision="bf16"),
                "ad": generate(PeftModel.from_pretrained(load_model(str(tiny_model_dir)), str(adapter)).eval(), tokenizer,
-                              convs, max_new_tokens=16, precision="bf16")}
+                              convs, max_new_tokens=16, precision="bf16"),
+               "ia3": generate(PeftModel.from_pretrained(load_model(str(tiny_model_dir)), str(ia3)).eval(), tokenizer,
+                               convs, max_new_tokens=16, precision="bf16")}
     fp32 = generate(load_model(str(tiny_model_dir)), tokenizer, convs, max_new_tokens=16)
     assert offline["base"] != fp32      # bf16 really changes this model's greedy answers
     with BackgroundServer(state) as url:
         client = openai.OpenAI(base_url=f"{url}/v1", api_key="none", max_retries=0, timeout=60)
         with ThreadPoolExecutor(4) as pool:   # base and adapter rows share steps
-            got = dict(zip(["base", "ad"], pool.map(
+            got = dict(zip(["base", "ad", "ia3"], pool.map(
                 lambda m: [chat(client, m, p, max_tokens=16).choices[0].message.content.strip() for p in PROMPTS],
-                ["base", "ad"])))
+                ["base", "ad", "ia3"])))
         held = state.engine.call(lambda: model.model.layers[0].self_attn.q_proj.base.weight.dtype).result()
     assert got == offline and held == torch.bfloat16
     layer = state.bank.layers["model.layers.0.self_attn.q_proj"]
