@@ -58,3 +58,22 @@ def test_the_cli_turns_off_transformers_weight_loading_bars(tmp_path):
     plain = subprocess.run([sys.executable, "-c", "from transformers.utils import logging\n"
                             "print('bars', logging.is_progress_bar_enabled())"], capture_output=True, text=True, env=env)
     assert "bars True" in plain.stdout  # without the CLI they are on: the check above can fail
+
+
+def test_the_cli_keeps_the_hub_offline_before_anything_imports_it(tmp_path):
+    # A fresh process, as a user's: huggingface_hub reads HF_HUB_OFFLINE once, when first imported, so the
+    # CLI must set it before any command imports transformers, peft or bitsandbytes.
+    code = ("from tunesmith.cli import main\n"
+            "try:\n    main(['config', 'init', '-o', {!r}])\nexcept SystemExit:\n    pass\n"
+            "import peft\n"
+            "from huggingface_hub import constants\nprint('offline', constants.HF_HUB_OFFLINE)").format(str(tmp_path / "c.yaml"))
+    env = {k: v for k, v in os.environ.items() if k not in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")}  # conftest sets both
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "offline True" in out.stdout
+    assert "kernels-community" not in out.stderr      # bitsandbytes' lookup (AVX-512 bf16 CPUs) is not reported
+    plain = subprocess.run([sys.executable, "-c", "from huggingface_hub import constants\nprint('offline', constants.HF_HUB_OFFLINE)"],
+                           capture_output=True, text=True, env=env)
+    assert "offline False" in plain.stdout   # without the CLI the hub is online: the check above can fail
+    mine = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env | {"HF_HUB_OFFLINE": "0"})
+    assert "offline False" in mine.stdout    # a user's own setting wins
