@@ -21,7 +21,9 @@ if [ -d "$WHEELS" ]; then
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site "$WHEELS"/*.whl || exit 1
     export PYTHONPATH=/tmp/site
 fi
-export PYTHONPATH=$PWD/src:${PYTHONPATH:-} PYTHONUNBUFFERED=1 TUNESMITH_HOME=/tmp/tunesmith-home TOKENIZERS_PARALLELISM=false HF_HUB_OFFLINE=1
+# USE_HUB_KERNELS=NO: with `kernels` installed, transformers 5 fetches CUDA kernels from the hub for every
+# from_pretrained (TRL's too); tunesmith passes use_kernels=False itself (models/load.py).
+export PYTHONPATH=$PWD/src:${PYTHONPATH:-} PYTHONUNBUFFERED=1 TUNESMITH_HOME=/tmp/tunesmith-home TOKENIZERS_PARALLELISM=false HF_HUB_OFFLINE=1 USE_HUB_KERNELS=NO
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null
 python3 -c "
 import importlib, torch

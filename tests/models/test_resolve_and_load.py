@@ -56,3 +56,17 @@ def test_default_model_is_a_working_chat_model(default_model_dir, tokenizer):
     out = model.generate(**ids, max_new_tokens=12, do_sample=False)
     text = tokenizer.decode(out[0, ids["input_ids"].shape[1]:], skip_special_tokens=True)
     assert "Paris" in text
+
+
+def test_models_load_without_hub_kernels(tiny_model_dir):
+    """transformers 5 swaps layers for Hugging Face hub kernels in every model it loads while the `kernels`
+    package is installed (a requirement of it); on a CUDA device that downloads them at load or at `.train()`
+    (seen on an H200: offline it fails). tunesmith loads with that off, also after switching to training."""
+    from transformers import AutoModelForCausalLM, PreTrainedModel
+
+    if not hasattr(PreTrainedModel, "set_use_kernels"):
+        pytest.skip("this transformers has no hub kernels")
+    model = load_model(str(tiny_model_dir))
+    model.train()
+    assert model.use_kernels is False and model.kernels_mode is None
+    assert AutoModelForCausalLM.from_pretrained(str(tiny_model_dir)).use_kernels   # transformers' default: this can fail

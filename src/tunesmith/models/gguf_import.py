@@ -10,9 +10,11 @@ import torch
 def convert_gguf_to_hf(gguf_path: Path, out_dir: Path) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from tunesmith.models.load import no_hub_kernels
+
     folder, name = str(gguf_path.parent), gguf_path.name
     tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
-    loaded = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
+    loaded = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32, **no_hub_kernels())
     # The GGUF-loaded model is flagged as quantized and refuses save_pretrained; rebuild it.
     config = loaded.config
     for attr in ("quantization_config", "_name_or_path"):

@@ -9,6 +9,18 @@ from tunesmith.models.resolve import ResolvedModel, resolve_base
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16, "auto": "auto"}
 
 
+def no_hub_kernels() -> dict:
+    """from_pretrained keywords that keep transformers from swapping layers for kernels from the Hugging Face hub.
+
+    transformers 5 does so by default whenever the `kernels` package is installed (it is one of its
+    requirements): on a CUDA device it downloads kernels (rotary, RMSNorm, ...) when a model is loaded or
+    switched to training, which offline fails and online is a run-time download with other numerics. On CPU
+    the mapping is empty. Older transformers have no such switch and get no keyword."""
+    from transformers import PreTrainedModel
+
+    return {"use_kernels": False} if hasattr(PreTrainedModel, "set_use_kernels") else {}
+
+
 def _as_resolved(base: str | ResolvedModel) -> ResolvedModel:
     return base if isinstance(base, ResolvedModel) else resolve_base(base)
 
@@ -32,7 +44,7 @@ def load_model(base: str | ResolvedModel, dtype: str = "fp32", quantization: dic
     from transformers import AutoModelForCausalLM
 
     resolved = _as_resolved(base)
-    kwargs: dict = {"dtype": DTYPES[dtype], "attn_implementation": "sdpa"}
+    kwargs: dict = {"dtype": DTYPES[dtype], "attn_implementation": "sdpa", **no_hub_kernels()}
     if quantization:
         from transformers import BitsAndBytesConfig
 
