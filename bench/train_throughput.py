@@ -32,7 +32,7 @@ Each system runs in its own subprocess so peak RSS is its own. Reported:
   MFU                 model FLOPs/s over a bf16 matmul peak measured in this run; model FLOPs per
                       token = 4 x (non-embedding matmul params) + attention + lm_head at response tokens
                       (LoRA: forward + input-gradient backward; frozen weights get no weight gradient).
-                      Two peaks, in bf16 (fp32 with --precision fp32): a large square matmul (2048^3, what the matrix units can do at best)
+                      Two peaks, in bf16 (fp32 with --precision fp32): a large square matmul (2048^3, 8192^3 on a GPU: what the matrix units can do at best)
                       and the model's own linear shapes at one micro-batch of tokens, forward and
                       input-gradient (what a perfect implementation of this model could reach here).
 
@@ -65,6 +65,8 @@ MICRO = 6  # tunesmith examples per forward pass (~1k tokens): bounds activation
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 # The memory a run is bounded by: host RSS on a CPU, allocated GPU memory on a GPU.
 MEMORY_KEY, MEMORY_LABEL = ("peak_gpu_mb", "peak GPU memory (MB)") if DEVICE == "cuda" else ("peak_rss_mb", "peak RSS (MB)")
+# The square matmul of the machine's peak: 2048^3 is over in microseconds on a GPU (launch cost, not the ceiling).
+PEAK_SIZE = 8192 if DEVICE == "cuda" else 2048
 
 
 # --- data --------------------------------------------------------------------------------------
@@ -271,10 +273,10 @@ def _timed_gflops(pairs: list[tuple[torch.Tensor, torch.Tensor]], reps: int) -> 
     return flops / (time.perf_counter() - t0) / 1e9
 
 
-def matmul_peak_gflops(size: int = 2048, reps: int = 10, dtype=torch.bfloat16) -> float:
+def matmul_peak_gflops(size: int = PEAK_SIZE, reps: int = 10, dtype=torch.bfloat16) -> float:
     """The machine's matmul ceiling in `dtype`: one large square product."""
     if DEVICE == "cuda":
-        size, reps = 8192, 20   # 2048^3 is over in microseconds on a GPU: launch cost, not the ceiling
+        reps = 20
     a = torch.randn(size, size, dtype=dtype, device=DEVICE)
     return _timed_gflops([(a, torch.randn(size, size, dtype=dtype, device=DEVICE))], reps)
 
@@ -299,7 +301,7 @@ SYSTEMS = {"auto": ["trl_default", "trl_bf16", "trl_bf16_packing", "tunesmith"],
 PEAK_DTYPE = {"auto": torch.bfloat16, "fp32": torch.float32}
 
 
-def cpu_kind() -> str:
+def machine_kind() -> str:
     """The label speed claims carry: native bf16 or not, and whether the kernels were limited by env."""
     if DEVICE == "cuda":
         return f"GPU {torch.cuda.get_device_name()} (torch {torch.__version__}, CUDA {torch.version.cuda})"
@@ -356,8 +358,8 @@ def main() -> None:
     shape_peak = model_shape_peak_gflops(config, dtype=dtype)
     print(f"data: {len(train_rows)} examples, {min(lengths)}-{max(lengths)} tokens (mean {sum(lengths)/len(lengths):.0f}); "
           f"{BATCH} examples/step (~{BATCH * sum(lengths) / len(lengths):.0f} tokens); {args.steps} steps; "
-          f"{dtype_name} matmul peak {peak:.0f} GFLOP/s (2048^3), {shape_peak:.0f} GFLOP/s (model shapes, 1024 tokens); "
-          f"{fpt / 1e6:.0f} MFLOP per token; CPU: {cpu_kind()}", flush=True)
+          f"{dtype_name} matmul peak {peak:.0f} GFLOP/s ({PEAK_SIZE}^3), {shape_peak:.0f} GFLOP/s (model shapes, 1024 tokens); "
+          f"{fpt / 1e6:.0f} MFLOP per token; machine: {machine_kind()}", flush=True)
     results = {}
     for system in systems:
         res_path = OUT / f"result-{system.replace('/', '_')}.json"
@@ -380,7 +382,7 @@ def main() -> None:
     best_trl = max((s for s in results if s.startswith("trl")), key=lambda s: results[s]["tokens"] / results[s]["wall"],
                    default=None)
     header = (f"| system | effective tok/s | vs {reference or 'TRL default'} | vs best TRL | {MEMORY_LABEL} | final train loss | "
-              "held-out loss | MFU (2048^3 peak) | MFU (model-shape peak) |")
+              f"held-out loss | MFU ({PEAK_SIZE}^3 peak) | MFU (model-shape peak) |")
     lines = [header, "|---|---|---|---|---|---|---|---|---|"]
     for system, res in results.items():
         tps = res["tokens"] / res["wall"]
@@ -391,7 +393,7 @@ def main() -> None:
         lines.append(f"| {system} ({prec}) | {tps:.0f} | {vs_default:.2f}x | {vs_best:.2f}x | {res[MEMORY_KEY]:.0f} | "
                      f"{res['final_loss']:.4f} | {res['heldout_loss']:.4f} | {100 * mfu:.0f}% | {100 * shape_mfu:.0f}% |")
     lines.append(f"\nheld-out loss of the base model (no training): {base_loss:.4f}; {dtype_name} peaks: {peak:.0f} GFLOP/s "
-                 f"(2048^3), {shape_peak:.0f} GFLOP/s (model shapes); {fpt / 1e6:.0f} MFLOP per token; CPU: {cpu_kind()}")
+                 f"({PEAK_SIZE}^3), {shape_peak:.0f} GFLOP/s (model shapes); {fpt / 1e6:.0f} MFLOP per token; machine: {machine_kind()}")
     table = "\n".join(lines)
     print(table)
     (OUT / "train_throughput.md").write_text(table + "\n")
