@@ -50,7 +50,7 @@ from tunesmith.generation.errors import (
 from tunesmith.generation.prefix import SharedPrefix
 from tunesmith.generation.prompt_cache import PromptCache
 from tunesmith.generation.request import Event, GenRequest
-from tunesmith.generation.sampling import choose_tokens, row_probs, speculative_sample
+from tunesmith.generation.sampling import choose_tokens, greedy_ids, row_probs, speculative_sample
 from tunesmith.generation.speculate import DraftModel, PromptLookup, accepted_prefix
 from tunesmith.generation.virtual_tokens import prefill_for
 from tunesmith.train.precision import inference_precision
@@ -547,7 +547,7 @@ class Engine:
         b.mask = torch.cat([b.mask, fed_mask], dim=1)
         logits = self.forward.tail_logits(b.cache, width, input_ids=ids, attention_mask=b.mask,
                                           position_ids=position_ids)                        # (B, width, V)
-        greedy = logits.argmax(-1).tolist()
+        greedy = greedy_ids(logits).tolist()
         first = choose_tokens(logits[:, 0], b.rows)     # rows without a draft
         new = []
         for i, (row, draft) in enumerate(zip(b.rows, drafts)):

@@ -27,6 +27,7 @@ import torch
 from tunesmith.errors import UserError
 from tunesmith.generation.batching import positions
 from tunesmith.generation.cache import ModelCall, new_cache
+from tunesmith.generation.sampling import greedy_ids
 
 NGRAM_MAX = 3            # longest suffix searched for, in tokens (longer = more specific matches)
 NGRAM_MIN = 1
@@ -108,7 +109,7 @@ class DraftModel(Speculator):
         """Append columns `ids` (B, t) to `cache`; `mask` (B, T + t) covers them. Greedy next tokens (B,)."""
         t = ids.shape[1]
         position_ids = mask[:, :-t].sum(1, keepdim=True) + mask[:, -t:].cumsum(1) - mask[:, -t:]   # (B, t)
-        return self.call.last_logits(cache, input_ids=ids, attention_mask=mask, position_ids=position_ids).argmax(-1)
+        return greedy_ids(self.call.last_logits(cache, input_ids=ids, attention_mask=mask, position_ids=position_ids))
 
     def drafts(self, cache, mask: torch.Tensor, last: list[int], rows, pad: int) -> list[list[int]]:
         """Draft for every row with a budget, feeding the draft cache the columns the target will be fed:

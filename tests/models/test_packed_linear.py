@@ -1,0 +1,107 @@
+"""Pre-packed bf16 linear weights (models/packed_linear.py): the same outputs, bit for bit, as the products
+autocast runs, and the model as it was after the block."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from tunesmith.models import packed_linear
+from tunesmith.models.packed_linear import packed_linears, packing_available
+from tunesmith.train.precision import frozen_linears_in, inference_precision
+
+pytestmark = pytest.mark.skipif(not packing_available(), reason="this CPU's oneDNN has no native bf16 (AVX2 only): nothing is packed")
+
+
+@pytest.fixture
+def model(tiny_model_dir):
+    from tunesmith.models import load_model
+
+    m = load_model(str(tiny_model_dir), dtype="fp32")
+    m.eval()
+    for p in m.parameters():
+        p.requires_grad_(False)
+    return m
+
+
+def linears(model):
+    return [m for m in model.modules() if type(m) is torch.nn.Linear]
+
+
+@pytest.fixture
+def counted(monkeypatch):
+    calls = []
+    real = packed_linear._packed_forward
+
+    def spy(module, packed, x):
+        calls.append(tuple(x.shape))
+        return real(module, packed, x)
+
+    monkeypatch.setattr(packed_linear, "_packed_forward", spy)
+    return calls
+
+
+def test_bf16_passes_use_packed_weights_and_give_the_same_logits(model, counted):
+    ids = torch.randint(5, 1000, (3, 17))
+    with torch.no_grad(), frozen_linears_in(model, torch.bfloat16), torch.autocast("cpu", dtype=torch.bfloat16):
+        assert not any("forward" in m.__dict__ for m in linears(model))
+        reference = model(ids).logits
+    assert counted == []
+    with torch.no_grad(), inference_precision(model, "bf16"):
+        assert all("forward" in m.__dict__ for m in linears(model))     # every frozen linear, the untied head too
+        packed = model(ids).logits
+    assert len(counted) == len(linears(model))
+    assert torch.equal(packed, reference)
+    # Afterwards: plain modules, fp32 weights, the head tied again.
+    assert not any("forward" in m.__dict__ for m in linears(model))
+    assert all(m.weight.dtype == torch.float32 for m in linears(model))
+    assert model.get_output_embeddings().weight is model.get_input_embeddings().weight
+
+
+def test_generation_in_bf16_is_token_for_token_the_same(model, tokenizer, counted, monkeypatch):
+    from tunesmith.generation.offline import generate_tokens
+
+    convs = [[{"role": "user", "content": f"Say something about the number {i}."}] for i in range(5)]
+    packed = generate_tokens(model, tokenizer, convs, max_new_tokens=12, batch_size=3, precision="bf16")
+    assert counted, "the packed products were not used"
+    monkeypatch.setattr(packed_linear, "packing_available", lambda: False)
+    plain = generate_tokens(model, tokenizer, convs, max_new_tokens=12, batch_size=3, precision="bf16")
+    assert packed == plain
+    assert sum(map(len, packed)) > 30
+
+
+def test_weights_loaded_in_bf16_are_packed_without_autocast(tiny_model_dir, counted):
+    from tunesmith.models import load_model
+
+    model = load_model(str(tiny_model_dir), dtype="bf16").eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    ids = torch.randint(5, 1000, (2, 9))
+    with torch.no_grad():
+        reference = model(ids).logits
+        with inference_precision(model, "fp32"):     # serve --dtype bf16: the weights are bf16, no autocast
+            packed = model(ids).logits
+    assert counted and torch.equal(packed, reference)
+
+
+def test_what_cannot_take_the_packed_product_falls_back(model, counted):
+    layer = linears(model)[0]
+    with frozen_linears_in(model, torch.bfloat16), packed_linears(model):
+        x = torch.randn(4, layer.in_features, dtype=torch.bfloat16, requires_grad=True)
+        y = layer(x)                                 # a gradient is wanted: the plain product, differentiable
+        y.sum().backward()
+        assert x.grad is not None and torch.equal(y, torch.nn.functional.linear(x, layer.weight))
+        with pytest.raises(RuntimeError):            # fp32 input, no autocast: F.linear's own dtype error
+            layer(torch.randn(2, layer.in_features))
+        with packed_linears(model):                  # nested: not packed twice, the outer packing kept
+            pass
+        assert "forward" in layer.__dict__
+    assert "forward" not in layer.__dict__
+
+
+def test_nothing_is_packed_when_it_would_not_fit_in_memory(model, counted, monkeypatch):
+    monkeypatch.setattr(packed_linear, "MEMORY_SHARE", 0.0)
+    with torch.no_grad(), inference_precision(model, "bf16"):
+        assert not any("forward" in m.__dict__ for m in linears(model))
+        model(torch.randint(5, 1000, (1, 5)))
+    assert counted == []
