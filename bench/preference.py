@@ -35,6 +35,8 @@ from pathlib import Path
 
 import torch
 
+os.environ.setdefault("HF_HUB_OFFLINE", "1")   # no run-time downloads (importing peft asks the hub, as quiet.py says)
+
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 from train_throughput import docstring_pool, n_tokens  # noqa: E402

@@ -36,6 +36,8 @@ from pathlib import Path
 import httpx
 from revisions import source_at
 
+os.environ.setdefault("HF_HUB_OFFLINE", "1")   # no run-time downloads (importing peft asks the hub, as quiet.py says)
+
 REPO = Path(__file__).resolve().parents[1]
 OUT = REPO / "bench" / "out" / "serve"
 PROMPTS = [

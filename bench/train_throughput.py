@@ -58,6 +58,8 @@ from pathlib import Path
 import torch
 from revisions import source_at
 
+os.environ.setdefault("HF_HUB_OFFLINE", "1")   # no run-time downloads (importing peft asks the hub, as quiet.py says)
+
 HERE = Path(__file__).resolve().parent
 OUT = HERE / "out"
 LR, RANK, ALPHA, BATCH = 1e-3, 16, 32, 24
