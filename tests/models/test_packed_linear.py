@@ -1,5 +1,6 @@
 """Pre-packed bf16 linear weights (models/packed_linear.py): the same outputs, bit for bit, as the products
-autocast runs, and the model as it was after the block."""
+autocast runs (on one thread: with more, oneDNN may split a product's work differently once its weight is
+packed, a bf16 rounding difference), and the model as it was after the block."""
 
 from __future__ import annotations
 
@@ -26,6 +27,14 @@ def model(tiny_model_dir):
 
 def linears(model):
     return [m for m in model.modules() if type(m) is torch.nn.Linear]
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture

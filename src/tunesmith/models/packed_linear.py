@@ -5,7 +5,9 @@ For a decode step, where a product is a few rows against the whole weight, that 
 pass over the weight and costs as much as the product: measured on a 2-core Xeon with AMX, one thread,
 a 576 x 1536 bf16 weight took 137 us per call at 8 rows through `F.linear` and 68 us pre-packed
 (60 vs 130 us at 1 row, 142 vs 226 us at 64 rows, 1.2x at 1,000 rows), with bit-identical outputs at
-every row count: the same kernel runs, only the reorder is done once. Inductor does the same when it
+every row count on one thread: the same kernel runs, only the reorder is done once. On two threads oneDNN
+splits a few shapes' work differently once packed (576 x 576 at 300 and 1,000 rows), a bf16 rounding
+difference like those a batch's shape already makes. Inductor does the same when it
 freezes a CPU graph (`mkldnn._reorder_linear_weight` / `_linear_pointwise`); this applies it to the
 eager model, so generation keeps its dynamic shapes and no compilation.
 
@@ -58,7 +60,7 @@ def _packed_forward(module: nn.Linear, packed: torch.Tensor, x: torch.Tensor) ->
 @contextlib.contextmanager
 def packed_linears(model: nn.Module):
     """Inside the block, every frozen bf16 nn.Linear of `model` on CPU multiplies with a pre-packed copy of
-    its weight (same outputs, bit for bit); outside it, the module is as it was."""
+    its weight (same outputs, bit for bit on one thread); outside it, the module is as it was."""
     modules = [m for m in model.modules() if _packable(m) and "forward" not in m.__dict__] if packing_available() else []
     weight_bytes = sum(m.weight.numel() * m.weight.element_size() for m in modules)
     if weight_bytes > MEMORY_SHARE * psutil.virtual_memory().available:

@@ -63,7 +63,7 @@ def inference_precision(model: torch.nn.Module, precision: str):
     """No-grad passes of `model` inside the block at `precision`: "bf16" autocasts to bf16 with the frozen
     linear weights held in bf16 for the block (the rounding autocast applies per pass, done once); any other
     precision runs as the weights are, under whatever autocast the caller set. Frozen bf16 weights multiply
-    pre-packed inside the block where the CPU allows it (models/packed_linear.py: same outputs, faster)."""
+    pre-packed inside the block where the CPU allows it (models/packed_linear.py: faster, the same outputs on one thread)."""
     if precision != "bf16":
         with packed_linears(model):    # weights loaded in bf16 (serve --dtype bf16)
             yield
