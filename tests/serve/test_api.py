@@ -288,7 +288,7 @@ def test_tunesmith_serve_command_serves(tiny_model_dir, env, tmp_path):
         proc.send_signal(signal.SIGINT)
         output, _ = proc.communicate(timeout=30)
     assert proc.returncode == 0, output[-2000:]
-    assert f"serving base, a1 on http://127.0.0.1:{port}/v1" in output
+    assert f"serving base, a1 on http://127.0.0.1:{port}/v1 (pid {proc.pid}; fp32 weights)" in output
 
 
 def test_missing_or_wrong_key_is_401(env):
@@ -488,6 +488,17 @@ def test_emulated_fine_tuning_with_a_beta_per_request(tiny_model_dir, tokenizer,
     assert upscaled.strip() == generate(tuned, tokenizer, conv, max_new_tokens=12, eft_large=large, eft_beta=0.8)[0]
     assert upscaled != as_large
     state.close()
+
+
+@pytest.mark.parametrize("native_bf16", [True, False])
+def test_the_start_up_line_says_what_dtype_auto_chose(native_bf16, monkeypatch):
+    import tunesmith.train.trainer as trainer
+    from tunesmith.serve.state import describe_precision
+
+    monkeypatch.setattr(trainer, "cpu_has_bf16", lambda: native_bf16)
+    assert describe_precision("auto") == ("bf16 autocast over fp32 weights (--dtype auto: this CPU has native bf16)"
+                                          if native_bf16 else "fp32 weights (--dtype auto: this CPU has no native bf16)")
+    assert describe_precision("bf16") == "bf16 weights" and describe_precision("fp32") == "fp32 weights"
 
 
 def test_dtype_auto_serves_what_eval_generates_in_bf16(tiny_model_dir, tokenizer, tmp_path, monkeypatch):

@@ -117,7 +117,10 @@ def serve(options: ServeOptions,
         err.print(f"[yellow]warning:[/yellow] listening on {host} without --api-key: anyone who can reach it can use it")
 
     def ready(state):
+        from tunesmith.serve.state import describe_precision
+
         names = ", ".join(state.model_names())
-        err.print(f"serving {names} on http://{host}:{port}/v1 (pid {os.getpid()})", highlight=False)
+        err.print(f"serving {names} on http://{host}:{port}/v1 (pid {os.getpid()}; {describe_precision(options.dtype)})",
+                  highlight=False)
 
     serve_forever(options, host=host, port=port, on_ready=ready)

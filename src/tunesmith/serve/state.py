@@ -188,6 +188,14 @@ def serving_precision(dtype: str) -> tuple[str, str]:
     return "fp32", "bf16" if cpu_has_bf16() else "fp32"
 
 
+def describe_precision(dtype: str) -> str:
+    """What --dtype means on this CPU, for the start-up line: "auto" picks by the CPU, so say what it picked."""
+    weights, precision = serving_precision(dtype)
+    if precision == "bf16":
+        return "bf16 autocast over fp32 weights (--dtype auto: this CPU has native bf16)"
+    return f"{weights} weights" + (" (--dtype auto: this CPU has no native bf16)" if dtype == "auto" else "")
+
+
 def _load_base(path: Path, dtype: str):
     from tunesmith.models import load_model
 
