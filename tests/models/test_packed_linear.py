@@ -114,3 +114,38 @@ def test_nothing_is_packed_when_it_would_not_fit_in_memory(model, counted, monke
         assert not any("forward" in m.__dict__ for m in linears(model))
         model(torch.randint(5, 1000, (1, 5)))
     assert counted == []
+
+
+@pytest.mark.parametrize("rows", [["a", None, "b", "a"], ["b", "b"]], ids=["mixed", "one-adapter"])
+def test_lora_bank_stacks_packed_give_the_same_logits(model, rows, monkeypatch):
+    """The serving engine's per-row LoRA (generation/lora_batch.py) in bf16: its rank-r products packed too."""
+    import types
+
+    import tunesmith.generation.lora_batch as lora_batch
+    from tunesmith.generation.lora_batch import LoRABank
+
+    bank = LoRABank(model, dtype=torch.bfloat16)
+    torch.manual_seed(0)
+    shapes = {name: (model.get_submodule(name).in_features, model.get_submodule(name).out_features)
+              for name in ("model.layers.0.self_attn.q_proj", "model.layers.1.mlp.down_proj")}
+    for name, rank in (("a", 4), ("b", 8)):
+        bank.add(name, {m: (torch.randn(i, rank) * 0.3, torch.randn(rank, o) * 0.3) for m, (i, o) in shapes.items()}, rank)
+    ids = torch.randint(5, 1000, (len(rows), 11))
+    wrapped = bank.layers["model.layers.0.self_attn.q_proj"]
+
+    def logits():
+        bank.set_rows([0 if r is None else bank.slot_of[r] for r in rows])
+        with torch.no_grad(), inference_precision(model, "bf16"):
+            out = model(ids).logits
+        bank.clear_rows()
+        return out
+
+    packed = logits()
+    assert wrapped._packs is not None
+    monkeypatch.setattr(lora_batch, "packed_linear", types.SimpleNamespace(packing_available=lambda: False))
+    plain = logits()
+    assert torch.equal(packed, plain)
+    bank.set_rows([0] * len(rows))
+    with torch.no_grad():
+        base = model(ids).logits
+    assert (packed.float() - base).abs().max() > 0.1      # the adapters do change these rows

@@ -31,6 +31,7 @@ import torch
 from torch import nn
 
 from tunesmith.errors import UserError
+from tunesmith.models import packed_linear
 
 
 class MultiLoRALinear(nn.Module):
@@ -45,6 +46,8 @@ class MultiLoRALinear(nn.Module):
         self.register_buffer("B", torch.zeros(n_slots, bank.r_max, base.out_features, dtype=dtype, device=device), persistent=False)
         self._stacked_key: tuple | None = None
         self._stacked: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._packed_key: tuple | None = None
+        self._packs: tuple[torch.Tensor, torch.Tensor] | None = None
 
     def grow_rank(self, r_max: int) -> None:
         pad = r_max - self.A.shape[-1]
@@ -63,13 +66,33 @@ class MultiLoRALinear(nn.Module):
         slots = self.bank.slots
         if slots is None or self.bank.all_base:
             return y
-        if self.bank.uniform_slot is not None:
+        uniform = self.bank.uniform_slot
+        mask = None if uniform is not None else self.bank.block_mask    # (batch, k * r_max)
+        if mask is not None:
+            mask = mask.view(mask.shape[0], *([1] * (x.dim() - 2)), -1)
+        xb = packed_linear.bf16_input(x) if self.A.dtype == torch.bfloat16 and packed_linear.packing_available() else None
+        if xb is not None:
+            # bf16 stacks pre-packed for oneDNN: each small bf16 product otherwise reorders its operand on every
+            # call (its fixed cost is most of a rank-r product's); the same numbers (packed_linear.py).
+            pa, pb = self._packed()
+            h = packed_linear.packed_matmul(xb, pa)
+            return y + packed_linear.packed_matmul(h if mask is None else h.mul_(mask), pb)
+        if uniform is not None:
             # Whole batch on one adapter: plain matmuls, no indexing.
-            s = self.bank.uniform_slot
-            return y + (x @ self.A[s]) @ self.B[s]
+            return y + (x @ self.A[uniform]) @ self.B[uniform]
         a, b = self._side_by_side()
-        mask = self.bank.block_mask                                   # (batch, k * r_max)
-        return y + ((x @ a) * mask.view(mask.shape[0], *([1] * (x.dim() - 2)), -1)) @ b
+        return y + ((x @ a) * mask) @ b
+
+    def _packed(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The packed A (in -> r or k * r_max) and B of the batch's one adapter or of the side-by-side stacks,
+        repacked when the batch's adapters or the adapter table change."""
+        uniform = self.bank.uniform_slot
+        key = (uniform, self.bank.active, self.bank.version)
+        if self._packed_key != key:
+            a, b = (self.A[uniform], self.B[uniform]) if uniform is not None else self._side_by_side()
+            self._packs = (packed_linear.pack(a.t()), packed_linear.pack(b.t()))
+            self._packed_key = key
+        return self._packs
 
     def _side_by_side(self) -> tuple[torch.Tensor, torch.Tensor]:
         """A_k (in, k * r_max) and B_k (k * r_max, out) of the bank's active slots, rebuilt when they or

@@ -31,10 +31,34 @@ from torch import nn
 MEMORY_SHARE = 0.25
 
 
+@functools.cache
 def packing_available() -> bool:
     mkldnn = torch.ops.mkldnn
     return (torch.backends.mkldnn.is_available() and hasattr(mkldnn, "_reorder_linear_weight")
             and hasattr(mkldnn, "_linear_pointwise") and bool(mkldnn._is_mkldnn_bf16_supported()))
+
+
+def pack(weight: torch.Tensor) -> torch.Tensor:
+    """A bf16 weight (out, in) -> its copy in oneDNN's blocked layout, for `packed_matmul`."""
+    return torch.ops.mkldnn._reorder_linear_weight(weight.detach())
+
+
+def packed_matmul(x: torch.Tensor, packed: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """x (..., in) in bf16 -> x @ weight.T (+ bias), (..., out), where packed = pack(weight). No autograd."""
+    return torch.ops.mkldnn._linear_pointwise(x, packed, bias, "none", [None], "")
+
+
+def bf16_input(x: torch.Tensor) -> torch.Tensor | None:
+    """`x` as a bf16 product under the current autocast would take it; None where a packed product does not
+    apply (an input that needs its gradient, or a dtype autocast would not turn into bf16)."""
+    if x.requires_grad and torch.is_grad_enabled():
+        return None
+    if x.dtype == torch.bfloat16:
+        return x
+    if x.dtype == torch.float32 and torch.is_autocast_enabled(x.device.type) \
+            and torch.get_autocast_dtype(x.device.type) == torch.bfloat16:
+        return x.to(torch.bfloat16)
+    return None
 
 
 def _packable(module: nn.Module) -> bool:
@@ -46,15 +70,12 @@ def _packable(module: nn.Module) -> bool:
 
 
 def _packed_forward(module: nn.Linear, packed: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    if x.dtype != torch.bfloat16:
-        # What autocast would do to the input of F.linear; without autocast a non-bf16 input is the
-        # caller's mismatch, and F.linear reports it as it always did.
-        if not torch.is_autocast_enabled("cpu") or x.dtype != torch.float32:
-            return nn.functional.linear(x, module.weight, module.bias)
-        x = x.to(torch.bfloat16)
-    if x.requires_grad and torch.is_grad_enabled():
-        return nn.functional.linear(x, module.weight, module.bias)   # no autograd through the packed op
-    return torch.ops.mkldnn._linear_pointwise(x, packed, module.bias, "none", [None], "")
+    xb = bf16_input(x)
+    if xb is None:
+        # A gradient is wanted (no autograd through the packed op), or an input F.linear itself must judge
+        # (without autocast a non-bf16 input is the caller's mismatch, reported as it always was).
+        return nn.functional.linear(x, module.weight, module.bias)
+    return packed_matmul(xb, packed, module.bias)
 
 
 @contextlib.contextmanager
@@ -66,7 +87,7 @@ def packed_linears(model: nn.Module):
     if weight_bytes > MEMORY_SHARE * psutil.virtual_memory().available:
         modules = []
     with torch.no_grad():
-        packs = {id(m): torch.ops.mkldnn._reorder_linear_weight(m.weight.detach()) for m in modules}
+        packs = {id(m): pack(m.weight) for m in modules}
     for m in modules:
         m.forward = functools.partial(_packed_forward, m, packs[id(m)])
     try:
