@@ -244,6 +244,26 @@ def test_emulated_fine_tuning_follows_the_formula(tiny_model_dir, tokenizer, tmp
         generate_tokens(large, tokenizer, convs, max_new_tokens=new)
 
 
+@pytest.mark.parametrize("helper", ["draft", "eft"])
+def test_a_bf16_engine_holds_its_draft_and_eft_models_in_bf16(helper, tiny_model_dir, looping_dir, tokenizer):
+    """Under bf16 the engine runs every model of a step as it runs its own (inference_precision: frozen
+    weights cast once, not per pass by autocast), and gives the fp32 weights back after."""
+    from tunesmith.generation.eft import EmulatedFineTune
+    from tunesmith.generation.speculate import load_draft_model
+
+    tuned = model_with(looping_dir, "lora", std=0.1)
+    other = load_draft_model(str(tiny_model_dir), tokenizer, "the target")
+    layer = other.model.layers[0].mlp.down_proj
+    seen = []
+    rows = [GenRequest(prompt_ids=prompt_ids(tokenizer, c), sink=lambda e: seen.append(layer.weight.dtype),
+                       max_tokens=6, temperature=0.0, text=False, timeout_s=float("inf"), index=i)
+            for i, c in enumerate(CONVS[:2])]
+    extra = {"draft": DraftModel(other, max_draft=2)} if helper == "draft" else {"eft": EmulatedFineTune(other, 0.5)}
+    Engine(tuned, tokenizer, None, stop_token_ids(tokenizer), max_batch=2, precision="bf16", **extra).run(rows)
+    assert seen and set(seen) == {torch.bfloat16}
+    assert layer.weight.dtype == torch.float32 and all(len(r.generated) > 0 for r in rows)
+
+
 @torch.no_grad()
 def test_speculative_sampling_keeps_the_model_distribution(tiny_model_dir, tokenizer):
     """1000 rows sample 3 tokens from one prompt (temperature 0.7, top-k 2) while a drafter proposes the

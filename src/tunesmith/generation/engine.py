@@ -268,7 +268,7 @@ class Engine:
         if self.thread.is_alive():
             raise RuntimeError("run() is for an engine whose thread is not started")
         self.waiting.extend(requests)
-        with torch.no_grad(), inference_precision(self.model, self.precision):
+        with torch.no_grad(), self._precision():
             while self.waiting or self.batch.rows:
                 self._step()
 
@@ -342,8 +342,17 @@ class Engine:
     def _loop(self) -> None:
         torch.set_grad_enabled(False)
         # Autocast is per thread: it has to be entered here, not where the engine was built.
-        with inference_precision(self.model, self.precision):
+        with self._precision():
             self._serve()
+
+    def _precision(self) -> contextlib.ExitStack:
+        """`inference_precision` for every model a step runs: the engine's, a draft model, an EFT large base
+        (under bf16 autocast an fp32 model left out would have its weights cast to bf16 in every pass)."""
+        stack = contextlib.ExitStack()
+        for model in (self.model, self.draft and self.draft.model, self.eft and self.eft.large):
+            if model is not None:
+                stack.enter_context(inference_precision(model, self.precision))
+        return stack
 
     def _serve(self) -> None:
         while True:

@@ -146,4 +146,7 @@ def load_draft_model(name: str, tokenizer, target_name: str, dtype: str = "fp32"
 
     resolved = resolve_base(name)
     check_same_vocabulary(tokenizer, load_tokenizer(resolved), target_name, name)
-    return load_model(resolved, dtype=dtype).eval()
+    model = load_model(resolved, dtype=dtype).eval()
+    for p in model.parameters():       # it only ever runs forward: frozen, inference_precision can hold it in bf16
+        p.requires_grad_(False)
+    return model
