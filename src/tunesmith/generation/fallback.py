@@ -12,6 +12,7 @@ the reason given in generation/virtual_tokens.py.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 
@@ -21,6 +22,7 @@ from tunesmith.generation.batching import left_pad
 from tunesmith.generation.errors import AdapterUnloaded
 from tunesmith.generation.sampling import generate_kwargs, sampler
 from tunesmith.generation.virtual_tokens import VirtualTokenDecoder, virtual_token_kind
+from tunesmith.train.precision import weights_held
 
 
 class _StepHook:
@@ -46,9 +48,11 @@ class _StepHook:
 class PeftFallback:
     """The engine's `FallbackPath`: one peft (or tunesmith-format) model per adapter name."""
 
-    def __init__(self, load_base):
+    def __init__(self, load_base, precision: str = "fp32"):
         self._load_base = load_base          # () -> a fresh base model (its own weights)
+        self.precision = precision           # the engine's: its models' weights are held so while loaded
         self.models: dict[str, object] = {}
+        self._held: dict[str, contextlib.ExitStack] = {}
         self._lock = threading.Lock()
 
     def names(self) -> set[str]:
@@ -66,12 +70,21 @@ class PeftFallback:
         return model
 
     def add(self, name: str, model) -> None:
+        # Before the engine can see it: under a bf16 engine (autocast on its thread) the frozen weights are
+        # cast once and packed here, not by autocast in every pass (train/precision.py).
+        held = contextlib.ExitStack()
+        held.enter_context(weights_held(model, self.precision))
         with self._lock:
             self.models[name] = model
+            self._held[name] = held
 
     def remove(self, name: str) -> None:
+        """On the engine thread, between steps (the model is not running)."""
         with self._lock:
             self.models.pop(name, None)
+            held = self._held.pop(name, None)
+        if held is not None:
+            held.close()
 
     @torch.no_grad()
     def run(self, rows, engine) -> None:

@@ -54,7 +54,7 @@ class ServerState:
         self._lock = threading.Lock()
         weights, precision = serving_precision(options.dtype)
         self.bank = LoRABank(model, dtype=torch.bfloat16 if precision == "bf16" else None)
-        self.fallback = PeftFallback(lambda: _load_base(base_path, weights))
+        self.fallback = PeftFallback(lambda: _load_base(base_path, weights), precision)
         self.engine = Engine(model, tokenizer, self.bank, stop_token_ids(tokenizer), max_batch=options.max_batch,
                              max_queue=options.max_queue, fallback=self.fallback,
                              lookup=PromptLookup(max_draft=options.prompt_lookup) if options.prompt_lookup else None,

@@ -59,15 +59,24 @@ def frozen_linears_in(model: torch.nn.Module, dtype: torch.dtype | None):
 
 
 @contextlib.contextmanager
+def weights_held(model: torch.nn.Module, precision: str):
+    """The weights' side of `inference_precision`, without autocast (which belongs to one thread): at "bf16"
+    the frozen linear weights held in bf16; frozen bf16 weights (these, or a model loaded in bf16) multiply
+    pre-packed where the CPU allows it (models/packed_linear.py: faster, the same outputs on one thread).
+    The serving engine's fallback models are held this way for as long as they are loaded."""
+    with frozen_linears_in(model, torch.bfloat16 if precision == "bf16" else None), packed_linears(model):
+        yield
+
+
+@contextlib.contextmanager
 def inference_precision(model: torch.nn.Module, precision: str):
     """No-grad passes of `model` inside the block at `precision`: "bf16" autocasts to bf16 with the frozen
     linear weights held in bf16 for the block (the rounding autocast applies per pass, done once); any other
-    precision runs as the weights are, under whatever autocast the caller set. Frozen bf16 weights multiply
-    pre-packed inside the block where the CPU allows it (models/packed_linear.py: faster, the same outputs on one thread)."""
+    precision runs as the weights are, under whatever autocast the caller set. Either way `weights_held`."""
     if precision != "bf16":
-        with packed_linears(model):    # weights loaded in bf16 (serve --dtype bf16)
+        with weights_held(model, precision):
             yield
         return
     device = next(model.parameters()).device.type
-    with frozen_linears_in(model, torch.bfloat16), torch.autocast(device, dtype=torch.bfloat16), packed_linears(model):
+    with weights_held(model, precision), torch.autocast(device, dtype=torch.bfloat16):
         yield
