@@ -172,16 +172,16 @@ def test_bf16_scoring_holds_frozen_weights_in_bf16_and_gives_what_autocast_alone
     embedding = tiny.get_input_embeddings().weight
     seen = []
 
-    def spy(model, dtype):
+    def spy(model, dtype, restore=True):
         seen.append(dtype)
-        return frozen_linears_in(model, dtype)
+        return frozen_linears_in(model, dtype, restore)
 
     monkeypatch.setattr(precision, "frozen_linears_in", spy)      # inference_precision's
     held = (ppl_module.sequence_nll(tiny, items, window=64, stride=32, batch_size=2, precision="bf16"),
             pref_module.sequence_logps(tiny, items, batch_size=2, precision="bf16"))
     assert seen == [torch.bfloat16, torch.bfloat16]
     assert tiny.lm_head.weight is embedding and embedding.dtype == torch.float32     # restored, tied again
-    monkeypatch.setattr(precision, "frozen_linears_in", lambda model, dtype: contextlib.nullcontext())
+    monkeypatch.setattr(precision, "frozen_linears_in", lambda model, dtype, restore=True: contextlib.nullcontext())
     autocast_only = (ppl_module.sequence_nll(tiny, items, window=64, stride=32, batch_size=2, precision="bf16"),
                      pref_module.sequence_logps(tiny, items, batch_size=2, precision="bf16"))
     assert held == autocast_only

@@ -104,6 +104,6 @@ def test_bf16_generation_casts_frozen_weights_once_with_autocast_s_numbers(tiny_
     once = generate_tokens(model, tokenizer, CONVS, max_new_tokens=NEW, batch_size=len(CONVS), precision="bf16")
     assert model.get_output_embeddings().weight is model.get_input_embeddings().weight
     assert all(p.dtype == torch.float32 for p in model.parameters())
-    monkeypatch.setattr(precision, "frozen_linears_in", lambda model, dtype: contextlib.nullcontext())
+    monkeypatch.setattr(precision, "frozen_linears_in", lambda model, dtype, restore=True: contextlib.nullcontext())
     every_step = generate_tokens(model, tokenizer, CONVS, max_new_tokens=NEW, batch_size=len(CONVS), precision="bf16")
     assert once == every_step and sum(map(len, once)) > 0

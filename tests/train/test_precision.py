@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from tunesmith.methods import method_options, prepare_method
@@ -59,3 +60,30 @@ def test_trainable_weights_are_never_cast(tiny_model_dir):
     model = AutoModelForCausalLM.from_pretrained(str(tiny_model_dir))  # full fine-tune: everything trains
     with frozen_linears_in(model, torch.bfloat16):
         assert all(p.dtype == torch.float32 for p in model.parameters())
+
+
+def _alive_with_data_at(ptr: int) -> bool:
+    import gc
+
+    gc.collect()
+    return any(isinstance(o, torch.Tensor) and o.data_ptr() == ptr for o in gc.get_objects())
+
+
+@pytest.mark.parametrize("restore", [True, False])
+def test_without_restore_the_cast_stays_and_no_fp32_copy_is_kept(tiny_model_dir, restore):
+    """restore=False (the serving engine's private fallback copies, whose block stays open while they are
+    loaded): no fp32 copy of a cast weight is kept inside the block, and the cast stays after it, the head
+    untied in bf16 while the embedding lookup keeps fp32. restore=True keeps them, to give them back."""
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(str(tiny_model_dir))
+    for p in model.parameters():
+        p.requires_grad_(False)
+    proj = model.model.layers[0].mlp.down_proj
+    ptr = proj.weight.data_ptr()
+    with frozen_linears_in(model, torch.bfloat16, restore=restore):
+        assert proj.weight.dtype == torch.bfloat16
+        assert _alive_with_data_at(ptr) == restore
+    assert proj.weight.dtype == (torch.float32 if restore else torch.bfloat16)
+    assert model.lm_head.weight.dtype == (torch.float32 if restore else torch.bfloat16)
+    assert model.get_input_embeddings().weight.dtype == torch.float32

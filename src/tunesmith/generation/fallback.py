@@ -71,9 +71,10 @@ class PeftFallback:
 
     def add(self, name: str, model) -> None:
         # Before the engine can see it: under a bf16 engine (autocast on its thread) the frozen weights are
-        # cast once and packed here, not by autocast in every pass (train/precision.py).
+        # cast once and packed here, not by autocast in every pass (train/precision.py). The model is this
+        # fallback's own copy and runs no other way, so its fp32 linear weights are not kept.
         held = contextlib.ExitStack()
-        held.enter_context(weights_held(model, self.precision))
+        held.enter_context(weights_held(model, self.precision, restore=False))
         with self._lock:
             self.models[name] = model
             self._held[name] = held

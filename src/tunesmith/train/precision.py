@@ -24,8 +24,9 @@ def _embedding_weight(model):
 
 
 @contextlib.contextmanager
-def frozen_linears_in(model: torch.nn.Module, dtype: torch.dtype | None):
-    """Cast frozen fp32 nn.Linear weights (and biases) to `dtype` inside the block; restore them after."""
+def frozen_linears_in(model: torch.nn.Module, dtype: torch.dtype | None, restore: bool = True):
+    """Cast frozen fp32 nn.Linear weights (and biases) to `dtype` inside the block; restore them after.
+    restore=False keeps no fp32 copy (and gives none back): for a model that runs no other way again."""
     if dtype is None:
         yield
         return
@@ -38,7 +39,8 @@ def frozen_linears_in(model: torch.nn.Module, dtype: torch.dtype | None):
         for param in (module.weight, module.bias):
             if param is None or param.requires_grad or param.dtype != torch.float32 or param is embedding:
                 continue
-            originals.append((param, param.data))
+            if restore:
+                originals.append((param, param.data))
             param.data = param.data.to(dtype)
     # A head tied to the embedding (SmolLM2's) is untied for the block: it gets its own cast copy, the
     # lookup keeps the fp32 matrix. Otherwise autocast casts the 49k x 576 matrix in every forward
@@ -54,17 +56,18 @@ def frozen_linears_in(model: torch.nn.Module, dtype: torch.dtype | None):
     finally:
         for param, data in originals:
             param.data = data
-        if tied is not None:
+        if tied is not None and restore:
             head.weight = tied
 
 
 @contextlib.contextmanager
-def weights_held(model: torch.nn.Module, precision: str):
+def weights_held(model: torch.nn.Module, precision: str, restore: bool = True):
     """The weights' side of `inference_precision`, without autocast (which belongs to one thread): at "bf16"
     the frozen linear weights held in bf16; frozen bf16 weights (these, or a model loaded in bf16) multiply
     pre-packed where the CPU allows it (models/packed_linear.py: faster, the same outputs on one thread).
-    The serving engine's fallback models are held this way for as long as they are loaded."""
-    with frozen_linears_in(model, torch.bfloat16 if precision == "bf16" else None), packed_linears(model):
+    The serving engine's fallback models (private copies of the base) are held this way for as long as they
+    are loaded, with restore=False: their fp32 linear weights are dropped, not kept beside the bf16 ones."""
+    with frozen_linears_in(model, torch.bfloat16 if precision == "bf16" else None, restore), packed_linears(model):
         yield
 
 
