@@ -149,3 +149,18 @@ def test_lora_bank_stacks_packed_give_the_same_logits(model, rows, monkeypatch):
     with torch.no_grad():
         base = model(ids).logits
     assert (packed.float() - base).abs().max() > 0.1      # the adapters do change these rows
+
+
+def test_decide_measures_requests_with_the_weights_packed_once(model, tokenizer, monkeypatch):
+    """`decide` times requests one at a time: the weights are cast and packed once for all of them (as a server
+    holds them), not by each request's generate call."""
+    from tunesmith.decide.measure import measure_requests
+
+    packs = []
+    real = packed_linear.pack
+    monkeypatch.setattr(packed_linear, "pack", lambda w: packs.append(w.shape) or real(w))
+    convs = [[{"role": "user", "content": f"Count to {i}."}] for i in range(3)]
+    out = measure_requests(model, tokenizer, convs, max_new_tokens=4, precision="bf16")
+    assert out["requests"] == 3 and out["completion_tokens_per_request"] > 0
+    assert len(packs) == len(linears(model))          # once each, not once per request (4 calls with the warm-up)
+    assert all(m.weight.dtype == torch.float32 and "forward" not in m.__dict__ for m in linears(model))

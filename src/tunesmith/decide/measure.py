@@ -13,6 +13,7 @@ import numpy as np
 
 from tunesmith.data.tokenize import prompt_ids
 from tunesmith.generation import generate_tokens
+from tunesmith.train.precision import weights_held
 
 
 def percentile(xs: list[float], q: float) -> float:
@@ -23,16 +24,19 @@ def measure_requests(model, tokenizer, convs: list[list[dict]], *, max_new_token
                      system_prompt: str | None = None) -> dict:
     """Latency (p50/p95, seconds), CPU-seconds and tokens per request over `convs`, one at a time."""
     latency, cpu, prompt, completion = [], [], [], []
-    generate_tokens(model, tokenizer, convs[:1], max_new_tokens=2, batch_size=1, precision=precision,
-                    system_prompt=system_prompt)   # warm-up: first-call allocations are no request's cost
-    for conv in convs:
-        c0, t0 = time.process_time(), time.perf_counter()
-        new = generate_tokens(model, tokenizer, [conv], max_new_tokens=max_new_tokens, batch_size=1,
-                              precision=precision, system_prompt=system_prompt)[0]
-        latency.append(time.perf_counter() - t0)
-        cpu.append(time.process_time() - c0)
-        prompt.append(len(prompt_ids(tokenizer, conv, system_prompt)))
-        completion.append(len(new))
+    # The weights held at `precision` once, as a server holds them, so no request pays their bf16 cast and
+    # packing (train/precision.py; each generate_tokens call would otherwise, ~0.3-1.5 s for the default model).
+    with weights_held(model, precision):
+        generate_tokens(model, tokenizer, convs[:1], max_new_tokens=2, batch_size=1, precision=precision,
+                        system_prompt=system_prompt)   # warm-up: first-call allocations are no request's cost
+        for conv in convs:
+            c0, t0 = time.process_time(), time.perf_counter()
+            new = generate_tokens(model, tokenizer, [conv], max_new_tokens=max_new_tokens, batch_size=1,
+                                  precision=precision, system_prompt=system_prompt)[0]
+            latency.append(time.perf_counter() - t0)
+            cpu.append(time.process_time() - c0)
+            prompt.append(len(prompt_ids(tokenizer, conv, system_prompt)))
+            completion.append(len(new))
     n = len(convs)
     return {"requests": n, "latency_p50_s": percentile(latency, 50), "latency_p95_s": percentile(latency, 95),
             "cpu_s_per_request": sum(cpu) / n, "cpu_s_per_1k_requests": 1000 * sum(cpu) / n,
