@@ -244,6 +244,27 @@ def test_a_bug_is_an_openai_shaped_500(srv, caplog):
     assert chat(srv["client"], "a1", PROMPTS[1]).choices[0].finish_reason in ("stop", "length")
 
 
+def test_a_bug_leaves_the_connection_open(srv):
+    """A keep-alive connection that got a 500 serves the next request (the openai SDK reuses pooled
+    connections; a server that closed it made that next request fail with "connection reset")."""
+    import http.client
+    from urllib.parse import urlsplit
+
+    conn = http.client.HTTPConnection(urlsplit(srv["url"]).netloc, timeout=30)
+    conn.request("GET", "/v1/boom")
+    first = conn.getresponse()
+    assert first.status == 500 and json.loads(first.read())["error"]["code"] == "internal_error"
+    sock = conn.sock
+    for _ in range(3):
+        conn.request("GET", "/health")
+        again = conn.getresponse()
+        assert again.status == 200 and again.read()
+        assert conn.sock is sock                   # the same connection, not a reconnect
+        conn.request("GET", "/v1/boom")
+        assert conn.getresponse().read() and conn.sock is sock
+    conn.close()
+
+
 # -- paths ------------------------------------------------------------------------------------------------
 
 def test_a_nested_file_linking_out_is_refused(srv):
