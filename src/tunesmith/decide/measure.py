@@ -25,7 +25,8 @@ def measure_requests(model, tokenizer, convs: list[list[dict]], *, max_new_token
     """Latency (p50/p95, seconds), CPU-seconds and tokens per request over `convs`, one at a time."""
     latency, cpu, prompt, completion = [], [], [], []
     # The weights held at `precision` once, as a server holds them, so no request pays their bf16 cast and
-    # packing (train/precision.py; each generate_tokens call would otherwise, ~0.3-1.5 s for the default model).
+    # packing (train/precision.py; each generate_tokens call would otherwise: ~0.15 s for the default model on an
+    # idle 2-core machine, several times that on a busy one).
     with weights_held(model, precision):
         generate_tokens(model, tokenizer, convs[:1], max_new_tokens=2, batch_size=1, precision=precision,
                         system_prompt=system_prompt)   # warm-up: first-call allocations are no request's cost
