@@ -65,8 +65,14 @@ def test_trainable_weights_are_never_cast(tiny_model_dir):
 def _alive_with_data_at(ptr: int) -> bool:
     import gc
 
+    def data_ptr(tensor) -> int | None:
+        try:
+            return tensor.data_ptr()
+        except Exception:    # tensors with no storage (fake or meta ones other tests in this process left)
+            return None
+
     gc.collect()
-    return any(isinstance(o, torch.Tensor) and o.data_ptr() == ptr for o in gc.get_objects())
+    return any(isinstance(o, torch.Tensor) and data_ptr(o) == ptr for o in gc.get_objects())
 
 
 @pytest.mark.parametrize("restore", [True, False])
