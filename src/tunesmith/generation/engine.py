@@ -53,7 +53,7 @@ from tunesmith.generation.request import Event, GenRequest
 from tunesmith.generation.sampling import choose_tokens, greedy_ids, row_probs, speculative_sample
 from tunesmith.generation.speculate import DraftModel, PromptLookup, accepted_prefix
 from tunesmith.generation.virtual_tokens import prefill_for
-from tunesmith.train.precision import inference_precision
+from tunesmith.train.precision import inference_precision, weights_held
 
 log = logging.getLogger("tunesmith.generation")
 
@@ -346,12 +346,14 @@ class Engine:
             self._serve()
 
     def _precision(self) -> contextlib.ExitStack:
-        """`inference_precision` for every model a step runs: the engine's, a draft model, an EFT large base
-        (under bf16 autocast an fp32 model left out would have its weights cast to bf16 in every pass)."""
+        """`inference_precision` for the engine's model (its autocast covers the whole thread), and the same
+        weights held for the other models a step runs, a draft model or an EFT large base (under bf16 autocast
+        an fp32 model left out would have its weights cast to bf16 in every pass)."""
         stack = contextlib.ExitStack()
-        for model in (self.model, self.draft and self.draft.model, self.eft and self.eft.large):
-            if model is not None:
-                stack.enter_context(inference_precision(model, self.precision))
+        stack.enter_context(inference_precision(self.model, self.precision))
+        for helper in (self.draft and self.draft.model, self.eft and self.eft.large):
+            if helper is not None:
+                stack.enter_context(weights_held(helper, self.precision))
         return stack
 
     def _serve(self) -> None:

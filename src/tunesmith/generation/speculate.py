@@ -146,7 +146,5 @@ def load_draft_model(name: str, tokenizer, target_name: str, dtype: str = "fp32"
 
     resolved = resolve_base(name)
     check_same_vocabulary(tokenizer, load_tokenizer(resolved), target_name, name)
-    model = load_model(resolved, dtype=dtype).eval()
-    for p in model.parameters():       # it only ever runs forward: frozen, inference_precision can hold it in bf16
-        p.requires_grad_(False)
-    return model
+    # It only ever runs forward: frozen, so that inference_precision can hold its weights in bf16.
+    return load_model(resolved, dtype=dtype).eval().requires_grad_(False)

@@ -76,10 +76,7 @@ def inference_precision(model: torch.nn.Module, precision: str):
     """No-grad passes of `model` inside the block at `precision`: "bf16" autocasts to bf16 with the frozen
     linear weights held in bf16 for the block (the rounding autocast applies per pass, done once); any other
     precision runs as the weights are, under whatever autocast the caller set. Either way `weights_held`."""
-    if precision != "bf16":
-        with weights_held(model, precision):
-            yield
-        return
-    device = next(model.parameters()).device.type
-    with weights_held(model, precision), torch.autocast(device, dtype=torch.bfloat16):
+    autocast = (torch.autocast(next(model.parameters()).device.type, dtype=torch.bfloat16) if precision == "bf16"
+                else contextlib.nullcontext())
+    with weights_held(model, precision), autocast:
         yield
