@@ -21,7 +21,7 @@ def default_top_k(model) -> int | None:
 def greedy_ids(logits: torch.Tensor) -> torch.Tensor:
     """(..., V) -> (...): the index of each row's largest logit, the first one on a tie, as `argmax` gives.
     `max(dim).indices` is the same reduction with the same tie rule, and on CPU 3-5x faster over a 49k
-    vocabulary (8 rows: 0.3 vs 1.4 ms in bf16, 0.18 vs 0.57 ms in fp32), a step's only pass over the logits."""
+    vocabulary (8 rows, one thread: 0.3 vs 1.4 ms in bf16, 0.18 vs 0.57 ms in fp32), a step's only pass over the logits."""
     return logits.max(dim=-1).indices
 
 
