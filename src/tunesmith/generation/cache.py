@@ -19,6 +19,7 @@ import torch
 from transformers.cache_utils import DynamicLayer
 
 from tunesmith.generation.attention import grouped_sdpa
+from tunesmith.generation.vocab_head import fast_vocab_head
 from tunesmith.models.attention_switch import attention_configs
 
 GROW_MIN = 64     # spare columns a slab gets at least when it is (re)allocated
@@ -84,7 +85,7 @@ class ModelCall:
 
     def _run(self, cache, inputs: dict, extra: dict) -> torch.Tensor:
         use = {self.cache_arg: cache, "use_cache": True} if cache is not None else {"use_cache": False}
-        with grouped_sdpa(self.configs):
+        with grouped_sdpa(self.configs), fast_vocab_head(self.model):
             return self.model(**inputs, **use, **extra).logits
 
     def __call__(self, cache, **inputs) -> torch.Tensor:
