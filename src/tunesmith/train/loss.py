@@ -17,6 +17,7 @@ import torch.nn.functional as F
 
 from tunesmith.data.tokenize import IGNORE
 from tunesmith.models.adapters import unwrap
+from tunesmith.train import vocab_chunk
 
 CHUNK = 1024  # (1024 x 49k vocab) fp32 logits = 200 MB live at a time
 
@@ -34,13 +35,11 @@ class LinearCrossEntropy(torch.autograd.Function):
         total = torch.zeros((), dtype=torch.float32, device=hidden.device)
         for start in range(0, h.shape[0], chunk):
             hc, tc = h[start:start + chunk], targets[start:start + chunk]
-            logits = (hc @ w.t()).float()                       # (n, V)
-            lse = torch.logsumexp(logits, dim=-1)               # (n,)
-            total += (lse - logits.gather(1, tc[:, None]).squeeze(1)).sum()
+            probs, target, lse = vocab_chunk.softmax(hc, w, tc)    # (n, V) fp32, (n,), (n,)
+            total += (lse - target).sum()
             if needs_h or needs_w:
-                probs = logits.sub_(lse[:, None]).exp_()        # softmax, in place
                 probs[torch.arange(tc.shape[0], device=tc.device), tc] -= 1.0
-                g = probs.to(compute_dtype)                     # d(sum CE)/d(logits)
+                g = vocab_chunk.in_dtype(probs, compute_dtype)   # d(sum CE)/d(logits)
                 if needs_h:
                     grad_h[start:start + chunk] = (g @ w).to(hidden.dtype)
                 if needs_w:
@@ -124,13 +123,12 @@ class LinearTokenLogp(torch.autograd.Function):
         grad_h = torch.empty_like(hidden) if needs_h else None
         for start in range(0, h.shape[0], chunk):
             hc, tc = h[start:start + chunk], targets[start:start + chunk]
-            logits = (hc @ w.t()).float()                       # (n, V)
-            lse = torch.logsumexp(logits, dim=-1)               # (n,)
-            out[start:start + chunk] = logits.gather(1, tc[:, None]).squeeze(1) - lse
+            probs, target, lse = vocab_chunk.softmax(hc, w, tc)    # (n, V) fp32, (n,), (n,)
+            out[start:start + chunk] = target - lse
             if needs_h:
-                g = logits.sub_(lse[:, None]).exp_().neg_()     # -softmax ...
+                g = probs.neg_()                                # -softmax ...
                 g[torch.arange(tc.shape[0], device=tc.device), tc] += 1.0   # ... + onehot = d logp / d logits
-                grad_h[start:start + chunk] = (g.to(compute_dtype) @ w).to(hidden.dtype)
+                grad_h[start:start + chunk] = (vocab_chunk.in_dtype(g, compute_dtype) @ w).to(hidden.dtype)
         if needs_h:
             ctx.save_for_backward(grad_h)
         return out

@@ -28,7 +28,7 @@ from tunesmith.events import CheckpointSaved, Events, StepMetrics, TrainFinished
 from tunesmith.io_utils import atomic_dir, write_json
 from tunesmith.methods.registry import Prepared
 from tunesmith.run_dir import RunDir
-from tunesmith.train import auto
+from tunesmith.train import auto, vocab_chunk
 from tunesmith.train import checkpoint as ckpt
 from tunesmith.train.distributed import backend_name, gather_to_main, layout_for, make_accelerator
 from tunesmith.train.fused_lora import fused_lora
@@ -375,6 +375,7 @@ class Trainer:
         end = start if stopped_early else self.total_steps
         with contextlib.ExitStack() as stack:
             stack.enter_context(self.objective.context(self._model()))
+            stack.enter_context(vocab_chunk.reused_buffers())    # the loss head's logits, not fresh pages each chunk
             if self.prepared.kind == "adapter" and self.prepared.hooks.after_step is None and not self.layout.sharded_params:
                 # Exact (autocast would round to the same values); skipped for methods that move base weights
                 # and for sharded parameters, whose storage FSDP2 / ZeRO-3 own.
