@@ -1,6 +1,6 @@
 """The vocabulary projection of a generation pass in fp32 on a CPU: one 2-D product, in vocabulary slices.
 
-Two things made it slow (SmolLM2-135M, 49,152 x 576 tied head, 2-core Xeon, two threads, fp32):
+Two things made it slow (SmolLM2-135M, 49,152 x 576 tied head, 2-core AMD EPYC with AVX-512, two threads, fp32):
 
 - transformers projects only the last position, `lm_head(hidden[:, -1:, :])`. After a prefill of
   several rows that slice is not contiguous, and `F.linear` of a 3-D input it cannot fold into a
