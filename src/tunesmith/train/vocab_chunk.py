@@ -3,7 +3,7 @@
 A chunk's logits are large (270 targets of SmolLM2's 49k vocabulary: 53 MB in fp32, 26 MB more in bf16)
 and a fresh CPU tensor that large is fresh memory pages, faulted in when first written. Profiled on a
 2-core AMD EPYC (fp32 quickstart step): `torch.logsumexp`'s temporary alone took 84 ms (2.4 % of the
-step), and under bf16 the logits' `.float()` copy 92-125 ms (6-9 %), varying run to run with where the
+step), and under bf16 the logits' `.float()` copy 92-125 ms (7-10 %), varying run to run with where the
 allocator put it. So the softmax is computed in place (logsumexp = max + log(sum(exp(logits - max))),
 the same maths as `torch.logsumexp`), and inside `reused_buffers()` (the trainer holds it for a run) the
 logits and their low-precision copies live in buffers kept between chunks and steps instead of new
