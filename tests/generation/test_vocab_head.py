@@ -8,7 +8,7 @@ import torch
 from torch import nn
 from torch.profiler import profile
 
-from tunesmith.generation.vocab_head import SLICE, fast_vocab_head, project
+from tunesmith.generation.vocab_head import SLICE, fast_vocab_head, plain_head, project
 
 
 def _head(vocab: int, hidden: int, seed: int = 0) -> nn.Linear:
@@ -49,7 +49,7 @@ def test_a_strided_slice_is_one_matrix_product_not_a_broadcast_weight():
     with profile(record_shapes=True) as plain:
         expected = model.lm_head(last)
     assert any(e.name == "aten::bmm" for e in plain.events())   # why: F.linear broadcasts the weight here
-    with fast_vocab_head(model), profile(record_shapes=True) as fast:
+    with fast_vocab_head(plain_head(model)), profile(record_shapes=True) as fast:
         got = model.lm_head(last)
     names = [e.name for e in fast.events()]
     assert "aten::bmm" not in names and names.count("aten::mm") == 4
@@ -60,7 +60,7 @@ def test_the_heads_own_forward_where_slices_do_not_apply():
     head = _head(3 * SLICE, 32)
     model = _Model(head)
     x = torch.randn(5, 32)
-    with fast_vocab_head(model):
+    with fast_vocab_head(plain_head(model)):
         assert "forward" in head.__dict__
         with torch.autocast("cpu", dtype=torch.bfloat16):             # bf16 products: autocast's, unchanged
             got = model.lm_head(x)
@@ -84,7 +84,7 @@ def test_a_forward_set_by_an_outer_block_is_used_and_kept():
         return nn.functional.linear(x, head.weight)
 
     head.forward = outer
-    with torch.autocast("cpu", dtype=torch.bfloat16), fast_vocab_head(model):
+    with torch.autocast("cpu", dtype=torch.bfloat16), fast_vocab_head(plain_head(model)):
         model.lm_head(torch.randn(4, 32))
     assert calls == [(4, 32)]
     assert head.__dict__["forward"] is outer
@@ -95,5 +95,6 @@ def test_models_without_a_plain_linear_head_are_left_alone():
         def get_output_embeddings(self):
             return None
 
-    with fast_vocab_head(Tied()), fast_vocab_head(nn.Linear(2, 2)):
+    assert plain_head(Tied()) is None and plain_head(nn.Linear(2, 2)) is None
+    with fast_vocab_head(None):
         pass

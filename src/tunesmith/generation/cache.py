@@ -19,7 +19,7 @@ import torch
 from transformers.cache_utils import DynamicLayer
 
 from tunesmith.generation.attention import grouped_sdpa
-from tunesmith.generation.vocab_head import fast_vocab_head
+from tunesmith.generation.vocab_head import fast_vocab_head, plain_head
 from tunesmith.models.attention_switch import attention_configs
 
 GROW_MIN = 64     # spare columns a slab gets at least when it is (re)allocated
@@ -82,10 +82,11 @@ class ModelCall:
         self.cache_arg = "cache" if "cache" in params else "past_key_values"
         self.keep_last = {"logits_to_keep": 1} if "logits_to_keep" in params else {}
         self.configs = attention_configs(model)     # run with generation's grouped SDPA (attention.py)
+        self.head = plain_head(model)               # projected in fp32 by vocab_head.py
 
     def _run(self, cache, inputs: dict, extra: dict) -> torch.Tensor:
         use = {self.cache_arg: cache, "use_cache": True} if cache is not None else {"use_cache": False}
-        with grouped_sdpa(self.configs), fast_vocab_head(self.model):
+        with grouped_sdpa(self.configs), fast_vocab_head(self.head):
             return self.model(**inputs, **use, **extra).logits
 
     def __call__(self, cache, **inputs) -> torch.Tensor:

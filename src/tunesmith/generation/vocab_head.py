@@ -24,6 +24,8 @@ import contextlib
 import torch
 from torch import nn
 
+from tunesmith.models.forward_swap import forwards_replaced
+
 SLICE = 2048                 # vocabulary rows per product
 ROWS = range(2, 513)         # row counts where slices measured faster than one product
 
@@ -48,25 +50,23 @@ def project(head: nn.Linear, x: torch.Tensor) -> torch.Tensor:
     return out.view(*x.shape[:-1], w.shape[0])
 
 
-@contextlib.contextmanager
-def fast_vocab_head(model: nn.Module):
-    """Inside the block the model's output embedding projects with `project` where it applies."""
+def plain_head(model: nn.Module) -> nn.Linear | None:
+    """The model's output embedding when it is a plain `nn.Linear` (through a peft wrapper too), else None."""
     get = getattr(model, "get_output_embeddings", None)
     head = get() if get is not None else None
-    if type(head) is not nn.Linear:
+    return head if type(head) is nn.Linear else None
+
+
+@contextlib.contextmanager
+def fast_vocab_head(head: nn.Linear | None):
+    """Inside the block `head` (from `plain_head`; None: nothing to do) projects with `project` where it applies."""
+    if head is None:
         yield
         return
-    own = head.__dict__.get("forward")          # a forward another block set (packed_linear.py), kept
-    inner = head.forward
+    inner = head.forward            # the class's forward, or one an outer block set (packed_linear.py)
 
     def forward(x: torch.Tensor) -> torch.Tensor:
         return project(head, x) if _applies(head, x) else inner(x)
 
-    head.forward = forward
-    try:
+    with forwards_replaced([(head, forward)]):
         yield
-    finally:
-        if own is None:
-            head.__dict__.pop("forward", None)
-        else:
-            head.forward = own

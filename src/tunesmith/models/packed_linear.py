@@ -27,6 +27,8 @@ import psutil
 import torch
 from torch import nn
 
+from tunesmith.models.forward_swap import forwards_replaced
+
 # Packed copies may take at most this share of the memory available when the block starts.
 MEMORY_SHARE = 0.25
 
@@ -88,10 +90,5 @@ def packed_linears(model: nn.Module):
         modules = []
     with torch.no_grad():
         packs = {id(m): pack(m.weight) for m in modules}
-    for m in modules:
-        m.forward = functools.partial(_packed_forward, m, packs[id(m)])
-    try:
+    with forwards_replaced([(m, functools.partial(_packed_forward, m, packs[id(m)])) for m in modules]):
         yield
-    finally:
-        for m in modules:
-            m.__dict__.pop("forward", None)

@@ -30,6 +30,8 @@ import types
 import torch
 from torch import nn
 
+from tunesmith.models.forward_swap import forwards_replaced
+
 
 class LoRALinearFunction(torch.autograd.Function):
     @staticmethod
@@ -100,16 +102,12 @@ def _eligible(module) -> bool:
 @contextlib.contextmanager
 def fused_lora(model: nn.Module):
     """Inside the block, plain LoRA linear layers of `model` compute through `LoRALinearFunction`."""
-    patched = [(m, m.__dict__.get("forward")) for m in model.modules() if _eligible(m)]
-    for m, _ in patched:
+    patched = [m for m in model.modules() if _eligible(m)]
+    for m in patched:
         m._peft_forward = m.forward
-        m.forward = types.MethodType(_forward, m)
     try:
-        yield len(patched)
+        with forwards_replaced([(m, types.MethodType(_forward, m)) for m in patched]):
+            yield len(patched)
     finally:
-        for m, previous in patched:
+        for m in patched:
             del m._peft_forward
-            if previous is None:
-                del m.forward
-            else:
-                m.forward = previous
