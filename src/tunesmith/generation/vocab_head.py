@@ -9,8 +9,8 @@ Two things made it slow (SmolLM2-135M, 49,152 x 576 tied head, 2-core AMD EPYC w
   happens to a speculative verification's last few positions.
 - As one product, a few dozen rows against the whole weight run at ~100 GFLOP/s (60 rows: 33 ms);
   the same product over slices of 2,048 vocabulary rows, each written into its columns of the
-  output, runs at ~140 (24 ms; 2-512 rows, 1.1-1.5x). Outputs are bit for bit those of one product
-  at every row count tried (1 to 1,024, MKL's AVX-512 and AVX2 kernels): each slice changes which
+  output, runs at ~140 (24 ms; 2-512 rows, 1.07-1.49x). Outputs are bit for bit those of one product
+  at every row count tried (1-512 with MKL's AVX-512 and AVX2 kernels, 1,024 with AVX-512): each slice changes which
   logits a call computes, not the sum that makes any of them. From ~1,000 rows one product is as fast.
 
 One row, a head with a bias, bf16 (autocast casts the input into a fresh contiguous tensor, and packed_linear.py serves
