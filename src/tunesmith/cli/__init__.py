@@ -13,6 +13,7 @@ import sys
 
 from rich.markup import escape
 
+from tunesmith.allocator import keep_freed_memory
 from tunesmith.cli.common import app, err
 from tunesmith.errors import UserError
 from tunesmith.quiet import quiet_cli
@@ -54,6 +55,7 @@ def _fail(message: str, hint: str | None, exit_code: int) -> None:
 def main(argv: list[str] | None = None) -> None:
     argv, debug = split_debug(list(sys.argv[1:] if argv is None else argv))
     quiet_cli()
+    keep_freed_memory()
     _load_commands()
     try:
         app(args=argv, prog_name="tunesmith", standalone_mode=True)

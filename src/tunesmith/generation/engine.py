@@ -26,6 +26,7 @@ from typing import Protocol
 
 import torch
 
+from tunesmith.allocator import keep_freed_memory
 from tunesmith.errors import UserError
 from tunesmith.generation.batching import left_pad, pad_id, pad_left
 from tunesmith.generation.cache import (
@@ -191,6 +192,7 @@ class Engine:
                  draft: DraftModel | None = None, eft: EmulatedFineTune | None = None,
                  shared_prefix: list[int] | None = None, prompt_cache: PromptCache | None = None,
                  precision: str = "fp32"):
+        keep_freed_memory()     # decode steps' temporaries reuse memory (allocator.py)
         self.model = model
         self.tokenizer = tokenizer
         # None: `model` runs as it is, whatever adapters it holds (a peft model, prompt tuning included).

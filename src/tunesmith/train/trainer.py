@@ -21,6 +21,7 @@ from pathlib import Path
 
 import torch
 
+from tunesmith.allocator import keep_freed_memory
 from tunesmith.config import DataConfig, TrainConfig
 from tunesmith.data.tokenize import Tokenized
 from tunesmith.errors import TrainingDiverged, UserError
@@ -359,6 +360,7 @@ class Trainer:
         return bool(self.cfg.early_stopping_patience) and state["bad_evals"] >= self.cfg.early_stopping_patience
 
     def fit(self, resume: bool = False) -> TrainResult:
+        keep_freed_memory()     # a step's temporaries reuse memory instead of faulting in fresh pages (allocator.py)
         state = {"best_val_loss": None, "best_step": None, "best_checkpoint": None, "bad_evals": 0}
         start = 0
         first_loss = last_loss = float("nan")
