@@ -2,10 +2,10 @@
 
 PyTorch's CPU flash-attention kernel walks the query and key blocks with an online softmax; at the
 lengths most fine-tuning examples have, its fixed per-block work dominates. Forward + backward of one
-SmolLM2 layer (4 rows x 227 tokens, 9 query heads over 3 key/value heads, bf16, causal) took 11.4-12.4 ms
-through SDPA and 6.7 ms as written here (2-core AMD EPYC with AVX-512 bf16; 128 tokens 3.0 -> 0.95 ms,
-400 tokens 8.5 -> 4.9, 512 tokens 12.9 -> 9.0). In fp32 (AVX2 kernels) it is not faster (10.2 vs 10.9 ms
-at 227 tokens), so it runs only in bf16:
+SmolLM2 layer (9 query heads over 3 key/value heads, bf16, ~1,000 tokens per call; 2-core AMD EPYC with
+AVX-512 bf16, glibc keeping freed memory as allocator.py sets it): 7 rows x 128 tokens 10.0 ms through SDPA,
+2.4 ms here; 4 x 227 10.5 -> 4.6; 3 x 320 13.2 -> 7.1; 1 x 512 11.8 -> 6.0. In fp32 (AVX2 kernels) it is
+not faster (1.0-1.2x slower at 128-512 tokens), so it runs only in bf16:
 
     forward    s = (q k^T) * scale            fp32 (bf16 q and k upcast: the scores are not rounded to bf16)
                p = softmax(s + mask)           fp32, then rounded to bf16, as SDPA's bf16 kernel does
@@ -18,17 +18,17 @@ Grouped-query attention stays grouped: the G query heads that share a key/value 
 along the query axis, (B, Hkv, G*L, D), so keys and values are never repeated.
 
 What it costs: the (B, H, L, L) bf16 probabilities are kept for the backward where SDPA keeps one number
-per query (9 KB per token per layer for SmolLM2 at 512 tokens). `train.attention` uses it only for calls of
-at most MAX_LEN tokens, where that memory is below the MLP's own saved activations and the speed-up holds.
+per query (9 KB per token per layer for SmolLM2 at 512 tokens, growing with the length). `train.attention`
+uses it only for calls of at most MAX_LEN tokens.
 """
 
 from __future__ import annotations
 
 import torch
 
-# Longest call (query = key length) computed here; longer ones go to SDPA. Past ~512 tokens the fp32
-# score tensors outgrow the cache and the freshly allocated pages cost more than SDPA's blocking saves
-# (1,024 tokens: 95 ms against SDPA's 31).
+# Longest call (query = key length) computed here; longer ones go to SDPA, whose memory does not grow with
+# the square of the length. At 640 tokens this was still 1.6x faster; at 1,024 (a 38 MB fp32 score
+# tensor, above glibc's largest mmap threshold, so fresh pages on every call) 3x slower.
 MAX_LEN = 512
 
 
