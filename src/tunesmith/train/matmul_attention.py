@@ -3,9 +3,9 @@
 PyTorch's CPU flash-attention kernel walks the query and key blocks with an online softmax; at the
 lengths most fine-tuning examples have, its fixed per-block work dominates. Forward + backward of one
 SmolLM2 layer (9 query heads over 3 key/value heads, bf16, ~1,000 tokens per call; 2-core AMD EPYC with
-AVX-512 bf16, glibc keeping freed memory as allocator.py sets it): 7 rows x 128 tokens 10.0 ms through SDPA,
-2.4 ms here; 4 x 227 10.5 -> 4.6; 3 x 320 13.2 -> 7.1; 1 x 512 11.8 -> 6.0. In fp32 (AVX2 kernels) it is
-not faster (1.0-1.2x slower at 128-512 tokens), so it runs only in bf16:
+AVX-512 bf16, glibc keeping freed memory as allocator.py sets it, best of 12): 7 rows x 128 tokens 10.9 ms
+through SDPA, 2.9 ms here; 4 x 227 11.2 -> 5.4; 3 x 320 14.8 -> 8.1; 1 x 512 12.6 -> 6.9. In fp32 (AVX2
+kernels) it is not faster (1.0-1.2x slower at 128-512 tokens), so it runs only in bf16:
 
     forward    s = (q k^T) * scale            fp32 (bf16 q and k upcast: the scores are not rounded to bf16)
                p = softmax(s + mask)           fp32, then rounded to bf16, as SDPA's bf16 kernel does
@@ -27,8 +27,8 @@ from __future__ import annotations
 import torch
 
 # Longest call (query = key length) computed here; longer ones go to SDPA, whose memory does not grow with
-# the square of the length. At 640 tokens this was still 1.6x faster; at 1,024 (a 38 MB fp32 score
-# tensor, above glibc's largest mmap threshold, so fresh pages on every call) 3x slower.
+# the square of the length. At 640 tokens this was still 1.6x faster; at 1,024 no faster (31 ms each: a
+# 38 MB fp32 score tensor is above glibc's largest mmap threshold, so fresh pages on every call).
 MAX_LEN = 512
 
 
