@@ -7,8 +7,9 @@ gives the heap's free top back to the kernel once it exceeds twice that threshol
 frees the same multi-megabyte temporaries (attention scores, MLP activations, logits) over and over, so
 under the defaults many of them arrive as fresh pages, and every 4 KB page costs a fault when first
 written: ~1 GB/s, slower than the arithmetic on them. Measured (2-core AMD EPYC with AVX-512 bf16,
-forward + backward of bf16 attention as matrix products, train/matmul_attention.py): 3 rows x 320
-tokens 16.7 ms under the defaults, 7.1 ms with these settings; 1 row x 512 tokens 14.5 -> 6.0 ms.
+forward + backward of bf16 attention as matrix products, train/matmul_attention.py, one run each, the
+settings given through glibc's environment variables): 3 rows x 320 tokens 16.7 ms under the defaults,
+7.1 ms with these settings; 1 row x 512 tokens 14.5 -> 6.0 ms.
 
 `keep_freed_memory()` serves every block below 32 MB (glibc's largest mmap threshold) from the heap and
 trims the heap only when more than TRIM_BYTES of it is free. The cost: up to TRIM_BYTES of freed memory
