@@ -24,6 +24,8 @@ uses it only for calls of at most MAX_LEN tokens.
 
 from __future__ import annotations
 
+import functools
+
 import torch
 
 # Longest call (query = key length) computed here; longer ones go to SDPA, whose memory does not grow with
@@ -56,18 +58,12 @@ def matmul_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor
     return out.view(B, H, L, D)
 
 
+# Every layer of a forward asks for the same bias: keep those of recent lengths (thread-safe cache).
+@functools.lru_cache(maxsize=8)
 def _causal_bias(groups: int, length: int, dtype, device) -> torch.Tensor:
     """(G*L, L): 0 where query i (of any of the G stacked heads) may see key j <= i, -inf after it."""
-    key = (groups, length, dtype, device)
-    if key not in _BIAS:
-        if len(_BIAS) >= 8:
-            _BIAS.pop(next(iter(_BIAS)))
-        future = torch.ones(length, length, dtype=torch.bool, device=device).triu_(1)
-        _BIAS[key] = torch.zeros(length, length, dtype=dtype, device=device).masked_fill_(future, float("-inf")).repeat(groups, 1)
-    return _BIAS[key]
-
-
-_BIAS: dict = {}   # the causal biases of recent lengths: every layer of a forward asks for the same one
+    future = torch.ones(length, length, dtype=torch.bool, device=device).triu_(1)
+    return torch.zeros(length, length, dtype=dtype, device=device).masked_fill_(future, float("-inf")).repeat(groups, 1)
 
 
 class _MatmulAttention(torch.autograd.Function):
