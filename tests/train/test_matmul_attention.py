@@ -117,3 +117,28 @@ def test_packed_attention_takes_it_in_bf16_and_sdpa_in_fp32(tiny_model_dir, toke
     monkeypatch.setattr(matmul_attention, "MAX_LEN", 8)
     long = _attention_ops(model, batch, torch.bfloat16)
     assert any("scaled_dot_product" in k for k in long)
+
+
+@pytest.mark.parametrize("masked", [False, True])
+def test_a_large_batch_runs_in_groups_of_rows_with_the_same_result(masked, monkeypatch):
+    """A batch whose scores exceed MAX_SCORES runs in groups of rows (fp32 scores above glibc's largest mmap
+    threshold are fresh pages on every call); the output and gradients are those of one call."""
+    q, k, v = _inputs(5, 6, 2, 9, D=4)
+    mask = _block_mask(9).repeat(3, 1, 1, 1)[:5] if masked else None
+    grad = torch.randn(5, 6, 9, 4, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+
+    def run():
+        out = attention(q, k, v, mask, dtype=torch.float64)
+        return [out, *torch.autograd.grad(out, (q, k, v), grad)]
+
+    calls = []
+    apply = matmul_attention._MatmulAttention.apply
+    monkeypatch.setattr(matmul_attention._MatmulAttention, "apply", lambda *a: calls.append(a[0].shape[0]) or apply(*a))
+    whole = run()
+    assert calls == [5]
+    monkeypatch.setattr(matmul_attention, "MAX_SCORES", 2 * 6 * 9 * 9)      # two rows' scores per call
+    calls.clear()
+    grouped = run()
+    assert calls == [2, 2, 1]
+    for a, b in zip(grouped, whole):
+        torch.testing.assert_close(a, b, atol=1e-12, rtol=1e-12)
