@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import os
-import platform
 import subprocess
 import sys
 
 import pytest
 
-glibc = pytest.mark.skipif(platform.system() != "Linux" or platform.libc_ver()[0] != "glibc", reason="glibc only")
+from tunesmith.allocator import has_glibc
+
+glibc = pytest.mark.skipif(not has_glibc(), reason="glibc only")
 
 # Temporaries that grow with a step's shapes (a longer packed row, a wider batch): 2, 4, ... 28 MB, each
 # written and freed. Under glibc's defaults each block is above the threshold the last free set, so each is

@@ -41,8 +41,13 @@ def keep_freed_memory() -> bool:
     return _done[0]
 
 
+def has_glibc() -> bool:
+    """Whether this process runs on glibc, the only allocator these settings are for."""
+    return platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"
+
+
 def _apply() -> bool:
-    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+    if not has_glibc():
         return False
     if any(os.environ.get(name) for name in _USER_SETTINGS):
         return False

@@ -75,14 +75,15 @@ def test_bf16_is_as_close_to_fp32_as_sdpa_in_bf16(masked):
 
 def test_used_only_for_short_bf16_calls_on_cpu():
     x32, xb = torch.zeros(1, 1, 4, 8), torch.zeros(1, 1, 4, 8, dtype=torch.bfloat16)
-    assert applies(xb, matmul_attention.MAX_LEN, 0.0)
-    assert not applies(xb, matmul_attention.MAX_LEN + 1, 0.0)
-    assert not applies(xb, 4, 0.1)                      # dropout: SDPA
-    assert not applies(x32, 4, 0.0)                     # fp32 without autocast: SDPA is as fast
+    longest = matmul_attention.MAX_LEN
+    assert applies(torch.zeros(1, 1, longest, 8, dtype=torch.bfloat16), 0.0)
+    assert not applies(torch.zeros(1, 1, longest + 1, 8, dtype=torch.bfloat16), 0.0)
+    assert not applies(xb, 0.1)                         # dropout: SDPA
+    assert not applies(x32, 0.0)                        # fp32 without autocast: SDPA is as fast
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        assert applies(x32, 4, 0.0)
+        assert applies(x32, 0.0)
     with torch.autocast("cpu", dtype=torch.float16):
-        assert not applies(x32, 4, 0.0)
+        assert not applies(x32, 0.0)
 
 
 def _attention_ops(model, batch, dtype) -> set[str]:

@@ -110,7 +110,7 @@ def packed_attention(module, query, key, value, attention_mask, dropout: float =
 
     def attend(q, k, v, mask):
         """One call: causal when `mask` is None. Short bf16 calls as matrix products (matmul_attention.py)."""
-        if matmul_attention.applies(q, q.shape[2], dropout):
+        if matmul_attention.applies(q, dropout):
             return matmul_attention.matmul_attention(q, k, v, mask, scaling)
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None, dropout_p=dropout,
                                               scale=scaling, enable_gqa=gqa)

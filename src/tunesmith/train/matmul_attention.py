@@ -29,18 +29,21 @@ import functools
 
 import torch
 
+from tunesmith.allocator import MMAP_THRESHOLD_BYTES
+
 # Longest call (query = key length) computed here; longer ones go to SDPA, whose memory does not grow with
 # the square of the length. At 640 tokens this was still 1.6x faster; at 1,024 no faster (31 ms each: a
 # 38 MB fp32 score tensor is above glibc's largest mmap threshold, so fresh pages on every call).
 MAX_LEN = 512
-# Most score elements one call computes (32 MB in fp32); a batch with more goes in groups of rows.
-MAX_SCORES = 8 << 20
+# Most score elements one call computes: fp32 scores up to glibc's largest mmap threshold (32 MB), above
+# which they are fresh pages on every call; a batch with more goes in groups of rows.
+MAX_SCORES = MMAP_THRESHOLD_BYTES // 4
 
 
-def applies(query: torch.Tensor, length: int, dropout: float) -> bool:
-    """Whether a call over `length` tokens with this query runs here: bf16 (by dtype or CPU autocast),
-    on CPU, no dropout, at most MAX_LEN tokens."""
-    if query.device.type != "cpu" or dropout or length > MAX_LEN:
+def applies(query: torch.Tensor, dropout: float) -> bool:
+    """Whether a call with this (B, H, L, D) query runs here: bf16 (by dtype or CPU autocast), on CPU, no
+    dropout, at most MAX_LEN tokens."""
+    if query.device.type != "cpu" or dropout or query.shape[2] > MAX_LEN:
         return False
     if query.dtype == torch.bfloat16:
         return True
@@ -58,7 +61,7 @@ def matmul_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor
     rows = max(1, MAX_SCORES // (H * L * L))
     if B > rows:
         # Rows in groups whose fp32 scores stay under glibc's largest mmap threshold (allocator.py): one call
-        # over 8 x 512 tokens took 122 ms, three groups 56 ms (SDPA 95).
+        # over 8 x 512 tokens took 122 ms, three groups 57 ms (SDPA 95).
         masks = [None] * B if mask is None else mask.split(rows)
         return torch.cat([matmul_attention(q, k, v, m, scale, dtype)
                           for q, k, v, m in zip(query.split(rows), key.split(rows), value.split(rows), masks)])
