@@ -1,6 +1,7 @@
-"""Pre-packed bf16 linear weights (models/packed_linear.py): the same outputs, bit for bit, as the products
+"""Pre-packed linear weights (models/packed_linear.py). bf16: the same outputs, bit for bit, as the products
 autocast runs (on one thread: with more, oneDNN may split a product's work differently once its weight is
-packed, a bf16 rounding difference), and the model as it was after the block."""
+packed, a bf16 rounding difference). fp32 (AMD CPUs): the same logits to rounding and the same greedy
+tokens. Either way the model as it was after the block."""
 
 from __future__ import annotations
 
@@ -11,7 +12,8 @@ from tunesmith.models import packed_linear
 from tunesmith.models.packed_linear import packed_linears, packing_available
 from tunesmith.train.precision import frozen_linears_in, inference_precision
 
-pytestmark = pytest.mark.skipif(not packing_available(), reason="this CPU's oneDNN has no native bf16 (AVX2 only): nothing is packed")
+needs_bf16 = pytest.mark.skipif(not packing_available(), reason="this CPU's oneDNN has no native bf16 (AVX2 only): nothing is packed")
+needs_ops = pytest.mark.skipif(not packed_linear._ops_available(), reason="this torch has no oneDNN packed linear")
 
 
 @pytest.fixture
@@ -50,6 +52,7 @@ def counted(monkeypatch):
     return calls
 
 
+@needs_bf16
 def test_bf16_passes_use_packed_weights_and_give_the_same_logits(model, counted):
     ids = torch.randint(5, 1000, (3, 17))
     with torch.no_grad(), frozen_linears_in(model, torch.bfloat16), torch.autocast("cpu", dtype=torch.bfloat16):
@@ -67,6 +70,7 @@ def test_bf16_passes_use_packed_weights_and_give_the_same_logits(model, counted)
     assert model.get_output_embeddings().weight is model.get_input_embeddings().weight
 
 
+@needs_bf16
 def test_generation_in_bf16_is_token_for_token_the_same(model, tokenizer, counted, monkeypatch):
     from tunesmith.generation.offline import generate_tokens
 
@@ -79,6 +83,7 @@ def test_generation_in_bf16_is_token_for_token_the_same(model, tokenizer, counte
     assert sum(map(len, packed)) > 30
 
 
+@needs_bf16
 def test_weights_loaded_in_bf16_are_packed_without_autocast(tiny_model_dir, counted):
     from tunesmith.models import load_model
 
@@ -93,6 +98,7 @@ def test_weights_loaded_in_bf16_are_packed_without_autocast(tiny_model_dir, coun
     assert counted and torch.equal(packed, reference)
 
 
+@needs_bf16
 def test_what_cannot_take_the_packed_product_falls_back(model, counted):
     layer = linears(model)[0]
     with frozen_linears_in(model, torch.bfloat16), packed_linears(model):
@@ -108,6 +114,7 @@ def test_what_cannot_take_the_packed_product_falls_back(model, counted):
     assert "forward" not in layer.__dict__
 
 
+@needs_bf16
 def test_nothing_is_packed_when_it_would_not_fit_in_memory(model, counted, monkeypatch):
     monkeypatch.setattr(packed_linear, "MEMORY_SHARE", 0.0)
     with torch.no_grad(), inference_precision(model, "bf16"):
@@ -116,6 +123,7 @@ def test_nothing_is_packed_when_it_would_not_fit_in_memory(model, counted, monke
     assert counted == []
 
 
+@needs_bf16
 @pytest.mark.parametrize("rows", [["a", None, "b", "a"], ["b", "b"]], ids=["mixed", "one-adapter"])
 def test_lora_bank_stacks_packed_give_the_same_logits(model, rows, monkeypatch):
     """The serving engine's per-row LoRA (generation/lora_batch.py) in bf16: its rank-r products packed too."""
@@ -151,6 +159,7 @@ def test_lora_bank_stacks_packed_give_the_same_logits(model, rows, monkeypatch):
     assert (packed.float() - base).abs().max() > 0.1      # the adapters do change these rows
 
 
+@needs_bf16
 def test_decide_measures_requests_with_the_weights_packed_once(model, tokenizer, monkeypatch):
     """`decide` times requests one at a time: the weights are cast and packed once for all of them (as a server
     holds them), not by each request's generate call."""
@@ -164,3 +173,67 @@ def test_decide_measures_requests_with_the_weights_packed_once(model, tokenizer,
     assert out["requests"] == 3 and out["completion_tokens_per_request"] > 0
     assert len(packs) == len(linears(model))          # once each, not once per request (4 calls with the warm-up)
     assert all(m.weight.dtype == torch.float32 and "forward" not in m.__dict__ for m in linears(model))
+
+
+@pytest.fixture
+def fp32_packing(monkeypatch):
+    """fp32 weights packed whatever this CPU's maker (oneDNN's fp32 product runs on any x86 CPU)."""
+    monkeypatch.setattr(packed_linear, "fp32_packing_pays", lambda: True)
+
+
+@needs_ops
+def test_fp32_passes_packed_give_the_logits_to_rounding(model, counted, fp32_packing):
+    ids = torch.randint(5, 1000, (3, 17))
+    with torch.no_grad():
+        reference = model(ids).logits
+        with inference_precision(model, "fp32"):
+            assert all(packed_linear.is_packed(m) for m in linears(model))      # the tied head too
+            packed = model(ids).logits
+    assert len(counted) == len(linears(model))
+    assert (packed - reference).abs().max() <= 1e-5 * reference.abs().max()
+    assert not any("forward" in m.__dict__ or packed_linear.is_packed(m) for m in linears(model))
+    assert model.get_output_embeddings().weight is model.get_input_embeddings().weight
+
+
+@needs_ops
+def test_generation_in_fp32_packed_is_token_for_token_the_same(model, tokenizer, counted, fp32_packing, monkeypatch):
+    import tunesmith.generation.vocab_head as vocab_head
+    from tunesmith.generation.offline import generate_tokens
+
+    sliced = []
+    real_project = vocab_head.project
+    monkeypatch.setattr(vocab_head, "project", lambda head, x: sliced.append(x.shape) or real_project(head, x))
+    convs = [[{"role": "user", "content": f"Say something about the number {i}."}] for i in range(5)]
+    packed = generate_tokens(model, tokenizer, convs, max_new_tokens=12, batch_size=3)
+    assert counted and not sliced           # the packed head projects, not vocab_head's MKL slices
+    monkeypatch.setattr(packed_linear, "fp32_packing_pays", lambda: False)
+    plain = generate_tokens(model, tokenizer, convs, max_new_tokens=12, batch_size=3)
+    assert sliced, "the unpacked run projects in vocabulary slices"
+    assert packed == plain
+    assert sum(map(len, packed)) > 30
+
+
+@needs_ops
+def test_fp32_products_that_cannot_be_packed_fall_back(model, fp32_packing):
+    layer = linears(model)[0]
+    with packed_linears(model):
+        x = torch.randn(4, layer.in_features, requires_grad=True)
+        y = layer(x)                                  # a gradient is wanted: the plain product, differentiable
+        assert y.requires_grad
+        y.sum().backward()
+        assert x.grad is not None and torch.equal(y, torch.nn.functional.linear(x, layer.weight))
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+            assert layer(x).dtype == torch.bfloat16   # autocast's bf16 product, as F.linear gives it
+        assert packed_linear.is_packed(layer)
+
+
+def test_fp32_is_packed_on_amd_and_hygon_cpus_only(monkeypatch):
+    try:
+        for vendor, expected in (("AuthenticAMD", True), ("HygonGenuine", True), ("GenuineIntel", False), ("", False)):
+            monkeypatch.setattr(packed_linear, "cpu_vendor", lambda v=vendor: v)
+            packed_linear.fp32_packing_pays.cache_clear()
+            assert packed_linear.fp32_packing_pays() is (expected and packed_linear._ops_available())
+            assert packed_linear.packs(torch.float32) is packed_linear.fp32_packing_pays()
+    finally:
+        packed_linear.fp32_packing_pays.cache_clear()
+    assert not packed_linear.packs(torch.float16)

@@ -1,20 +1,28 @@
-"""Frozen bf16 linear weights pre-packed for oneDNN, for the length of a block of no-grad passes on CPU.
+"""Frozen linear weights pre-packed for oneDNN, for the length of a block of no-grad passes on CPU.
 
-PyTorch's CPU bf16 matrix product (oneDNN) reorders the weight into its blocked layout on every call.
+bf16: PyTorch's CPU bf16 matrix product (oneDNN) reorders the weight into its blocked layout on every call.
 For a decode step, where a product is a few rows against the whole weight, that reorder is a second
 pass over the weight and costs as much as the product: measured on a 2-core Xeon with AMX, one thread,
 a 576 x 1536 bf16 weight took 137 us per call at 8 rows through `F.linear` and 68 us pre-packed
 (60 vs 130 us at 1 row, 142 vs 226 us at 64 rows, 1.2x at 1,000 rows), with bit-identical outputs at
 every row count on one thread: the same kernel runs, only the reorder is done once. On two threads oneDNN
 splits a few shapes' work differently once packed (576 x 576 at 300 and 1,000 rows), a bf16 rounding
-difference like those a batch's shape already makes. Inductor does the same when it
-freezes a CPU graph (`mkldnn._reorder_linear_weight` / `_linear_pointwise`); this applies it to the
-eager model, so generation keeps its dynamic shapes and no compilation.
+difference like those a batch's shape already makes. Packed where the CPU's oneDNN has native bf16
+(AVX-512 bf16 / AMX).
 
-Only where it gives the same numbers and pays: bf16 weights that do not train, on a CPU whose oneDNN
-has native bf16 (AVX-512 bf16 / AMX). fp32 is left alone: the pre-transposed or pre-packed fp32
-products measured faster on AVX-512 at some row counts but not on AVX2, and changed the sums' order.
-The packed copy costs one more bf16 copy of the weights while the block runs (270 MB for the default
+fp32: PyTorch multiplies fp32 through MKL's sgemm, which runs its best kernels on Intel CPUs only. On a
+2-core AMD EPYC (Zen, AVX-512) it ran the default model's shapes at 160-180 GFLOP/s at 54 rows and ~220
+from 512 rows up, with AVX-512 or AVX2 kernels alike, where oneDNN's packed fp32 product ran at 290-480 and
+~510 (the vocabulary projection at 54 rows: 30.6 ms -> 7.6 ms); with oneDNN held to AVX2 it still ran
+1.2-1.9x MKL's speed at 16-512 rows. A quickstart evaluation's generation (fp32, greedy, 180 replies) took
+29.8 -> 18.1 s (23.4 s with AVX2 kernels only, from 29.0), every reply token for token the same. The sums
+run in another order, so logits differ in the last bits (the tests bound it). On Intel CPUs a previous
+measurement found packed fp32 faster at some row counts and slower at others with AVX2 kernels, so fp32
+is packed on AMD (and Hygon) CPUs only, where MKL's sgemm is what is slow.
+
+Inductor does the same when it freezes a CPU graph (`mkldnn._reorder_linear_weight` / `_linear_pointwise`);
+this applies it to the eager model, so generation keeps its dynamic shapes and no compilation. The packed
+copy costs one more copy of the weights while the block runs (270 MB in bf16, 540 MB in fp32 for the default
 model), so it is skipped when that would take more than a quarter of the free memory.
 """
 
@@ -22,6 +30,8 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import weakref
+from pathlib import Path
 
 import psutil
 import torch
@@ -33,20 +43,63 @@ from tunesmith.models.forward_swap import forwards_replaced
 MEMORY_SHARE = 0.25
 
 
+# CPU makers whose fp32 products oneDNN runs faster than MKL's sgemm does (see above).
+FP32_VENDORS = ("AuthenticAMD", "HygonGenuine")
+
+# Modules whose forward multiplies with a packed weight inside a `packed_linears` block.
+_packed_now: weakref.WeakSet = weakref.WeakSet()
+
+
 @functools.cache
-def packing_available() -> bool:
+def _ops_available() -> bool:
     mkldnn = torch.ops.mkldnn
     return (torch.backends.mkldnn.is_available() and hasattr(mkldnn, "_reorder_linear_weight")
-            and hasattr(mkldnn, "_linear_pointwise") and bool(mkldnn._is_mkldnn_bf16_supported()))
+            and hasattr(mkldnn, "_linear_pointwise"))
+
+
+@functools.cache
+def packing_available() -> bool:
+    """Whether frozen bf16 weights are packed: the CPU's oneDNN has native bf16."""
+    return _ops_available() and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
+def cpu_vendor() -> str:
+    """The CPU's vendor string from /proc/cpuinfo ("GenuineIntel", "AuthenticAMD", ...); "" where there is none."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("vendor_id"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return ""
+
+
+@functools.cache
+def fp32_packing_pays() -> bool:
+    """Whether frozen fp32 weights are packed: an x86 CPU on which MKL's sgemm is the slower product."""
+    return _ops_available() and cpu_vendor() in FP32_VENDORS
+
+
+def packs(dtype: torch.dtype) -> bool:
+    """Whether frozen weights of `dtype` are packed on this CPU."""
+    if dtype == torch.bfloat16:
+        return packing_available()
+    return dtype == torch.float32 and fp32_packing_pays()
+
+
+def is_packed(module: nn.Module) -> bool:
+    """Whether `module` multiplies with a packed weight now (inside a `packed_linears` block)."""
+    return module in _packed_now
 
 
 def pack(weight: torch.Tensor) -> torch.Tensor:
-    """A bf16 weight (out, in) -> its copy in oneDNN's blocked layout, for `packed_matmul`."""
+    """A bf16 or fp32 weight (out, in) -> its copy in oneDNN's blocked layout, for `packed_matmul`."""
     return torch.ops.mkldnn._reorder_linear_weight(weight.detach())
 
 
 def packed_matmul(x: torch.Tensor, packed: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-    """x (..., in) in bf16 -> x @ weight.T (+ bias), (..., out), where packed = pack(weight). No autograd."""
+    """x (..., in) in the weight's dtype -> x @ weight.T (+ bias), (..., out), where packed = pack(weight).
+    No autograd."""
     return torch.ops.mkldnn._linear_pointwise(x, packed, bias, "none", [None], "")
 
 
@@ -63,32 +116,46 @@ def bf16_input(x: torch.Tensor) -> torch.Tensor | None:
     return None
 
 
+def fp32_input(x: torch.Tensor) -> torch.Tensor | None:
+    """`x` where an fp32 packed product gives what `F.linear` would: an fp32 input, no gradient wanted, no
+    autocast (which would make the product bf16); else None."""
+    if (x.requires_grad and torch.is_grad_enabled()) or x.dtype != torch.float32:
+        return None
+    return None if torch.is_autocast_enabled(x.device.type) else x
+
+
 def _packable(module: nn.Module) -> bool:
     if type(module) is not nn.Linear:     # exactly Linear: not bnb 4-bit, not peft layers (their base_layer is)
         return False
     w, b = module.weight, module.bias
-    return (w.dtype == torch.bfloat16 and w.device.type == "cpu" and not w.requires_grad
-            and (b is None or (b.dtype == torch.bfloat16 and not b.requires_grad)))
+    return (packs(w.dtype) and w.device.type == "cpu" and not w.requires_grad
+            and (b is None or (b.dtype == w.dtype and not b.requires_grad)))
 
 
 def _packed_forward(module: nn.Linear, packed: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    xb = bf16_input(x)
-    if xb is None:
+    xp = bf16_input(x) if module.weight.dtype == torch.bfloat16 else fp32_input(x)
+    if xp is None:
         # A gradient is wanted (no autograd through the packed op), or an input F.linear itself must judge
         # (without autocast a non-bf16 input is the caller's mismatch, reported as it always was).
         return nn.functional.linear(x, module.weight, module.bias)
-    return packed_matmul(xb, packed, module.bias)
+    return packed_matmul(xp, packed, module.bias)
 
 
 @contextlib.contextmanager
 def packed_linears(model: nn.Module):
-    """Inside the block, every frozen bf16 nn.Linear of `model` on CPU multiplies with a pre-packed copy of
-    its weight (same outputs, bit for bit on one thread); outside it, the module is as it was."""
-    modules = [m for m in model.modules() if _packable(m) and "forward" not in m.__dict__] if packing_available() else []
+    """Inside the block, every frozen nn.Linear of `model` on CPU whose dtype `packs` multiplies with a pre-packed
+    copy of its weight (bf16: the same outputs, bit for bit on one thread; fp32: within rounding); outside it,
+    the module is as it was."""
+    modules = [m for m in model.modules() if _packable(m) and "forward" not in m.__dict__]
     weight_bytes = sum(m.weight.numel() * m.weight.element_size() for m in modules)
     if weight_bytes > MEMORY_SHARE * psutil.virtual_memory().available:
         modules = []
     with torch.no_grad():
-        packs = {id(m): pack(m.weight) for m in modules}
-    with forwards_replaced([(m, functools.partial(_packed_forward, m, packs[id(m)])) for m in modules]):
-        yield
+        copies = {id(m): pack(m.weight) for m in modules}
+    with forwards_replaced([(m, functools.partial(_packed_forward, m, copies[id(m)])) for m in modules]):
+        _packed_now.update(modules)
+        try:
+            yield
+        finally:
+            for m in modules:
+                _packed_now.discard(m)
