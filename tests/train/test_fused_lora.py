@@ -9,6 +9,7 @@ import torch
 from peft import LoraConfig, get_peft_model
 from torch import nn
 
+from tunesmith.models import packed_linear
 from tunesmith.train.fused_lora import LoRALinearFunction, fused_lora
 from tunesmith.train.loss import causal_lm_nll
 from tunesmith.train.precision import frozen_linears_in
@@ -55,6 +56,43 @@ def test_fp32_loss_and_gradients_equal_peft(tiny_model_dir):
     assert patched == 2 * 7  # every projection of both layers
     assert abs(loss.item() - ref_loss.item()) <= 1e-5 * abs(ref_loss.item())
     assert ((grads - ref_grads).norm() / ref_grads.norm()).item() < 1e-5
+
+
+@pytest.mark.skipif(not packed_linear._ops_available(), reason="this torch has no oneDNN packed linear")
+def test_fp32_with_the_frozen_base_packed_equals_peft(tiny_model_dir, monkeypatch):
+    """AMD CPUs: the base products forward and backward through packed copies of W and W^T, peft's numbers."""
+    monkeypatch.setattr(packed_linear, "fp32_packing_pays", lambda: True)
+    used = []
+    real = packed_linear.packed_matmul
+    monkeypatch.setattr(packed_linear, "packed_matmul", lambda x, *rest: used.append(x.shape) or real(x, *rest))
+    model = _lora_model(tiny_model_dir)
+    ref_loss, ref_grads, _ = _loss_and_grads(model)
+    assert used == []
+    loss, grads, patched = _loss_and_grads(model, fused=True)
+    # Every layer's forward, and the backward of every layer whose input needs a gradient.
+    assert patched == 14 and len(used) > patched
+    assert abs(loss.item() - ref_loss.item()) <= 1e-5 * abs(ref_loss.item())
+    assert ((grads - ref_grads).norm() / ref_grads.norm()).item() < 1e-5
+    assert packed_linear._training_pairs == {}
+
+
+def test_only_frozen_fp32_weights_unchanged_since_packing_are_used_packed(monkeypatch):
+    monkeypatch.setattr(packed_linear, "fp32_packing_pays", lambda: True)
+    frozen, trained, half = torch.randn(8, 6), torch.randn(8, 6, requires_grad=True), torch.randn(8, 6).bfloat16()
+    with packed_linear.packed_for_training([frozen, trained, half]) as packed:
+        assert packed == (1 if packed_linear._ops_available() else 0)
+        if packed:
+            w, wt = packed_linear.training_pair(frozen)
+            x, g = torch.randn(3, 6), torch.randn(3, 8)
+            assert torch.allclose(packed_linear.packed_matmul(x, w), x @ frozen.t(), atol=1e-5)      # x W^T
+            assert torch.allclose(packed_linear.packed_matmul(g, wt), g @ frozen, atol=1e-5)         # g W
+        assert packed_linear.training_pair(trained) is None and packed_linear.training_pair(half) is None
+        frozen.add_(1.0)                     # updated in place (Delta-LoRA moves its base): the copies are stale
+        assert packed_linear.training_pair(frozen) is None
+    assert packed_linear.training_pair(frozen) is None
+    monkeypatch.setattr(packed_linear, "fp32_packing_pays", lambda: False)
+    with packed_linear.packed_for_training([torch.randn(8, 6)]) as packed:
+        assert packed == 0
 
 
 def test_bf16_is_as_close_to_fp32_as_peft_under_autocast(tiny_model_dir):

@@ -48,6 +48,8 @@ FP32_VENDORS = ("AuthenticAMD", "HygonGenuine")
 
 # Modules whose forward multiplies with a packed weight inside a `packed_linears` block.
 _packed_now: weakref.WeakSet = weakref.WeakSet()
+# Frozen fp32 weights packed both ways inside a `packed_for_training` block: id -> (weight, its version, W, W^T).
+_training_pairs: dict[int, tuple[torch.Tensor, int, torch.Tensor, torch.Tensor]] = {}
 
 
 @functools.cache
@@ -159,3 +161,36 @@ def packed_linears(model: nn.Module):
         finally:
             for m in modules:
                 _packed_now.discard(m)
+
+
+def _fits(weights: list[torch.Tensor], copies: int) -> bool:
+    need = copies * sum(w.numel() * w.element_size() for w in weights)
+    return need <= MEMORY_SHARE * psutil.virtual_memory().available
+
+
+@contextlib.contextmanager
+def packed_for_training(weights: list[torch.Tensor]):
+    """Inside the block each of `weights` that is a frozen fp32 CPU matrix (out, in) has packed copies for
+    x @ W^T and g @ W (`training_pair`), where fp32 packing pays (AMD CPUs): the products of a frozen base that a
+    LoRA step runs forward and backward. Two more copies of those weights while the block runs."""
+    eligible = [w for w in weights if w.dtype == torch.float32 and w.device.type == "cpu" and w.dim() == 2
+                and not w.requires_grad] if fp32_packing_pays() else []
+    if not _fits(eligible, 2):
+        eligible = []
+    with torch.no_grad():
+        pairs = {id(w): (w, w._version, pack(w), pack(w.t().contiguous())) for w in eligible}
+    _training_pairs.update(pairs)
+    try:
+        yield len(pairs)
+    finally:
+        for key in pairs:
+            _training_pairs.pop(key, None)
+
+
+def training_pair(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """(packed W, packed W^T) of `weight` inside a `packed_for_training` block, None where it has none or it changed
+    in place since it was packed (a method that updates the frozen base, as Delta-LoRA does)."""
+    entry = _training_pairs.get(id(weight))
+    if entry is None or entry[0] is not weight or weight._version != entry[1] or weight.dtype != torch.float32:
+        return None
+    return entry[2], entry[3]

@@ -15,7 +15,9 @@ than the rank-16 matrix products themselves (bf16 step: dtype copies alone were 
                dx = g W + gh A                 one addmm
 
 where s = alpha / r. It computes in autocast's dtype when autocast is on (as peft's layers do,
-whose matmuls autocast casts to bf16 anyway), else in x's dtype; A and B keep fp32 gradients.
+whose matmuls autocast casts to bf16 anyway), else in x's dtype; A and B keep fp32 gradients. In fp32 on
+AMD CPUs the two products with the frozen W (x W^T, g W) use copies of W packed for oneDNN, twice MKL's
+speed there (models/packed_linear.py).
 `fused_lora(model)` routes each eligible peft layer through it for the length of a block; a layer
 in any other state (adapters disabled or merged, several adapters active, DoRA or another variant,
 dropout on, a bias on lora_B, a mixed-adapter batch, a base that is not a plain nn.Linear) keeps peft's
@@ -30,6 +32,7 @@ import types
 import torch
 from torch import nn
 
+from tunesmith.models import packed_linear
 from tunesmith.models.forward_swap import forwards_replaced
 
 
@@ -42,9 +45,14 @@ class LoRALinearFunction(torch.autograd.Function):
         a = lora_a.to(dtype)                                   # (r, in)
         sb = (lora_b * scaling).to(dtype)                      # (out, r)
         h = x2 @ a.t()                                         # (n, r)
-        y = x2 @ w.t() if bias is None else torch.addmm(bias.to(dtype), x2, w.t())   # (n, out)
+        pair = packed_linear.training_pair(weight) if dtype == torch.float32 else None
+        if pair is not None:
+            y = packed_linear.packed_matmul(x2, pair[0], None if bias is None else bias.to(dtype))   # (n, out)
+        else:
+            y = x2 @ w.t() if bias is None else torch.addmm(bias.to(dtype), x2, w.t())   # (n, out)
         y.addmm_(h, sb.t())
         ctx.save_for_backward(x2, h, w, a, sb)
+        ctx.packed_wt = pair[1] if pair is not None else None
         ctx.scaling, ctx.x_dtype = scaling, x.dtype
         ctx.lora_dtypes = (lora_a.dtype, lora_b.dtype)
         return y.view(*shape[:-1], y.shape[-1])
@@ -56,7 +64,8 @@ class LoRALinearFunction(torch.autograd.Function):
         gh = g @ sb                                            # (n, r)
         grad_x = grad_a = grad_b = None
         if ctx.needs_input_grad[0]:
-            gx = (g @ w).addmm_(gh, a)                         # (n, in)
+            gw = g @ w if ctx.packed_wt is None else packed_linear.packed_matmul(g, ctx.packed_wt)
+            gx = gw.addmm_(gh, a)                              # (n, in)
             grad_x = gx.view(*grad.shape[:-1], gx.shape[-1]).to(ctx.x_dtype)
         if ctx.needs_input_grad[3]:
             grad_a = (gh.t() @ x2).to(ctx.lora_dtypes[0])     # (r, in)
@@ -101,12 +110,14 @@ def _eligible(module) -> bool:
 
 @contextlib.contextmanager
 def fused_lora(model: nn.Module):
-    """Inside the block, plain LoRA linear layers of `model` compute through `LoRALinearFunction`."""
+    """Inside the block, plain LoRA linear layers of `model` compute through `LoRALinearFunction` (their frozen
+    fp32 base weights packed where that pays)."""
     patched = [m for m in model.modules() if _eligible(m)]
     for m in patched:
         m._peft_forward = m.forward
     try:
-        with forwards_replaced([(m, types.MethodType(_forward, m)) for m in patched]):
+        with forwards_replaced([(m, types.MethodType(_forward, m)) for m in patched]), \
+                packed_linear.packed_for_training([m.base_layer.weight for m in patched]):
             yield len(patched)
     finally:
         for m in patched:

@@ -61,13 +61,31 @@ def frozen_linears_in(model: torch.nn.Module, dtype: torch.dtype | None, restore
 
 
 @contextlib.contextmanager
+def frozen(model: torch.nn.Module, restore: bool = True):
+    """Every parameter of `model` frozen inside the block. For blocks of no-grad passes only: a model loaded
+    for evaluation, judging or serving has requires_grad on, and the blocks below leave any weight that
+    trains as it is (not cast, not packed), so such a model would run without them."""
+    thawed = [p for p in model.parameters() if p.requires_grad]
+    for p in thawed:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        if restore:
+            for p in thawed:
+                p.requires_grad_(True)
+
+
+@contextlib.contextmanager
 def weights_held(model: torch.nn.Module, precision: str, restore: bool = True):
-    """The weights' side of `inference_precision`, without autocast (which belongs to one thread): at "bf16"
-    the frozen linear weights held in bf16; frozen bf16 weights (these, or a model loaded in bf16) multiply
-    pre-packed where the CPU allows it (models/packed_linear.py: faster, the same outputs on one thread).
+    """The weights' side of `inference_precision`, without autocast (which belongs to one thread), for no-grad
+    passes (the parameters are frozen for the block): at "bf16" the linear weights held in bf16; bf16 weights
+    (these, or a model loaded in bf16) and, on AMD CPUs, fp32 ones multiply pre-packed where the CPU allows it
+    (models/packed_linear.py: faster; bf16 the same outputs on one thread, fp32 within rounding).
     The serving engine's fallback models (private copies of the base) are held this way for as long as they
     are loaded, with restore=False: their fp32 linear weights are dropped, not kept beside the bf16 ones."""
-    with frozen_linears_in(model, torch.bfloat16 if precision == "bf16" else None, restore), packed_linears(model):
+    with frozen(model, restore), frozen_linears_in(model, torch.bfloat16 if precision == "bf16" else None, restore), \
+            packed_linears(model):
         yield
 
 
