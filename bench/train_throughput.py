@@ -44,6 +44,7 @@ model's to four decimals and the loss comparison says nothing.
 from __future__ import annotations
 
 import argparse
+import functools
 import inspect
 import json
 import os
@@ -263,16 +264,29 @@ def _sync() -> None:
 
 
 def _timed_gflops(pairs: list[tuple[torch.Tensor, torch.Tensor]], reps: int) -> float:
-    for a, b in pairs:
-        a @ b
+    """GFLOP/s of the products a @ b, the better of PyTorch's own product and, on a CPU, oneDNN's with b packed
+    once (models/packed_linear.py: on AMD CPUs MKL's fp32 sgemm, PyTorch's product, runs at half oneDNN's speed,
+    so a peak from it alone would flatter every MFU)."""
     flops = sum(2 * a.shape[0] * a.shape[1] * b.shape[1] for a, b in pairs) * reps
-    _sync()
-    t0 = time.perf_counter()
-    for _ in range(reps):
-        for a, b in pairs:
-            a @ b
-    _sync()
-    return flops / (time.perf_counter() - t0) / 1e9
+    products = [[functools.partial(torch.matmul, a, b) for a, b in pairs]]
+    if DEVICE == "cpu":
+        from tunesmith.models import packed_linear
+
+        if packed_linear._ops_available():
+            products.append([functools.partial(packed_linear.packed_matmul, a, packed_linear.pack(b.t().contiguous()))
+                             for a, b in pairs])
+    best = 0.0
+    for calls in products:
+        for call in calls:
+            call()
+        _sync()
+        t0 = time.perf_counter()
+        for _ in range(reps):
+            for call in calls:
+                call()
+        _sync()
+        best = max(best, flops / (time.perf_counter() - t0) / 1e9)
+    return best
 
 
 def matmul_peak_gflops(size: int = PEAK_SIZE, reps: int = 10, dtype=torch.bfloat16) -> float:
