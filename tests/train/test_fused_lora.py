@@ -76,6 +76,37 @@ def test_fp32_with_the_frozen_base_packed_equals_peft(tiny_model_dir, monkeypatc
     assert packed_linear._training_pairs == {}
 
 
+@pytest.mark.skipif(not packed_linear._ops_available(), reason="this torch has no oneDNN packed linear")
+def test_with_the_base_packed_adapters_off_equal_a_fresh_adapter_bit_for_bit(tiny_model_dir, monkeypatch):
+    """DPO's step 0: the reference (adapters off) and a fresh policy (B = 0) must agree exactly, so the adapter-off
+    pass multiplies by the same packed copies, gradient included."""
+    from tunesmith.models.adapters import adapters_off
+
+    monkeypatch.setattr(packed_linear, "fp32_packing_pays", lambda: True)
+    used = []
+    real = packed_linear.packed_matmul
+    monkeypatch.setattr(packed_linear, "packed_matmul", lambda x, *rest: used.append(x.shape) or real(x, *rest))
+    model = _lora_model(tiny_model_dir)
+    for name, p in model.named_parameters():
+        if "lora_B" in name:
+            torch.nn.init.zeros_(p)
+    ids, _, _ = _batch()
+    with fused_lora(model) as patched:
+        policy = model(ids).logits
+        calls = len(used)
+        embeddings = model.get_input_embeddings()
+        with adapters_off(model):
+            hidden = embeddings(ids).detach().requires_grad_()
+            reference = model(inputs_embeds=hidden).logits
+        reference.sum().backward()
+    assert calls == patched == 14 and len(used) >= calls + patched + 1   # forward both ways, and a backward
+    assert torch.equal(policy, reference)
+    assert hidden.grad is not None and hidden.grad.abs().sum() > 0
+    with adapters_off(model):
+        plain = model(ids).logits
+    assert (plain - reference).abs().max() <= 1e-5 * plain.abs().max()
+
+
 def test_only_frozen_fp32_weights_unchanged_since_packing_are_used_packed(monkeypatch):
     monkeypatch.setattr(packed_linear, "fp32_packing_pays", lambda: True)
     frozen, trained, half = torch.randn(8, 6), torch.randn(8, 6, requires_grad=True), torch.randn(8, 6).bfloat16()

@@ -74,6 +74,38 @@ class LoRALinearFunction(torch.autograd.Function):
         return grad_x, None, None, grad_a, grad_b, None, None
 
 
+class FrozenLinearFunction(torch.autograd.Function):
+    """x W^T (+ b) for a frozen W through its packed copies (packed_linear.training_pair): an adapted layer with
+    its adapters off, as DPO's reference runs it. The same product as LoRALinearFunction's base term, so at step 0
+    (B = 0) the policy and the reference agree bit for bit, as they do through MKL elsewhere."""
+
+    @staticmethod
+    def forward(ctx, x, bias, packed_w, packed_wt):
+        shape = x.shape
+        ctx.packed_wt = packed_wt
+        y = packed_linear.packed_matmul(x.reshape(-1, shape[-1]), packed_w, bias)     # (n, out)
+        return y.view(*shape[:-1], y.shape[-1])
+
+    @staticmethod
+    def backward(ctx, grad):
+        g = grad.reshape(-1, grad.shape[-1])                                          # (n, out)
+        gx = packed_linear.packed_matmul(g.contiguous(), ctx.packed_wt)               # (n, in)
+        return gx.view(*grad.shape[:-1], gx.shape[-1]), None, None, None
+
+
+def _packed_base_only(layer, x, args, kwargs) -> torch.Tensor | None:
+    """The base product of a layer whose adapters are off, through the packed copies where the layer's fused
+    forward would use them (fp32, no autocast); None otherwise."""
+    if args or kwargs or not layer.disable_adapters or layer.merged or x.dtype != torch.float32 \
+            or torch.is_autocast_enabled(x.device.type):
+        return None
+    base = layer.base_layer
+    pair = packed_linear.training_pair(base.weight)
+    if pair is None or (base.bias is not None and base.bias.dtype != torch.float32):
+        return None
+    return FrozenLinearFunction.apply(x, base.bias, *pair)
+
+
 def _fusable(layer, x, kwargs) -> str | None:
     """The active adapter's name when `layer` is in the plain state the function computes, else None."""
     if kwargs or layer.disable_adapters or layer.merged or len(layer.active_adapters) != 1:
@@ -92,7 +124,8 @@ def _fusable(layer, x, kwargs) -> str | None:
 def _forward(self, x, *args, **kwargs):
     name = _fusable(self, x, kwargs) if not args else None
     if name is None:
-        return self._peft_forward(x, *args, **kwargs)
+        off = _packed_base_only(self, x, args, kwargs)
+        return self._peft_forward(x, *args, **kwargs) if off is None else off
     base = self.base_layer
     device = x.device.type
     dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else x.dtype
