@@ -15,7 +15,7 @@ fp32: PyTorch multiplies fp32 through MKL's sgemm, which runs its best kernels o
 from 512 rows up, with AVX-512 or AVX2 kernels alike, where oneDNN's packed fp32 product ran at 290-480 and
 ~510 (the vocabulary projection at 54 rows: 30.6 ms -> 7.6 ms); with oneDNN held to AVX2 it still ran
 1.2-1.9x MKL's speed at 16-512 rows. A quickstart evaluation's generation (fp32, greedy, 180 replies) took
-29.8 -> 18.1 s (23.4 s with AVX2 kernels only, from 29.0), every reply token for token the same. The sums
+29.8 -> 17.0 s (a first version: 23.4 s with AVX2 kernels only, from 29.0), every reply token for token the same. The sums
 run in another order, so logits differ in the last bits (the tests bound it). On Intel CPUs a previous
 measurement found packed fp32 faster at some row counts and slower at others with AVX2 kernels, so fp32
 is packed on AMD (and Hygon) CPUs only, where MKL's sgemm is what is slow.
