@@ -143,14 +143,19 @@ def _packed_forward(module: nn.Linear, packed: torch.Tensor, x: torch.Tensor) ->
     return packed_matmul(xp, packed, module.bias)
 
 
+def _fits(weights: list[torch.Tensor], copies: int) -> bool:
+    """Whether `copies` packed copies of `weights` take at most MEMORY_SHARE of the memory available now."""
+    need = copies * sum(w.numel() * w.element_size() for w in weights)
+    return need <= MEMORY_SHARE * psutil.virtual_memory().available
+
+
 @contextlib.contextmanager
 def packed_linears(model: nn.Module):
     """Inside the block, every frozen nn.Linear of `model` on CPU whose dtype `packs` multiplies with a pre-packed
     copy of its weight (bf16: the same outputs, bit for bit on one thread; fp32: within rounding); outside it,
     the module is as it was."""
     modules = [m for m in model.modules() if _packable(m) and "forward" not in m.__dict__]
-    weight_bytes = sum(m.weight.numel() * m.weight.element_size() for m in modules)
-    if weight_bytes > MEMORY_SHARE * psutil.virtual_memory().available:
+    if not _fits([m.weight for m in modules], 1):
         modules = []
     with torch.no_grad():
         copies = {id(m): pack(m.weight) for m in modules}
@@ -161,11 +166,6 @@ def packed_linears(model: nn.Module):
         finally:
             for m in modules:
                 _packed_now.discard(m)
-
-
-def _fits(weights: list[torch.Tensor], copies: int) -> bool:
-    need = copies * sum(w.numel() * w.element_size() for w in weights)
-    return need <= MEMORY_SHARE * psutil.virtual_memory().available
 
 
 @contextlib.contextmanager
