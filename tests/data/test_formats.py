@@ -160,3 +160,24 @@ def test_damaged_containers_point_at_the_line(tmp_path):
     empty_array = tmp_path / "e.json"
     empty_array.write_text("[]", encoding="utf-8")
     assert [str(e) for e in read_samples(empty_array).errors] == [f"{empty_array}:1: (file): no records: the file is empty"]
+
+
+@pytest.mark.parametrize("container", [".jsonl", ".json", ".csv"])
+def test_a_leading_byte_order_mark_is_read_past(tmp_path, container):
+    """Windows editors (Notepad, Excel's "CSV UTF-8") start files with a UTF-8 BOM; the records and their
+    line numbers must be those of the same file without it."""
+    records, messages = RECORDS["prompt_completion"]
+    plain = _write(tmp_path / f"plain{container}", records + [{"prompt": "Q3", "completion": ""}])
+    marked = tmp_path / f"marked{container}"
+    marked.write_bytes(b"\xef\xbb\xbf" + plain.read_bytes())
+    want, got = read_samples(plain), read_samples(marked)
+    assert [s.messages for s in got.samples] == messages
+    assert [s.source.replace("marked", "plain") for s in got.samples] == [s.source for s in want.samples]
+    assert [str(e).replace("marked", "plain") for e in got.errors] == [str(e) for e in want.errors]
+    assert len(got.errors) == 1
+
+
+def test_a_byte_order_mark_on_a_text_document(tmp_path):
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "docs" / "a.txt").write_bytes(b"\xef\xbb\xbfFirst line")
+    assert [s.text for s in load_samples(tmp_path / "docs")] == ["First line"]

@@ -76,6 +76,8 @@ def test_json_schema_check(tmp_path):
     assert check(_candidate("q", '{"item": "lamp", "quantity": "two"}').record()) == "schema: quantity: type"
     assert check(_candidate("q", '{"item": "lamp"}').record()) == "schema: required"
     assert check(_candidate("q", "not json").record()) == "schema: the answer is not JSON"
+    path.write_bytes(b"\xef\xbb\xbf" + path.read_bytes())   # as Notepad saves it: the same schema
+    assert load_check(path)(_candidate("q", '{"item": "lamp"}').record()) == "schema: required"
 
 
 @pytest.mark.parametrize("text, message", [

@@ -53,7 +53,7 @@ def predictions_file(path: str | Path) -> Path:
 
 def _rows(file: Path) -> list[tuple[int, dict]]:
     rows = []
-    with open(file, encoding="utf-8") as fh:
+    with open(file, encoding="utf-8-sig") as fh:
         for line_no, line in enumerate(fh, 1):
             if not line.strip():
                 continue

@@ -60,7 +60,7 @@ def read_jsonl(path: Path) -> Iterator[tuple[Where, Record]]:
     with open(path, "rb") as fh:
         for line_no, raw in enumerate(fh, start=1):
             try:
-                text = raw.decode("utf-8")
+                text = raw.decode("utf-8-sig")
             except UnicodeDecodeError as exc:
                 yield line_no, _utf8_problem(exc)
                 continue
@@ -87,7 +87,7 @@ def read_json(path: Path) -> Iterator[tuple[Where, Record]]:
     gets the line it starts on, and the records before a syntax error still come out."""
     raw = path.read_bytes()
     try:
-        text = raw.decode("utf-8")
+        text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
         yield _line_of(raw, exc.start), ReadProblem("(file)", f"invalid UTF-8: byte 0x{raw[exc.start]:02x}; "
                                                               "re-save the file as UTF-8")
@@ -141,7 +141,7 @@ def _cell(value: str):
 @reader(".csv")
 def read_csv(path: Path) -> Iterator[tuple[Where, Record]]:
     # surrogateescape: a bad byte becomes a marker in its row instead of killing the whole read.
-    with open(path, newline="", encoding="utf-8", errors="surrogateescape") as fh:
+    with open(path, newline="", encoding="utf-8-sig", errors="surrogateescape") as fh:
         rows = csv.DictReader(fh)
         try:
             header = rows.fieldnames
@@ -225,7 +225,7 @@ def read_text_folder(path: Path) -> Iterator[tuple[Where, Record]]:
     for file in sorted(p for p in path.rglob("*") if p.suffix.lower() in TEXT_SUFFIXES and p.is_file()):
         raw = file.read_bytes()
         try:
-            text = raw.decode("utf-8")
+            text = raw.decode("utf-8-sig")
         except UnicodeDecodeError as exc:
             yield Loc(str(file), _line_of(raw, exc.start)), ReadProblem("(file)", f"invalid UTF-8: byte 0x{raw[exc.start]:02x}; "
                                                                                   "re-save the file as UTF-8")

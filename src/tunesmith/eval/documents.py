@@ -23,7 +23,7 @@ class Passage:
 
 def _read_text(path: Path) -> list[tuple[str, str]]:
     try:
-        return [(str(path), path.read_text(encoding="utf-8"))]
+        return [(str(path), path.read_text(encoding="utf-8-sig"))]
     except UnicodeDecodeError as exc:
         raise UserError(f"{path}: not UTF-8 text (byte {exc.start})", hint="save the file as UTF-8 or remove it") from None
 

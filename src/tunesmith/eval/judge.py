@@ -39,7 +39,7 @@ def load_prompt(path: str | Path | None = None) -> str:
     path = Path(path) if path else DEFAULT_PROMPT
     if not path.is_file():
         raise ConfigError(f"judge prompt file not found: {path}", hint=f"copy {DEFAULT_PROMPT} and edit it")
-    text = path.read_text(encoding="utf-8")
+    text = path.read_text(encoding="utf-8-sig")
     missing = [f for f in ("answer_a", "answer_b") if "{" + f + "}" not in text]
     if missing:
         raise ConfigError(f"judge prompt {path}: missing placeholder(s) {', '.join('{' + m + '}' for m in missing)}",

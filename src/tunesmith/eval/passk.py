@@ -58,7 +58,7 @@ def load_code_tasks(path: str | Path) -> list[CodeTask]:
     if not path.is_file():
         raise DataError(f"code task file not found: {path}", hint="pass a JSONL file with prompt and test fields")
     tasks = []
-    for line_no, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+    for line_no, line in enumerate(path.read_text(encoding="utf-8-sig").splitlines(), 1):
         if not line.strip():
             continue
         try:

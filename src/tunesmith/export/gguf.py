@@ -92,7 +92,7 @@ def export_gguf(model: str | None, out_dir: str | Path, quants: str | list[Quant
         path = Path(verify_text)
         if not path.is_file():
             raise UserError(f"--verify-text: {path} does not exist", hint="pass a UTF-8 text file")
-        text, source = path.read_text(encoding="utf-8"), f"--verify-text {path}"
+        text, source = path.read_text(encoding="utf-8-sig"), f"--verify-text {path}"
     src = load_source(model, adapter, lora_gguf)
     # Tokenized now, so a text too short to measure fails before minutes of writing and quantizing.
     inputs = build_inputs(src.tokenizer, n_prompts=verify_prompts, new_tokens=verify_tokens, text=text,

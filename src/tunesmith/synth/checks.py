@@ -26,7 +26,7 @@ def _schema_check(path: Path) -> Check:
         raise UserError(f"--check {path}: JSON Schema checks need the jsonschema package",
                         hint="pip install jsonschema (or 'tunesmith[all]')") from None
     try:
-        schema = json.loads(path.read_text(encoding="utf-8"))
+        schema = json.loads(path.read_text(encoding="utf-8-sig"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise UserError(f"--check {path}: not JSON ({exc})", hint="give a JSON Schema file (.json) or a Python file defining check(example)") from None
     if not isinstance(schema, (dict, bool)):

@@ -185,7 +185,7 @@ def load_rubric(path: str | Path | None = None) -> str:
     path = Path(path) if path else JUDGE_PROMPT
     if not path.is_file():
         raise UserError(f"--judge-prompt {path}: file not found", hint=f"copy {JUDGE_PROMPT} and edit it")
-    text = path.read_text(encoding="utf-8")
+    text = path.read_text(encoding="utf-8-sig")
     try:
         text.format(question="", answer="")
     except (KeyError, IndexError, ValueError) as exc:

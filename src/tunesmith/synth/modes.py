@@ -82,7 +82,7 @@ def load_template(mode_cls: type[Mode], path: str | Path | None, opts=None) -> s
     path = Path(path) if path else ASSETS / shipped
     if not path.is_file():
         raise UserError(f"--prompt {path}: file not found", hint=f"copy {ASSETS / shipped} and edit it")
-    text = path.read_text(encoding="utf-8")
+    text = path.read_text(encoding="utf-8-sig")
     try:
         text.format(**{f: "" for f in mode_cls.fields})
     except (KeyError, IndexError, ValueError) as exc:
