@@ -27,7 +27,8 @@ after `make demo`); without it an untrained LoRA (r 16, every linear layer) stan
 the same per token and answers as the base does. Both must give the same tokens (checked).
 
 `--llama` times batch-1 decoding of the default model against llama.cpp (llama-cpp-python) on its f16
-GGUF (exported by `tunesmith export gguf`), the same zero-shot prompts one at a time, interleaved,
+GGUF (exported by `tunesmith export gguf`), in fp32 and, on CPUs with native bf16, in bf16 (what `serve` and
+`eval` run there by default), the same zero-shot prompts one at a time, interleaved,
 greedy, each tool to its own end-of-reply; tokens/s include each request's prefill. llama.cpp keeps
 the previous prompt's keys and values and prefills only where the next prompt differs; `served-b1`
 does the same through the engine's prompt cache, `engine-b1` (a fresh engine per prompt) does not.
@@ -106,12 +107,12 @@ class ServingEngine:
     """One engine kept across requests, with a prompt cache, as `tunesmith serve` runs them: a prompt that
     starts as an earlier one did prefills only the rest (llama.cpp keeps its last prompt the same way)."""
 
-    def __init__(self, model, tokenizer, lookup: int = 0):
+    def __init__(self, model, tokenizer, lookup: int = 0, precision: str = "fp32"):
         from tunesmith.generation import Engine, PromptLookup, stop_token_ids
         from tunesmith.generation.prompt_cache import PromptCache
 
         self.tokenizer = tokenizer
-        self.engine = Engine(model, tokenizer, None, stop_token_ids(tokenizer), max_batch=1,
+        self.engine = Engine(model, tokenizer, None, stop_token_ids(tokenizer), max_batch=1, precision=precision,
                              lookup=PromptLookup(max_draft=lookup) if lookup else None, prompt_cache=PromptCache(256 << 20))
 
     def __call__(self, convs, new: int) -> list[list[int]]:
@@ -206,6 +207,7 @@ def llama_compare(model, tokenizer, convs, new: int) -> tuple[dict, float]:
     from tunesmith.data.tokenize import prompt_ids
     from tunesmith.export.gguf import export_gguf
     from tunesmith.generation import generate_tokens, stop_token_ids
+    from tunesmith.models.packed_linear import packing_available
 
     folder = OUT / "gguf-default"
     found = sorted(folder.glob("*-f16.gguf"))
@@ -225,11 +227,15 @@ def llama_compare(model, tokenizer, convs, new: int) -> tuple[dict, float]:
 
     llama_reply(prompt_ids(tokenizer, convs[0])[:8])
     served = ServingEngine(model, tokenizer)
+    modes = [("engine-b1 fp32", lambda c: generate_tokens(model, tokenizer, [c], max_new_tokens=new, batch_size=1)[0]),
+             ("served-b1 fp32", lambda c: served([c], new)[0])]
+    if packing_available():     # native bf16: what `tunesmith serve` (--dtype auto) and `eval` run on this CPU
+        served_bf16 = ServingEngine(model, tokenizer, precision="bf16")
+        modes.append(("served-b1 bf16", lambda c: served_bf16([c], new)[0]))
+    modes.append(("llama.cpp f16", lambda c: llama_reply(prompt_ids(tokenizer, c))))
     seconds, replies = collections.defaultdict(list), collections.defaultdict(list)
     for conv in convs:
-        for name, fn in (("engine-b1 fp32", lambda c: generate_tokens(model, tokenizer, [c], max_new_tokens=new, batch_size=1)[0]),
-                         ("served-b1 fp32", lambda c: served([c], new)[0]),
-                         ("llama.cpp f16", lambda c: llama_reply(prompt_ids(tokenizer, c)))):
+        for name, fn in modes:
             out, dt = timed(fn, conv)
             seconds[name].append(dt)
             replies[name].append(out)

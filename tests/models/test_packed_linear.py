@@ -41,14 +41,14 @@ def one_thread():
 
 @pytest.fixture
 def counted(monkeypatch):
+    """The input shape of every call of a packed linear's forward, a lone one or a sibling."""
     calls = []
-    real = packed_linear._packed_forward
+    for name in ("_packed_forward", "_sibling_forward"):
+        def spy(owner, index_or_packed, x, real=getattr(packed_linear, name)):
+            calls.append(tuple(x.shape))
+            return real(owner, index_or_packed, x)
 
-    def spy(module, packed, x):
-        calls.append(tuple(x.shape))
-        return real(module, packed, x)
-
-    monkeypatch.setattr(packed_linear, "_packed_forward", spy)
+        monkeypatch.setattr(packed_linear, name, spy)
     return calls
 
 
@@ -171,7 +171,8 @@ def test_decide_measures_requests_with_the_weights_packed_once(model, tokenizer,
     convs = [[{"role": "user", "content": f"Count to {i}."}] for i in range(3)]
     out = measure_requests(model, tokenizer, convs, max_new_tokens=4, precision="bf16")
     assert out["requests"] == 3 and out["completion_tokens_per_request"] > 0
-    assert len(packs) == len(linears(model))          # once each, not once per request (4 calls with the warm-up)
+    # Once each, not once per request (4 calls with the warm-up); q/k/v and gate/up as one copy per group.
+    assert len(packs) == len(linears(model)) - 3 * model.config.num_hidden_layers
     assert all(m.weight.dtype == torch.float32 and "forward" not in m.__dict__ for m in linears(model))
 
 
@@ -237,3 +238,79 @@ def test_fp32_is_packed_on_amd_and_hygon_cpus_only(monkeypatch):
     finally:
         packed_linear.fp32_packing_pays.cache_clear()
     assert not packed_linear.packs(torch.float16)
+
+
+def _unfused(monkeypatch):
+    monkeypatch.setattr(packed_linear, "SIBLINGS", ())
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp32"])
+@pytest.mark.parametrize("rows", [1, 16])
+def test_siblings_run_as_one_product_with_the_same_logits(model, precision, rows, monkeypatch):
+    """q/k/v and gate/up: one packed product per group per layer, every logit bit for bit what the separate
+    packed products give."""
+    if precision == "bf16" and not packing_available():
+        pytest.skip("this CPU's oneDNN has no native bf16 (AVX2 only): nothing is packed")
+    if precision == "fp32":
+        if not packed_linear._ops_available():
+            pytest.skip("this torch has no oneDNN packed linear")
+        monkeypatch.setattr(packed_linear, "fp32_packing_pays", lambda: True)
+    products = []
+    real = packed_linear.packed_matmul
+    monkeypatch.setattr(packed_linear, "packed_matmul", lambda x, p, b=None: products.append(p.shape) or real(x, p, b))
+    ids = torch.randint(5, 1000, (rows, 7))
+
+    def logits():
+        products.clear()
+        with torch.no_grad(), inference_precision(model, precision):
+            return model(ids).logits
+
+    fused = logits()
+    layers = model.config.num_hidden_layers
+    assert len(products) == 4 * layers + 1                 # (q k v), o, (gate up), down; the head
+    cfg = model.config
+    width = (cfg.num_attention_heads + 2 * cfg.num_key_value_heads) * (cfg.hidden_size // cfg.num_attention_heads)
+    assert products.count(torch.Size([width, cfg.hidden_size])) == layers
+    _unfused(monkeypatch)
+    separate = logits()
+    assert len(products) == 7 * layers + 1
+    assert torch.equal(fused, separate)
+
+
+@needs_ops
+def test_a_sibling_called_on_its_own_input_gets_its_own_product(model, fp32_packing):
+    attn = model.model.layers[0].self_attn
+    x, other = torch.randn(2, 3, attn.q_proj.in_features), torch.randn(2, 3, attn.q_proj.in_features)
+    want = {n: getattr(attn, n)(x) for n in ("q_proj", "k_proj", "v_proj")}
+    with torch.no_grad(), packed_linears(model):
+        assert torch.allclose(attn.q_proj(x), want["q_proj"], atol=1e-5)
+        assert torch.allclose(attn.k_proj(other), torch.nn.functional.linear(other, attn.k_proj.weight), atol=1e-5)
+        assert torch.allclose(attn.k_proj(x), want["k_proj"], atol=1e-5)   # x again: q's product is not reused
+        x.add_(1.0)                                                          # changed in place since q read it
+        assert torch.allclose(attn.v_proj(x), torch.nn.functional.linear(x, attn.v_proj.weight), atol=1e-5)
+        assert attn.v_proj(x).shape == (2, 3, attn.v_proj.out_features)
+
+
+@needs_ops
+def test_siblings_inside_peft_lora_layers_are_fused_too(model, fp32_packing, monkeypatch):
+    """A LoRA model's q/k/v are peft layers around the frozen linears: those are packed side by side, and the
+    adapter's logits are what the separate products give (to rounding: fp32)."""
+    from peft import LoraConfig, get_peft_model
+
+    torch.manual_seed(0)
+    lora = get_peft_model(model, LoraConfig(r=4, target_modules=["q_proj", "v_proj", "up_proj"], init_lora_weights=False))
+    lora.eval()
+    groups = packed_linear._sibling_groups(lora, [m for m in lora.modules() if type(m) is torch.nn.Linear])
+    assert len(groups) == 2 * model.config.num_hidden_layers
+    ids = torch.randint(5, 1000, (2, 9))
+
+    def logits():
+        with torch.no_grad(), inference_precision(lora, "fp32"):
+            return lora(ids).logits
+
+    fused = logits()
+    _unfused(monkeypatch)
+    assert torch.equal(fused, logits())
+    with torch.no_grad(), lora.disable_adapter():
+        base = lora(ids).logits
+    assert (fused - base).abs().max() > 1e-3                # the adapters do act on the fused siblings' outputs

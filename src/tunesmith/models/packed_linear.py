@@ -24,12 +24,22 @@ Inductor does the same when it freezes a CPU graph (`mkldnn._reorder_linear_weig
 this applies it to the eager model, so generation keeps its dynamic shapes and no compilation. The packed
 copy costs one more copy of the weights while the block runs (270 MB in bf16, 540 MB in fp32 for the default
 model), so it is skipped when that would take more than a quarter of the free memory.
+
+Sibling projections: a Llama-family attention multiplies one input by q, k and v in turn, an MLP by gate and up.
+Packed side by side as one weight, they run as one product (the first sibling's call) whose columns the others
+take: at one row a call's fixed cost is most of a small product's, so a decode step gains (2-core AMD EPYC,
+two threads, best of 5: q+k+v 41 -> 20 us in bf16 and 50 -> 30 in fp32 at 1 row, 59 -> 36 / 82 -> 56 at 16
+rows, 1.03-1.08x at 300; gate+up 1.16-1.26x at 1 row, even from 64 rows), with every output bit for bit what
+the separate products give at each of those row counts. The siblings stay what they were to their callers
+(peft and serving LoRA layers wrapping them call them with the same input); a sibling called with another
+input than the first one's multiplies the whole fused weight for its own columns.
 """
 
 from __future__ import annotations
 
 import contextlib
 import functools
+import threading
 import weakref
 from pathlib import Path
 
@@ -42,6 +52,9 @@ from tunesmith.models.forward_swap import forwards_replaced
 # Packed copies may take at most this share of the memory available when the block starts.
 MEMORY_SHARE = 0.25
 
+
+# Child names of linears that read the same input one after another (Llama, Mistral, Qwen2, SmolLM2 ...).
+SIBLINGS = (("q_proj", "k_proj", "v_proj"), ("gate_proj", "up_proj"))
 
 # CPU makers whose fp32 products oneDNN runs faster than MKL's sgemm does (see above).
 FP32_VENDORS = ("AuthenticAMD", "HygonGenuine")
@@ -134,13 +147,71 @@ def _packable(module: nn.Module) -> bool:
             and (b is None or (b.dtype == w.dtype and not b.requires_grad)))
 
 
+def _packed_input(module: nn.Linear, x: torch.Tensor) -> torch.Tensor | None:
+    return bf16_input(x) if module.weight.dtype == torch.bfloat16 else fp32_input(x)
+
+
 def _packed_forward(module: nn.Linear, packed: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    xp = bf16_input(x) if module.weight.dtype == torch.bfloat16 else fp32_input(x)
+    xp = _packed_input(module, x)
     if xp is None:
         # A gradient is wanted (no autograd through the packed op), or an input F.linear itself must judge
         # (without autocast a non-bf16 input is the caller's mismatch, reported as it always was).
         return nn.functional.linear(x, module.weight, module.bias)
     return packed_matmul(xp, packed, module.bias)
+
+
+class Siblings:
+    """Linears that read one input in turn, packed side by side: one product, each sibling its columns of it."""
+
+    def __init__(self, members: list[nn.Linear]):
+        self.members = members
+        self.widths = [m.out_features for m in members]
+        with torch.no_grad():
+            self.packed = pack(torch.cat([m.weight for m in members]))
+            biases = [m.bias for m in members]
+            self.bias = None if biases[0] is None else torch.cat(biases).detach()
+        # The last product per thread: (input, its version, the siblings' columns). A thread's passes run one at
+        # a time, but two threads (a draft model's engine, a fallback) may run the same model.
+        self.last = threading.local()
+
+    def columns(self, index: int, x: torch.Tensor) -> torch.Tensor:
+        last = self.last
+        parts = getattr(last, "parts", None)
+        if parts is None or last.x is not x or last.version != x._version:
+            xp = _packed_input(self.members[index], x)
+            parts = packed_matmul(xp, self.packed, self.bias).split(self.widths, dim=-1)   # views, (..., out_i)
+            last.x, last.version, last.parts = x, x._version, parts
+        if index == len(self.members) - 1:
+            last.x = last.parts = None             # the input and its products are not held past the last sibling
+        return parts[index]
+
+
+def _sibling_forward(siblings: Siblings, index: int, x: torch.Tensor) -> torch.Tensor:
+    module = siblings.members[index]
+    if _packed_input(module, x) is None:
+        return nn.functional.linear(x, module.weight, module.bias)
+    return siblings.columns(index, x)
+
+
+def _wrapped_linear(module: nn.Module | None) -> nn.Module | None:
+    """The nn.Linear a child is, or wraps as peft's `base_layer` / the serving bank's `base`."""
+    while module is not None and type(module) is not nn.Linear:
+        inner = module._modules.get("base_layer")
+        module = inner if inner is not None else module._modules.get("base")
+    return module
+
+
+def _sibling_groups(model: nn.Module, packable: list[nn.Linear]) -> list[list[nn.Linear]]:
+    """Groups of SIBLINGS among `packable`, all of one dtype and input width, with biases all or none."""
+    allowed = {id(m) for m in packable}
+    groups = []
+    for parent in model.modules():
+        for names in SIBLINGS:
+            members = [_wrapped_linear(parent._modules.get(n)) for n in names]
+            if (all(m is not None and id(m) in allowed for m in members)
+                    and len({(m.weight.dtype, m.in_features, m.bias is None) for m in members}) == 1):
+                groups.append(members)
+    return groups
 
 
 def _fits(weights: list[torch.Tensor], copies: int) -> bool:
@@ -152,14 +223,20 @@ def _fits(weights: list[torch.Tensor], copies: int) -> bool:
 @contextlib.contextmanager
 def packed_linears(model: nn.Module):
     """Inside the block, every frozen nn.Linear of `model` on CPU whose dtype `packs` multiplies with a pre-packed
-    copy of its weight (bf16: the same outputs, bit for bit on one thread; fp32: within rounding); outside it,
-    the module is as it was."""
+    copy of its weight, siblings (SIBLINGS) with one copy of theirs side by side (bf16: the same outputs, bit
+    for bit on one thread; fp32: within rounding); outside it, the module is as it was."""
     modules = [m for m in model.modules() if _packable(m) and "forward" not in m.__dict__]
     if not _fits([m.weight for m in modules], 1):
         modules = []
+    forwards = {}
+    for group in _sibling_groups(model, modules):
+        siblings = Siblings(group)
+        forwards.update({id(m): functools.partial(_sibling_forward, siblings, i) for i, m in enumerate(group)})
     with torch.no_grad():
-        copies = {id(m): pack(m.weight) for m in modules}
-    with forwards_replaced([(m, functools.partial(_packed_forward, m, copies[id(m)])) for m in modules]):
+        for m in modules:
+            if id(m) not in forwards:
+                forwards[id(m)] = functools.partial(_packed_forward, m, pack(m.weight))
+    with forwards_replaced([(m, forwards[id(m)]) for m in modules]):
         _packed_now.update(modules)
         try:
             yield
