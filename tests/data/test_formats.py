@@ -130,7 +130,7 @@ def test_csv_multiline_cells_keep_line_numbers(tmp_path):
     path.write_text('prompt,completion\n"line1\nline2",x\nq,""\n', encoding="utf-8")
     result = read_samples(path)
     assert result.samples[0].messages[0]["content"] == "line1\nline2"
-    assert [str(e) for e in result.errors] == [f"{path}:4: completion: missing"]
+    assert [str(e) for e in result.errors] == [f"{path}:4: completion: empty"]    # a blank cell is a blank answer
 
 
 def test_unknown_format_and_forced_format(tmp_path):

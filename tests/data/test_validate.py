@@ -129,6 +129,23 @@ def test_empty_response_fails_validate_but_clean_removes_it(tmp_path, capsys):
     assert report["examples"]["empty_response"] == [{"source": f"{path}:2", "field": "messages[1].content"}]
 
 
+def test_blank_csv_cells_are_empty_answers_that_clean_removes(tmp_path, capsys):
+    """A spreadsheet's blank answer cell is an empty answer, on the first row too (the header names the format),
+    not a missing column; blank ids are no ids."""
+    path = tmp_path / "sheet.csv"
+    path.write_text("id,prompt,completion\r\n,q1,\r\n,q2,a2\r\n7,q3,a3\r\n,q4,  \r\n", encoding="utf-8")
+    code, out, err = run(["data", "validate", str(path)], capsys)
+    assert code == 1 and err.splitlines() == [f"{path}:2: completion: empty", f"{path}:5: completion: empty"]
+    assert f"{path}: format prompt_completion, 4 records, 2 valid, 2 errors" in out
+    code, _, _ = run(["data", "clean", str(path), "-o", str(tmp_path / "o.jsonl")], capsys)
+    assert code == 0
+    kept = [json.loads(x) for x in (tmp_path / "o.jsonl").read_text().splitlines()]
+    assert [r["messages"][0]["content"] for r in kept] == ["q2", "q3"]
+    assert [r.get("id") for r in kept] == [None, "7"]
+    report = json.loads((tmp_path / "o.report.json").read_text())
+    assert report["removed"]["empty_response"] == 2 and report["kept"] == 2
+
+
 def test_undetectable_first_record_does_not_hide_the_rest(tmp_path, capsys):
     path = tmp_path / "late.jsonl"
     path.write_bytes(_lines([

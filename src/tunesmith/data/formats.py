@@ -89,7 +89,7 @@ def _text(record: dict, key: str, *, required: bool = True, allow_empty: bool = 
 
 def _id(record: dict) -> str | None:
     value = record.get("id")
-    return None if value is None else str(value)
+    return None if value is None or value == "" else str(value)     # a blank id (CSV cell) is no id
 
 
 def check_conversation(messages: list[dict], field: str = "messages") -> None:
@@ -147,6 +147,8 @@ class Messages(Format):
         """A list of messages as [{"role", "content"}], each field named `field[i].key` in problems."""
         if raw is None:
             raise FieldProblem(field, "missing")
+        if isinstance(raw, str) and not raw.strip():        # a blank CSV cell
+            raise FieldProblem(field, "empty conversation", empty=True)
         if not isinstance(raw, list):
             raise FieldProblem(field, f"expected a list of messages, got {type(raw).__name__}")
         messages = []

@@ -167,7 +167,9 @@ def read_csv(path: Path) -> Iterator[tuple[Where, Record]]:
             if bad:
                 yield start, ReadProblem(bad[0], "invalid UTF-8 byte; re-save the file as UTF-8")
             else:
-                yield start, {k: _cell(v) for k, v in row.items() if k is not None and v not in (None, "")}
+                # A blank cell is a blank value ("completion: empty", which `clean` removes), not a missing
+                # column; cells past a short row's end (None) are missing.
+                yield start, {k: _cell(v) for k, v in row.items() if k is not None and v is not None}
             start = rows.line_num + 1  # a quoted cell may span several lines
 
 
