@@ -4,7 +4,7 @@ Each entry names a message a dependency prints from its own internals (there is 
 update): peft reads transformers' deprecated `is_gradient_checkpointing` when it wraps a model,
 peft's own prefix-tuning forward passes `past_key_values`, bitsandbytes on AVX-512-bf16 CPUs looks
 for a kernel on the Hugging Face hub when imported (the CLI runs offline, so it only finds the cache
-empty, and says so twice). The CLI installs all of it once (`quiet_cli`); library code that triggers one
+empty, and says so twice), DeepSpeed announces on import that it found no GPU. The CLI installs all of it once (`quiet_cli`); library code that triggers one
 of them wraps the call in `foreign_warnings_ignored`.
 """
 
@@ -26,6 +26,8 @@ FOREIGN_WARNINGS = [
 FOREIGN_LOG_LINES = {
     "bitsandbytes.backends.cpu.ops": "Failed to load CPU gemm_4bit_forward from kernels-community",
     "kernels._internals.hf_hub": "Skipping publisher trust check for 'kernels-community/",
+    # DeepSpeed, imported by transformers / accelerate on a CPU-only machine, says it found no GPU.
+    "DeepSpeed": "Setting accelerator to CPU",
 }
 
 

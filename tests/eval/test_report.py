@@ -312,6 +312,27 @@ def test_cli_eval_raw_text_gives_perplexity_only(files, tiny_model_dir, tmp_path
     assert report["verdict"].startswith(f"tuned {word}")
 
 
+def test_cli_eval_of_an_adapter_folder_given_as_the_model(files, tiny_model_dir, tmp_path, capsys):
+    """`--model ADAPTER` alone: the adapter on the base its adapter_config.json records, the scores of
+    `--model BASE --adapter ADAPTER`."""
+    import shutil
+
+    common = ["--data", files["test"], "--baselines", "zero-shot", "--max-new-tokens", "4", "--no-regression", "--quiet"]
+    assert cli("eval", "--model", tiny_model_dir, "--adapter", files["adapter"], "-o", tmp_path / "a", *common) == 0
+    assert cli("eval", "--model", files["adapter"], "-o", tmp_path / "b", *common) == 0
+    a, b = (json.loads((tmp_path / d / "report.json").read_text()) for d in ("a", "b"))
+    assert a["systems"] == b["systems"] and set(b["systems"]) == {"base_zero_shot", "tuned"}
+    assert a["systems"]["tuned"] != a["systems"]["base_zero_shot"]
+    orphan = tmp_path / "orphan"
+    shutil.copytree(files["adapter"], orphan)
+    config = json.loads((orphan / "adapter_config.json").read_text())
+    (orphan / "adapter_config.json").write_text(json.dumps({**config, "base_model_name_or_path": None}))
+    capsys.readouterr()
+    assert cli("eval", "--model", orphan, "-o", tmp_path / "c", *common) == 2
+    err = capsys.readouterr().err
+    assert "does not record its base model" in err and f"--adapter {orphan}" in err and "Traceback" not in err
+
+
 @pytest.mark.parametrize("args,message", [
     (["--adapter", "{tmp}"], "no adapter_config.json"),
     (["--metrics", "blue"], "--metrics: unknown metric(s) blue"),

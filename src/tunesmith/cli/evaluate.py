@@ -28,9 +28,24 @@ _FLAGS = {
 }
 
 
+def _adapter_given_as_model(model: str, adapter: Path | None) -> tuple[str, Path | None]:
+    """`--model ADAPTER_FOLDER` alone means that adapter on the base it records (as peft's AutoPeftModel reads it)."""
+    folder = Path(model).expanduser()
+    if adapter is not None or not (folder / "adapter_config.json").is_file() or (folder / "config.json").is_file():
+        return model, adapter
+    from tunesmith.export.merge import adapter_base
+
+    base = adapter_base(folder)
+    if not base:
+        raise UserError(f"--model {model}: an adapter folder that does not record its base model",
+                        hint=f"pass --adapter {model} and the base model as --model")
+    return base, folder
+
+
 @app.command("eval")
 @options_from(EvalConfig, into="cfg", exclude=_NOT_FLAGS, flags=_FLAGS)
-def evaluate(model: str = typer.Option("default", "--model", help="base model (see model.base)"),
+def evaluate(model: str = typer.Option("default", "--model", help="base model (see model.base), or an adapter folder "
+                                                                  "alone: that adapter on the base it records"),
              adapter: Path | None = typer.Option(None, "--adapter", help="adapter folder to evaluate"),
              data: Path | None = typer.Option(None, "--data", help="held-out data file (chats for generation "
                                                  "metrics, preference pairs for preference accuracy too, raw text "
@@ -58,6 +73,7 @@ def evaluate(model: str = typer.Option("default", "--model", help="base model (s
     from tunesmith.models import load_model, load_tokenizer, resolve_base
     from tunesmith.train.trainer import resolve_precision
 
+    model, adapter = _adapter_given_as_model(model, adapter)
     check_metrics(cfg.metrics, key="--metrics")
     validate(cfg)  # unknown metrics, missing extras, bad judge: before minutes of model loading
     samples = load_samples(data) if data else []

@@ -193,5 +193,6 @@ def load_samples(path: str | Path, fmt: str = "auto", max_errors_shown: int = 10
         shown = "\n".join(f"  {e}" for e in errors[:max_errors_shown])
         more = f"\n  ... and {len(errors) - max_errors_shown} more" if len(errors) > max_errors_shown else ""
         raise DataError(f"{len(errors)} problem(s) in {path}:\n{shown}{more}",
-                        hint=f"run `tunesmith data validate {path}` for the full list")
+                        hint=f"run `tunesmith data validate {path}` for the full list; `tunesmith data clean {path} "
+                             "-o clean.jsonl` writes a copy without empty answers and duplicates")
     return result.samples
