@@ -233,7 +233,8 @@ class EvalConfig(Section):
     regression: bool = Field(True, description="score base vs tuned on the shipped general QA and text set to catch forgetting")
     regression_acc_drop: float = Field(0.05, ge=0.0, description="flag forgetting when general QA accuracy falls by more than this (absolute)")
     regression_ppl_rise: float = Field(0.10, ge=0.0, description="flag forgetting when general-text perplexity rises by more than this fraction")
-    regression_max_new_tokens: int = Field(16, gt=0, description="generation budget for the regression QA answers")
+    regression_max_new_tokens: int = Field(24, gt=0, description=(
+        "generation budget for the regression QA answers (room to restate the question, as small models do)"))
     overfit_gap: float = Field(0.5, ge=0.0, description="flag overfitting when validation loss exceeds train loss by more than this (nats)")
     code_tasks: str | None = Field(None, description="JSONL of code tasks (prompt, test, optional entry_point) for pass@k")
     code_samples: int = Field(5, gt=0, description="programs sampled per code task (n of pass@k)")

@@ -110,6 +110,21 @@ def test_the_general_set_shares_no_question_with_the_forgetting_probe():
     assert "Apache-2.0" in (ASSETS / "general" / "README.md").read_text()
 
 
+def test_the_forgetting_probe_is_what_its_script_writes():
+    """assets/regression/qa.jsonl comes from scripts/make_regression_probe.py: 150 questions, three phrasings,
+    one short answer each, the first 36 (ids qa-000 to qa-035) as they always were."""
+    import runpy
+
+    script = runpy.run_path(str(Path(__file__).resolve().parents[2] / "scripts" / "make_regression_probe.py"))
+    shipped = [json.loads(line) for line in (ASSETS / "regression" / "qa.jsonl").read_text(encoding="utf-8").splitlines()]
+    assert shipped == script["records"]() and len(shipped) == 150
+    prompts = [r["messages"][0]["content"] for r in shipped]
+    assert prompts[0] == "What is the capital of France? Answer in a few words." and shipped[35]["id"] == "qa-035"
+    assert sum(p.endswith(script["FEW_WORDS"]) for p in prompts) == 70
+    assert sum(p.startswith(script["FILL"]) for p in prompts) == 40
+    assert all(len(r["messages"][1]["content"].split()) <= 4 for r in shipped)
+
+
 def cli(argv, capsys):
     try:
         main(argv)

@@ -102,6 +102,8 @@ def evaluate(model: str = typer.Option("default", "--model", help="base model (s
     for flag in ("regression", "overfitting"):
         if result.report.get(flag, {}).get("flagged"):
             out.print(f"[bold yellow]{flag} flag:[/bold yellow] " + "; ".join(result.report[flag].get("reasons", [])))
+        for note in result.report.get(flag, {}).get("notes", []):
+            out.print(f"{flag} note: {note}")
     if "judge" in result.report:
         j = result.report["judge"]
         out.print(f"judge win rate vs {j['baseline']}: {j['win_rate']:.3f} "

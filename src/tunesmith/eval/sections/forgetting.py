@@ -48,5 +48,6 @@ class Forgetting(EvalSection):
                 f"{qa['difference']:+.3f} [{qa['difference_ci95'][0]:+.3f}, {qa['difference_ci95'][1]:+.3f}] |",
                 f"| general-text perplexity ({text['n_tokens']} tokens) | {text['base_perplexity']:.2f} | "
                 f"{text['tuned_perplexity']:.2f} | {text['relative_change']:+.1%} |", "",
-                f"Thresholds: accuracy drop > {r['thresholds']['acc_drop']}, perplexity rise > "
-                f"{r['thresholds']['ppl_rise']:.0%}. Result: {flag}."]
+                f"Thresholds: accuracy drop > {r['thresholds']['acc_drop']} with the interval below zero, perplexity "
+                f"rise > {r['thresholds']['ppl_rise']:.0%}. Result: {flag}."] + \
+            [f"Note: {n}." for n in r.get("notes", [])]
