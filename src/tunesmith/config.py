@@ -76,6 +76,9 @@ class MixSource(Section):
     weight: float | None = Field(None, gt=0, description=("share of the mix (weights are normalised to sum to 1); the first "
                                   "source is used whole and sets the mix's size, later ones repeat when short"))
     count: int | None = Field(None, ge=1, description="examples to take (repeated when the source has fewer)")
+    answers: Literal["as_written", "base"] = Field("as_written", description=(
+        "'base': each answer is rewritten by the base model being tuned, sampled before training (self-distillation; "
+        "on the quickstart it shrank the general-QA drop the written answers left, docs/data.md)"))
 
     @model_validator(mode="after")
     def _one_of(self):
@@ -123,7 +126,7 @@ class DataConfig(Section):
             if unknown:
                 guess = difflib.get_close_matches(unknown[0], list(MixSource.model_fields), n=1)
                 raise ValueError(f"source {i}: unknown key '{unknown[0]}'" + (f" (did you mean '{guess[0]}'?)" if guess else "")
-                                 + "; a source has path and weight or count")
+                                 + "; a source has path, weight or count, and answers")
             try:
                 sources.append(MixSource.model_validate(item))
             except ValidationError as exc:
@@ -133,6 +136,8 @@ class DataConfig(Section):
         weighted = [s.weight is not None for s in sources]
         if any(weighted) and not all(weighted):
             raise ValueError("give every source a weight, or none (then counts, or whole sources)")
+        if len(sources) > 1 and sources[0].answers == "base":
+            raise ValueError("source 1 is the task's data, trained as written; answers: base is for the mix-ins after it")
         return sources
 
     @field_validator("val_split", mode="before")

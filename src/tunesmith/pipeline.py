@@ -41,17 +41,18 @@ def split_samples(samples: list[Sample], fraction: float, seed: int) -> tuple[li
     return split_items(samples, fraction, seed)
 
 
-def load_data(cfg: RunConfig, resolved: auto.Resolved | None = None,
-              events: Events | None = None) -> tuple[RunConfig, list[Sample], list[Sample]]:
+def load_data(cfg: RunConfig, resolved: auto.Resolved | None = None, events: Events | None = None,
+              answer=None) -> tuple[RunConfig, list[Sample], list[Sample]]:
     """(cfg with data.val_split a number, train, val): the training data (one file, or a mix of sources
     whose make-up is told to `events`) split as data.val_split says, or with data.val as validation. An
-    "auto" split is recorded in `resolved` when given."""
+    "auto" split is recorded in `resolved` when given. `answer` rewrites the answers of mix sources with
+    `answers: base` (`base_answerer`)."""
     if not cfg.data.train:
         raise UserError("data.train is not set", hint="point data.train at a .jsonl file, e.g. --set data.train=my.jsonl")
     if isinstance(cfg.data.train, list):
         from tunesmith.data.mix import load_mix, mix_line
 
-        train, parts = load_mix(cfg.data.train, cfg.data.format, cfg.train.seed)
+        train, parts = load_mix(cfg.data.train, cfg.data.format, cfg.train.seed, answer)
         if events is not None:
             events.message(mix_line(parts))
     else:
@@ -60,6 +61,22 @@ def load_data(cfg: RunConfig, resolved: auto.Resolved | None = None,
     if cfg.data.val:
         return cfg, train, load_samples(cfg.data.val, cfg.data.format)
     return (cfg, *split_samples(train, cfg.data.val_split, cfg.train.seed))
+
+
+def base_answerer(model_path: Path, tokenizer, cfg: RunConfig, events: Events | None):
+    """The `answer` of `load_data`: a source's answers rewritten by the base model in `model_path`, told to `events`."""
+    def answer(samples: list[Sample], source: str) -> list[Sample]:
+        from tunesmith.data.self_answers import answered_by_base
+        from tunesmith.train.trainer import resolve_precision
+
+        done = answered_by_base(samples, source, model_path, tokenizer, seed=cfg.train.seed,
+                                precision=resolve_precision(cfg.train.precision))
+        if events is not None:
+            how = "from the cache" if done.cached else f"in {done.seconds:.0f} s"
+            cut = f"; {done.dropped_cut} cut off at the length limit, dropped" if done.dropped_cut else ""
+            events.message(f"data.train: {source}: {len(done.samples)} answers by the base model ({how}){cut}")
+        return done.samples
+    return answer
 
 
 def resolve_data_max_len(cfg: RunConfig, objective_cls, tokenizer, train_samples: list[Sample],
@@ -162,7 +179,7 @@ class _Run:
         events.message(f"base model: {resolved.label} ({resolved.path})")
         tokenizer = load_tokenizer(resolved, cfg.data.template)
         chosen = auto.Resolved()   # what each "auto" setting became, printed and saved with the run
-        cfg, train_samples, val_samples = load_data(cfg, chosen, events)
+        cfg, train_samples, val_samples = load_data(cfg, chosen, events, base_answerer(resolved.path, tokenizer, cfg, events))
         cfg, max_len = resolve_data_max_len(cfg, objective_cls, tokenizer, train_samples, resolved.path)
         train_set, train_stats = objective_cls.tokenize(tokenizer, train_samples, cfg.data)
         val_set, val_stats = objective_cls.tokenize(tokenizer, val_samples, cfg.data)

@@ -92,6 +92,9 @@ def test_counts_repeat_a_small_source_and_whole_sources_stay_whole(tmp_path):
     ([{"path": "a.jsonl", "wieght": 0.5}], "unknown key 'wieght' (did you mean 'weight'?)"),
     ([{"path": "a.jsonl", "weight": -1}], "source 1 weight: Input should be greater than 0"),
     ([], "an empty list of sources"),
+    ([{"path": "a.jsonl", "weight": 0.8, "answers": "base"}, {"path": "general", "weight": 0.2}],
+     "source 1 is the task's data, trained as written; answers: base is for the mix-ins after it"),
+    ([{"path": "a.jsonl"}, {"path": "general", "answers": "model"}], "source 2 answers: Input should be 'as_written' or 'base'"),
 ])
 def test_bad_mixes_are_one_config_error(tmp_path, train, message):
     with pytest.raises(ConfigError, match=re.escape(message)):

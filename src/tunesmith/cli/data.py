@@ -160,7 +160,8 @@ def _inspect_mix(config: Path, as_json: bool) -> None:
     print_table(f"{config}: data.train mix, {total} examples (seed {cfg.train.seed})",
                 ["source", "available", "taken", "share", "asked"],
                 [(p.path, p.available, p.taken, f"{p.taken / total:.1%}" if total else "-",
-                  f"weight {p.weight:g}" if p.weight is not None else f"count {p.count}" if p.count is not None else "all")
+                  (f"weight {p.weight:g}" if p.weight is not None else f"count {p.count}" if p.count is not None else "all")
+                  + ("; answers by the base model, made when training starts" if p.answers == "base" else ""))
                  for p in parts])
 
 

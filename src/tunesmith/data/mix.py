@@ -4,6 +4,7 @@
       train:
         - {path: orders.jsonl, weight: 0.8}
         - {path: general, weight: 0.2}     # the shipped general instruction set, against forgetting
+        # or {path: general, weight: 0.2, answers: base}: its answers rewritten by the base model (self_answers.py)
 
 Weights are shares of the mix. The first source (your task's data) is used whole and sets the size:
 300 task examples at 0.8 make 375, of which 75 general ones; a later source with fewer examples than
@@ -18,6 +19,7 @@ and training see.
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -65,10 +67,12 @@ class MixPart:
     taken: int
     weight: float | None = None
     count: int | None = None
+    answers: str = "as_written"
 
     def as_dict(self, total: int) -> dict:
         return {"path": self.path, "available": self.available, "taken": self.taken,
-                "share": round(self.taken / total, 4) if total else 0.0, "weight": self.weight, "count": self.count}
+                "share": round(self.taken / total, 4) if total else 0.0, "weight": self.weight, "count": self.count,
+                "answers": self.answers}
 
 
 def plan(sources: list[MixSource], sizes: list[int]) -> list[int]:
@@ -89,13 +93,17 @@ def draw(samples: list, k: int, rng: random.Random) -> list:
     return samples * whole + rng.sample(samples, rest)
 
 
-def load_mix(sources: list[MixSource], fmt: str, seed: int):
-    """(samples of the mix, shuffled; its parts). Every source is loaded strictly, as data.train is."""
+def load_mix(sources: list[MixSource], fmt: str, seed: int, answer: Callable[[list, str], list] | None = None):
+    """(samples of the mix, shuffled; its parts). Every source is loaded strictly, as data.train is. `answer`
+    rewrites the answers of a source with `answers: base` (data/self_answers.py); without it (`data inspect`)
+    they stay as written."""
     from tunesmith.data.load import load_samples
 
     loaded = []
     for s in sources:
         samples = load_samples(resolve_path(s.path), fmt if s.path not in BUILTIN else "auto")
+        if samples and s.answers == "base" and answer is not None:
+            samples = answer(samples, s.path)
         if not samples:
             raise ConfigError(f"data.train: source {s.path} holds no examples")
         loaded.append(samples)
@@ -104,14 +112,15 @@ def load_mix(sources: list[MixSource], fmt: str, seed: int):
     mixed, parts = [], []
     for s, samples, k in zip(sources, loaded, counts):
         mixed += draw(samples, k, rng)
-        parts.append(MixPart(resolve_path(s.path), len(samples), k, s.weight, s.count))
+        parts.append(MixPart(resolve_path(s.path), len(samples), k, s.weight, s.count, s.answers))
     rng.shuffle(mixed)
     return mixed, parts
 
 
 def mix_line(parts: list[MixPart]) -> str:
     total = sum(p.taken for p in parts)
-    return "data mix: " + ", ".join(f"{Path(p.path).name} {p.taken}/{p.available} ({p.taken / total:.0%})" for p in parts)
+    return "data mix: " + ", ".join(f"{Path(p.path).name} {p.taken}/{p.available} ({p.taken / total:.0%})"
+                                    + (", answers by the base model" if p.answers == "base" else "") for p in parts)
 
 
 def describe_mix(cfg) -> list[MixPart]:
