@@ -160,6 +160,12 @@ def test_forgetting_flag_thresholds():
     r = regression.compare(base60, worse, cfg)
     assert r["flagged"] and r["notes"] == [] and r["qa"]["difference_ci95"][1] < 0
     assert r["reasons"][0].startswith("general QA accuracy fell 0.500 -> 0.300 (more than 0.05; 95 % CI")
+    from tunesmith.eval.sections.forgetting import HELP, Forgetting
+
+    flagged = "\n".join(Forgetting().markdown({"regression": r}))
+    assert "**possible catastrophic forgetting**" in flagged and HELP in flagged and "answers: base" in HELP
+    quiet = "\n".join(Forgetting().markdown({"regression": regression.compare(base, noisy, cfg)}))
+    assert "no forgetting flag" in quiet and HELP not in quiet and "Note: general QA accuracy fell" in quiet
     small = {"qa_scores": [1.0] * 10 + [0.0] * 10, "ppl_rows": [(20.9, 10)]}      # ppl x e^0.09 = +9.4 %
     assert not regression.compare(base, small, cfg)["flagged"]
     big = {"qa_scores": [1.0] * 10 + [0.0] * 10, "ppl_rows": [(21.0, 10)]}        # ppl x e^0.1 = +10.5 %

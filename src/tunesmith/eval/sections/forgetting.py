@@ -9,6 +9,12 @@ from tunesmith.eval.systems import base_and_tuned
 SKIPPED = {"skipped": "needs both the base and the tuned model"}
 
 
+# What measurably helped on the quickstart (docs/data.md, mixing), shown under a raised flag.
+HELP = ("What helped on the quickstart: mixing in the shipped general prompts answered by the base model itself, "
+        "`data.train: [{path: YOUR_DATA, weight: 0.8}, {path: general, weight: 0.2, answers: base}]` "
+        "(general-QA drop -0.100 -> -0.013, docs/data.md), or a lower learning rate.")
+
+
 @register
 class Forgetting(EvalSection):
     name = "forgetting"
@@ -50,4 +56,5 @@ class Forgetting(EvalSection):
                 f"{text['tuned_perplexity']:.2f} | {text['relative_change']:+.1%} |", "",
                 f"Thresholds: accuracy drop > {r['thresholds']['acc_drop']} with the interval below zero, perplexity "
                 f"rise > {r['thresholds']['ppl_rise']:.0%}. Result: {flag}."] + \
-            [f"Note: {n}." for n in r.get("notes", [])]
+            [f"Note: {n}." for n in r.get("notes", [])] + \
+            ([HELP] if r["flagged"] else [])
