@@ -29,3 +29,22 @@ def test_a_fall_says_more_of_the_same_data_is_unlikely_to_help():
 def test_lower_is_better_metrics_count_a_fall_as_a_rise():
     text = learning_curve_sentence(report((3.0, 2.8, 3.2), (2.0, 1.9, 2.1), (1.2, 1.1, 1.3), higher=False))
     assert "+1.000, +0.800" in text and "more data would likely help." in text
+
+
+def test_the_forgetting_pitfall_says_what_helped_when_flagged_and_shows_notes():
+    from tunesmith.config import EvalConfig
+    from tunesmith.decide.report import pitfall_lines
+    from tunesmith.eval import regression
+    from tunesmith.eval.sections.forgetting import HELP
+
+    cfg = EvalConfig()
+    base = {"qa_scores": [1.0] * 30 + [0.0] * 30, "ppl_rows": [(20.0, 10)]}
+    rest = {"leakage": {"flagged": False, "threshold": 0.8, "near_duplicates": 0, "test_examples": 60, "examples": []},
+            "data_size": {"flagged": False}, "test_size": {"flagged": False}}
+    for tuned, flagged in (({"qa_scores": [1.0] * 18 + [0.0] * 42, "ppl_rows": [(20.0, 10)]}, True),      # 12 of 60 lost
+                           # 6 lost, 2 gained: -0.067, past the threshold, but inside the noise
+                           ({"qa_scores": [1.0] * 24 + [0.0] * 6 + [1.0] * 2 + [0.0] * 28, "ppl_rows": [(20.0, 10)]}, False)):
+        lines = pitfall_lines({"forgetting": regression.compare(base, tuned, cfg), **rest})
+        (line,) = [x for x in lines if x.startswith("- General-skill regression")]
+        assert ("**flagged**" in line) is flagged and (HELP in line) is flagged
+        assert any(x.startswith("  Note: general QA accuracy fell 0.500 -> 0.433") for x in lines) is not flagged

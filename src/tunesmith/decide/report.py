@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from tunesmith.eval.sections.forgetting import HELP as FORGETTING_HELP
 from tunesmith.io_utils import atomic_file, write_json
 
 
@@ -91,7 +92,9 @@ def pitfall_lines(p: dict) -> list[str]:
     f = p.get("forgetting") or {}
     if "flagged" in f:
         word = "**flagged**: " + "; ".join(f.get("reasons", [])) if f["flagged"] else "ok"
-        out.append(f"- General-skill regression (forgetting) on the shipped general set: {word}.")
+        out.append(f"- General-skill regression (forgetting) on the shipped general set: {word}."
+                   + (f" {FORGETTING_HELP}" if f["flagged"] else ""))
+        out += [f"  Note: {n}." for n in f.get("notes", [])]
     elif f:
         out.append(f"- General-skill regression: not measured ({f.get('skipped', 'off')}).")
     else:
