@@ -35,6 +35,11 @@ MAX_NEW_TOKENS = 256
 BATCH = 64
 CACHE_VERSION = 1
 
+# Shown under a raised forgetting flag (eval's report.md, decide's report): what measurably helped.
+HELP = ("What helped on the quickstart: mixing in the shipped general prompts answered by the base model itself, "
+        "`data.train: [{path: YOUR_DATA, weight: 0.8}, {path: general, weight: 0.2, answers: base}]` "
+        "(general-QA drop -0.100 -> -0.013, docs/data.md), or a lower learning rate.")
+
 
 @dataclass
 class Answered:

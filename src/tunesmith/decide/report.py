@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from tunesmith.data.self_answers import HELP as FORGETTING_HELP
 from tunesmith.io_utils import atomic_file, write_json
 
 
@@ -81,9 +82,6 @@ def learning_curve_sentence(r: dict) -> str:
 
 
 def pitfall_lines(p: dict) -> list[str]:
-    # Imported here: the eval sections import torch, which `tunesmith --help` must not.
-    from tunesmith.eval.sections.forgetting import HELP as FORGETTING_HELP
-
     out = []
     o = p.get("overfitting") or {}
     if "gap" in o:

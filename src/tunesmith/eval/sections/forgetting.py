@@ -3,16 +3,11 @@
 from __future__ import annotations
 
 from tunesmith.config import EvalConfig
+from tunesmith.data.self_answers import HELP
 from tunesmith.eval.sections.base import EvalContext, EvalSection, SectionResult, register
 from tunesmith.eval.systems import base_and_tuned
 
 SKIPPED = {"skipped": "needs both the base and the tuned model"}
-
-
-# What measurably helped on the quickstart (docs/data.md, mixing), shown under a raised flag.
-HELP = ("What helped on the quickstart: mixing in the shipped general prompts answered by the base model itself, "
-        "`data.train: [{path: YOUR_DATA, weight: 0.8}, {path: general, weight: 0.2, answers: base}]` "
-        "(general-QA drop -0.100 -> -0.013, docs/data.md), or a lower learning rate.")
 
 
 @register
