@@ -118,25 +118,31 @@ def packed_matmul(x: torch.Tensor, packed: torch.Tensor, bias: torch.Tensor | No
     return torch.ops.mkldnn._linear_pointwise(x, packed, bias, "none", [None], "")
 
 
+def _takes_bf16(x: torch.Tensor) -> bool:
+    """Whether a bf16 product under the current autocast takes `x` (not one that needs its gradient, and a bf16
+    input or an fp32 one that autocast turns into bf16)."""
+    if x.requires_grad and torch.is_grad_enabled():
+        return False
+    return x.dtype == torch.bfloat16 or (x.dtype == torch.float32 and torch.is_autocast_enabled(x.device.type)
+                                         and torch.get_autocast_dtype(x.device.type) == torch.bfloat16)
+
+
+def _takes_fp32(x: torch.Tensor) -> bool:
+    """Whether an fp32 packed product gives what `F.linear` would: an fp32 input, no gradient wanted, no autocast
+    (which would make the product bf16)."""
+    return (x.dtype == torch.float32 and not (x.requires_grad and torch.is_grad_enabled())
+            and not torch.is_autocast_enabled(x.device.type))
+
+
 def bf16_input(x: torch.Tensor) -> torch.Tensor | None:
     """`x` as a bf16 product under the current autocast would take it; None where a packed product does not
     apply (an input that needs its gradient, or a dtype autocast would not turn into bf16)."""
-    if x.requires_grad and torch.is_grad_enabled():
-        return None
-    if x.dtype == torch.bfloat16:
-        return x
-    if x.dtype == torch.float32 and torch.is_autocast_enabled(x.device.type) \
-            and torch.get_autocast_dtype(x.device.type) == torch.bfloat16:
-        return x.to(torch.bfloat16)
-    return None
+    return x.to(torch.bfloat16) if _takes_bf16(x) else None
 
 
 def fp32_input(x: torch.Tensor) -> torch.Tensor | None:
-    """`x` where an fp32 packed product gives what `F.linear` would: an fp32 input, no gradient wanted, no
-    autocast (which would make the product bf16); else None."""
-    if (x.requires_grad and torch.is_grad_enabled()) or x.dtype != torch.float32:
-        return None
-    return None if torch.is_autocast_enabled(x.device.type) else x
+    """`x` where an fp32 packed product gives what `F.linear` would (`_takes_fp32`); else None."""
+    return x if _takes_fp32(x) else None
 
 
 def _packable(module: nn.Module) -> bool:
@@ -149,6 +155,11 @@ def _packable(module: nn.Module) -> bool:
 
 def _packed_input(module: nn.Linear, x: torch.Tensor) -> torch.Tensor | None:
     return bf16_input(x) if module.weight.dtype == torch.bfloat16 else fp32_input(x)
+
+
+def _takes(module: nn.Linear, x: torch.Tensor) -> bool:
+    """Whether `module`'s packed product takes `x`: `_packed_input` without making the bf16 copy."""
+    return _takes_bf16(x) if module.weight.dtype == torch.bfloat16 else _takes_fp32(x)
 
 
 def _packed_forward(module: nn.Linear, packed: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -188,7 +199,7 @@ class Siblings:
 
 def _sibling_forward(siblings: Siblings, index: int, x: torch.Tensor) -> torch.Tensor:
     module = siblings.members[index]
-    if _packed_input(module, x) is None:
+    if not _takes(module, x):      # a check only: the bf16 copy of x is made once, for the product (columns)
         return nn.functional.linear(x, module.weight, module.bias)
     return siblings.columns(index, x)
 
