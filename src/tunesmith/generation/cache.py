@@ -19,6 +19,7 @@ import torch
 from transformers.cache_utils import DynamicLayer
 
 from tunesmith.generation.attention import grouped_sdpa
+from tunesmith.generation.decode_step import DecodeStep
 from tunesmith.generation.vocab_head import fast_vocab_head, plain_head
 from tunesmith.models.attention_switch import attention_configs
 
@@ -83,6 +84,7 @@ class ModelCall:
         self.keep_last = {"logits_to_keep": 1} if "logits_to_keep" in params else {}
         self.configs = attention_configs(model)     # run with generation's grouped SDPA (attention.py)
         self.head = plain_head(model)               # projected in fp32 by vocab_head.py
+        self.step = DecodeStep.of(inner)            # one-token steps without transformers' glue (decode_step.py)
 
     def _run(self, cache, inputs: dict, extra: dict) -> torch.Tensor:
         use = {self.cache_arg: cache, "use_cache": True} if cache is not None else {"use_cache": False}
@@ -100,6 +102,9 @@ class ModelCall:
 
     def last_logits(self, cache, **inputs) -> torch.Tensor:
         """logits (B, V) of the last position only (the model skips the vocabulary projection of the others)."""
+        if self.step is not None and self.step.applies(cache, **inputs):
+            with grouped_sdpa(self.configs), fast_vocab_head(self.head):
+                return self.step(cache, **inputs)
         return self._run(cache, inputs, self.keep_last)[:, -1]
 
 
