@@ -44,6 +44,7 @@ from __future__ import annotations
 import argparse
 import collections
 import contextlib
+import copy
 import functools
 import json
 import os
@@ -104,14 +105,21 @@ def engine_generate(model, tokenizer, convs, batch: int, new: int, lookup: int =
 
 
 class ServingEngine:
-    """One engine kept across requests, with a prompt cache, as `tunesmith serve` runs them: a prompt that
-    starts as an earlier one did prefills only the rest (llama.cpp keeps its last prompt the same way)."""
+    """One engine kept across requests, with a prompt cache, as `tunesmith serve` runs it: the model's weights are
+    held (cast, packed) once for the engine's life, not per request, and a prompt that starts as an earlier one
+    did prefills only the rest (llama.cpp keeps its last prompt the same way). Its requests run on the calling
+    thread (a started engine thread's idle OpenMP workers would spin on the cores the other modes are timed on),
+    with a copy of the model of its own (held weights must not reach the modes timed in between)."""
 
     def __init__(self, model, tokenizer, lookup: int = 0, precision: str = "fp32"):
         from tunesmith.generation import Engine, PromptLookup, stop_token_ids
         from tunesmith.generation.prompt_cache import PromptCache
+        from tunesmith.train.precision import weights_held
 
         self.tokenizer = tokenizer
+        model = copy.deepcopy(model)
+        self.held = contextlib.ExitStack()
+        self.held.enter_context(weights_held(model, precision))
         self.engine = Engine(model, tokenizer, None, stop_token_ids(tokenizer), max_batch=1, precision=precision,
                              lookup=PromptLookup(max_draft=lookup) if lookup else None, prompt_cache=PromptCache(256 << 20))
 
