@@ -128,6 +128,34 @@ def test_grouped_sdpa_equals_transformers_sdpa_under_a_padding_mask(tiny_model_d
     torch.testing.assert_close(got[keep], expected[keep], rtol=0, atol=1e-5)
 
 
+def test_half_precision_decode_attention_is_transformers_packed_path_with_or_without_a_mask(tiny_model_dir):
+    """One query position over bf16 keys: what transformers computes when a mask is given (`pack_gqa`), bit for
+    bit, also where it is not (transformers' `enable_gqa` there is within bf16 rounding, and slower)."""
+    from transformers import AutoModelForCausalLM
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    attn = AutoModelForCausalLM.from_pretrained(str(tiny_model_dir)).model.layers[0].self_attn
+    g = torch.Generator().manual_seed(1)
+    q = torch.randn(3, 4, 1, 16, generator=g)                           # fp32 after rotary under autocast
+    k = torch.randn(3, 2, 9, 16, generator=g).bfloat16()
+    v = torch.randn(3, 2, 9, 16, generator=g).bfloat16()
+    mask = torch.ones(3, 1, 1, 9, dtype=torch.bool)
+    mask[1, :, :, :4] = False
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        ours, _ = gqa_sdpa(attn, q, k, v, mask, scaling=0.25)
+        theirs, _ = sdpa_attention_forward(attn, q, k, v, mask, scaling=0.25)
+        assert ours.dtype == torch.bfloat16 and ours.shape == (3, 1, 4, 16) and ours.is_contiguous()
+        assert torch.equal(ours, theirs)
+        ours, _ = gqa_sdpa(attn, q, k, v, None, scaling=0.25)
+        theirs, _ = sdpa_attention_forward(attn, q, k, v, None, scaling=0.25)       # enable_gqa
+        torch.testing.assert_close(ours.float(), theirs.float(), rtol=0.02, atol=0.02)
+        # Head h reads key/value head h // 2: move head 1's keys and only query heads 2 and 3 change.
+        k2 = k.clone()
+        k2[:, 1] = k2[:, 1].flip(1)
+        moved, _ = gqa_sdpa(attn, q, k2, v, None, scaling=0.25)
+    assert torch.equal(moved[:, :, :2], ours[:, :, :2]) and not torch.equal(moved[:, :, 2:], ours[:, :, 2:])
+
+
 def test_a_full_slab_grows_keeping_its_live_rows_and_spare_row_room():
     a = part(2, 5, 7)
     slab = SlabLayer.stack([a], 5, row_room=4)             # capacity 5 + GROW_MIN columns, 4 rows
