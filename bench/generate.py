@@ -37,6 +37,10 @@ does the same through the engine's prompt cache, `engine-b1` (a fresh engine per
 rest of the engine's Python) at batch 1 and 16, with transformers' concatenating cache ("before")
 and the engine's preallocated slabs ("after"), on one torch thread and on one per core, interleaved
 the same way (the process's own thread setting is restored afterwards).
+
+`--step` times one-token decode steps with transformers' forward against `generation/decode_step.py`'s
+(the same logits, checked), in fp32 and, where the CPU has native bf16, bf16 autocast with packed weights,
+at batch 1 and 16 after a ~100-token prompt: the two interleaved over 4 rounds, each keeping its best.
 """
 
 from __future__ import annotations
@@ -318,6 +322,57 @@ def breakdown(model, tokenizer, convs, steps: int, rounds: int) -> dict:
     return results
 
 
+def step_ab(model, steps: int = 32, rounds: int = 4) -> list[dict]:
+    """ms per one-token step through transformers' forward ("hf") and through the decode step, per precision and batch."""
+    from tunesmith.generation.batching import left_pad, positions
+    from tunesmith.generation.cache import ModelCall, new_cache, slab_cache
+    from tunesmith.models.packed_linear import packing_available
+    from tunesmith.train.precision import inference_precision
+
+    g = torch.Generator().manual_seed(0)
+    rows = []
+    for precision in ["fp32"] + (["bf16"] if packing_available() else []):
+        for batch in (1, 16):
+            prompts = [torch.randint(0, 1000, (100 - 5 * i,), generator=g).tolist() for i in range(batch)]
+            best, logits = {}, {}
+            with torch.no_grad(), inference_precision(model, precision):
+                for _ in range(rounds):
+                    for name in ("hf", "step"):
+                        call = ModelCall(model)
+                        if name == "hf":
+                            call.step = None
+                        ids, mask = left_pad(prompts, 0, torch.device("cpu"))
+                        cache = new_cache(model)
+                        out = call.last_logits(cache, input_ids=ids, attention_mask=mask, position_ids=positions(mask))
+                        cache, seen = slab_cache([cache], ids.shape[1]), []
+                        t = time.perf_counter()
+                        for _ in range(steps):
+                            tokens = out.argmax(-1, keepdim=True)
+                            mask = torch.cat([mask, mask.new_ones(batch, 1)], 1)
+                            out = call.last_logits(cache, input_ids=tokens, attention_mask=mask,
+                                                   position_ids=mask.sum(1, keepdim=True) - 1)
+                            seen.append(out)
+                        best[name] = min(best.get(name, float("inf")), (time.perf_counter() - t) / steps * 1000)
+                        logits[name] = seen
+            same = all(torch.equal(a, b) for a, b in zip(logits["hf"], logits["step"]))
+            rows.append({"precision": precision, "batch": batch, "hf_ms": round(best["hf"], 2),
+                         "step_ms": round(best["step"], 2), "gain": round(best["hf"] / best["step"], 3), "same": same})
+    return rows
+
+
+def report_step(model, args, load_before: float) -> None:
+    rows = step_ab(model)
+    print(f"CPU: {cpu_kind()}, {os.cpu_count()} cores, torch threads {torch.get_num_threads()}, load average "
+          f"{round(load_before, 2)} -> {round(os.getloadavg()[0], 2)}")
+    print("SmolLM2-135M, ms per one-token step after a ~100-token prompt, best of 4 interleaved rounds\n")
+    print("| precision | batch | transformers' forward | decode step | gain | same logits |")
+    print("|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['precision']} | {r['batch']} | {r['hf_ms']} | {r['step_ms']} | {r['gain']:.2f}x | {r['same']} |")
+    OUT.mkdir(parents=True, exist_ok=True)
+    (OUT / "generate_step.json").write_text(json.dumps({"cpu": cpu_kind(), "results": rows}, indent=2))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--n", type=int, default=16, help="held-out prompts (at most 60)")
@@ -329,6 +384,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=32, help="decode steps per breakdown run")
     parser.add_argument("--eval", action="store_true", help="only time a quickstart evaluation's generation, before and now")
     parser.add_argument("--llama", action="store_true", help="only time batch-1 decoding against llama.cpp's f16 GGUF")
+    parser.add_argument("--step", action="store_true", help="only time decode steps: transformers' forward vs decode_step.py")
     parser.add_argument("--adapter", help="--eval: the tuned adapter (default: an untrained LoRA)")
     parser.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
                         help="--eval: fp32, or bf16 autocast (what eval runs on CPUs with native bf16)")
@@ -345,6 +401,8 @@ def main() -> None:
         return report_eval(model, tokenizer, args, load_before)
     if args.llama:
         return report_llama(model, tokenizer, args, load_before)
+    if args.step:
+        return report_step(model, args, load_before)
     engine_generate(model, tokenizer, convs[:1], 1, 2)          # first-call allocations are no mode's cost
     one, one_replies = batch1(model, tokenizer, convs[:args.n1], args.new, args.lookup)
     many, many_replies = batch16(model, tokenizer, convs, args.new, args.rounds)
