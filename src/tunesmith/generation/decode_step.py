@@ -4,8 +4,8 @@ At batch 1 a bf16 step of the default model (SmolLM2-135M, 30 layers) is ~8 ms o
 much again of small eager work; a good part of that is not arithmetic but transformers' model, decoder-layer
 and attention forwards: keyword plumbing through four levels, decorators, output recording, the mask
 builder and the attention-function lookup, 30 times over. This runs the same step with that glue written
-out once (2-core AMD EPYC with AVX-512 bf16, two threads, batch 1, 60-token context: 18.1 -> 15.0 ms a step
-in bf16 autocast, 20.3 -> 17.9 in fp32).
+out once (`bench/generate.py --step`, 2-core AMD EPYC with AVX-512 bf16, two threads, ~100-token context,
+ms a step: batch 1 16.8 -> 15.0-15.3 in bf16 autocast, 22.1-22.9 -> 20.4-22.1 in fp32; 1.04-1.08x at batch 16).
 
 It computes what transformers computes, in the same order: it calls the model's own modules (so peft
 adapters, the serving bank's per-row LoRA, packed weights and autocast all apply as they do), the model's
@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 # Attention implementations whose decode-step mask is the boolean padding mask (generation/attention.py's
-# grouped SDPA is one: it hands one-position queries to transformers' SDPA function).
+# grouped SDPA is one: for a one-position query it computes what transformers' SDPA function does given a mask).
 SDPA_NAMES = ("sdpa", "tunesmith_gqa_sdpa")
 
 
@@ -102,7 +102,8 @@ class DecodeStep:
         keep every column, SDPA attention, eval mode, no other argument, and no hook or patch on a forward it skips."""
         from tunesmith.generation.cache import plain_layer
 
-        return (not rest and input_ids is not None and position_ids is not None and input_ids.dim() == 2 and input_ids.shape[1] == 1
+        return (not rest and input_ids is not None and position_ids is not None
+                and input_ids.dim() == 2 and input_ids.shape[1] == 1
                 and attention_mask is not None and attention_mask.dim() == 2 and cache is not None
                 and len(cache.layers) == len(self.layers) and all(plain_layer(layer) for layer in cache.layers)
                 and self.model.config._attn_implementation in SDPA_NAMES and not self.model.training
