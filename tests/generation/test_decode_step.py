@@ -42,22 +42,38 @@ def tiny(arch: str, **extra):
 PROMPTS = [[5, 9, 14, 3, 77, 21, 8], [40, 2], [11, 12, 13, 14, 15]]
 
 
-def decode_both(model, steps: int = 6, hole: bool = False, prompts: list[list[int]] = PROMPTS):
-    """Prefill `prompts` twice (left-padded, into slab caches as the engine keeps them), then feed the same greedy
-    tokens through transformers' forward and through the step; the logits of every step, both ways."""
+def decode_both(model, steps: int = 6, hole: bool = False, prompts: list[list[int]] = PROMPTS, short_draft: bool = True):
+    """Prefill `prompts` (left-padded) into a cache through transformers' forward and through the step, then feed
+    both the same greedy tokens: one a row per step, and at step 3 a speculative verification's three (with
+    `short_draft`, the second row's third one padding on the right, as a shorter draft leaves it). The logits of
+    every pass, both ways."""
     plain, fast = ModelCall(model), ModelCall(model)
     plain.step = None
     assert fast.step is not None
     ids, mask = left_pad(prompts, 0, torch.device("cpu"))
-    caches = []
+    caches, out = [], []
     for call in (plain, fast):
         cache = new_cache(model)
-        first = call.last_logits(cache, input_ids=ids, attention_mask=mask, position_ids=positions(mask))
+        out.append(call.last_logits(cache, input_ids=ids, attention_mask=mask, position_ids=positions(mask)))
         caches.append(slab_cache([cache], ids.shape[1]))
-    tokens = first.argmax(-1)[:, None]                                            # (B, 1)
-    out = []
+    out = [tuple(out)]
+    tokens = out[0][0].argmax(-1)[:, None]                                        # (B, 1)
+    rows = len(prompts)
     for step in range(steps):
-        mask = torch.cat([mask, mask.new_ones(len(prompts), 1)], dim=1)
+        if step == 3:
+            fed = torch.cat([tokens, tokens.roll(1, 0), tokens.roll(2, 0)], dim=1)         # (B, 3)
+            fed_mask = torch.ones_like(fed)
+            if short_draft:
+                fed_mask[1 % rows, 2] = 0
+            inputs = dict(input_ids=fed, position_ids=mask.sum(1, keepdim=True) + torch.arange(3))
+            mask = torch.cat([mask, fed_mask], dim=1)
+            a = plain.tail_logits(caches[0], 3, **inputs, attention_mask=mask)
+            b = fast.tail_logits(caches[1], 3, **inputs, attention_mask=mask)
+            assert a.shape == (rows, 3, VOCAB)
+            out.append((a, b))
+            tokens = a[:, -1].argmax(-1)[:, None]
+            continue
+        mask = torch.cat([mask, mask.new_ones(rows, 1)], dim=1)
         if hole and step == 2:
             mask[1, -2] = 0                          # a rejected draft column, masked in the middle
         inputs = dict(input_ids=tokens, attention_mask=mask, position_ids=mask.sum(1, keepdim=True) - 1)
@@ -75,7 +91,7 @@ def test_step_logits_equal_transformers(arch, precision):
     with torch.no_grad(), inference_precision(model, precision):
         pairs = decode_both(model)
     for a, b in pairs:
-        assert a.shape == b.shape == (len(PROMPTS), VOCAB)
+        assert a.shape == b.shape and a.shape[0] == len(PROMPTS) and a.shape[-1] == VOCAB
         assert a.dtype == b.dtype
         assert torch.equal(a, b)
     assert not torch.equal(pairs[0][0], pairs[-1][0])          # the steps did move on
@@ -88,7 +104,8 @@ def test_masked_columns_in_the_middle_and_a_batch_without_padding():
             assert torch.equal(a, b)
         for precision in ("fp32", "bf16"):    # nothing masked: transformers passes no mask at all
             with inference_precision(model, precision):
-                for a, b in decode_both(model, prompts=PROMPTS[:1]) + decode_both(model, prompts=[PROMPTS[0]] * 2):
+                for a, b in (decode_both(model, prompts=PROMPTS[:1], short_draft=False)
+                             + decode_both(model, prompts=[PROMPTS[0]] * 2, short_draft=False)):
                     assert torch.equal(a, b)
 
 
@@ -108,8 +125,8 @@ def test_through_a_peft_lora_adapter():
 
 
 def test_the_engine_decodes_through_it(tiny_model_dir, tokenizer):
-    """Only the prefill reaches the model's forward; every decode step runs the step, with the engine's
-    replies what transformers' forward gives token for token."""
+    """No pass of the engine reaches the model's forward (prefill and decode steps run the step), and the
+    replies are what transformers' forward gives token for token."""
     from tunesmith.generation import Engine, GenRequest, stop_token_ids
     from tunesmith.models import load_model
 
@@ -128,9 +145,9 @@ def test_the_engine_decodes_through_it(tiny_model_dir, tokenizer):
         return [r.generated for r in rows], engine.stats["decode_steps"]
 
     fast, steps = replies(True)
-    assert steps >= 10 and len(calls) == 1              # one prefill of the three rows
+    assert steps >= 10 and not calls
     plain, steps = replies(False)
-    assert plain == fast and len(calls) == 2 + steps
+    assert plain == fast and len(calls) == 1 + steps     # one prefill of the three rows, then the steps
 
 
 def test_not_for_sliding_windows_hooks_patched_forwards_or_other_calls():

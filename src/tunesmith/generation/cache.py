@@ -84,7 +84,7 @@ class ModelCall:
         self.keep_last = {"logits_to_keep": 1} if "logits_to_keep" in params else {}
         self.configs = attention_configs(model)     # run with generation's grouped SDPA (attention.py)
         self.head = plain_head(model)               # projected in fp32 by vocab_head.py
-        self.step = DecodeStep.of(inner)            # one-token steps without transformers' glue (decode_step.py)
+        self.step = DecodeStep.of(inner)            # cached passes without transformers' glue (decode_step.py)
 
     def _run(self, cache, inputs: dict, extra: dict) -> torch.Tensor:
         use = {self.cache_arg: cache, "use_cache": True} if cache is not None else {"use_cache": False}
@@ -97,6 +97,9 @@ class ModelCall:
 
     def tail_logits(self, cache, keep: int, **inputs) -> torch.Tensor:
         """logits (B, keep, V) of the last `keep` positions (speculative verification)."""
+        if self.step is not None and self.step.applies(cache, **inputs):
+            with grouped_sdpa(self.configs), fast_vocab_head(self.head):
+                return self.step(cache, **inputs, keep=keep)
         extra = {"logits_to_keep": keep} if self.keep_last else {}
         return self._run(cache, inputs, extra)[:, -keep:]
 
@@ -104,7 +107,7 @@ class ModelCall:
         """logits (B, V) of the last position only (the model skips the vocabulary projection of the others)."""
         if self.step is not None and self.step.applies(cache, **inputs):
             with grouped_sdpa(self.configs), fast_vocab_head(self.head):
-                return self.step(cache, **inputs)
+                return self.step(cache, **inputs)[:, -1]
         return self._run(cache, inputs, self.keep_last)[:, -1]
 
 

@@ -1,4 +1,5 @@
-"""A decode step (one new token per row, into a cache) for Llama-family models, without transformers' glue.
+"""A forward pass into a KV cache (a decode step, a speculative verification, a prefill) for Llama-family
+models, without transformers' glue.
 
 At batch 1 a bf16 step of the default model (SmolLM2-135M, 30 layers) is ~8 ms of matrix products and as
 much again of small eager work; a good part of that is not arithmetic but transformers' model, decoder-layer
@@ -9,14 +10,16 @@ ms a step: batch 1 16.8 -> 15.0-15.3 in bf16 autocast, 22.1-22.9 -> 20.4-22.1 in
 
 It computes what transformers computes, in the same order: it calls the model's own modules (so peft
 adapters, the serving bank's per-row LoRA, packed weights and autocast all apply as they do), the model's
-rotary function, the cache layer's own `update`, and the attention function the config names, with the
-mask transformers builds for one query position (None when no column is masked, else a boolean one). The
-logits are bit for bit transformers' (tests: fp32 and bf16 autocast, padded batches, peft LoRA, each
-architecture below).
+rotary function, the cache's own `update`, and the attention function the config names, with the mask
+transformers builds for SDPA (`causal_mask`), and projects only the positions transformers would
+(`logits_to_keep`). The logits are bit for bit transformers' (tests: fp32 and bf16 autocast, padded prefills,
+one-token steps, three-token verifications with a short draft, a masked column in the middle, peft LoRA on and
+off, each architecture below).
 
-Used for steps that feed one token per row into a cache whose layers keep every column, for models whose
-class is in ARCHITECTURES, with SDPA attention, no sliding window and no hook or patch on the forwards it
-writes out; anything else goes through the model's forward.
+Used for passes that feed tokens by id into a cache whose layers keep every column, for models whose class is
+in ARCHITECTURES, with SDPA attention, no sliding window and no hook or patch on the forwards it writes out;
+anything else (a pass without a cache, input embeddings, prompt-learning prefills) goes through the model's
+forward.
 """
 
 from __future__ import annotations
@@ -65,8 +68,8 @@ def _global_hooks() -> bool:
 
 
 class DecodeStep:
-    """`step(cache, input_ids, attention_mask, position_ids)` -> logits (B, V) of the one position fed, for the
-    causal LM `model` (not a peft wrapper: the caller unwraps). Build with `DecodeStep.of(model)`."""
+    """`step(cache, input_ids, attention_mask, position_ids, keep)` -> logits (B, keep, V) of the last positions
+    fed, for the causal LM `model` (not a peft wrapper: the caller unwraps). Build with `DecodeStep.of(model)`."""
 
     def __init__(self, model: nn.Module, arch: Architecture):
         self.model = model
@@ -98,40 +101,57 @@ class DecodeStep:
 
     def applies(self, cache, input_ids: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None,
                 position_ids: torch.Tensor | None = None, **rest) -> bool:
-        """Whether this call is one this step runs: one token per row by id, a 2-D mask, a cache whose layers
-        keep every column, SDPA attention, eval mode, no other argument, and no hook or patch on a forward it skips."""
+        """Whether this call is one this step runs: tokens by id with their positions, a 2-D mask over the cache
+        and them, a cache whose layers keep every column, SDPA attention, eval mode, no other argument, and no
+        hook or patch on a forward it skips."""
         from tunesmith.generation.cache import plain_layer
 
-        return (not rest and input_ids is not None and position_ids is not None
-                and input_ids.dim() == 2 and input_ids.shape[1] == 1
+        return (not rest and input_ids is not None and position_ids is not None and input_ids.dim() == 2
                 and attention_mask is not None and attention_mask.dim() == 2 and cache is not None
+                and position_ids.shape == input_ids.shape and attention_mask.shape[1] >= input_ids.shape[1]
                 and len(cache.layers) == len(self.layers) and all(plain_layer(layer) for layer in cache.layers)
                 and self.model.config._attn_implementation in SDPA_NAMES and not self.model.training
                 and not _global_hooks() and not any(_touched(m) for m in self.skipped))
 
-    def __call__(self, cache, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                 position_ids: torch.Tensor) -> torch.Tensor:
-        """input_ids (B, 1), attention_mask (B, T) of the whole cache after this step, position_ids (B, 1)
-        -> logits (B, V)."""
+    def __call__(self, cache, input_ids: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor,
+                 keep: int = 1) -> torch.Tensor:
+        """input_ids (B, S), attention_mask (B, T) of the whole cache after this step (its last S columns are the
+        tokens fed), position_ids (B, S) -> logits (B, keep, V) of the last `keep` positions."""
         from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
-        h = self.inner.embed_tokens(input_ids)                                   # (B, 1, hidden)
-        b = h.shape[0]
-        # transformers' SDPA mask for one query position: None when nothing is masked (its causal skip).
-        mask = None if bool(attention_mask.all()) else attention_mask.bool()[:, None, None, :]   # (B, 1, 1, T)
-        cos, sin = self.inner.rotary_emb(h, position_ids=position_ids)           # (B, 1, head_dim)
+        h = self.inner.embed_tokens(input_ids)                                   # (B, S, hidden)
+        b, s = input_ids.shape
+        mask = causal_mask(attention_mask, s)                                    # (B, 1, S, T) or None
+        cos, sin = self.inner.rotary_emb(h, position_ids=position_ids)           # (B, S, head_dim)
         attend = ALL_ATTENTION_FUNCTIONS.get_interface(self.model.config._attn_implementation, self.eager)
         for i, layer in enumerate(self.layers):
             attn = layer.self_attn
             x = layer.input_layernorm(h)
-            q = attn.q_proj(x).view(b, 1, -1, attn.head_dim).transpose(1, 2)     # (B, Hq, 1, D)
-            k = attn.k_proj(x).view(b, 1, -1, attn.head_dim).transpose(1, 2)     # (B, Hkv, 1, D)
-            v = attn.v_proj(x).view(b, 1, -1, attn.head_dim).transpose(1, 2)
+            q = attn.q_proj(x).view(b, s, -1, attn.head_dim).transpose(1, 2)     # (B, Hq, S, D)
+            k = attn.k_proj(x).view(b, s, -1, attn.head_dim).transpose(1, 2)     # (B, Hkv, S, D)
+            v = attn.v_proj(x).view(b, s, -1, attn.head_dim).transpose(1, 2)
             q, k = self.rotary(q, k, cos, sin)
             k, v = cache.update(k, v, i)                                         # (B, Hkv, T, D)
             out, _ = attend(attn, q, k, v, mask, dropout=0.0, scaling=attn.scaling,
-                            sliding_window=self.windows[i])                      # (B, 1, Hq, D)
-            h = h + attn.o_proj(out.reshape(b, 1, -1).contiguous())
+                            sliding_window=self.windows[i])                      # (B, S, Hq, D)
+            h = h + attn.o_proj(out.reshape(b, s, -1).contiguous())
             h = h + layer.mlp(layer.post_attention_layernorm(h))
         h = self.inner.norm(h)
-        return self.model.lm_head(h)[:, -1]                                      # (B, V)
+        # transformers projects the kept positions only (`logits_to_keep`), as this slice: the same product.
+        return self.model.lm_head(h[:, -keep:, :])                               # (B, keep, V)
+
+
+def causal_mask(attention_mask: torch.Tensor, s: int) -> torch.Tensor | None:
+    """transformers' SDPA mask for `s` new positions at the end of a cache of T columns (attention_mask (B, T),
+    1 where a column is a token): None where transformers skips it (nothing masked, and one position or no cache
+    before them: SDPA's own causal flag covers that), else (B, 1, S, T) booleans, True where a position may
+    attend (a token's column, at or before its own)."""
+    t = attention_mask.shape[1]
+    if (s == 1 or s == t) and bool(attention_mask.all()):
+        return None
+    pad = attention_mask.bool()[:, None, None, :]                                # (B, 1, 1, T)
+    if s == 1:
+        return pad
+    cols = torch.arange(t, device=attention_mask.device)
+    own = torch.arange(t - s, t, device=attention_mask.device)                   # each new position's column
+    return pad & (cols[None, :] <= own[:, None])[None, None]                     # (B, 1, S, T)
