@@ -149,6 +149,10 @@ def test_half_precision_decode_attention_is_transformers_packed_path_with_or_wit
         ours, _ = gqa_sdpa(attn, q, k, v, None, scaling=0.25)
         theirs, _ = sdpa_attention_forward(attn, q, k, v, None, scaling=0.25)       # enable_gqa
         torch.testing.assert_close(ours.float(), theirs.float(), rtol=0.02, atol=0.02)
+        per_head = mask.expand(3, 4, 1, 9).clone()                       # a mask per query head: transformers' path
+        per_head[:, 1, :, 0] = False
+        assert torch.equal(gqa_sdpa(attn, q, k, v, per_head, scaling=0.25)[0],
+                           sdpa_attention_forward(attn, q, k, v, per_head, scaling=0.25)[0])
         # Head h reads key/value head h // 2: move head 1's keys and only query heads 2 and 3 change.
         k2 = k.clone()
         k2[:, 1] = k2[:, 1].flip(1)

@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from tunesmith.models.attention_switch import attention_switched
 
 NAME = "tunesmith_gqa_sdpa"
+HALF = (torch.bfloat16, torch.float16)
 
 
 def gqa_sdpa(module, query, key, value, attention_mask, dropout: float = 0.0, scaling=None, is_causal=None, **kwargs):
@@ -35,7 +36,8 @@ def gqa_sdpa(module, query, key, value, attention_mask, dropout: float = 0.0, sc
 
     grouped = key.shape[1] != query.shape[1]
     plain = all(kwargs.get(k) is None for k in ("position_bias", "s_aux", "softcap", "sliding_window"))
-    if (query.device.type == "cpu" and grouped and query.shape[2] == 1 and key.dtype in HALF and plain
+    shared_mask = attention_mask is None or attention_mask.shape[1] == 1      # not a mask per query head
+    if (query.device.type == "cpu" and grouped and query.shape[2] == 1 and key.dtype in HALF and plain and shared_mask
             and not kwargs.get("output_attentions")):
         return packed_decode_attention(query, key, value, attention_mask, dropout, scaling), None
     if (query.device.type != "cpu" or not grouped or query.shape[2] == 1 or attention_mask is None or not plain
@@ -45,9 +47,6 @@ def gqa_sdpa(module, query, key, value, attention_mask, dropout: float = 0.0, sc
     out = F.scaled_dot_product_attention(query, key, value, attn_mask=attention_mask, dropout_p=dropout,
                                          scale=scaling, enable_gqa=True)
     return out.transpose(1, 2).contiguous(), None
-
-
-HALF = (torch.bfloat16, torch.float16)
 
 
 def packed_decode_attention(query, key, value, attention_mask, dropout: float, scaling) -> torch.Tensor:
