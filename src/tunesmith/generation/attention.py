@@ -34,14 +34,13 @@ def gqa_sdpa(module, query, key, value, attention_mask, dropout: float = 0.0, sc
     """query (B, Hq, S, D), key/value (B, Hkv, T, D), mask (B, 1, S, T) -> ((B, S, Hq, D), None)."""
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
-    grouped = key.shape[1] != query.shape[1]
-    plain = all(kwargs.get(k) is None for k in ("position_bias", "s_aux", "softcap", "sliding_window"))
-    shared_mask = attention_mask is None or attention_mask.shape[1] == 1      # not a mask per query head
-    if (query.device.type == "cpu" and grouped and query.shape[2] == 1 and key.dtype in HALF and plain and shared_mask
-            and not kwargs.get("output_attentions")):
-        return packed_decode_attention(query, key, value, attention_mask, dropout, scaling), None
-    if (query.device.type != "cpu" or not grouped or query.shape[2] == 1 or attention_mask is None or not plain
-            or kwargs.get("output_attentions")):
+    # Grouped-query attention on CPU, with nothing but a mask added to the scores: the cases handled here.
+    ours = (query.device.type == "cpu" and key.shape[1] != query.shape[1] and not kwargs.get("output_attentions")
+            and all(kwargs.get(k) is None for k in ("position_bias", "s_aux", "softcap", "sliding_window")))
+    one_query = query.shape[2] == 1
+    if ours and one_query and key.dtype in HALF and (attention_mask is None or attention_mask.shape[1] == 1):
+        return packed_decode_attention(query, key, value, attention_mask, dropout, scaling), None   # a shared mask
+    if not ours or one_query or attention_mask is None:
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
                                       is_causal=is_causal, **kwargs)
     out = F.scaled_dot_product_attention(query, key, value, attn_mask=attention_mask, dropout_p=dropout,

@@ -81,7 +81,7 @@ class ModelCall:
         inner = model.get_base_model() if hasattr(model, "get_base_model") else model
         params = inspect.signature(inner.forward).parameters
         self.cache_arg = "cache" if "cache" in params else "past_key_values"
-        self.keep_last = {"logits_to_keep": 1} if "logits_to_keep" in params else {}
+        self.keeps_logits = "logits_to_keep" in params    # projects only the last positions asked for
         self.configs = attention_configs(model)     # run with generation's grouped SDPA (attention.py)
         self.head = plain_head(model)               # projected in fp32 by vocab_head.py
         self.step = DecodeStep.of(inner)            # cached passes without transformers' glue (decode_step.py)
@@ -96,19 +96,17 @@ class ModelCall:
         return self._run(cache, inputs, {})
 
     def tail_logits(self, cache, keep: int, **inputs) -> torch.Tensor:
-        """logits (B, keep, V) of the last `keep` positions (speculative verification)."""
+        """logits (B, keep, V) of the last `keep` positions (speculative verification): through the glue-free
+        step where it applies, else the model's forward projecting those positions only."""
         if self.step is not None and self.step.applies(cache, **inputs):
             with grouped_sdpa(self.configs), fast_vocab_head(self.head):
                 return self.step(cache, **inputs, keep=keep)
-        extra = {"logits_to_keep": keep} if self.keep_last else {}
+        extra = {"logits_to_keep": keep} if self.keeps_logits else {}
         return self._run(cache, inputs, extra)[:, -keep:]
 
     def last_logits(self, cache, **inputs) -> torch.Tensor:
-        """logits (B, V) of the last position only (the model skips the vocabulary projection of the others)."""
-        if self.step is not None and self.step.applies(cache, **inputs):
-            with grouped_sdpa(self.configs), fast_vocab_head(self.head):
-                return self.step(cache, **inputs)[:, -1]
-        return self._run(cache, inputs, self.keep_last)[:, -1]
+        """logits (B, V) of the last position only (the vocabulary projection of the others is skipped)."""
+        return self.tail_logits(cache, 1, **inputs)[:, -1]
 
 
 class SlabLayer(DynamicLayer):

@@ -6,7 +6,8 @@ much again of small eager work; a good part of that is not arithmetic but transf
 and attention forwards: keyword plumbing through four levels, decorators, output recording, the mask
 builder and the attention-function lookup, 30 times over. This runs the same step with that glue written
 out once (`bench/generate.py --step`, 2-core AMD EPYC with AVX-512 bf16, two threads, ~100-token context,
-ms a step: batch 1 16.8 -> 15.0-15.3 in bf16 autocast, 22.1-22.9 -> 20.4-22.1 in fp32; 1.04-1.08x at batch 16).
+ms a step, four runs: batch 1 15.7-16.8 -> 15.0-15.4 in bf16 autocast, 21.6-22.9 -> 20.4-22.1 in fp32;
+1.04-1.09x at batch 16).
 
 It computes what transformers computes, in the same order: it calls the model's own modules (so peft
 adapters, the serving bank's per-row LoRA, packed weights and autocast all apply as they do), the model's
@@ -30,6 +31,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
+from torch.nn.modules import module as nn_module
 
 # Attention implementations whose decode-step mask is the boolean padding mask (generation/attention.py's
 # grouped SDPA is one: for a one-position query it computes what transformers' SDPA function does given a mask).
@@ -62,23 +64,20 @@ def _touched(module: nn.Module) -> bool:
 
 
 def _global_hooks() -> bool:
-    from torch.nn.modules import module
-
-    return bool(module._global_forward_hooks) or bool(module._global_forward_pre_hooks)
+    return bool(nn_module._global_forward_hooks) or bool(nn_module._global_forward_pre_hooks)
 
 
 class DecodeStep:
     """`step(cache, input_ids, attention_mask, position_ids, keep)` -> logits (B, keep, V) of the last positions
     fed, for the causal LM `model` (not a peft wrapper: the caller unwraps). Build with `DecodeStep.of(model)`."""
 
-    def __init__(self, model: nn.Module, arch: Architecture):
+    def __init__(self, model: nn.Module):
         self.model = model
         self.inner = model.model
         self.layers = list(self.inner.layers[: model.config.num_hidden_layers])
         modeling = sys.modules[type(model).__module__]
         self.rotary = modeling.apply_rotary_pos_emb
         self.eager = modeling.eager_attention_forward
-        self.windows = [arch.sliding_window(layer.self_attn) for layer in self.layers]
         # The modules whose forwards this step writes out; hooks or patches on them are checked at every call,
         # since adapters (bottleneck's hooks) can come after the step was built.
         self.skipped = [model, self.inner, *self.layers, *(layer.self_attn for layer in self.layers)]
@@ -97,7 +96,7 @@ class DecodeStep:
             attn = getattr(layer, "self_attn", None)
             if type(layer).__name__ != arch.layer or attn is None or arch.sliding_window(attn) is not None:
                 return None
-        return cls(model, arch)
+        return cls(model)
 
     def applies(self, cache, input_ids: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None,
                 position_ids: torch.Tensor | None = None, **rest) -> bool:
@@ -132,8 +131,8 @@ class DecodeStep:
             v = attn.v_proj(x).view(b, s, -1, attn.head_dim).transpose(1, 2)
             q, k = self.rotary(q, k, cos, sin)
             k, v = cache.update(k, v, i)                                         # (B, Hkv, T, D)
-            out, _ = attend(attn, q, k, v, mask, dropout=0.0, scaling=attn.scaling,
-                            sliding_window=self.windows[i])                      # (B, S, Hq, D)
+            # Full attention only (`of` refuses sliding windows): what Mistral and Qwen2 pass as sliding_window=None.
+            out, _ = attend(attn, q, k, v, mask, dropout=0.0, scaling=attn.scaling)  # (B, S, Hq, D)
             h = h + attn.o_proj(out.reshape(b, s, -1).contiguous())
             h = h + layer.mlp(layer.post_attention_layernorm(h))
         h = self.inner.norm(h)
