@@ -74,6 +74,7 @@ def base_answerer(model_path: Path, tokenizer, cfg: RunConfig, events: Events | 
         if events is not None:
             how = "from the cache" if done.cached else f"in {done.seconds:.0f} s"
             cut = f"; {done.dropped_cut} cut off at the length limit, dropped" if done.dropped_cut else ""
+            cut += f"; {done.dropped_empty} empty, dropped" if done.dropped_empty else ""
             events.message(f"data.train: {source}: {len(done.samples)} answers by the base model ({how}){cut}")
         return done.samples
     return answer

@@ -47,6 +47,12 @@ def test_cut_off_answers_are_dropped_and_the_answers_are_cached(general, tiny_mo
     with pytest.raises(AssertionError, match="generated again"):      # another seed is another key
         self_answers.answered_by_base(samples, "general.jsonl", tiny_model_dir, tokenizer, seed=4, precision="fp32")
 
+    # An empty reply is dropped too, and counted apart from the cut ones.
+    replies = [["", False], ["  ", False], ["cut", True]] + [["fine", False]] * (len(samples) - 3)
+    monkeypatch.setattr(self_answers, "_generate", lambda *a, **k: replies)
+    mixed = self_answers.answered_by_base(samples, "general.jsonl", tiny_model_dir, tokenizer, seed=5, precision="fp32")
+    assert (mixed.dropped_empty, mixed.dropped_cut, len(mixed.samples)) == (2, 1, len(samples) - 3)
+
 
 def test_only_chat_sources_can_be_answered_by_the_base(tmp_path, tiny_model_dir, tokenizer, monkeypatch):
     monkeypatch.setenv("TUNESMITH_HOME", str(tmp_path / "home"))

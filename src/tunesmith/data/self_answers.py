@@ -45,6 +45,7 @@ HELP = ("What helped on the quickstart: mixing in the shipped general prompts an
 class Answered:
     samples: list[Sample]
     dropped_cut: int
+    dropped_empty: int
     seconds: float
     cached: bool
 
@@ -83,7 +84,8 @@ def answered_by_base(samples: list[Sample], source: str, model_path: Path, token
             json.dump(replies, fh)
     kept = [replace(s, messages=[*s.prompt_messages(), {"role": "assistant", "content": text}])
             for s, (text, cut) in zip(samples, replies) if text.strip() and not cut]
-    return Answered(kept, sum(1 for _, cut in replies if cut), time.monotonic() - start, cached)
+    cut = sum(1 for _, c in replies if c)
+    return Answered(kept, cut, len(samples) - len(kept) - cut, time.monotonic() - start, cached)
 
 
 def _generate(samples: list[Sample], model_path: Path, tokenizer, *, seed: int, precision: str) -> list[list]:
